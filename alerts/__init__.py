@@ -1,0 +1,1 @@
+"""The alert service: clinical anomalies to the care team."""

@@ -1,0 +1,1 @@
+"""The device emulator: synthetic hubs that speak the wire contract."""

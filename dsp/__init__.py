@@ -1,0 +1,1 @@
+"""The DSP core: regenerate stiffness and consolidation from force and displacement."""

@@ -1,0 +1,53 @@
+"""The exceptions osteotel raises across its own boundaries.
+
+    OsteotelError
+    ├── ConfigError          settings or the device registry are invalid
+    ├── MissingBinaryError   a server binary (mosquitto, influxd, ...) is not installed
+    └── StoreError           InfluxDB did not take a write or answer a query
+        ├── StoreUnavailable the server could not be reached or answered 5xx: retry later
+        └── StoreRejected    the server refused the request (4xx): retrying will not help
+
+Library exceptions (urllib, urllib3, influxdb-client) are mapped to these in one place,
+`osteotel.store.http`, so no other module sees the wire library's errors.
+"""
+
+__all__ = [
+    "ConfigError",
+    "MissingBinaryError",
+    "OsteotelError",
+    "StoreError",
+    "StoreRejected",
+    "StoreUnavailable",
+]
+
+
+class OsteotelError(Exception):
+    """Base of every exception osteotel raises on purpose."""
+
+
+class ConfigError(OsteotelError):
+    """Settings or the device registry are invalid."""
+
+
+class MissingBinaryError(OsteotelError):
+    """A server binary is not installed; the message says how to install it."""
+
+
+class StoreError(OsteotelError):
+    """InfluxDB did not take a write or answer a query.
+
+    Attributes:
+        status: the HTTP status, when the server answered at all.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StoreUnavailable(StoreError):
+    """The server could not be reached or failed (5xx); the same request may succeed later."""
+
+
+class StoreRejected(StoreError):
+    """The server refused the request (4xx); sending it again will not help."""
