@@ -1,0 +1,216 @@
+"""InfluxDB line protocol, built from whole numpy arrays at once.
+
+A frame of 10,000 samples becomes 10,000 lines without one Python object per sample: each
+column is formatted by numpy into a fixed-width byte array, the columns are joined element-wise
+with `np.char.add`, and the result leaves as one `bytes` after the padding NULs are removed.
+
+Floats are written in numpy's shortest round-trip notation (`0.1`, `1e+20`, `5e-324`), so the
+server parses back the exact float64 that was sent. InfluxDB 1.6 and VictoriaMetrics both accept
+that notation, exponent and `-0.0` included.
+
+Names and tag values may hold spaces, commas and equals signs (they are escaped), but not
+backslashes: InfluxDB 1.x keeps `\\\\` as two characters while 2.x and VictoriaMetrics read it as
+one, so no escaping reads back the same everywhere. Control characters are refused too, since a
+newline ends a line and a NUL would be lost with the array padding.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "array_lines",
+    "escape_measurement",
+    "escape_string_field",
+    "escape_tag",
+    "point_line",
+]
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
+_TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
+_STRING_FIELD_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+def _check_name(kind: str, text: str) -> None:
+    if not text:
+        raise ValueError(f"{kind} must not be empty")
+    if "\\" in text:
+        raise ValueError(f"{kind} must not contain a backslash: {text!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{kind} must not contain control characters: {text!r}")
+
+
+def escape_measurement(name: str) -> str:
+    """Escape a measurement name for line protocol (commas and spaces).
+
+    Args:
+        name: the measurement name, e.g. `raw`.
+
+    Returns:
+        The name as it appears at the start of a line.
+
+    Raises:
+        ValueError: the name is empty, starts with `#` (a comment line), or holds a backslash
+            or a control character.
+    """
+    _check_name("measurement", name)
+    if name.startswith("#"):
+        raise ValueError(f"measurement must not start with '#' (a comment line): {name!r}")
+    return name.translate(_MEASUREMENT_ESCAPES)
+
+
+def escape_tag(value: str) -> str:
+    """Escape a tag key, tag value or field key for line protocol (commas, spaces, equals).
+
+    Args:
+        value: the key or value, e.g. `P-7F3A`.
+
+    Returns:
+        The escaped text.
+
+    Raises:
+        ValueError: the text is empty (InfluxDB drops empty tags) or holds a backslash or a
+            control character.
+    """
+    _check_name("tag key, tag value or field key", value)
+    return value.translate(_TAG_ESCAPES)
+
+
+def escape_string_field(v: str) -> str:
+    """Escape a string field value (backslashes and double quotes), without the quotes.
+
+    Args:
+        v: the field's text; newlines are allowed inside a quoted string field.
+
+    Returns:
+        The escaped text, to be wrapped in double quotes.
+    """
+    return v.translate(_STRING_FIELD_ESCAPES)
+
+
+def _line_prefix(measurement: str, tags: Mapping[str, str]) -> str:
+    # InfluxDB sorts tags by key before indexing; sending them sorted saves it the work.
+    parts = [escape_measurement(measurement)]
+    parts.extend(f"{escape_tag(key)}={escape_tag(tags[key])}" for key in sorted(tags))
+    return ",".join(parts)
+
+
+def _column_text(name: str, values: npt.NDArray[np.generic]) -> npt.NDArray[np.bytes_]:
+    """Format one field column as fixed-width ASCII bytes, one element per line."""
+    if values.dtype == np.bool_:
+        return np.where(values, b"true", b"false")
+    if np.issubdtype(values.dtype, np.floating):
+        as_float64 = values.astype(np.float64)
+        finite = np.isfinite(as_float64)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise ValueError(f"field {name!r} is not finite at index {index}")
+        # numpy's str() of a float64 is the shortest text that parses back to the same bits.
+        return as_float64.astype(str).astype(np.bytes_)
+    if np.issubdtype(values.dtype, np.signedinteger) or (
+        np.issubdtype(values.dtype, np.unsignedinteger) and values.dtype.itemsize < 8
+    ):
+        return np.char.add(values.astype(np.int64).astype(str).astype(np.bytes_), b"i")
+    raise ValueError(f"field {name!r} has unsupported dtype {values.dtype}")
+
+
+def array_lines(
+    measurement: str,
+    tags: Mapping[str, str],
+    fields: Mapping[str, np.ndarray],
+    ts_ns: np.ndarray,
+) -> bytes:
+    """Build one line per array element: `m,tag=v f1=<float>,f2=<int>i <ts_ns>\\n`.
+
+    Args:
+        measurement: the measurement name.
+        tags: tags shared by every line (e.g. hub and device); written sorted by key.
+        fields: field name to a 1-D array as long as `ts_ns`. Floating arrays are written as
+            float64 in exact round-trip notation, integer arrays with the `i` suffix, booleans
+            as `true`/`false`.
+        ts_ns: 1-D integer array of timestamps, UTC epoch nanoseconds.
+
+    Returns:
+        The lines, each ending in a newline; `b""` when `ts_ns` is empty.
+
+    Raises:
+        ValueError: no fields, lengths differ, a float is NaN or infinite, a dtype is not
+            supported, or a name cannot be escaped.
+    """
+    if not fields:
+        raise ValueError("a line needs at least one field")
+    ts = np.asarray(ts_ns)
+    if ts.ndim != 1 or not np.issubdtype(ts.dtype, np.integer):
+        raise ValueError(f"ts_ns must be a 1-D integer array, got {ts.dtype} with {ts.ndim} dims")
+    columns = {name: np.asarray(values) for name, values in fields.items()}
+    for name, values in columns.items():
+        if values.shape != ts.shape:
+            raise ValueError(f"field {name!r} has shape {values.shape}, ts_ns has {ts.shape}")
+    if ts.size == 0:
+        return b""
+
+    prefix = (_line_prefix(measurement, tags) + " ").encode()
+    lines = np.full(ts.shape, prefix, dtype=f"S{len(prefix)}")
+    for position, (name, values) in enumerate(columns.items()):
+        key = ("," if position else "") + escape_tag(name) + "="
+        lines = np.char.add(np.char.add(lines, key.encode()), _column_text(name, values))
+    lines = np.char.add(lines, b" ")
+    lines = np.char.add(lines, ts.astype(np.int64).astype(str).astype(np.bytes_))
+    lines = np.char.add(lines, b"\n")
+    # Fixed-width elements are NUL-padded; escaping refused every NUL, so only padding goes.
+    return lines.tobytes().replace(b"\0", b"")
+
+
+def _scalar_text(name: str, value: float | int | bool | str | np.generic) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        number = int(value)
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            raise ValueError(f"field {name!r} does not fit in int64: {number}")
+        return f"{number}i"
+    if isinstance(value, float | np.floating):
+        real = float(value)
+        if not np.isfinite(real):
+            raise ValueError(f"field {name!r} is not finite: {real}")
+        # repr() is Python's shortest round-trip text, the same digits numpy writes.
+        return repr(real)
+    if isinstance(value, str):
+        return '"' + escape_string_field(value) + '"'
+    raise ValueError(f"field {name!r} has unsupported type {type(value).__name__}")
+
+
+def point_line(
+    measurement: str,
+    tags: Mapping[str, str],
+    fields: Mapping[str, float | int | bool | str | None],
+    ts_ns: int,
+) -> bytes:
+    """Build one line from scalar fields (events, status changes, rejections).
+
+    Args:
+        measurement: the measurement name.
+        tags: the line's tags; written sorted by key.
+        fields: field name to value; `None` values are left out, `bool` becomes
+            `true`/`false`, `int` gets the `i` suffix, `str` is quoted.
+        ts_ns: the timestamp, UTC epoch nanoseconds.
+
+    Returns:
+        One line ending in a newline.
+
+    Raises:
+        ValueError: every field is `None`, a float is NaN or infinite, an int does not fit
+            int64, or a name cannot be escaped.
+    """
+    parts = [
+        f"{escape_tag(name)}={_scalar_text(name, value)}"
+        for name, value in fields.items()
+        if value is not None
+    ]
+    if not parts:
+        raise ValueError("a line needs at least one field that is not None")
+    return f"{_line_prefix(measurement, tags)} {','.join(parts)} {int(ts_ns)}\n".encode()
