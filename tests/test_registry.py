@@ -1,0 +1,182 @@
+"""Loading, checking and hot-reloading the device registry."""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from devices.registry import Registry, RegistryFile
+from osteotel.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "registry.example.toml"
+
+HUB = """
+[[hub]]
+id = "HUB-A"
+"""
+
+DEVICE = """
+[[device]]
+id = "DX-0001"
+hub = "HUB-A"
+patient = "P-7F3A"
+site = "tibia"
+calibration = { id = "CAL-1" }
+range = { force_n = [-2000.0, 2000.0], disp_mm = [-5.0, 120.0] }
+protocol = { target_mm = 50.0 }
+"""
+
+
+def test_example_registry_has_the_demo_hubs_and_devices() -> None:
+    """The example registry holds HUB-A, HUB-B and three devices, DX-0003 a mandible on HUB-B."""
+    registry = Registry.load(EXAMPLE)
+    assert sorted(registry.hubs) == ["HUB-A", "HUB-B"]
+    assert {d.id: d.hub for d in registry.devices.values()} == {
+        "DX-0001": "HUB-A",
+        "DX-0002": "HUB-A",
+        "DX-0003": "HUB-B",
+    }
+    mandible = registry.devices["DX-0003"]
+    assert mandible.site == "mandible"
+    assert (mandible.protocol.steps_per_day, mandible.protocol.step_mm) == (2, 0.5)
+    assert mandible.protocol.latency_days == 7
+
+
+def test_omitted_keys_take_the_documented_defaults() -> None:
+    """Omitted protocol and calibration keys default to the limb protocol and identity gains."""
+    device = Registry.from_toml(HUB + DEVICE).devices["DX-0001"]
+    protocol = device.protocol
+    assert (protocol.latency_days, protocol.rate_mm_per_day, protocol.steps_per_day) == (7, 1.0, 4)
+    assert protocol.step_mm == 0.25
+    assert (device.calibration.force_gain, device.calibration.disp_offset_mm) == (1.0, 0.0)
+    assert device.range.ref_load_n is None
+
+
+def test_integers_are_taken_for_floats() -> None:
+    """A TOML integer is accepted where a float is expected."""
+    text = HUB + DEVICE.replace("[-2000.0, 2000.0]", "[-2000, 2000]")
+    assert Registry.from_toml(text).devices["DX-0001"].range.force_n == (-2000.0, 2000.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[hub]\nid = 1", "invalid TOML"),
+        (HUB + HUB + DEVICE, r"hub\[1\]\.id: duplicate id 'HUB-A'"),
+        (HUB + DEVICE + DEVICE, r"device\[1\]\.id: duplicate id 'DX-0001'"),
+        (DEVICE, "unknown hub 'HUB-A'"),
+        (HUB.replace("HUB-A", "HUB A") + DEVICE, r"hub\[0\]\.id: String should match"),
+        (HUB + DEVICE.replace('"DX-0001"', '"DX/0001"'), r"device\[0\]\.id"),
+        (HUB + DEVICE.replace("P-7F3A", "Jane Doe"), r"device\[0\]\.patient"),
+        (HUB + DEVICE.replace("P-7F3A", "p-7f3a"), r"device\[0\]\.patient"),
+        (HUB + DEVICE.replace('"tibia"', '"skull"'), r"device\[0\]\.site"),
+        (HUB + DEVICE.replace("[-2000.0, 2000.0]", "[2000.0, -2000.0]"), r"range: force_n"),
+        (HUB + DEVICE.replace("[-5.0, 120.0]", "[1.0, 1.0]"), r"range: disp_mm"),
+        (HUB + DEVICE.replace("[-5.0, 120.0]", "[1.0]"), r"range\.disp_mm"),
+        (HUB + DEVICE.replace("[-5.0, 120.0]", "[nan, 1.0]"), r"range: disp_mm"),
+        (HUB + DEVICE.replace("target_mm = 50.0", 'target_mm = "50"'), r"protocol\.target_mm"),
+        (HUB + DEVICE.replace("{ target_mm = 50.0 }", "{ }"), r"protocol\.target_mm: Field"),
+        (HUB + DEVICE.replace("target_mm", "steps_per_day = 0, target_mm"), "steps_per_day"),
+        (HUB + DEVICE.replace('{ id = "CAL-1" }', '{ id = "CAL-1", force_gain = 0.0 }'), "gain"),
+        (HUB + DEVICE.replace("site =", "colour = 1\nsite ="), r"device\[0\]\.colour: Extra"),
+        (HUB + DEVICE + "\n[[sensor]]\nid = 1\n", "unknown top-level keys"),
+        ("hub = 1\n", "array of tables"),
+    ],
+    ids=[
+        "bad-toml",
+        "duplicate-hub",
+        "duplicate-device",
+        "device-on-unknown-hub",
+        "bad-hub-id",
+        "bad-device-id",
+        "patient-with-space",
+        "patient-lowercase",
+        "unknown-site",
+        "range-reversed",
+        "range-empty",
+        "range-one-value",
+        "range-nan",
+        "string-number",
+        "missing-target",
+        "zero-steps",
+        "zero-gain",
+        "unknown-key",
+        "unknown-table",
+        "hub-not-a-table",
+    ],
+)
+def test_invalid_registry_raises_config_error_naming_source_and_location(
+    text: str, message: str
+) -> None:
+    """A broken registry raises ConfigError naming the file and where the problem is."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        Registry.from_toml(text, source="site.toml")
+    assert str(caught.value).startswith("site.toml: ")
+
+
+def test_missing_file_raises_config_error(tmp_path: Path) -> None:
+    """A registry path that does not exist raises ConfigError with the path."""
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match="cannot read registry") as caught:
+        Registry.load(path)
+    assert str(path) in str(caught.value)
+
+
+def _write(path: Path, text: str, mtime_ns: int) -> None:
+    path.write_text(text, encoding="utf-8")
+    # Set the stamp explicitly: two writes within the filesystem's clock tick look the same.
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_reload_picks_up_a_changed_file(tmp_path: Path) -> None:
+    """A changed registry file replaces the current registry; an unchanged one does not reload."""
+    path = tmp_path / "registry.toml"
+    _write(path, HUB + DEVICE, 1_000_000_000)
+    registry_file = RegistryFile(path)
+    assert registry_file.reload_if_changed() is False
+    second = DEVICE.replace("DX-0001", "DX-0002")
+    _write(path, HUB + DEVICE + second, 2_000_000_000)
+    assert registry_file.reload_if_changed() is True
+    assert sorted(registry_file.current.devices) == ["DX-0001", "DX-0002"]
+
+
+def test_reload_keeps_the_old_registry_when_the_new_file_is_broken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken new file is logged once and the last good registry stays in force."""
+    path = tmp_path / "registry.toml"
+    _write(path, HUB + DEVICE, 1_000_000_000)
+    registry_file = RegistryFile(path)
+    before = registry_file.current
+    _write(path, HUB + DEVICE.replace("P-7F3A", "Jane Doe"), 2_000_000_000)
+    with caplog.at_level(logging.ERROR, logger="devices.registry"):
+        assert registry_file.reload_if_changed() is False
+        assert registry_file.reload_if_changed() is False
+    assert registry_file.current is before
+    failures = [
+        r.getMessage() for r in caplog.records if "registry_reload_failed" in r.getMessage()
+    ]
+    assert len(failures) == 1
+    assert failures[0].startswith("registry_reload_failed path=")
+    _write(path, HUB + DEVICE.replace("P-7F3A", "P-0B1C"), 3_000_000_000)
+    assert registry_file.reload_if_changed() is True
+    assert registry_file.current.devices["DX-0001"].patient == "P-0B1C"
+
+
+def test_reload_keeps_the_old_registry_when_the_file_disappears(tmp_path: Path) -> None:
+    """A deleted registry file leaves the current registry in force."""
+    path = tmp_path / "registry.toml"
+    _write(path, HUB + DEVICE, 1_000_000_000)
+    registry_file = RegistryFile(path)
+    path.unlink()
+    assert registry_file.reload_if_changed() is False
+    assert list(registry_file.current.devices) == ["DX-0001"]
+
+
+def test_registry_file_raises_on_a_broken_first_load(tmp_path: Path) -> None:
+    """RegistryFile refuses to start from an invalid file."""
+    path = tmp_path / "registry.toml"
+    _write(path, DEVICE, 1_000_000_000)
+    with pytest.raises(ConfigError, match="unknown hub"):
+        RegistryFile(path)
