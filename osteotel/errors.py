@@ -45,9 +45,9 @@ class StoreError(OsteotelError):
         self.status = status
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError):  # noqa: N818 - reads as the state it names
     """The server could not be reached or failed (5xx); the same request may succeed later."""
 
 
-class StoreRejected(StoreError):
+class StoreRejected(StoreError):  # noqa: N818 - reads as the state it names
     """The server refused the request (4xx); sending it again will not help."""

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["IngestSettings", "InfluxSettings", "MqttSettings", "Settings"]
+__all__ = ["InfluxSettings", "IngestSettings", "MqttSettings", "Settings"]
 
 
 class MqttSettings(BaseModel):

@@ -1,0 +1,119 @@
+"""Per-device accounting: frames received, stored, duplicated, rejected; sequence gaps.
+
+A duplicate is a frame with the same device, `seq` and `t0_ns` as one already seen: it is
+stored once and counted. A frame whose `seq` jumps ahead opens a gap; a late frame that fills a
+gap is valid and counted as out of order. A frame whose `seq` falls back to one never seen and
+not missing means the device restarted its counter (a reboot): the tracker starts over.
+"""
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = ["Accounting", "DeviceCounts", "SeqTracker", "SeqVerdict"]
+
+# Keys kept per device to recognise duplicates: at one frame per second, over 18 hours.
+_SEEN_WINDOW = 65_536
+
+
+class SeqVerdict(StrEnum):
+    """How a frame's sequence number relates to the ones before it."""
+
+    NEXT = "next"
+    GAP = "gap"
+    OUT_OF_ORDER = "out_of_order"
+    RESET = "reset"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(slots=True)
+class SeqTracker:
+    """Sequence state of one device, bounded in memory."""
+
+    highest: int | None = None
+    missing: set[int] = field(default_factory=set)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    order: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def observe(self, seq: int, t0_ns: int) -> tuple[SeqVerdict, int]:
+        """Classify a frame and remember it.
+
+        Returns:
+            The verdict and the number of sequence numbers this frame showed to be missing.
+        """
+        key = (seq, t0_ns)
+        if key in self.seen:
+            return SeqVerdict.DUPLICATE, 0
+        self._remember(key)
+        if self.highest is None or seq == self.highest + 1:
+            self.highest = seq
+            return SeqVerdict.NEXT, 0
+        if seq > self.highest:
+            skipped = range(self.highest + 1, seq)
+            if len(skipped) <= _SEEN_WINDOW:
+                self.missing.update(skipped)
+            self.highest = seq
+            return SeqVerdict.GAP, len(skipped)
+        if seq in self.missing:
+            self.missing.discard(seq)
+            return SeqVerdict.OUT_OF_ORDER, 0
+        self.highest = seq
+        self.missing.clear()
+        return SeqVerdict.RESET, 0
+
+    def _remember(self, key: tuple[int, int]) -> None:
+        self.seen.add(key)
+        self.order.append(key)
+        if len(self.order) > _SEEN_WINDOW:
+            self.seen.discard(self.order.popleft())
+            if len(self.missing) > _SEEN_WINDOW:
+                self.missing.discard(min(self.missing))
+
+
+@dataclass(slots=True)
+class DeviceCounts:
+    """What ingest did with one device's frames."""
+
+    received: int = 0
+    stored: int = 0
+    samples_stored: int = 0
+    duplicates: int = 0
+    seq_gaps: int = 0
+    out_of_order: int = 0
+    seq_resets: int = 0
+
+
+class Accounting:
+    """Counters for the whole service, per device and per rejection reason."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceCounts] = {}
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (hub or "-", reason) -> count
+        self._trackers: dict[str, SeqTracker] = {}
+
+    def device(self, device: str) -> DeviceCounts:
+        """The counters of one device, created on first use."""
+        counts = self.devices.get(device)
+        if counts is None:
+            counts = self.devices[device] = DeviceCounts()
+        return counts
+
+    def frame(self, device: str, seq: int, t0_ns: int) -> bool:
+        """Count a valid frame; return False when it is a duplicate that must not be stored."""
+        counts = self.device(device)
+        counts.received += 1
+        tracker = self._trackers.setdefault(device, SeqTracker())
+        verdict, skipped = tracker.observe(seq, t0_ns)
+        counts.seq_gaps += skipped
+        if verdict is SeqVerdict.DUPLICATE:
+            counts.duplicates += 1
+            return False
+        if verdict is SeqVerdict.OUT_OF_ORDER:
+            counts.out_of_order += 1
+        elif verdict is SeqVerdict.RESET:
+            counts.seq_resets += 1
+        return True
+
+    def reject(self, hub: str | None, reason: str) -> None:
+        """Count one rejected payload."""
+        self.rejected[(hub or "-", reason)] += 1

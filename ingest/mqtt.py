@@ -1,0 +1,147 @@
+"""The MQTT boundary of ingest: a persistent QoS 1 subscription with manual acknowledgement.
+
+aiomqtt 2.x acknowledges a QoS 1 message as soon as it arrives, before the data are stored, so
+a crash between receipt and write would lose it. This module drives paho-mqtt 2 directly with
+`manual_ack=True`: a message is acknowledged only when `ack()` is called, after its data are
+stored. Until then the broker holds it, and its in-flight window (`max_inflight_messages`) is
+the backpressure: a slow store stops the broker sending instead of memory growing here.
+
+paho runs its network loop in its own thread; messages cross to the event loop through
+`call_soon_threadsafe`. The rest of ingest never sees paho.
+"""
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from osteotel.logs import kv
+from osteotel.settings import MqttSettings
+
+__all__ = ["MqttSource", "Received"]
+
+log = logging.getLogger("osteotel.ingest.mqtt")
+
+_RECONNECT_MIN_S = 1
+_RECONNECT_MAX_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as it came from the broker, not yet acknowledged."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_ns: int
+
+
+class MqttSource:
+    """Subscribes with a persistent session and yields messages until closed.
+
+    Args:
+        settings: broker address, credentials and client id. The client id is fixed so that
+            the broker keeps the session (and queues QoS 1 messages) while ingest is away.
+        subscriptions: topic filters, each subscribed with QoS 1.
+    """
+
+    def __init__(self, *, settings: MqttSettings, subscriptions: Sequence[str]) -> None:
+        self._settings = settings
+        self._subscriptions = tuple(subscriptions)
+        self._queue: asyncio.Queue[Received] = asyncio.Queue()
+        self._connected = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+            manual_ack=True,
+        )
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            self._client.username_pw_set(settings.username, password)
+        if settings.tls_ca_file is not None:
+            self._client.tls_set_context(ssl.create_default_context(cafile=settings.tls_ca_file))
+        self._client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(
+            self._settings.host, self._settings.port, keepalive=self._settings.keepalive_s
+        )
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Disconnect without unsubscribing: the broker keeps the session and queues for us.
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until the first CONNACK; raises TimeoutError after `timeout_s` seconds."""
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def messages(self) -> AsyncIterator[Received]:
+        """Yield received messages in arrival order, forever."""
+        while True:
+            yield await self._queue.get()
+
+    def ack(self, message: Received) -> None:
+        """Acknowledge a message to the broker: call only once its data are durable."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+    # paho's callbacks run in paho's network thread.
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error(kv("mqtt_connect_refused", reason=str(reason)))
+            return
+        log.info(
+            kv(
+                "mqtt_connected",
+                host=self._settings.host,
+                port=self._settings.port,
+                session_present=flags.session_present,
+            )
+        )
+        # Subscribing again is harmless when the session survived, and needed when it did not.
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        log.warning(kv("mqtt_disconnected", reason=str(reason)))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        received = Received(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            mid=message.mid,
+            qos=message.qos,
+            received_ns=time.time_ns(),
+        )
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, received)

@@ -1,0 +1,65 @@
+"""What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
+
+from devices.codec import Encoding
+from devices.contract import Event as DeviceEvent
+from devices.contract import Frame, HubStatus, Rejected
+from osteotel.store.lineproto import array_lines, point_line
+
+__all__ = ["event_lines", "frame_lines", "rejection_lines", "status_lines"]
+
+# Keys that become the point's tags and timestamp; the rest, `v` included, are its fields, so
+# that an event with no data of its own (reboot, load_test_start) is still a point.
+_EVENT_ENVELOPE = frozenset({"device", "t_ns", "type"})
+
+
+def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
+    """Raw samples at full rate (`raw`) and the frame's own metadata (`frame`)."""
+    tags = {"hub": hub, "device": frame.device}
+    fields = {"force_n": frame.force_n, "disp_mm": frame.disp_mm}
+    if frame.ref_load_n is not None:
+        fields["ref_load_n"] = frame.ref_load_n
+    raw = array_lines("raw", tags, fields, frame.timestamps_ns())
+    meta = point_line(
+        "frame",
+        {**tags, "encoding": encoding},
+        {
+            "seq": frame.seq,
+            "n": frame.n,
+            "rate_hz": frame.rate_hz,
+            "temp_c": frame.temp_c,
+            "battery_pct": frame.battery_pct,
+        },
+        frame.t0_ns,
+    )
+    return raw + meta
+
+
+def event_lines(hub: str, event: DeviceEvent) -> bytes:
+    """One `event` point at the event's own time."""
+    fields = {k: v for k, v in event.model_dump().items() if k not in _EVENT_ENVELOPE}
+    return point_line(
+        "event", {"hub": hub, "device": event.device, "type": event.type}, fields, event.t_ns
+    )
+
+
+def status_lines(status: HubStatus) -> bytes:
+    """One `hub_status` point at the status's own time."""
+    return point_line("hub_status", {"hub": status.hub}, {"online": status.online}, status.t_ns)
+
+
+def rejection_lines(
+    rejected: Rejected, *, hub: str | None, topic: str, payload_bytes: int, received_ns: int
+) -> bytes:
+    """One `rejection` point at the time of receipt (unique per process, see the caller)."""
+    return point_line(
+        "rejection",
+        {"reason": str(rejected.reason), "hub": hub or "-"},
+        {
+            "topic": topic,
+            "field": rejected.field,
+            "index": rejected.index,
+            "detail": rejected.detail,
+            "payload_bytes": payload_bytes,
+        },
+        received_ns,
+    )

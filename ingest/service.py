@@ -1,0 +1,252 @@
+"""The ingest service: MQTT in, validation, InfluxDB out, nothing lost and nothing silent.
+
+    MqttSource ──receive──▶ bounded queue ──write──▶ InfluxDB ──▶ ack to the broker
+                   │                          │
+                   └ rejections ─▶ dead letters (fsync'd) + `rejection` points + counters + log
+
+A message is acknowledged to the broker only after its points are in InfluxDB (and, for a
+rejection, its dead letter is on disk): a crash before that makes the broker deliver it again,
+and because a point's identity is its series and timestamp, a redelivery overwrites instead of
+duplicating. While InfluxDB is unreachable the writer retries with capped backoff and holds
+the batch; the bounded queue and the broker's in-flight window carry the backpressure.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from devices.contract import SUBSCRIPTIONS, Frame, HubStatus, Reason, Rejected, parse_topic
+from devices.registry import RegistryFile
+from devices.validation import Accepted, Limits, accept
+from osteotel.errors import StoreRejected, StoreUnavailable
+from osteotel.logs import kv
+from osteotel.settings import Settings
+from osteotel.store.influx import InfluxStore
+
+from .accounting import Accounting
+from .deadletter import DeadLetter, DeadLetterWriter
+from .mqtt import MqttSource, Received
+from .records import event_lines, frame_lines, rejection_lines, status_lines
+
+__all__ = ["IngestService"]
+
+log = logging.getLogger("osteotel.ingest")
+
+_RETRY_MIN_S = 0.2
+_RETRY_MAX_S = 10.0
+# How long a graceful stop waits for received messages to be stored and acknowledged.
+_DRAIN_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class _Work:
+    """One received message turned into what must be stored before it is acknowledged."""
+
+    message: Received
+    lines: bytes
+    device: str | None = None
+    samples: int = 0
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Work] = field(default_factory=list)
+    lines: int = 0
+
+
+class IngestService:
+    """Subscribes to every hub, validates, stores, and accounts for each message.
+
+    Args:
+        settings: broker, store and ingest settings.
+    """
+
+    def __init__(self, *, settings: Settings) -> None:
+        self._settings = settings
+        self._registry = RegistryFile(settings.ingest.registry)
+        self._limits = Limits(
+            max_payload_bytes=settings.ingest.max_payload_bytes,
+            future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
+        )
+        self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
+        self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
+        self._last_rejection_ns = 0
+        self.accounting = Accounting()
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then store and acknowledge what was received, and return."""
+        store = InfluxStore(self._settings.influx)
+        try:
+            await asyncio.to_thread(store.ensure_database)
+            source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
+            async with source, asyncio.TaskGroup() as tasks:
+                receive = tasks.create_task(self._receive(source), name="ingest.receive")
+                write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
+                registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
+                await source.wait_connected(timeout_s=30)
+                self.ready.set()
+                log.info(kv("ingest_started", influx_api=store.api))
+                await stop.wait()
+                receive.cancel()
+                registry.cancel()
+                try:
+                    await asyncio.wait_for(self._queue.join(), _DRAIN_TIMEOUT_S)
+                except TimeoutError:
+                    # Not acknowledged, so the broker delivers it again to the next ingest.
+                    log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
+                write.cancel()
+        finally:
+            self._dead_letters.close()
+            await asyncio.to_thread(store.close)
+        log.info(kv("ingest_stopped"))
+
+    async def _watch_registry(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.ingest.registry_reload_s)
+            if await asyncio.to_thread(self._registry.reload_if_changed):
+                registry = self._registry.current
+                log.info(
+                    kv("registry_reloaded", hubs=len(registry.hubs), devices=len(registry.devices))
+                )
+
+    async def _receive(self, source: MqttSource) -> None:
+        async for message in source.messages():
+            await self._queue.put(self._handle(message))
+
+    def _handle(self, message: Received) -> _Work:
+        try:
+            accepted = accept(
+                message.topic,
+                message.payload,
+                registry=self._registry.current,
+                now_ns=message.received_ns,
+                limits=self._limits,
+            )
+        except Rejected as rejected:
+            return self._reject(message, rejected)
+        return self._store(message, accepted)
+
+    def _store(self, message: Received, accepted: Accepted) -> _Work:
+        item = accepted.message
+        if isinstance(item, Frame):
+            assert accepted.encoding is not None
+            if not self.accounting.frame(item.device, item.seq, item.t0_ns):
+                log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
+                return _Work(message, b"")
+            lines = frame_lines(accepted.hub, item, accepted.encoding)
+            return _Work(message, lines, device=item.device, samples=item.n)
+        if isinstance(item, HubStatus):
+            return _Work(message, status_lines(item))
+        return _Work(message, event_lines(accepted.hub, item))
+
+    def _reject(self, message: Received, rejected: Rejected) -> _Work:
+        hub = device = None
+        with contextlib.suppress(Rejected):
+            topic = parse_topic(message.topic)
+            hub, device = topic.hub, topic.device
+        # Two rejections in the same nanosecond must stay two points.
+        received_ns = max(message.received_ns, self._last_rejection_ns + 1)
+        self._last_rejection_ns = received_ns
+        self.accounting.reject(hub, rejected.reason)
+        log.warning(
+            kv(
+                "rejected",
+                reason=rejected.reason,
+                topic=message.topic,
+                field=rejected.field,
+                index=rejected.index,
+                detail=rejected.detail,
+                payload_bytes=len(message.payload),
+            )
+        )
+        letter = DeadLetter(
+            received_ns=received_ns,
+            topic=message.topic,
+            reason=rejected.reason,
+            detail=rejected.detail,
+            payload=message.payload,
+            hub=hub,
+            device=device,
+            field=rejected.field,
+            index=rejected.index,
+        )
+        lines = rejection_lines(
+            rejected,
+            hub=hub,
+            topic=message.topic,
+            payload_bytes=len(message.payload),
+            received_ns=received_ns,
+        )
+        return _Work(message, lines, dead_letter=letter)
+
+    async def _write(self, source: MqttSource, store: InfluxStore, stop: asyncio.Event) -> None:
+        limits = self._settings.ingest
+        while True:
+            batch = _Batch()
+            first = await self._queue.get()
+            batch.items.append(first)
+            deadline = time.monotonic() + limits.batch_max_delay_s
+            while batch.lines < limits.batch_max_lines:
+                timeout_s = deadline - time.monotonic()
+                if timeout_s <= 0:
+                    break
+                try:
+                    work = await asyncio.wait_for(self._queue.get(), timeout_s)
+                except TimeoutError:
+                    break
+                batch.items.append(work)
+                batch.lines += work.lines.count(b"\n")
+            await self._commit(batch, source, store)
+            for _ in batch.items:
+                self._queue.task_done()
+
+    async def _commit(self, batch: _Batch, source: MqttSource, store: InfluxStore) -> None:
+        """Make a batch durable, then acknowledge its messages in the order received."""
+        letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
+        if letters:
+            for letter in letters:
+                self._dead_letters.append(letter)
+            await asyncio.to_thread(self._dead_letters.flush)
+        body = b"".join(work.lines for work in batch.items)
+        if body:
+            try:
+                await self._write_retrying(store, body)
+            except StoreRejected as exc:
+                log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
+                await self._commit_one_by_one(batch, store)
+        for work in batch.items:
+            if work.device is not None:
+                counts = self.accounting.device(work.device)
+                counts.stored += 1
+                counts.samples_stored += work.samples
+            source.ack(work.message)
+
+    async def _commit_one_by_one(self, batch: _Batch, store: InfluxStore) -> None:
+        """Find the message the server refuses so that it does not cost its neighbours."""
+        for work in batch.items:
+            if not work.lines:
+                continue
+            try:
+                await self._write_retrying(store, work.lines)
+            except StoreRejected as exc:
+                refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
+                assert refused.dead_letter is not None
+                self._dead_letters.append(refused.dead_letter)
+                await asyncio.to_thread(self._dead_letters.flush)
+                work.device = None
+
+    async def _write_retrying(self, store: InfluxStore, body: bytes) -> None:
+        delay_s = _RETRY_MIN_S
+        while True:
+            try:
+                await asyncio.to_thread(store.write, body)
+            except StoreUnavailable as exc:
+                log.warning(kv("store_unavailable", retry_in_s=delay_s, detail=str(exc)))
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+            else:
+                return

@@ -1,0 +1,335 @@
+"""One path end to end: hubs publish over a real Mosquitto, `osteotel ingest` stores in InfluxDB."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
+from devices.contract import (
+    DistractionStep,
+    Frame,
+    HubStatus,
+    Reason,
+    Reboot,
+    events_topic,
+    status_topic,
+    telemetry_topic,
+)
+from osteotel.services import InfluxDB, Mosquitto
+from osteotel.settings import InfluxSettings
+from osteotel.store.influx import InfluxStore
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
+# Hub, device and encoding of the example registry's three devices.
+DEVICES = (
+    ("HUB-A", "DX-0001", "json"),
+    ("HUB-A", "DX-0002", "json"),
+    ("HUB-B", "DX-0003", "binary"),
+)
+MAX_PAYLOAD_BYTES = 65_536
+DEADLINE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Published:
+    hub: str
+    frame: Frame
+    encoding: str
+
+
+@dataclass
+class IngestProcess:
+    process: subprocess.Popen[bytes]
+    dead_letter_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def ingest(
+    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
+) -> Iterator[IngestProcess]:
+    """`osteotel ingest` as users run it: a process configured by environment variables."""
+    registry = tmp_path / "registry.toml"
+    shutil.copy(EXAMPLE_REGISTRY, registry)
+    env = {
+        **os.environ,
+        "OSTEOTEL_MQTT__HOST": mosquitto.host,
+        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
+        "OSTEOTEL_MQTT__CLIENT_ID": f"ingest-{unique_id}",
+        "OSTEOTEL_INFLUX__URL": influxdb.url,
+        "OSTEOTEL_INFLUX__DATABASE": influx_db_name,
+        "OSTEOTEL_INGEST__REGISTRY": str(registry),
+        "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(tmp_path / "dead-letter"),
+        "OSTEOTEL_INGEST__MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
+        "OSTEOTEL_INGEST__BATCH_MAX_DELAY_S": "0.05",
+    }
+    log_path = tmp_path / "ingest.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "osteotel.cli", "ingest"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    running = IngestProcess(process, tmp_path / "dead-letter", log_path)
+    try:
+        _wait_for(lambda: "ingest_started" in running.log(), "ingest to connect", running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for(condition: object, what: str, ingest: IngestProcess | None = None) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        if ingest is not None and ingest.process.poll() is not None:
+            pytest.fail(f"ingest exited with {ingest.process.returncode}:\n{ingest.log()[-3000:]}")
+        time.sleep(0.1)
+    tail = ingest.log()[-3000:] if ingest is not None else ""
+    pytest.fail(f"timed out waiting for {what}\n{tail}")
+
+
+def _mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes, tmp_path: Path) -> None:
+    payload_file = tmp_path / f"payload-{time.monotonic_ns()}"
+    payload_file.write_bytes(payload)
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+            str(payload_file),
+            "-i",
+            f"pub-{payload_file.name}",
+        ],
+        check=True,
+        timeout=10,
+    )
+
+
+def _valid_frames(rng: np.random.Generator, now_ns: int) -> list[Published]:
+    """Five frames per device, with rates whose sample times need rounding, hours in the past."""
+    published = []
+    for hub, device, encoding in DEVICES:
+        t0_ns = now_ns - 3 * 3_600_000_000_000 + rng.integers(0, 10**9)
+        for seq in range(5):
+            rate_hz = float(rng.choice([100.0, 1000.0, 30.0, 7.0]))
+            n = int(rng.integers(1, 400))
+            force_n = rng.normal(120.0, 40.0, n)
+            disp_mm = np.cumsum(rng.uniform(0.0, 0.01, n)) + seq
+            ref = rng.uniform(0.0, 800.0, n) if (device, seq) == ("DX-0002", 3) else None
+            if encoding == "binary":  # what a binary frame can carry: float32 values and rate
+                force_n, disp_mm = force_n.astype(np.float32), disp_mm.astype(np.float32)
+                rate_hz = float(np.float32(rate_hz))
+            frame = Frame(
+                device=device,
+                seq=seq,
+                t0_ns=int(t0_ns),
+                rate_hz=rate_hz,
+                force_n=force_n,
+                disp_mm=disp_mm,
+                ref_load_n=ref,
+                temp_c=36.5 if seq == 0 else None,
+            )
+            published.append(Published(hub, frame, encoding))
+            t0_ns += int(n * 1e9 / rate_hz) + 1_000_000_000
+    return published
+
+
+def _invalid_payloads(now_ns: int) -> dict[Reason, tuple[str, bytes]]:
+    """One payload for each rejection rule, each breaking only that rule."""
+
+    def frame_json(device: str = "DX-0001", **changes: object) -> bytes:
+        body: dict[str, object] = {
+            "v": 1,
+            "device": device,
+            "seq": 900,
+            "t0_ns": now_ns - 10**9,
+            "rate_hz": 100.0,
+            "force_n": [1.0, 2.0, 3.0, 4.0],
+            "disp_mm": [0.1, 0.2, 0.3, 0.4],
+        }
+        body.update(changes)
+        return json.dumps(body).encode()
+
+    topic_a1 = telemetry_topic("HUB-A", "DX-0001")
+    return {
+        Reason.OVERSIZE: (topic_a1, frame_json(force_n=[1.5] * 20_000, disp_mm=[0.5] * 20_000)),
+        Reason.MALFORMED: (topic_a1, b"OTF1\x01\x00\x04\x00"),
+        Reason.SCHEMA: (topic_a1, frame_json(disp_mm=[0.1, 0.2])),
+        Reason.UNKNOWN_HUB: (telemetry_topic("HUB-Z", "DX-0001"), frame_json()),
+        Reason.UNKNOWN_DEVICE: (telemetry_topic("HUB-A", "DX-9999"), frame_json("DX-9999")),
+        Reason.HUB_MISMATCH: (telemetry_topic("HUB-B", "DX-0001"), frame_json()),
+        Reason.TOPIC_MISMATCH: (topic_a1, frame_json("DX-0002")),
+        Reason.NON_FINITE: (topic_a1, frame_json(force_n=[1.0, 2.0, 3.0, math.nan])),
+        Reason.OUT_OF_RANGE: (topic_a1, frame_json(force_n=[1.0, 2.0, 1e7, 4.0])),
+        Reason.FUTURE_TIMESTAMP: (topic_a1, frame_json(t0_ns=now_ns + 3_600_000_000_000)),
+    }
+
+
+def _query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]]:
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        rows: list[list[object]] = []
+        for series in store.query(influxql):
+            rows.extend(series.values)
+        return rows
+
+
+def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
+    ingest: IngestProcess,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    influx_db_name: str,
+    tmp_path: Path,
+) -> None:
+    """Valid frames of 3 devices on 2 hubs land to the ns; each bad payload is rejected by rule."""
+    now_ns = time.time_ns()
+    rng = np.random.default_rng(20261125)
+    frames = _valid_frames(rng, now_ns)
+    invalid = _invalid_payloads(now_ns)
+
+    # Hubs publish with paho (QoS 1); a frame, its duplicate and every bad payload go through
+    # the real mosquitto_pub client.
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hubs-{influx_db_name}")
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for hub in ("HUB-A", "HUB-B"):
+            status = HubStatus(hub=hub, online=True, t_ns=now_ns)
+            client.publish(
+                status_topic(hub), encode_status(status), qos=1, retain=True
+            ).wait_for_publish(10)
+        for item in frames[1:]:
+            encode = encode_frame_binary if item.encoding == "binary" else encode_frame_json
+            topic = telemetry_topic(item.hub, item.frame.device)
+            client.publish(topic, encode(item.frame), qos=1).wait_for_publish(10)
+        step = DistractionStep(device="DX-0001", t_ns=now_ns - 10**9, delta_mm=0.25, source="motor")
+        reboot = Reboot(device="DX-0003", t_ns=now_ns - 2 * 10**9)
+        client.publish(
+            events_topic("HUB-A", "DX-0001"), encode_event(step), qos=1
+        ).wait_for_publish(10)
+        client.publish(
+            events_topic("HUB-B", "DX-0003"), encode_event(reboot), qos=1
+        ).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    first = frames[0]
+    _mosquitto_pub(
+        mosquitto,
+        telemetry_topic(first.hub, first.frame.device),
+        encode_frame_json(first.frame),
+        tmp_path,
+    )
+    _mosquitto_pub(
+        mosquitto,
+        telemetry_topic(first.hub, first.frame.device),
+        encode_frame_json(first.frame),
+        tmp_path,
+    )
+    for topic, payload in invalid.values():
+        _mosquitto_pub(mosquitto, topic, payload, tmp_path)
+
+    expected_samples = sum(item.frame.n for item in frames)
+
+    def all_landed() -> bool:
+        raw = _query(influxdb, influx_db_name, "SELECT count(force_n) FROM raw")
+        rejections = _query(influxdb, influx_db_name, "SELECT count(detail) FROM rejection")
+        return bool(
+            raw
+            and raw[0][1] == expected_samples
+            and rejections
+            and rejections[0][1] == len(invalid)
+        )
+
+    _wait_for(all_landed, "every sample and rejection to land", ingest)
+
+    # Every valid sample, bit for bit, at its contract timestamp; nothing else.
+    for hub, device, _ in DEVICES:
+        mine = [item.frame for item in frames if item.frame.device == device]
+        rows = _query(
+            influxdb,
+            influx_db_name,
+            f"SELECT force_n, disp_mm, ref_load_n, hub FROM raw WHERE device = '{device}'",
+        )
+        times = np.array([row[0] for row in rows], dtype=np.int64)
+        expected_t = np.concatenate([f.timestamps_ns() for f in mine])
+        np.testing.assert_array_equal(times, np.sort(expected_t))
+        order = np.argsort(expected_t)
+        np.testing.assert_array_equal(
+            [row[1] for row in rows], np.concatenate([f.force_n for f in mine])[order]
+        )
+        np.testing.assert_array_equal(
+            [row[2] for row in rows], np.concatenate([f.disp_mm for f in mine])[order]
+        )
+        assert {row[4] for row in rows} == {hub}
+        ref_rows = [row[3] for row in rows if row[3] is not None]
+        ref_frames = [f.ref_load_n for f in mine if f.ref_load_n is not None]
+        assert ref_rows == (list(np.concatenate(ref_frames)) if ref_frames else [])
+
+    frame_rows = _query(influxdb, influx_db_name, "SELECT seq, n, encoding FROM frame")
+    assert len(frame_rows) == len(frames)
+    assert sorted(row[3] for row in frame_rows) == sorted(item.encoding for item in frames)
+    event_rows = _query(influxdb, influx_db_name, "SELECT type, delta_mm, v FROM event")
+    assert sorted((row[1], row[2]) for row in event_rows) == [
+        ("distraction_step", 0.25),
+        ("reboot", None),
+    ]
+    status_rows = _query(influxdb, influx_db_name, "SELECT hub, online FROM hub_status")
+    assert sorted((row[1], row[2]) for row in status_rows) == [("HUB-A", True), ("HUB-B", True)]
+
+    # Each rejection: a rejection point, a dead letter and a log line, all naming the reason.
+    rejection_rows = _query(influxdb, influx_db_name, "SELECT reason, topic FROM rejection")
+    assert sorted((row[1], row[2]) for row in rejection_rows) == sorted(
+        (str(reason), topic) for reason, (topic, _) in invalid.items()
+    )
+    letters = [
+        json.loads(line)
+        for path in sorted(ingest.dead_letter_dir.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    assert sorted(letter["reason"] for letter in letters) == sorted(str(r) for r in invalid)
+    by_reason = {letter["reason"]: letter for letter in letters}
+    assert by_reason["non_finite"]["field"] == "force_n"
+    assert by_reason["non_finite"]["index"] == 3
+    assert by_reason["out_of_range"]["index"] == 2
+    assert by_reason["oversize"]["payload_bytes"] == len(invalid[Reason.OVERSIZE][1])
+    assert by_reason["oversize"]["payload_truncated"] is True
+    assert by_reason["malformed"]["payload_encoding"] in {"utf-8", "base64"}
+    log = ingest.log()
+    for reason in invalid:
+        assert f"rejected reason={reason}" in log
+
+    # The duplicate was stored once (the counts above) and reported.
+    assert "duplicate device=DX-0001 seq=0" in log
