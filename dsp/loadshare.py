@@ -1,0 +1,201 @@
+"""Load share during weight-bearing tests: the fraction of a known reference load (the patient
+standing on a scale) that goes through the device.
+
+Between load_test_start and load_test_end the tracker keeps running co-moments of the reference
+load and the device force; the share is the least-squares slope of force on reference load, so
+the force the device carries at rest (its intercept) does not count. Clinically the frame comes
+off when the share is below 10 % (Aarnes 2005, J Orthop Res; see /work/shared/DOMAIN.md).
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dsp import _kernels as kern
+from dsp.steps import _as_float_array, _check_rate
+
+__all__ = [
+    "LOADSHARE_VERSION",
+    "LoadShareEstimate",
+    "LoadShareTracker",
+    "load_share",
+]
+
+LOADSHARE_VERSION = "dsp.loadshare/1"
+
+LoadShareStatus = Literal["ok", "too_few_samples", "no_load_variation"]
+
+_NO_END = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadShareEstimate:
+    """The share of a reference load the device carried during one test.
+
+    Attributes:
+        share: force_sign * d(force_n) / d(ref_load_n), dimensionless (1 = all of the load).
+        share_std: standard error of the share, from the regression residuals.
+        f_offset_n: device force at zero reference load (N), in the device's own sign.
+        r2: share of the force variance the load explains.
+        ref_range_n: max - min of the reference load during the test (N).
+        status: "ok", "too_few_samples" (fewer than 3 pairs) or "no_load_variation" (the
+            reference load did not vary, so no slope exists); share is NaN unless "ok".
+        n_samples: finite sample pairs used.
+        t_start_ns: first pair used (ns); -1 if none.
+        t_end_ns: last pair used (ns); -1 if none.
+        version: estimator version.
+    """
+
+    share: float
+    share_std: float
+    f_offset_n: float
+    r2: float
+    ref_range_n: float
+    status: LoadShareStatus
+    n_samples: int
+    t_start_ns: int
+    t_end_ns: int
+    version: str = LOADSHARE_VERSION
+
+
+def _estimate(
+    lf: NDArray[np.float64], li: NDArray[np.int64], force_sign: float
+) -> LoadShareEstimate:
+    n = float(lf[kern.LF_N])
+    c_rr, c_rf, c_ff = (float(v) for v in lf[kern.LF_C_RR : kern.LF_C_FF + 1])
+    ref_range = float(lf[kern.LF_MAX_REF] - lf[kern.LF_MIN_REF]) if n else math.nan
+    status: LoadShareStatus = "ok"
+    if n < 3:
+        status = "too_few_samples"
+    # A reference load flat to within rounding carries no slope.
+    elif not c_rr > 1e-12 * max(1.0, n * float(lf[kern.LF_MEAN_REF]) ** 2):
+        status = "no_load_variation"
+    share = share_std = offset = r2 = math.nan
+    if status == "ok":
+        slope = c_rf / c_rr
+        ss_res = max(c_ff - c_rf * c_rf / c_rr, 0.0)
+        share = force_sign * slope
+        share_std = math.sqrt(ss_res / (n - 2.0) / c_rr)
+        offset = float(lf[kern.LF_MEAN_F]) - slope * float(lf[kern.LF_MEAN_REF])
+        r2 = 1.0 - ss_res / c_ff if c_ff > 0.0 else math.nan
+    return LoadShareEstimate(
+        share=share,
+        share_std=share_std,
+        f_offset_n=offset,
+        r2=r2,
+        ref_range_n=ref_range,
+        status=status,
+        n_samples=int(n),
+        t_start_ns=int(li[kern.LI_T_FIRST]),
+        t_end_ns=int(li[kern.LI_T_LAST]),
+    )
+
+
+@dataclass
+class LoadShareTracker:
+    """Streaming load-share estimator for `n_devices` devices, indexed 0..n_devices-1.
+
+    Call `start` at load_test_start, `frame` for each frame (samples outside a test are
+    ignored), and `end` at load_test_end to get the estimate.
+
+    Attributes:
+        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it.
+    """
+
+    n_devices: int
+    force_sign: float = 1.0
+    float_state: NDArray[np.float64] = field(init=False, repr=False)
+    int_state: NDArray[np.int64] = field(init=False, repr=False)
+    _begin_ns: NDArray[np.int64] = field(init=False, repr=False)
+    _end_ns: NDArray[np.int64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.n_devices < 1:
+            raise ValueError(f"n_devices={self.n_devices} must be >= 1")
+        if self.force_sign not in (1.0, -1.0):
+            raise ValueError(f"force_sign={self.force_sign} must be +1 or -1")
+        self.float_state = np.zeros((self.n_devices, kern.LS_FLOAT_LEN))
+        self.int_state = np.full((self.n_devices, kern.LS_INT_LEN), -1, dtype=np.int64)
+        # No test open: an empty interval.
+        self._begin_ns = np.full(self.n_devices, _NO_END, dtype=np.int64)
+        self._end_ns = np.full(self.n_devices, _NO_END, dtype=np.int64)
+
+    def start(self, device: int, t_ns: int) -> None:
+        """Begin a load test at t_ns (UTC epoch ns); any unfinished test is discarded."""
+        self.float_state[device] = 0.0
+        self.int_state[device] = -1
+        self._begin_ns[device] = t_ns
+        self._end_ns[device] = _NO_END
+
+    def frame(
+        self,
+        device: int,
+        force_n: NDArray[np.floating] | list[float],
+        ref_load_n: NDArray[np.floating] | list[float],
+        t0_ns: int,
+        rate_hz: float,
+    ) -> None:
+        """Add a frame's sample pairs that fall inside the open test.
+
+        Args:
+            device: device index.
+            force_n: device force (N).
+            ref_load_n: reference load (N), same length; pairs with a non-finite value are
+                skipped.
+            t0_ns: time of the first sample (UTC epoch ns).
+            rate_hz: sample rate (Hz).
+        """
+        force = _as_float_array("force_n", force_n)
+        ref = _as_float_array("ref_load_n", ref_load_n)
+        if force.shape != ref.shape:
+            raise ValueError(f"force_n has {force.size} samples, ref_load_n {ref.size}")
+        dt_ns = _check_rate(rate_hz)
+        if force.size:
+            kern._loadshare_push(
+                self.float_state[device],
+                self.int_state[device],
+                force,
+                ref,
+                t0_ns,
+                dt_ns,
+                int(self._begin_ns[device]),
+                int(self._end_ns[device]),
+            )
+
+    def estimate(self, device: int) -> LoadShareEstimate:
+        """The estimate over the test so far (or the last finished test)."""
+        return _estimate(self.float_state[device], self.int_state[device], self.force_sign)
+
+    def end(self, device: int, t_ns: int) -> LoadShareEstimate:
+        """End the load test at t_ns (UTC epoch ns); later samples no longer count.
+
+        Samples of the test that arrive after `end` (in a late frame) are still added if
+        their time is before t_ns; call `estimate` again to include them.
+        """
+        self._end_ns[device] = t_ns
+        return self.estimate(device)
+
+
+def load_share(
+    force_n: NDArray[np.floating] | list[float],
+    ref_load_n: NDArray[np.floating] | list[float],
+    *,
+    force_sign: float = 1.0,
+) -> LoadShareEstimate:
+    """Load share over whole arrays at once (the batch form; every pair is in the test).
+
+    Args:
+        force_n: device force (N).
+        ref_load_n: reference load (N).
+        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it.
+
+    Returns:
+        The estimate; t_start_ns/t_end_ns count sample indices from 0 in ns at 1 GHz.
+    """
+    tracker = LoadShareTracker(1, force_sign)
+    tracker.start(0, 0)
+    tracker.frame(0, force_n, ref_load_n, 0, 1e9)
+    return tracker.end(0, _NO_END)
