@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,12 @@ from pydantic_settings import (
 __all__ = ["InfluxSettings", "IngestSettings", "MqttSettings", "Settings"]
 
 
-class MqttSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt key must fail loudly rather than leave a default silently in force.
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
     """How a service reaches the MQTT broker."""
 
     host: str = "127.0.0.1"
@@ -33,7 +38,7 @@ class MqttSettings(BaseModel):
     keepalive_s: int = Field(30, ge=5)
 
 
-class InfluxSettings(BaseModel):
+class InfluxSettings(_Section):
     """How a service reaches InfluxDB (1.x, 2.x, 3.x or another server speaking its protocols).
 
     `api` picks the write path: `auto` asks the server's `/ping` version header, `v1` posts
@@ -52,7 +57,7 @@ class InfluxSettings(BaseModel):
     timeout_s: float = Field(10.0, gt=0)
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """What ingest accepts and where it keeps what it refuses."""
 
     registry: Path = Path("deploy/registry.example.toml")
