@@ -79,6 +79,14 @@ class DeadLetterWriter:
             self._day = day
         self._file.write(letter.to_json() + "\n")
 
+    def keep_refused_batch(self, body: bytes) -> Path:
+        """Keep a spooled batch that the server refused, as is, beside the dead letters."""
+        self._directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        path = self._directory / f"refused-batch-{digest}.lp"
+        path.write_bytes(body)
+        return path
+
     def flush(self) -> None:
         """Push written records to disk."""
         if self._file is not None:

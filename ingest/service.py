@@ -29,6 +29,7 @@ from .accounting import Accounting
 from .deadletter import DeadLetter, DeadLetterWriter
 from .mqtt import MqttSource, Received
 from .records import event_lines, frame_lines, rejection_lines, status_lines
+from .spool import Spool, SpoolFull
 
 __all__ = ["IngestService"]
 
@@ -72,6 +73,8 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
+        self._spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
+        self._spooled = asyncio.Event()
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         self._last_rejection_ns = 0
         self.accounting = Accounting()
@@ -87,6 +90,7 @@ class IngestService:
                 receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
                 registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
+                drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
                 await source.wait_connected(timeout_s=30)
                 self.ready.set()
                 log.info(kv("ingest_started", influx_api=store.api))
@@ -99,6 +103,7 @@ class IngestService:
                     # Not acknowledged, so the broker delivers it again to the next ingest.
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 write.cancel()
+                drain.cancel()
         finally:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
@@ -213,17 +218,62 @@ class IngestService:
             await asyncio.to_thread(self._dead_letters.flush)
         body = b"".join(work.lines for work in batch.items)
         if body:
-            try:
-                await self._write_retrying(store, body)
-            except StoreRejected as exc:
-                log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
-                await self._commit_one_by_one(batch, store)
+            await self._store_or_spool(store, body, batch)
         for work in batch.items:
             if work.device is not None:
                 counts = self.accounting.device(work.device)
                 counts.stored += 1
                 counts.samples_stored += work.samples
             source.ack(work.message)
+
+    async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
+        """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""
+        if self._spool.batches == 0:
+            try:
+                await asyncio.to_thread(store.write, body)
+            except StoreUnavailable as exc:
+                log.warning(kv("store_unavailable", action="spooling", detail=str(exc)))
+            except StoreRejected as exc:
+                log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
+                await self._commit_one_by_one(batch, store)
+                return
+            else:
+                return
+        while True:
+            try:
+                await asyncio.to_thread(self._spool.append, body)
+            except SpoolFull as exc:
+                # Not acknowledged until there is room: the broker holds the messages meanwhile.
+                log.error(kv("spool_full", detail=str(exc)))
+                await asyncio.sleep(_RETRY_MAX_S)
+            else:
+                self._spooled.set()
+                return
+
+    async def _drain_spool(self, store: InfluxStore) -> None:
+        """Replay spooled batches, oldest first, whenever InfluxDB takes them."""
+        delay_s = _RETRY_MIN_S
+        while True:
+            body = await asyncio.to_thread(self._spool.oldest)
+            if body is None:
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            try:
+                await asyncio.to_thread(store.write, body)
+            except StoreUnavailable:
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                continue
+            except StoreRejected as exc:
+                # Lines that were stored before cannot be refused now, short of a schema
+                # change on the server: keep the batch for an operator, never drop it.
+                kept = self._dead_letters.keep_refused_batch(body)
+                log.error(kv("spooled_batch_rejected", kept=kept, detail=str(exc)))
+            await asyncio.to_thread(self._spool.pop_oldest)
+            delay_s = _RETRY_MIN_S
+            if self._spool.batches == 0:
+                log.info(kv("spool_drained"))
 
     async def _commit_one_by_one(self, batch: _Batch, store: InfluxStore) -> None:
         """Find the message the server refuses so that it does not cost its neighbours."""

@@ -67,6 +67,9 @@ class IngestSettings(_Section):
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     # Hub clocks are NTP-synchronised; 5 s ahead of server time already means a broken clock.
     future_skew_s: float = Field(5.0, ge=0)
+    spool_dir: Path = Path("var/spool")
+    # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
+    spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
     batch_max_lines: int = Field(20_000, ge=1)
     batch_max_delay_s: float = Field(0.2, gt=0)
     queue_max_messages: int = Field(1_000, ge=1)

@@ -2,11 +2,7 @@
 
 import json
 import math
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
+from harness import IngestProcess, ingest_env, query, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
@@ -29,11 +26,7 @@ from devices.contract import (
     telemetry_topic,
 )
 from osteotel.services import InfluxDB, Mosquitto
-from osteotel.settings import InfluxSettings
-from osteotel.store.influx import InfluxStore
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
 # Hub, device and encoding of the example registry's three devices.
 DEVICES = (
     ("HUB-A", "DX-0001", "json"),
@@ -41,7 +34,6 @@ DEVICES = (
     ("HUB-B", "DX-0003", "binary"),
 )
 MAX_PAYLOAD_BYTES = 65_536
-DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,67 +43,21 @@ class Published:
     encoding: str
 
 
-@dataclass
-class IngestProcess:
-    process: subprocess.Popen[bytes]
-    dead_letter_dir: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
 @pytest.fixture
 def ingest(
     mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
 ) -> Iterator[IngestProcess]:
     """`osteotel ingest` as users run it: a process configured by environment variables."""
-    registry = tmp_path / "registry.toml"
-    shutil.copy(EXAMPLE_REGISTRY, registry)
-    env = {
-        **os.environ,
-        "OSTEOTEL_MQTT__HOST": mosquitto.host,
-        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
-        "OSTEOTEL_MQTT__CLIENT_ID": f"ingest-{unique_id}",
-        "OSTEOTEL_INFLUX__URL": influxdb.url,
-        "OSTEOTEL_INFLUX__DATABASE": influx_db_name,
-        "OSTEOTEL_INGEST__REGISTRY": str(registry),
-        "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(tmp_path / "dead-letter"),
-        "OSTEOTEL_INGEST__MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
-        "OSTEOTEL_INGEST__BATCH_MAX_DELAY_S": "0.05",
-    }
-    log_path = tmp_path / "ingest.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "osteotel.cli", "ingest"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    running = IngestProcess(process, tmp_path / "dead-letter", log_path)
+    env = ingest_env(
+        mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
+        max_payload_bytes=str(MAX_PAYLOAD_BYTES),
+    )  # fmt: skip
+    running = IngestProcess(env, tmp_path)
+    running.start()
     try:
-        _wait_for(lambda: "ingest_started" in running.log(), "ingest to connect", running)
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for(condition: object, what: str, ingest: IngestProcess | None = None) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        if ingest is not None and ingest.process.poll() is not None:
-            pytest.fail(f"ingest exited with {ingest.process.returncode}:\n{ingest.log()[-3000:]}")
-        time.sleep(0.1)
-    tail = ingest.log()[-3000:] if ingest is not None else ""
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
+        assert running.stop() == 0
 
 
 def _mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes, tmp_path: Path) -> None:
@@ -198,14 +144,6 @@ def _invalid_payloads(now_ns: int) -> dict[Reason, tuple[str, bytes]]:
     }
 
 
-def _query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]]:
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
-        rows: list[list[object]] = []
-        for series in store.query(influxql):
-            rows.extend(series.values)
-        return rows
-
-
 def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
     ingest: IngestProcess,
     mosquitto: Mosquitto,
@@ -264,8 +202,8 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
     expected_samples = sum(item.frame.n for item in frames)
 
     def all_landed() -> bool:
-        raw = _query(influxdb, influx_db_name, "SELECT count(force_n) FROM raw")
-        rejections = _query(influxdb, influx_db_name, "SELECT count(detail) FROM rejection")
+        raw = query(influxdb, influx_db_name, "SELECT count(force_n) FROM raw")
+        rejections = query(influxdb, influx_db_name, "SELECT count(detail) FROM rejection")
         return bool(
             raw
             and raw[0][1] == expected_samples
@@ -273,12 +211,12 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
             and rejections[0][1] == len(invalid)
         )
 
-    _wait_for(all_landed, "every sample and rejection to land", ingest)
+    wait_for(all_landed, "every sample and rejection to land", ingest)
 
     # Every valid sample, bit for bit, at its contract timestamp; nothing else.
     for hub, device, _ in DEVICES:
         mine = [item.frame for item in frames if item.frame.device == device]
-        rows = _query(
+        rows = query(
             influxdb,
             influx_db_name,
             f"SELECT force_n, disp_mm, ref_load_n, hub FROM raw WHERE device = '{device}'",
@@ -298,19 +236,19 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
         ref_frames = [f.ref_load_n for f in mine if f.ref_load_n is not None]
         assert ref_rows == (list(np.concatenate(ref_frames)) if ref_frames else [])
 
-    frame_rows = _query(influxdb, influx_db_name, "SELECT seq, n, encoding FROM frame")
+    frame_rows = query(influxdb, influx_db_name, "SELECT seq, n, encoding FROM frame")
     assert len(frame_rows) == len(frames)
     assert sorted(row[3] for row in frame_rows) == sorted(item.encoding for item in frames)
-    event_rows = _query(influxdb, influx_db_name, "SELECT type, delta_mm, v FROM event")
+    event_rows = query(influxdb, influx_db_name, "SELECT type, delta_mm, v FROM event")
     assert sorted((row[1], row[2]) for row in event_rows) == [
         ("distraction_step", 0.25),
         ("reboot", None),
     ]
-    status_rows = _query(influxdb, influx_db_name, "SELECT hub, online FROM hub_status")
+    status_rows = query(influxdb, influx_db_name, "SELECT hub, online FROM hub_status")
     assert sorted((row[1], row[2]) for row in status_rows) == [("HUB-A", True), ("HUB-B", True)]
 
     # Each rejection: a rejection point, a dead letter and a log line, all naming the reason.
-    rejection_rows = _query(influxdb, influx_db_name, "SELECT reason, topic FROM rejection")
+    rejection_rows = query(influxdb, influx_db_name, "SELECT reason, topic FROM rejection")
     assert sorted((row[1], row[2]) for row in rejection_rows) == sorted(
         (str(reason), topic) for reason, (topic, _) in invalid.items()
     )

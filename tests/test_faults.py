@@ -1,0 +1,171 @@
+"""Faults mid-stream against the real servers: InfluxDB away, ingest killed, Mosquitto restarted.
+
+Each test ends with InfluxDB holding exactly the published samples: none lost, none doubled.
+"""
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from harness import IngestProcess, ingest_env, query, wait_for
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices.codec import encode_frame_json
+from devices.contract import Frame, telemetry_topic
+from osteotel.services import InfluxDB, Mosquitto
+
+HUB, DEVICE = "HUB-A", "DX-0001"
+INFLUX_OUTAGE_S = 30.0
+PUBLISH_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Stack:
+    mosquitto: Mosquitto
+    influxdb: InfluxDB
+    ingest: IngestProcess
+    database: str = "faults"
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A private broker, database and ingest that a test may stop, kill and restart."""
+    with Mosquitto(tmp_path / "mosquitto") as broker, InfluxDB(tmp_path / "influxdb") as influx:
+        env = ingest_env(broker, influx, "faults", "ingest-faults", tmp_path)
+        ingest = IngestProcess(env, tmp_path)
+        ingest.start()
+        try:
+            yield Stack(broker, influx, ingest)
+        finally:
+            ingest.stop()
+
+
+class Hub:
+    """A hub publishing with QoS 1 that re-sends until the broker acknowledges."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="hub-faults", clean_session=False
+        )
+        self._client.reconnect_delay_set(0.2, 1)
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+        self.published: list[Frame] = []
+
+    def publish(self, frame: Frame) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = self._client.publish(telemetry_topic(HUB, DEVICE), encode_frame_json(frame), 1)
+            try:
+                info.wait_for_publish(PUBLISH_TIMEOUT_S)
+            except (RuntimeError, ValueError):
+                time.sleep(0.2)  # not connected: the broker is restarting
+                continue
+            if info.is_published():
+                self.published.append(frame)
+                return
+        pytest.fail(f"frame {frame.seq} was never acknowledged by the broker")
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def frames(count: int, *, first_seq: int = 0) -> Iterator[Frame]:
+    """Frames of 50 samples at 100 Hz, one second apart, a day in the past."""
+    rng = np.random.default_rng(first_seq)
+    t0_ns = time.time_ns() - 86_400_000_000_000
+    for seq in range(first_seq, first_seq + count):
+        yield Frame(
+            device=DEVICE, seq=seq, t0_ns=t0_ns + seq * 1_000_000_000, rate_hz=100.0,
+            force_n=rng.normal(150.0, 30.0, 50), disp_mm=rng.uniform(10.0, 11.0, 50),
+        )  # fmt: skip
+
+
+def assert_exactly_stored(stack: Stack, published: list[Frame]) -> None:
+    expected_samples = sum(frame.n for frame in published)
+
+    def landed() -> bool:
+        rows = query(stack.influxdb, stack.database, "SELECT count(force_n) FROM raw")
+        return bool(rows) and rows[0][1] == expected_samples
+
+    wait_for(landed, f"{expected_samples} samples in InfluxDB", stack.ingest)
+    rows = query(stack.influxdb, stack.database, "SELECT force_n, disp_mm FROM raw")
+    np.testing.assert_array_equal(
+        [row[0] for row in rows], np.concatenate([f.timestamps_ns() for f in published])
+    )
+    np.testing.assert_array_equal(
+        [row[1] for row in rows], np.concatenate([f.force_n for f in published])
+    )
+    np.testing.assert_array_equal(
+        [row[2] for row in rows], np.concatenate([f.disp_mm for f in published])
+    )
+    frame_rows = query(stack.influxdb, stack.database, "SELECT seq FROM frame")
+    assert [row[1] for row in frame_rows] == [frame.seq for frame in published]
+
+
+def test_influxdb_away_for_30_s_costs_nothing(stack: Stack) -> None:
+    """Batches spool while InfluxDB is stopped and are all stored, once, when it returns."""
+    hub = Hub(stack.mosquitto)
+    try:
+        stream = frames(50)
+        for frame in [next(stream) for _ in range(15)]:
+            hub.publish(frame)
+        wait_for(
+            lambda: bool(query(stack.influxdb, stack.database, "SELECT count(seq) FROM frame")),
+            "the first frames to be stored",
+        )
+        stack.influxdb.stop()
+        outage_ends = time.monotonic() + INFLUX_OUTAGE_S
+        for frame in [next(stream) for _ in range(20)]:
+            hub.publish(frame)
+            time.sleep(INFLUX_OUTAGE_S / 25)
+        wait_for(lambda: "action=spooling" in stack.ingest.log(), "ingest to spool")
+        time.sleep(max(0.0, outage_ends - time.monotonic()))
+        stack.influxdb.start()
+        for frame in stream:
+            hub.publish(frame)
+    finally:
+        hub.close()
+    assert_exactly_stored(stack, hub.published)
+    wait_for(lambda: "spool_drained" in stack.ingest.log(), "the spool to drain")
+    assert list((stack.ingest.workdir / "spool").glob("*.lp")) == []
+
+
+def test_ingest_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> None:
+    """After SIGKILL, the broker redelivers what ingest had not acknowledged."""
+    hub = Hub(stack.mosquitto)
+    try:
+        stream = frames(60)
+        for frame in [next(stream) for _ in range(20)]:
+            hub.publish(frame)
+        stack.ingest.stop(signal.SIGKILL)
+        for frame in [next(stream) for _ in range(20)]:
+            hub.publish(frame)  # queued by the broker for ingest's persistent session
+        stack.ingest.start()
+        for frame in stream:
+            hub.publish(frame)
+    finally:
+        hub.close()
+    assert_exactly_stored(stack, hub.published)
+
+
+def test_mosquitto_restarted_mid_stream_loses_nothing(stack: Stack) -> None:
+    """A broker restart with persistence on: hub and ingest reconnect; every sample lands once."""
+    hub = Hub(stack.mosquitto)
+    try:
+        stream = frames(40)
+        for frame in [next(stream) for _ in range(20)]:
+            hub.publish(frame)
+        stack.mosquitto.restart()
+        for frame in stream:
+            hub.publish(frame)
+    finally:
+        hub.close()
+    assert_exactly_stored(stack, hub.published)
+    assert "mqtt_disconnected" in stack.ingest.log()
