@@ -94,6 +94,11 @@ class MqttSource:
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the session to the broker is up."""
+        return self._connected.is_set()
+
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until the first CONNACK; raises TimeoutError after `timeout_s` seconds."""
         await asyncio.wait_for(self._connected.wait(), timeout_s)

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from devices.contract import SUBSCRIPTIONS, Frame, HubStatus, Reason, Rejected, parse_topic
 from devices.registry import RegistryFile
 from devices.validation import Accepted, Limits, accept
-from osteotel.errors import StoreRejected, StoreUnavailable
+from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
 from osteotel.logs import kv
 from osteotel.settings import Settings
 from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
 from .deadletter import DeadLetter, DeadLetterWriter
+from .metrics import HealthServer, IngestMetrics, stats_lines
 from .mqtt import MqttSource, Received
 from .records import event_lines, frame_lines, rejection_lines, status_lines
 from .spool import Spool, SpoolFull
@@ -49,6 +50,7 @@ class _Work:
     lines: bytes
     device: str | None = None
     samples: int = 0
+    t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
 
 
@@ -75,10 +77,13 @@ class IngestService:
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
         self._spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
         self._spooled = asyncio.Event()
+        self._spool_full = False
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         self._last_rejection_ns = 0
         self.accounting = Accounting()
+        self.metrics = IngestMetrics(self.accounting, self._spool)
         self.ready = asyncio.Event()
+        self._source: MqttSource | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
@@ -86,11 +91,13 @@ class IngestService:
         try:
             await asyncio.to_thread(store.ensure_database)
             source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
-            async with source, asyncio.TaskGroup() as tasks:
+            self._source = source
+            async with source, self._http(), asyncio.TaskGroup() as tasks:
                 receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
                 registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
                 drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
+                stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
                 self.ready.set()
                 log.info(kv("ingest_started", influx_api=store.api))
@@ -104,10 +111,39 @@ class IngestService:
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 write.cancel()
                 drain.cancel()
+                stats.cancel()
         finally:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
         log.info(kv("ingest_stopped"))
+
+    def _http(self) -> contextlib.AbstractAsyncContextManager[object]:
+        port = self._settings.ingest.http_port
+        if port == 0:
+            return contextlib.nullcontext()
+        return HealthServer(
+            host=self._settings.ingest.http_host,
+            port=port,
+            metrics=self.metrics,
+            ready=self._is_ready,
+        )
+
+    def _is_ready(self) -> bool:
+        """Connected to the broker and not blocked on a full spool."""
+        return self._source is not None and self._source.connected and not self._spool_full
+
+    async def _write_stats(self, store: InfluxStore) -> None:
+        instance = self._settings.mqtt.client_id
+        while True:
+            await asyncio.sleep(self._settings.ingest.stats_interval_s)
+            lines = stats_lines(
+                self.accounting, self._spool, instance=instance, now_ns=time.time_ns()
+            )
+            try:
+                await asyncio.to_thread(store.write, lines)
+            except StoreError as exc:
+                # A snapshot of cumulative counters: the next one carries the same information.
+                log.info(kv("stats_not_written", detail=str(exc)))
 
     async def _watch_registry(self) -> None:
         while True:
@@ -143,7 +179,7 @@ class IngestService:
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
                 return _Work(message, b"")
             lines = frame_lines(accepted.hub, item, accepted.encoding)
-            return _Work(message, lines, device=item.device, samples=item.n)
+            return _Work(message, lines, item.device, item.n, item.t_last_ns)
         if isinstance(item, HubStatus):
             return _Work(message, status_lines(item))
         return _Work(message, event_lines(accepted.hub, item))
@@ -219,11 +255,18 @@ class IngestService:
         body = b"".join(work.lines for work in batch.items)
         if body:
             await self._store_or_spool(store, body, batch)
+        now_ns = time.time_ns()
         for work in batch.items:
             if work.device is not None:
                 counts = self.accounting.device(work.device)
                 counts.stored += 1
                 counts.samples_stored += work.samples
+                self.metrics.receive_to_stored_s.labels(work.device).observe(
+                    (now_ns - work.message.received_ns) / 1e9
+                )
+                self.metrics.sample_to_stored_s.labels(work.device).observe(
+                    max(0, now_ns - work.t_last_ns) / 1e9
+                )
             source.ack(work.message)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
@@ -244,9 +287,11 @@ class IngestService:
                 await asyncio.to_thread(self._spool.append, body)
             except SpoolFull as exc:
                 # Not acknowledged until there is room: the broker holds the messages meanwhile.
+                self._spool_full = True
                 log.error(kv("spool_full", detail=str(exc)))
                 await asyncio.sleep(_RETRY_MAX_S)
             else:
+                self._spool_full = False
                 self._spooled.set()
                 return
 

@@ -67,6 +67,10 @@ class IngestSettings(_Section):
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     # Hub clocks are NTP-synchronised; 5 s ahead of server time already means a broken clock.
     future_skew_s: float = Field(5.0, ge=0)
+    # /metrics, /healthz and /readyz; port 0 turns the endpoint off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9310, ge=0, le=65535)
+    stats_interval_s: float = Field(10.0, gt=0)
     spool_dir: Path = Path("var/spool")
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)

@@ -5,13 +5,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from osteotel.services import InfluxDB, Mosquitto
+from osteotel.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 
@@ -36,6 +38,20 @@ class IngestProcess:
     @property
     def dead_letter_dir(self) -> Path:
         return self.workdir / "dead-letter"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['OSTEOTEL_INGEST__HTTP_PORT']}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET one of ingest's HTTP endpoints; returns the status and the body."""
+        request = urllib.request.Request(self.http_url + path)  # noqa: S310 - loopback
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -81,6 +97,7 @@ def ingest_env(
         "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(workdir / "dead-letter"),
         "OSTEOTEL_INGEST__SPOOL_DIR": str(workdir / "spool"),
         "OSTEOTEL_INGEST__BATCH_MAX_DELAY_S": "0.05",
+        "OSTEOTEL_INGEST__HTTP_PORT": str(free_port()),
         **{f"OSTEOTEL_INGEST__{key.upper()}": value for key, value in extra.items()},
     }
 

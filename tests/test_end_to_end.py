@@ -50,7 +50,7 @@ def ingest(
     """`osteotel ingest` as users run it: a process configured by environment variables."""
     env = ingest_env(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
-        max_payload_bytes=str(MAX_PAYLOAD_BYTES),
+        max_payload_bytes=str(MAX_PAYLOAD_BYTES), stats_interval_s="0.5",
     )  # fmt: skip
     running = IngestProcess(env, tmp_path)
     running.start()
@@ -271,3 +271,36 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
 
     # The duplicate was stored once (the counts above) and reported.
     assert "duplicate device=DX-0001 seq=0" in log
+
+    # The same accounting on /metrics, and the service says it is healthy and ready.
+    status, metrics = ingest.get("/metrics")
+    assert status == 200
+    for _, device, _ in DEVICES:
+        mine = [item.frame for item in frames if item.frame.device == device]
+        received = len(mine) + (device == "DX-0001")
+        assert f'osteotel_ingest_frames_received_total{{device="{device}"}} {received}.0' in metrics
+        assert f'osteotel_ingest_frames_stored_total{{device="{device}"}} {len(mine)}.0' in metrics
+        samples = sum(f.n for f in mine)
+        assert f'osteotel_ingest_samples_stored_total{{device="{device}"}} {samples}.0' in metrics
+    assert 'osteotel_ingest_frames_duplicate_total{device="DX-0001"} 1.0' in metrics
+    for reason, (topic, _) in invalid.items():
+        hub = topic.split("/")[2]
+        assert f'osteotel_ingest_rejected_total{{hub="{hub}",reason="{reason}"}} 1.0' in metrics
+    assert ingest.get("/healthz")[0] == 200
+    assert ingest.get("/readyz")[0] == 200
+
+    # And in InfluxDB, for the data-quality board.
+    def stats_current() -> bool:
+        rows = query(
+            influxdb,
+            influx_db_name,
+            "SELECT last(frames_stored), last(frames_duplicate) FROM ingest_stats "
+            "WHERE device = 'DX-0001'",
+        )
+        return bool(rows) and rows[0][1:] == [5, 1]
+
+    wait_for(stats_current, "ingest_stats to show DX-0001's frames", ingest)
+    rows = query(
+        influxdb, influx_db_name, "SELECT last(rejected) FROM ingest_rejections GROUP BY reason"
+    )
+    assert len(rows) == len(invalid)
