@@ -15,7 +15,7 @@ import pytest
 
 from osteotel.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings
-from osteotel.store.influx import InfluxStore
+from osteotel.store.influx import InfluxStore, Series
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
@@ -115,7 +115,12 @@ def wait_for(condition: Callable[[], bool], what: str, ingest: IngestProcess | N
     pytest.fail(f"timed out waiting for {what}\n{tail}")
 
 
+def query_series(influxdb: InfluxDB, database: str, influxql: str) -> list[Series]:
+    """Every series an InfluxQL query returns."""
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        return store.query(influxql)
+
+
 def query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]]:
     """The rows of every series an InfluxQL query returns."""
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
-        return [row for series in store.query(influxql) for row in series.values]
+    return [row for series in query_series(influxdb, database, influxql) for row in series.values]
