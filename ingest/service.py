@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 
 from devices.contract import SUBSCRIPTIONS, Frame, HubStatus, Reason, Rejected, parse_topic
@@ -32,7 +33,7 @@ from .mqtt import MqttSource, Received
 from .records import event_lines, frame_lines, rejection_lines, status_lines
 from .spool import Spool, SpoolFull
 
-__all__ = ["IngestService"]
+__all__ = ["IngestService", "partition_of"]
 
 log = logging.getLogger("osteotel.ingest")
 
@@ -58,6 +59,20 @@ class _Work:
 class _Batch:
     items: list[_Work] = field(default_factory=list)
     lines: int = 0
+
+
+def partition_of(topic: str, partitions: int) -> int:
+    """The ingest process (0..partitions-1) that owns a topic's device, or its hub for status.
+
+    A stable hash (CRC-32), so every process and every restart agree; a topic that does not
+    parse belongs to process 0, which rejects it once.
+    """
+    try:
+        parsed = parse_topic(topic)
+    except Rejected:
+        return 0
+    key = parsed.device if parsed.device is not None else parsed.hub
+    return zlib.crc32(key.encode()) % partitions
 
 
 class IngestService:
@@ -155,8 +170,14 @@ class IngestService:
                 )
 
     async def _receive(self, source: MqttSource) -> None:
+        partitions = self._settings.ingest.partitions
+        mine = self._settings.ingest.partition
         async for message in source.messages():
-            await self._queue.put(self._handle(message))
+            if partitions > 1 and partition_of(message.topic, partitions) != mine:
+                # Another process owns this device: acknowledge in turn, store nothing.
+                await self._queue.put(_Work(message, b""))
+            else:
+                await self._queue.put(self._handle(message))
 
     def _handle(self, message: Received) -> _Work:
         try:

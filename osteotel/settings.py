@@ -67,6 +67,10 @@ class IngestSettings(_Section):
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     # Hub clocks are NTP-synchronised; 5 s ahead of server time already means a broken clock.
     future_skew_s: float = Field(5.0, ge=0)
+    # Scaling across processes: this process stores the devices whose CRC-32 modulo
+    # `partitions` is `partition` (docs/ingest.md).
+    partitions: int = Field(1, ge=1, le=64)
+    partition: int = Field(0, ge=0)
     # /metrics, /healthz and /readyz; port 0 turns the endpoint off.
     http_host: str = "127.0.0.1"
     http_port: int = Field(9310, ge=0, le=65535)

@@ -28,6 +28,8 @@ class IngestProcess:
 
     env: dict[str, str]
     workdir: Path
+    args: tuple[str, ...] = ()
+    processes: int = 1
     process: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
@@ -58,10 +60,10 @@ class IngestProcess:
 
     def start(self) -> None:
         """Start ingest and wait until it is subscribed."""
-        self.starts += 1
+        self.starts += self.processes
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "osteotel.cli", "ingest"],
+                [sys.executable, "-m", "osteotel.cli", "ingest", *self.args],
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
