@@ -8,9 +8,10 @@ cd "$(dirname "$0")"
 
 VENV=${OSTEOTEL_VENV:-.venv}
 DEBIAN_PACKAGES=(python3 python3-venv mosquitto mosquitto-clients influxdb victoria-metrics
-                 prometheus-alertmanager)
+                 prometheus-alertmanager openssl)
 # The binary each package must leave on the machine; a missing one triggers the install.
-BINARIES=(python3 mosquitto mosquitto_pub influxd victoria-metrics prometheus-alertmanager)
+# (openssl: the security tests make their own throw-away CA and certificates.)
+BINARIES=(python3 mosquitto mosquitto_pub influxd victoria-metrics prometheus-alertmanager openssl)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
