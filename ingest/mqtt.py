@@ -67,8 +67,7 @@ class MqttSource:
             manual_ack=True,
         )
         if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password else None
-            self._client.username_pw_set(settings.username, password)
+            self._client.username_pw_set(settings.username, settings.password_text())
         if settings.tls_ca_file is not None:
             self._client.tls_set_context(ssl.create_default_context(cafile=settings.tls_ca_file))
         self._client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)

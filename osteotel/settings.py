@@ -33,9 +33,20 @@ class MqttSettings(_Section):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
+    # A file holding the password (mode 0600, e.g. made by `python -m osteotel.brokerconf`);
+    # used when `password` is not set, so the secret need not sit in the environment.
+    password_file: Path | None = None
     client_id: str = "osteotel-ingest"
     tls_ca_file: Path | None = None
     keepalive_s: int = Field(30, ge=5)
+
+    def password_text(self) -> str | None:
+        """The password to send, from `password` or else `password_file`; None for none."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return None
 
 
 class InfluxSettings(_Section):

@@ -43,3 +43,15 @@ def test_unknown_settings_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("OSTEOTEL_CONFIG", str(config))
     with pytest.raises(ValueError, match="hots"):
         Settings()
+
+
+def test_the_mqtt_password_can_come_from_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`password_file` supplies the password when `password` is unset; `password` wins."""
+    secret = tmp_path / "ingest.secret"
+    secret.write_text("from-a-file-0123456789\n", encoding="utf-8")
+    monkeypatch.setenv("OSTEOTEL_MQTT__PASSWORD_FILE", str(secret))
+    assert Settings().mqtt.password_text() == "from-a-file-0123456789"
+    monkeypatch.setenv("OSTEOTEL_MQTT__PASSWORD", "from-the-environment")
+    assert Settings().mqtt.password_text() == "from-the-environment"
