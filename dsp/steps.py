@@ -73,6 +73,13 @@ class StepConfig:
         tau_slow_grid_s: (min, max, points) of the log-spaced grid for tau_slow (s).
         min_tau_ratio: tau_slow is at least this multiple of tau_fast.
         refine_rounds: finer 9x9 grids searched around the best grid point.
+        ramp_s: duration of the step's elongation ramp (s); 0 is a sudden step. A motor
+            spreads a step over a few seconds (DOMAIN.md), during which the tissue already
+            relaxes, so the observed peak is below k_inst * delta; with ramp_s > 0 k_inst is
+            taken from a refit from the ramp's end, carried back to an instantaneous step.
+        ramp_tau_fast_s: tau_fast held fixed in that refit (s): a ramp of a few tau_fast
+            leaves too little of the fast term to estimate its time constant, so the
+            published 0.97 s (Bachmeier 2022, DOMAIN.md) is used.
     """
 
     window_s: float = 600.0
@@ -87,6 +94,8 @@ class StepConfig:
     tau_slow_grid_s: tuple[float, float, int] = (5.0, 3000.0, 32)
     min_tau_ratio: float = 3.0
     refine_rounds: int = 3
+    ramp_s: float = 0.0
+    ramp_tau_fast_s: float = 0.97
 
     def __post_init__(self) -> None:
         if not 0.0 < self.pre_s <= (kern.PRE_N - 1) * _PRE_BIN_NS * 1e-9:
@@ -103,6 +112,8 @@ class StepConfig:
                 raise ValueError(f"{name}={(lo, hi, n)} must be 0 < min < max with >= 2 points")
         if self.min_tau_ratio < 1.0 or self.refine_rounds < 0 or self.max_gap_s <= 0.0:
             raise ValueError("min_tau_ratio >= 1, refine_rounds >= 0 and max_gap_s > 0")
+        if not (math.isfinite(self.ramp_s) and 0.0 <= self.ramp_s < self.peak_search_s):
+            raise ValueError(f"ramp_s={self.ramp_s} must be in [0, peak_search_s)")
 
     @property
     def bin_shape(self) -> tuple[float, float]:
@@ -348,10 +359,15 @@ class StepTracker:
         f_peak = float(res[kern.R_F_PEAK])
         f_settled = float(res[kern.R_A_INF])
         pre_start = (t_step // _PRE_BIN_NS - self._pre_bins) * _PRE_BIN_NS
+        k_inst = (f_peak - f_before) / delta
+        if cfg.ramp_s > 0.0 and math.isfinite(f_settled):
+            fit = _ramp_fit(fs, cfg, self._c_s, self._h)
+            if fit is not None:
+                k_inst = (_sudden_peak_n(fit, cfg.ramp_s) - f_before) / delta
         return StepEstimate(
             t_step_ns=t_step,
             delta_mm=delta,
-            k_inst_n_per_mm=(f_peak - f_before) / delta,
+            k_inst_n_per_mm=k_inst,
             k_eq_n_per_mm=(f_settled - f_before) / delta,
             tau_fast_s=float(res[kern.R_TAU_FAST]),
             tau_slow_s=float(res[kern.R_TAU_SLOW]),
@@ -366,6 +382,53 @@ class StepTracker:
             t_start_ns=int(pre_start),
             t_end_ns=int(si[kern.SI_T_WIN_LAST]),
         )
+
+
+def _ramp_fit(
+    fs: NDArray[np.float64], config: StepConfig, c_s: float, h: float
+) -> NDArray[np.float64] | None:
+    """Refit the relaxation from the end of the ramp on: [a_inf, a_f, a_s, tau_f, tau_s, ...].
+
+    Only bins that start after the ramp are used (a bin holding the ramp's end mixes rising
+    and falling force), with the ramp's end as the time origin. None if too few bins remain.
+    """
+    edges_s = c_s * np.expm1(np.arange(config.n_bins) * h)
+    bins = fs[kern.SF_BINS : kern.SF_BINS + 5 * config.n_bins].reshape(config.n_bins, 5)
+    total, t_sum, count, lo, hi = bins.T
+    trim = count >= 4.0  # the kernel's trimmed mean: drop one min and one max per full bin
+    n = np.where(trim, count - 2.0, count)
+    keep = (count > 0.0) & (edges_s >= config.ramp_s)
+    if int(np.count_nonzero(keep)) < kern.MIN_FIT_BINS:
+        return None
+    mean_n = (np.where(trim, total - lo - hi, total) / np.where(n > 0, n, 1.0))[keep]
+    time_s = (t_sum / np.where(count > 0, count, 1.0))[keep] - config.ramp_s
+    _, log_slow = config.log_tau_grids()
+    # Two points 1 % apart: the grid search needs two, and the refinement stays between them.
+    log_fast = math.log(config.ramp_tau_fast_s) + np.array([-0.005, 0.005])
+    out = np.empty(7)
+    kern._prony_fit(
+        np.ascontiguousarray(time_s),
+        np.ascontiguousarray(mean_n),
+        np.ascontiguousarray(n[keep]),
+        log_fast,
+        log_slow,
+        config.min_tau_ratio,
+        config.refine_rounds,
+        out,
+    )
+    return out
+
+
+def _sudden_peak_n(fit: NDArray[np.float64], ramp_s: float) -> float:
+    """The peak force a sudden step would have given (N), from a fit made from a ramp's end.
+
+    A linear ramp of duration T leaves each relaxation term with amplitude
+    A (tau / T) (1 - e^(-T / tau)) at its end, A being the sudden-step amplitude.
+    """
+    peak_n = float(fit[0])
+    for amp, tau in ((fit[1], fit[3]), (fit[2], fit[4])):
+        peak_n += float(amp) / (float(tau) / ramp_s * -math.expm1(-ramp_s / float(tau)))
+    return peak_n
 
 
 def step_response(

@@ -1,0 +1,882 @@
+"""The per-device estimator: every tracker of `dsp` behind one call per frame and per event,
+returning plain estimate records with provenance.
+
+    fleet = FleetEstimator(EstimatorConfig())
+    records = fleet.frame("DX-0001", force_n, disp_mm, ref_load_n, t0_ns, rate_hz)
+    records += fleet.step("DX-0001", t_ns, delta_mm, kind="step")
+    fleet.load_test_start("DX-0001", t_ns); records += fleet.load_test_end("DX-0001", t_ns)
+    records += fleet.flush()
+
+Device ids map to dense indices into the trackers' state arrays, which double in size when
+full. Per frame there is a fixed amount of Python work and one numba call per tracker; no
+Python runs per sample. Records: `StepRecord` (kind "step" or "probe"), `LoadShareRecord`
+("load_share"), `QualityRecord` ("quality"), `DailyRecord` ("daily", one per device and UTC
+day, emitted when the device's data pass into the next day, with phase, adherence,
+consolidation and anomaly `flags`). docs/dsp.md lists every field.
+"""
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dsp import _kernels as kern
+from dsp.adherence import Protocol, daily_adherence
+from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
+from dsp.loadshare import LoadShareTracker
+from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
+from dsp.steps import StepConfig, StepEstimate, StepTracker, _as_float_array, _check_rate
+from dsp.tracking import StiffnessTracker, TrackingConfig
+
+__all__ = [
+    "ESTIMATOR_VERSION",
+    "DailyRecord",
+    "DeviceEstimator",
+    "EstimateRecord",
+    "EstimatorConfig",
+    "FleetEstimator",
+    "LoadShareRecord",
+    "Phase",
+    "QualityRecord",
+    "StepRecord",
+]
+
+ESTIMATOR_VERSION = "dsp.estimator/1"
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+Phase = Literal["latency", "distraction", "consolidation", "ready"]
+StepKind = Literal["step", "probe"]
+
+_STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
+_SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
+_KDEV_HISTORY = 8  # daily device stiffnesses remembered for the loosening rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimatorConfig:
+    """Settings of the complete estimator.
+
+    Attributes:
+        step: step-response settings; by default steps are taken as 2 s motor ramps
+            ("0.25 mm over a few seconds", DOMAIN.md).
+        tracking: continuous stiffness tracker settings.
+        force_quality, disp_quality: signal-quality settings per channel.
+        consolidation: trend settings, including the removal criterion (load share < 10 %).
+        protocol: the prescription used when none is set per device.
+        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it;
+            -1 by default: a distractor holds the regenerate in tension, which the patient's
+            weight relieves (so the emulator's devices, docs/emulator.md).
+        consolidation_after_s: without a protocol target, distraction is over once no step
+            came for this long (s) and a whole UTC day passed without one.
+        premature_growth_per_day: flag `premature_consolidation` when the step stiffness
+            grows faster than this (relative, per day) over the last two days of steps. A
+            normal limb lengthening grows it ~3 %/day (16 -> 42 N/mm over 50 mm, emulator
+            calibration to Simpson 1996); premature consolidation shows as force per step
+            climbing too fast (DOMAIN.md).
+        poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
+            last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
+            force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, DOMAIN.md);
+            set it per site (a mandible is much stiffer).
+        separation_drop: flag `separation` when the force before a step falls below this
+            fraction of the largest of the previous steps' (a sudden drop, DOMAIN.md) ...
+        separation_min_n: ... by at least this much (N), so noise on a small force is no drop.
+        loosening_drop: flag `loosening` when the device's own stiffness (force per mm during
+            the weight-bearing test) falls by more than this fraction below the median of the
+            previous days (DOMAIN.md: loosening shows as a stiffness drop).
+        quality_every_s: while a signal problem lasts, one quality record per this many s.
+    """
+
+    step: StepConfig = field(default_factory=lambda: StepConfig(ramp_s=2.0))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    force_quality: QualityConfig = field(default_factory=QualityConfig)
+    disp_quality: QualityConfig = field(default_factory=lambda: QualityConfig(full_scale=1e3))
+    consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
+    protocol: Protocol = field(default_factory=Protocol)
+    force_sign: float = -1.0
+    consolidation_after_s: float = 86_400.0
+    premature_growth_per_day: float = 0.15
+    poor_k_inst_n_per_mm: float = 10.0
+    separation_drop: float = 0.5
+    separation_min_n: float = 5.0
+    loosening_drop: float = 0.02
+    quality_every_s: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimateRecord:
+    """What every record carries.
+
+    Attributes:
+        device: device id.
+        t_ns: time the estimate refers to (UTC epoch ns).
+        kind: "step", "probe", "load_share", "quality" or "daily".
+        version: version of the estimator that made it.
+        calibration_id: the device calibration in force, if the caller set one.
+        t_start_ns, t_end_ns: the time span of the input used (ns).
+    """
+
+    device: str
+    t_ns: int
+    kind: str
+    version: str
+    calibration_id: str | None
+    t_start_ns: int
+    t_end_ns: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as a flat JSON-ready dict (tuples become lists, NaN stays NaN)."""
+        out = asdict(self)
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in out.items()
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord(EstimateRecord):
+    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`.
+
+    Attributes:
+        number: the device's count of distraction steps (probes: of probes), 1-based.
+        flags: anomalies this step shows ("separation").
+    """
+
+    number: int
+    delta_mm: float
+    k_inst_n_per_mm: float
+    k_eq_n_per_mm: float
+    tau_fast_s: float
+    tau_slow_s: float
+    f_residual_n: float
+    f_peak_n: float
+    f_settled_n: float
+    fit_rmse_n: float
+    fit_r2: float
+    fit_status: str
+    closed_by: str
+    n_samples: int
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadShareRecord(EstimateRecord):
+    """One weight-bearing test (kind "load_share"); fields as `dsp.LoadShareEstimate`, plus:
+
+    Attributes:
+        k_device_n_per_mm: the device's own axial stiffness (N/mm), the slope of its force
+            on its displacement during the test; NaN if it could not be measured.
+    """
+
+    share: float
+    share_std: float
+    f_offset_n: float
+    r2: float
+    ref_range_n: float
+    status: str
+    n_samples: int
+    k_device_n_per_mm: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityRecord(EstimateRecord):
+    """Signal problems on one channel over a stretch of frames (kind "quality").
+
+    Attributes:
+        channel: "force" or "disp".
+        noise_rms: running noise level at the end (channel unit: N or mm).
+        flatline: the stretch ends inside a flatline.
+        n_flat, n_saturated, n_spikes, n_nonfinite: counts over the stretch.
+        n_samples, n_frames: samples and frames in the stretch.
+    """
+
+    channel: str
+    noise_rms: float
+    flatline: bool
+    n_flat: int
+    n_saturated: int
+    n_spikes: int
+    n_nonfinite: int
+    n_samples: int
+    n_frames: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DailyRecord(EstimateRecord):
+    """One device and UTC day (kind "daily"); t_ns is the day's start.
+
+    Attributes:
+        phase: "latency", "distraction", "consolidation" or "ready" at the day's end.
+        steps_done, steps_prescribed, missed_steps, extra_steps: adherence counts.
+        mm_done, mm_prescribed: elongation done and prescribed that day (mm).
+        adherence: mm_done / mm_prescribed (NaN if nothing was prescribed).
+        gained_mm: total elongation so far (mm).
+        k_inst_n_per_mm, k_eq_n_per_mm, f_residual_n: medians over the day's steps (NaN if
+            none).
+        probe_k_inst_n_per_mm, probe_k_eq_n_per_mm: medians over the day's probes that
+            lengthen (NaN if none).
+        k_track_n_per_mm: equilibrium stiffness of the continuous tracker at the day's end.
+        load_share: the day's last load share (NaN if no test).
+        k_device_n_per_mm: the day's last device stiffness from a test (NaN if none).
+        consolidation_index: 0 (device carries all) to 1 (removal criterion met), from the
+            trend's load share (the last load share while there is no trend).
+        trend_slope_per_day: d ln(k_regenerate / k_device) / dt (1/day).
+        projected_ready_ns: when the trend reaches the removal criterion (-1 if unknown).
+        projected_ready_lo_ns, projected_ready_hi_ns: its uncertainty band (-1 if unknown).
+        flags: anomalies seen that day, sorted: "premature_consolidation", "poor_regenerate",
+            "separation", "loosening", "missed_steps", "extra_steps", "signal_quality".
+    """
+
+    phase: Phase
+    steps_done: int
+    steps_prescribed: int
+    missed_steps: int
+    extra_steps: int
+    mm_done: float
+    mm_prescribed: float
+    adherence: float
+    gained_mm: float
+    k_inst_n_per_mm: float
+    k_eq_n_per_mm: float
+    f_residual_n: float
+    probe_k_inst_n_per_mm: float
+    probe_k_eq_n_per_mm: float
+    k_track_n_per_mm: float
+    load_share: float
+    k_device_n_per_mm: float
+    consolidation_index: float
+    trend_slope_per_day: float
+    projected_ready_ns: int
+    projected_ready_lo_ns: int
+    projected_ready_hi_ns: int
+    flags: tuple[str, ...]
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+def _day_ns(day: float) -> int:
+    return round(day * NS_PER_DAY) if math.isfinite(day) else -1
+
+
+@dataclass
+class _Pending:
+    """A quality stretch being accumulated for one channel."""
+
+    t_start_ns: int
+    t_end_ns: int
+    counts: NDArray[np.int64]
+    n_samples: int = 0
+    n_frames: int = 0
+
+
+@dataclass
+class _Device:
+    """Python-side state of one device: bounded histories and the current day's tallies."""
+
+    device: str
+    index: int
+    calibration_id: str | None = None
+    protocol: Protocol | None = None
+    day: int = -1
+    day_t_first_ns: int = -1
+    day_t_last_ns: int = -1
+    n_steps: int = 0
+    n_probes: int = 0
+    gained_mm: float = 0.0
+    last_step_ns: int = -1
+    phase: Phase = "latency"
+    step_kinds: deque[tuple[int, StepKind]] = field(default_factory=lambda: deque(maxlen=8))
+    recent_k: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=_STEP_HISTORY)
+    )
+    recent_residual: deque[float] = field(default_factory=lambda: deque(maxlen=4))
+    shares: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_SHARE_HISTORY))
+    k_device: deque[float] = field(default_factory=lambda: deque(maxlen=_KDEV_HISTORY))
+    load_test_open: bool = False
+    # The current day's tallies.
+    steps_today: int = 0
+    mm_today: float = 0.0
+    gained_at_day_start_mm: float = 0.0
+    k_today: list[float] = field(default_factory=list)
+    k_eq_today: list[float] = field(default_factory=list)
+    residual_today: list[float] = field(default_factory=list)
+    probe_k_today: list[float] = field(default_factory=list)
+    probe_k_eq_today: list[float] = field(default_factory=list)
+    share_today: float = math.nan
+    k_device_today: float = math.nan
+    flags_today: set[str] = field(default_factory=set)
+    quality: dict[str, _Pending] = field(default_factory=dict)
+
+
+_QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
+
+
+class FleetEstimator:
+    """The complete estimator for any number of devices, called per frame and per event.
+
+    Per device, frames and events must come in time order (as the device's hub publishes
+    them); late frames older than the device's current day still feed the trackers but do
+    not move the day back. Every call returns the records it completed, oldest first.
+    """
+
+    _steps: StepTracker
+    _tracking: StiffnessTracker
+    _share: LoadShareTracker
+    _k_device: LoadShareTracker
+    _force_q: QualityMonitor
+    _disp_q: QualityMonitor
+
+    def __init__(self, config: EstimatorConfig | None = None, *, capacity: int = 16) -> None:
+        """Create an empty fleet.
+
+        Args:
+            config: estimator settings; defaults if None.
+            capacity: devices to allocate state for at first (it doubles when full).
+        """
+        self.config = config or EstimatorConfig()
+        self._devices: dict[str, _Device] = {}
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, n: int) -> None:
+        cfg = self.config
+        steps = StepTracker(n, cfg.step)
+        tracking = StiffnessTracker(n, cfg.tracking)
+        share = LoadShareTracker(n, cfg.force_sign)
+        k_device = LoadShareTracker(n, 1.0)
+        force_q = QualityMonitor(n, cfg.force_quality)
+        disp_q = QualityMonitor(n, cfg.disp_quality)
+        old: StepTracker | None = getattr(self, "_steps", None)
+        if old is not None:
+            m = old.n_devices
+            for new, prev in (
+                (steps, self._steps),
+                (tracking, self._tracking),
+                (share, self._share),
+                (k_device, self._k_device),
+                (force_q, self._force_q),
+                (disp_q, self._disp_q),
+            ):
+                new.float_state[:m] = prev.float_state
+                new.int_state[:m] = prev.int_state
+            for new_ls, prev_ls in ((share, self._share), (k_device, self._k_device)):
+                new_ls._begin_ns[:m] = prev_ls._begin_ns
+                new_ls._end_ns[:m] = prev_ls._end_ns
+        self._steps, self._tracking = steps, tracking
+        self._share, self._k_device = share, k_device
+        self._force_q, self._disp_q = force_q, disp_q
+        self._block_ns = round(cfg.tracking.block_s * 1e9)
+        self._hold_ns = round(cfg.tracking.hold_s * 1e9)
+
+    @property
+    def devices(self) -> list[str]:
+        """Ids of the devices seen so far, in order of first appearance."""
+        return list(self._devices)
+
+    def state_bytes_per_device(self) -> int:
+        """Bytes of numeric tracker state per device (the arrays; not the Python tallies)."""
+        total = 0
+        for tracker in (
+            self._steps,
+            self._tracking,
+            self._share,
+            self._k_device,
+            self._force_q,
+            self._disp_q,
+        ):
+            total += tracker.float_state[0].nbytes + tracker.int_state[0].nbytes
+        return total + 2 * 2 * 8  # the load-test bounds of the two load-share trackers
+
+    def _device(self, device: str) -> _Device:
+        dev = self._devices.get(device)
+        if dev is None:
+            index = len(self._devices)
+            if index >= self._steps.n_devices:
+                self._allocate(2 * self._steps.n_devices)
+            dev = _Device(device, index)
+            self._devices[device] = dev
+        return dev
+
+    def set_calibration(self, device: str, calibration_id: str | None) -> None:
+        """Record the calibration in force for a device; later records carry its id."""
+        dev = self._device(device)
+        if dev.calibration_id is not None and calibration_id != dev.calibration_id:
+            # Old stiffness estimates were made in other units of force: start afresh.
+            self._tracking.reset(dev.index)
+        dev.calibration_id = calibration_id
+
+    def set_protocol(self, device: str, protocol: Protocol | None) -> None:
+        """Set a device's prescription (None: the configured default)."""
+        self._device(device).protocol = protocol
+
+    # ---- events ------------------------------------------------------------------------
+
+    def step(
+        self, device: str, t_ns: int, delta_mm: float, *, kind: StepKind = "step"
+    ) -> list[EstimateRecord]:
+        """A distraction step (kind "step") or probe (kind "probe") started at t_ns.
+
+        Args:
+            device: device id.
+            t_ns: start of the step (UTC epoch ns).
+            delta_mm: elongation (mm); a probe's return has a negative one.
+            kind: "step" or "probe".
+
+        Returns:
+            Daily records of days this event closed.
+        """
+        dev = self._device(device)
+        out = self._advance_day(dev, t_ns)
+        self._steps.event(dev.index, t_ns, delta_mm)
+        dev.step_kinds.append((t_ns, kind))
+        self._touch(dev, t_ns, t_ns)
+        if kind == "step":
+            dev.n_steps += 1
+            dev.gained_mm += delta_mm
+            dev.last_step_ns = t_ns
+            if t_ns // NS_PER_DAY >= dev.day:
+                dev.steps_today += 1
+                dev.mm_today += delta_mm
+            if dev.phase in ("latency", "consolidation", "ready"):
+                dev.phase = "distraction"
+        else:
+            dev.n_probes += 1
+        return out
+
+    def load_test_start(self, device: str, t_ns: int) -> list[EstimateRecord]:
+        """A weight-bearing test starts (UTC epoch ns); returns daily records it closed."""
+        dev = self._device(device)
+        out = self._advance_day(dev, t_ns)
+        self._share.start(dev.index, t_ns)
+        self._k_device.start(dev.index, t_ns)
+        dev.load_test_open = True
+        return out
+
+    def load_test_end(self, device: str, t_ns: int) -> list[EstimateRecord]:
+        """A weight-bearing test ends (UTC epoch ns); returns its load-share record."""
+        dev = self._device(device)
+        out = self._advance_day(dev, t_ns)
+        if not dev.load_test_open:
+            return out
+        dev.load_test_open = False
+        est = self._share.end(dev.index, t_ns)
+        k_est = self._k_device.end(dev.index, t_ns)
+        k_dev = self._device_stiffness(dev.index) if k_est.status == "ok" else math.nan
+        if est.status == "ok":
+            dev.share_today = est.share
+            dev.shares.append((t_ns / NS_PER_DAY, est.share))
+        if math.isfinite(k_dev) and k_dev > 0.0:
+            self._loosening_rule(dev, k_dev)
+            dev.k_device_today = k_dev
+            dev.k_device.append(k_dev)
+        out.append(
+            LoadShareRecord(
+                device=dev.device,
+                t_ns=t_ns,
+                kind="load_share",
+                version=est.version,
+                calibration_id=dev.calibration_id,
+                t_start_ns=est.t_start_ns,
+                t_end_ns=est.t_end_ns,
+                share=est.share,
+                share_std=est.share_std,
+                f_offset_n=est.f_offset_n,
+                r2=est.r2,
+                ref_range_n=est.ref_range_n,
+                status=est.status,
+                n_samples=est.n_samples,
+                k_device_n_per_mm=k_dev,
+            )
+        )
+        return out
+
+    def _device_stiffness(self, index: int) -> float:
+        """Slope of force on displacement over the test (N/mm), corrected for the noise on
+        the displacement, which would bias it down by var(noise) / var(displacement): late
+        in consolidation the device moves only hundredths of a mm under the test load."""
+        lf = self._k_device.float_state[index]
+        n = float(lf[kern.LF_N])
+        noise_var = float(self._disp_q.float_state[index, kern.QF_NOISE_VAR]) / 2.0
+        c_xx = float(lf[kern.LF_C_RR])
+        if math.isfinite(noise_var):
+            c_xx -= n * noise_var
+        return float(lf[kern.LF_C_RF]) / c_xx if c_xx > 0.0 else math.nan
+
+    # ---- frames ------------------------------------------------------------------------
+
+    def frame(  # noqa: PLR0917 - one positional per field of a frame, as ingest holds them
+        self,
+        device: str,
+        force_n: NDArray[np.floating] | list[float],
+        disp_mm: NDArray[np.floating] | list[float],
+        ref_load_n: NDArray[np.floating] | list[float] | None,
+        t0_ns: int,
+        rate_hz: float,
+    ) -> list[EstimateRecord]:
+        """Process one frame of a device.
+
+        Args:
+            device: device id.
+            force_n: force samples (N).
+            disp_mm: displacement samples (mm), same length.
+            ref_load_n: reference load (N) during a weight-bearing test, else None.
+            t0_ns: time of the first sample (UTC epoch ns).
+            rate_hz: sample rate (Hz).
+
+        Returns:
+            Records completed by this frame: daily records of days it closed, step and probe
+            records of windows it closed, quality records of signal problems.
+        """
+        force = _as_float_array("force_n", force_n)
+        disp = _as_float_array("disp_mm", disp_mm)
+        if force.shape != disp.shape:
+            raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
+        dt_ns = _check_rate(rate_hz)
+        dev = self._device(device)
+        out = self._advance_day(dev, t0_ns)
+        i = dev.index
+        t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
+        self._touch(dev, t0_ns, t_end_ns)
+        for est in self._steps.frame(i, force, t0_ns, rate_hz):
+            out.append(self._step_record(dev, est))
+        if force.size:
+            tc = self.config.tracking
+            kern._rls_push(
+                self._tracking.float_state[i],
+                self._tracking.int_state[i],
+                force,
+                disp,
+                t0_ns,
+                dt_ns,
+                self._block_ns,
+                tc.forgetting,
+                tc.excite_mm,
+                self._hold_ns,
+                tc.sigma_alpha,
+            )
+            if dev.load_test_open:
+                if ref_load_n is not None:
+                    self._share.frame(i, force, ref_load_n, t0_ns, rate_hz)
+                self._k_device.frame(i, force, disp, t0_ns, rate_hz)
+            for channel, monitor, values in (
+                ("force", self._force_q, force),
+                ("disp", self._disp_q, disp),
+            ):
+                record = self._quality(
+                    dev,
+                    channel=channel,
+                    monitor=monitor,
+                    values=values,
+                    t0_ns=t0_ns,
+                    t_end_ns=t_end_ns,
+                )
+                if record is not None:
+                    out.append(record)
+        return out
+
+    def _quality(
+        self,
+        dev: _Device,
+        *,
+        channel: str,
+        monitor: QualityMonitor,
+        values: NDArray[np.float64],
+        t0_ns: int,
+        t_end_ns: int,
+    ) -> QualityRecord | None:
+        qf, qi = monitor.float_state[dev.index], monitor.int_state[dev.index]
+        before = qi.copy()
+        qc = monitor.config
+        kern._quality_push(
+            qf, qi, values, qc.full_scale, qc.flat_eps, qc.flat_samples, qc.spike_k, qc.noise_alpha
+        )
+        flat = bool(qi[kern.QI_RUN] > qc.flat_samples)
+        # Scalar compares: far cheaper per frame than building an array of the counters.
+        bad = flat or any(qi[k] != before[k] for k in _QUALITY_COUNTERS)
+        pending = dev.quality.get(channel)
+        if bad:
+            dev.flags_today.add("signal_quality")
+            if pending is None:
+                pending = dev.quality[channel] = _Pending(t0_ns, t_end_ns, np.zeros(4, np.int64))
+            pending.counts += (qi - before)[list(_QUALITY_COUNTERS)]
+            pending.t_end_ns = t_end_ns
+            pending.n_samples += values.size
+            pending.n_frames += 1
+        if pending is None:
+            return None
+        if bad and t_end_ns - pending.t_start_ns < self.config.quality_every_s * 1e9:
+            return None
+        del dev.quality[channel]
+        var = float(qf[kern.QF_NOISE_VAR])
+        n_flat, n_sat, n_spikes, n_nonfinite = (int(v) for v in pending.counts)
+        return QualityRecord(
+            device=dev.device,
+            t_ns=pending.t_start_ns,
+            kind="quality",
+            version=QUALITY_VERSION,
+            calibration_id=dev.calibration_id,
+            t_start_ns=pending.t_start_ns,
+            t_end_ns=pending.t_end_ns,
+            channel=channel,
+            noise_rms=math.sqrt(var / 2.0) if math.isfinite(var) else math.nan,
+            flatline=flat,
+            n_flat=n_flat,
+            n_saturated=n_sat,
+            n_spikes=n_spikes,
+            n_nonfinite=n_nonfinite,
+            n_samples=pending.n_samples,
+            n_frames=pending.n_frames,
+        )
+
+    # ---- closing -----------------------------------------------------------------------
+
+    def flush(self, device: str | None = None) -> list[EstimateRecord]:
+        """Close open step windows and the current day of one device (None: of all devices).
+
+        Use at shutdown or at the end of a recording: the day's record is then partial.
+        """
+        out: list[EstimateRecord] = []
+        for dev in [self._devices[device]] if device is not None else list(self._devices.values()):
+            est = self._steps.flush(dev.index)
+            if est is not None:
+                out.append(self._step_record(dev, est))
+            if dev.day >= 0:
+                out.append(self._close_day(dev))
+        return out
+
+    def _touch(self, dev: _Device, t_start_ns: int, t_end_ns: int) -> None:
+        if t_start_ns // NS_PER_DAY < dev.day:
+            return  # a late item from an earlier day
+        if dev.day_t_first_ns < 0:
+            dev.day_t_first_ns = t_start_ns
+        dev.day_t_last_ns = max(dev.day_t_last_ns, t_end_ns)
+
+    def _advance_day(self, dev: _Device, t_ns: int) -> list[EstimateRecord]:
+        day = t_ns // NS_PER_DAY
+        if dev.day < 0:
+            dev.day = day
+            return []
+        out: list[EstimateRecord] = []
+        # One record per day passed, so adherence sees days without steps; bounded by a year.
+        while dev.day < day:
+            out.append(self._close_day(dev))
+            dev.day = max(dev.day + 1, day - 366)
+        return out
+
+    def _step_record(self, dev: _Device, est: StepEstimate) -> StepRecord:
+        kind: StepKind = "step"
+        for t_ns, k in dev.step_kinds:
+            if t_ns == est.t_step_ns:
+                kind = k
+        flags: tuple[str, ...] = ()
+        if kind == "step":
+            if self._separation_rule(dev, est.f_residual_n):
+                flags = ("separation",)
+                dev.flags_today.add("separation")
+            if est.t_step_ns // NS_PER_DAY >= dev.day:
+                dev.k_today.append(est.k_inst_n_per_mm)
+                dev.k_eq_today.append(est.k_eq_n_per_mm)
+                dev.residual_today.append(est.f_residual_n)
+            if est.fit_status in ("ok", "short") and est.k_inst_n_per_mm > 0.0:
+                dev.recent_k.append((est.t_step_ns / NS_PER_DAY, est.k_inst_n_per_mm))
+                self._stiffness_rules(dev)
+        elif est.delta_mm > 0.0:
+            dev.probe_k_today.append(est.k_inst_n_per_mm)
+            dev.probe_k_eq_today.append(est.k_eq_n_per_mm)
+        return StepRecord(
+            device=dev.device,
+            t_ns=est.t_step_ns,
+            kind=kind,
+            version=est.version,
+            calibration_id=dev.calibration_id,
+            t_start_ns=est.t_start_ns,
+            t_end_ns=est.t_end_ns,
+            number=dev.n_steps if kind == "step" else dev.n_probes,
+            delta_mm=est.delta_mm,
+            k_inst_n_per_mm=est.k_inst_n_per_mm,
+            k_eq_n_per_mm=est.k_eq_n_per_mm,
+            tau_fast_s=est.tau_fast_s,
+            tau_slow_s=est.tau_slow_s,
+            f_residual_n=est.f_residual_n,
+            f_peak_n=est.f_peak_n,
+            f_settled_n=est.f_settled_n,
+            fit_rmse_n=est.fit_rmse_n,
+            fit_r2=est.fit_r2,
+            fit_status=est.fit_status,
+            closed_by=est.closed_by,
+            n_samples=est.n_samples,
+            flags=flags,
+        )
+
+    # ---- anomaly rules (documented in docs/dsp.md) ---------------------------------------
+
+    def _separation_rule(self, dev: _Device, f_residual_n: float) -> bool:
+        cfg = self.config
+        hit = False
+        if math.isfinite(f_residual_n) and dev.recent_residual:
+            top = max(dev.recent_residual)
+            hit = (
+                f_residual_n < cfg.separation_drop * top
+                and top - f_residual_n > cfg.separation_min_n
+            )
+        if math.isfinite(f_residual_n):
+            dev.recent_residual.append(f_residual_n)
+        return hit
+
+    def _stiffness_rules(self, dev: _Device) -> None:
+        cfg = self.config
+        if len(dev.recent_k) < 4:
+            return
+        ks = [k for _, k in dev.recent_k]
+        if float(np.median(ks[-4:])) < cfg.poor_k_inst_n_per_mm:
+            dev.flags_today.add("poor_regenerate")
+        t_last = dev.recent_k[-1][0]
+        pts = [(t, k) for t, k in dev.recent_k if t >= t_last - 2.0]
+        if len(pts) < 6:
+            return
+        t = np.array([p[0] for p in pts])
+        y = np.log(np.array([p[1] for p in pts]))
+        if float(np.ptp(t)) < 0.75:  # a day's spread of steps at least, to see a growth rate
+            return
+        slope = float(np.polyfit(t - t[-1], y, 1)[0])
+        if slope > math.log1p(cfg.premature_growth_per_day):
+            dev.flags_today.add("premature_consolidation")
+
+    def _loosening_rule(self, dev: _Device, k_dev: float) -> None:
+        if len(dev.k_device) >= 3:
+            baseline = float(np.median(list(dev.k_device)[-7:]))
+            if k_dev < (1.0 - self.config.loosening_drop) * baseline:
+                dev.flags_today.add("loosening")
+
+    # ---- the day's record ----------------------------------------------------------------
+
+    def _phase(self, dev: _Device, protocol: Protocol, day_end_ns: int) -> Phase:
+        phase = dev.phase
+        if phase == "distraction":
+            target = protocol.target_mm
+            if target is not None:
+                done = dev.gained_mm >= target - 0.5 * protocol.step_mm
+            else:
+                quiet_ns = day_end_ns - dev.last_step_ns
+                done = dev.steps_today == 0 and quiet_ns >= self.config.consolidation_after_s * 1e9
+            if done:
+                phase = "consolidation"
+        if phase == "consolidation":
+            removal = self.config.consolidation.removal_share
+            last_two = [s for _, s in list(dev.shares)[-2:]]
+            if len(last_two) == 2 and all(s < removal for s in last_two):
+                phase = "ready"  # sticky: only a new step leaves it
+        return phase
+
+    def _close_day(self, dev: _Device) -> DailyRecord:
+        cfg = self.config
+        protocol = dev.protocol or cfg.protocol
+        day_start = dev.day * NS_PER_DAY
+        day_end = day_start + NS_PER_DAY
+        was = dev.phase
+        dev.phase = self._phase(dev, protocol, day_end)
+        prescribed = was == "distraction" or dev.steps_today > 0
+        if was == "distraction" and dev.phase != "distraction" and dev.steps_today == 0:
+            prescribed = False
+        adh = daily_adherence(
+            dev.steps_today,
+            dev.mm_today,
+            protocol=protocol,
+            prescribed_today=prescribed,
+            gained_mm=dev.gained_mm - dev.mm_today,
+        )
+        flags = set(dev.flags_today)
+        if adh.missed_steps:
+            flags.add("missed_steps")
+        if adh.extra_steps:
+            flags.add("extra_steps")
+        days = [d for d, _ in dev.shares]
+        trend = fit_trend(days, [s for _, s in dev.shares], config=cfg.consolidation)
+        removal = cfg.consolidation.removal_share
+        if trend is not None:
+            index = consolidation_index(trend.share_now, removal_share=removal)
+        else:
+            last = dev.shares[-1][1] if dev.shares else math.nan
+            index = consolidation_index(last, removal_share=removal)
+        if dev.phase in ("latency", "distraction"):
+            index = 0.0 if math.isfinite(index) else index
+        track_k = self._tracking.estimate(dev.index).k_eq_n_per_mm
+        record = DailyRecord(
+            device=dev.device,
+            t_ns=day_start,
+            kind="daily",
+            version=ESTIMATOR_VERSION,
+            calibration_id=dev.calibration_id,
+            t_start_ns=dev.day_t_first_ns if dev.day_t_first_ns >= 0 else day_start,
+            t_end_ns=dev.day_t_last_ns if dev.day_t_last_ns >= 0 else day_start,
+            phase=dev.phase,
+            steps_done=adh.steps_done,
+            steps_prescribed=adh.steps_prescribed,
+            missed_steps=adh.missed_steps,
+            extra_steps=adh.extra_steps,
+            mm_done=adh.mm_done,
+            mm_prescribed=adh.mm_prescribed,
+            adherence=adh.ratio,
+            gained_mm=dev.gained_mm,
+            k_inst_n_per_mm=_median(dev.k_today),
+            k_eq_n_per_mm=_median(dev.k_eq_today),
+            f_residual_n=_median(dev.residual_today),
+            probe_k_inst_n_per_mm=_median(dev.probe_k_today),
+            probe_k_eq_n_per_mm=_median(dev.probe_k_eq_today),
+            k_track_n_per_mm=track_k,
+            load_share=dev.share_today,
+            k_device_n_per_mm=dev.k_device_today,
+            consolidation_index=index,
+            trend_slope_per_day=trend.slope_per_day if trend is not None else math.nan,
+            projected_ready_ns=_day_ns(trend.projected_day) if trend is not None else -1,
+            projected_ready_lo_ns=_day_ns(trend.projected_lo_day) if trend is not None else -1,
+            projected_ready_hi_ns=_day_ns(trend.projected_hi_day) if trend is not None else -1,
+            flags=tuple(sorted(flags)),
+        )
+        dev.steps_today = 0
+        dev.mm_today = 0.0
+        dev.k_today, dev.k_eq_today, dev.residual_today = [], [], []
+        dev.probe_k_today, dev.probe_k_eq_today = [], []
+        dev.share_today = dev.k_device_today = math.nan
+        dev.flags_today = set()
+        dev.day_t_first_ns = dev.day_t_last_ns = -1
+        return record
+
+
+class DeviceEstimator:
+    """The complete estimator for one device: a FleetEstimator of one, without the id."""
+
+    def __init__(self, device: str, config: EstimatorConfig | None = None) -> None:
+        """Create the estimator of `device` (its id goes into every record)."""
+        self.device = device
+        self.fleet = FleetEstimator(config, capacity=1)
+
+    def frame(
+        self,
+        force_n: NDArray[np.floating] | list[float],
+        disp_mm: NDArray[np.floating] | list[float],
+        ref_load_n: NDArray[np.floating] | list[float] | None,
+        t0_ns: int,
+        rate_hz: float,
+    ) -> list[EstimateRecord]:
+        """Process one frame; see `FleetEstimator.frame`."""
+        return self.fleet.frame(self.device, force_n, disp_mm, ref_load_n, t0_ns, rate_hz)
+
+    def step(self, t_ns: int, delta_mm: float, *, kind: StepKind = "step") -> list[EstimateRecord]:
+        """A distraction step or probe; see `FleetEstimator.step`."""
+        return self.fleet.step(self.device, t_ns, delta_mm, kind=kind)
+
+    def load_test_start(self, t_ns: int) -> list[EstimateRecord]:
+        """A weight-bearing test starts; see `FleetEstimator.load_test_start`."""
+        return self.fleet.load_test_start(self.device, t_ns)
+
+    def load_test_end(self, t_ns: int) -> list[EstimateRecord]:
+        """A weight-bearing test ends; see `FleetEstimator.load_test_end`."""
+        return self.fleet.load_test_end(self.device, t_ns)
+
+    def flush(self) -> list[EstimateRecord]:
+        """Close the open window and the current day; see `FleetEstimator.flush`."""
+        return self.fleet.flush(self.device)

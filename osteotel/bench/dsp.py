@@ -1,0 +1,248 @@
+"""DSP speed and accuracy: kernels and the complete estimator, against emulator ground truth.
+
+Figures (`--json` keys), all measured in this run on one core:
+    <kernel>_samples_per_s          step, rls and quality kernels over one long array
+    numpy_baseline_samples_per_s    a plain-numpy pass (block means + squared differences)
+    <kernel>_vs_numpy               kernel speed / numpy baseline speed
+    estimator_samples_per_s         FleetEstimator over frames spread over --devices devices
+    estimator_vs_numpy              its speed / numpy baseline speed
+    state_bytes_per_device          numeric tracker state per device (bytes)
+    import_warmup_s                 `import dsp; dsp.warm_up()` in a fresh process (s)
+    first_frame_s, median_frame_s   first frame after warm-up, and the median frame (s)
+    <scenario>_*                    accuracy on emulator runs (see `accuracy`)
+"""
+
+import argparse
+import itertools
+import math
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+__all__ = ["accuracy", "configure", "run"]
+
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_START_NS = 1_699_920_000_000_000_000  # a UTC midnight (2023-11-14): the osteotomy
+# Scenario, prescribed gain (mm), days simulated: short runs that still show each signature.
+_SCENARIOS: dict[str, tuple[float, float]] = {
+    "normal": (10.0, 45.0),
+    "premature_consolidation": (10.0, 12.0),
+    "nonunion": (10.0, 10.0),
+    "separation": (10.0, 15.0),
+    "loosening": (10.0, 23.0),
+}
+_FLAG_OF = {
+    "premature_consolidation": "premature_consolidation",
+    "nonunion": "poor_regenerate",
+    "separation": "separation",
+    "loosening": "loosening",
+}
+_PROJECTION_LEAD_DAYS = 14.0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `osteotel bench dsp`."""
+    parser.add_argument("--samples", type=int, default=2_000_000, help="kernel array length")
+    parser.add_argument("--devices", type=int, default=10_000, help="devices for the estimator")
+    parser.add_argument("--frames-per-device", type=int, default=5, help="100-sample frames each")
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the emulator runs")
+
+
+def _rate(seconds: float, samples: int) -> float:
+    return samples / seconds if seconds > 0 else math.inf
+
+
+def _timed(fn: Any, repeat: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _kernels(n: int) -> dict[str, object]:
+    import numpy as np  # noqa: PLC0415 - benchmarks keep module import light
+
+    from dsp import _kernels as kern  # noqa: PLC0415
+    from dsp.quality import QualityMonitor  # noqa: PLC0415
+    from dsp.steps import StepTracker  # noqa: PLC0415
+    from dsp.tracking import StiffnessTracker, TrackingConfig  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    force = 100.0 + rng.standard_normal(n)
+    disp = np.repeat(np.arange(n // 1000 + 1) * 0.25, 1000)[:n] + 0.002 * rng.standard_normal(n)
+    dt_ns = 1e7
+
+    def steps() -> None:
+        tracker = StepTracker(1)
+        tracker.event(0, 1_000_000_000, 0.25)
+        tracker.frame(0, force, 0, 100.0)
+
+    def rls() -> None:
+        tr = StiffnessTracker(1)
+        cfg = TrackingConfig()
+        kern._rls_push(
+            tr.float_state[0], tr.int_state[0], force, disp, 0, dt_ns, 500_000_000,
+            cfg.forgetting, cfg.excite_mm, 120_000_000_000, cfg.sigma_alpha,
+        )  # fmt: skip
+
+    def quality() -> None:
+        QualityMonitor(1).frame(0, force, 0, 100.0)
+
+    def numpy_baseline() -> None:
+        m = n // 50 * 50
+        force[:m].reshape(-1, 50).mean(axis=1)
+        disp[:m].reshape(-1, 50).mean(axis=1)
+        float(np.mean(np.diff(force) ** 2))
+
+    figures: dict[str, object] = {}
+    base = _rate(_timed(numpy_baseline), n)
+    figures["numpy_baseline_samples_per_s"] = base
+    for name, fn in (("step", steps), ("rls", rls), ("quality", quality)):
+        fn()  # compile or load from cache outside the timing
+        speed = _rate(_timed(fn), n)
+        figures[f"{name}_samples_per_s"] = speed
+        figures[f"{name}_vs_numpy"] = speed / base
+    return figures
+
+
+def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
+    import numpy as np  # noqa: PLC0415
+
+    import dsp  # noqa: PLC0415
+    from dsp.estimator import FleetEstimator  # noqa: PLC0415
+
+    dsp.warm_up()
+    rng = np.random.default_rng(1)
+    fleet = FleetEstimator(capacity=n_devices)
+    ids = [f"DX-{i:05d}" for i in range(n_devices)]
+    force = 100.0 + rng.standard_normal((frames_per_device, 100))
+    disp = 10.0 + 0.002 * rng.standard_normal((frames_per_device, 100))
+    t0 = _START_NS + 8 * 3600 * 1_000_000_000
+    times: list[float] = []
+    start = time.perf_counter()
+    for k in range(frames_per_device):
+        t0_k = t0 + k * 1_000_000_000
+        for device in ids:
+            t = time.perf_counter()
+            fleet.frame(device, force[k], disp[k], None, t0_k, 100.0)
+            times.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    samples = n_devices * frames_per_device * 100
+    return {
+        "estimator_samples_per_s": _rate(total, samples),
+        "state_bytes_per_device": fleet.state_bytes_per_device(),
+        "first_frame_s": times[0],
+        "median_frame_s": statistics.median(times),
+    }
+
+
+def _import_warmup_s() -> float:
+    code = (
+        "import time; t = time.perf_counter(); import dsp; dsp.warm_up(); "
+        "print(time.perf_counter() - t)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return float(done.stdout.strip())
+
+
+def accuracy(scenario: str, *, target_mm: float, days: float, seed: int = 1) -> dict[str, float]:
+    """Run one emulated device through the estimator and compare with its ground truth.
+
+    Args:
+        scenario: an emulator scenario name.
+        target_mm: prescribed gain (mm); shorter than a real lengthening to keep runs short.
+        days: days simulated from the osteotomy.
+        seed: emulator seed.
+
+    Returns:
+        Figures: `k_inst_median_rel_err`, `k_eq_median_rel_err`, `tau_slow_median_rel_err`
+        (steps with a good fit), `load_share_max_abs_err`, `projection_err_days` (projected
+        readiness made 14 days before the true healed day, minus that day; NaN if not
+        reached), `detect_delay_days` (first daily flag of the scenario's anomaly after its
+        onset; NaN if never or if the scenario has none), `phase_changes` (phase transitions
+        seen) and `false_flags` (days with an anomaly flag in a normal run).
+    """
+    from devices.emulator.generator import DeviceConfig  # noqa: PLC0415
+    from devices.emulator.groundtruth import ground_truth  # noqa: PLC0415
+    from osteotel.analyze import analyze_emulated  # noqa: PLC0415
+
+    config = DeviceConfig(
+        device="DX-0001", hub="HUB-A", scenario=scenario, seed=seed, target_mm=target_mm
+    )
+    end_ns = _START_NS + round(days * _NS_PER_DAY)
+    records = list(analyze_emulated(config, start_ns=_START_NS, end_ns=end_ns))
+    truth = list(ground_truth(config, start_ns=_START_NS, end_ns=end_ns))
+    return _compare(scenario, records, truth)
+
+
+def _compare(scenario: str, records: list[Any], truth: list[dict[str, Any]]) -> dict[str, float]:
+    header = truth[0]
+    steps = {r.t_ns: r for r in records if r.kind == "step" and r.fit_status == "ok"}
+    errors: dict[str, list[float]] = {"k_inst": [], "k_eq": [], "tau_slow": []}
+    for g in truth:
+        est = steps.get(g["t_ns"]) if g["type"] == "step" else None
+        if est is None:
+            continue
+        errors["k_inst"].append(abs(est.k_inst_n_per_mm / g["k_inst_n_per_mm"] - 1.0))
+        errors["k_eq"].append(abs(est.k_eq_n_per_mm / g["k_eq_n_per_mm"] - 1.0))
+        errors["tau_slow"].append(abs(est.tau_slow_s / g["tau_slow_s"] - 1.0))
+    out = {
+        f"{name}_median_rel_err": statistics.median(v) if v else math.nan
+        for name, v in errors.items()
+    }
+    shares = {r.t_ns: r.share for r in records if r.kind == "load_share"}
+    true_shares = {
+        g["t_ns"] + 26_000_000_000: g["load_share"] for g in truth if g["type"] == "load_share"
+    }
+    diffs = [abs(shares[t] - s) for t, s in true_shares.items() if t in shares]
+    out["load_share_max_abs_err"] = max(diffs) if diffs else math.nan
+    daily = [r for r in records if r.kind == "daily"]
+    start_ns = int(header["t_ns"])
+    healed_ns = start_ns + round(header["healed_day"] * _NS_PER_DAY)
+    out["projection_err_days"] = math.nan
+    for r in daily:
+        if r.t_ns + _NS_PER_DAY >= healed_ns - _PROJECTION_LEAD_DAYS * _NS_PER_DAY:
+            if r.projected_ready_ns > 0:
+                out["projection_err_days"] = (r.projected_ready_ns - healed_ns) / _NS_PER_DAY
+            break
+    phases = [r.phase for r in daily]
+    out["phase_changes"] = float(sum(a != b for a, b in itertools.pairwise(phases)))
+    anomaly_flags = set(_FLAG_OF.values())
+    out["false_flags"] = float(sum(bool(anomaly_flags & set(r.flags)) for r in daily))
+    out["detect_delay_days"] = math.nan
+    flag = _FLAG_OF.get(scenario)
+    if flag is not None:
+        onsets = [g["onset_ns"] for g in truth if g["type"] == "anomaly" and g["kind"] == scenario]
+        steps_ns = [g["t_ns"] for g in truth if g["type"] == "step"]
+        # Scenarios that change the tissue from the start begin with the first step.
+        onset = onsets[0] if onsets else (steps_ns[0] if steps_ns else start_ns)
+        for r in daily:
+            if flag in r.flags and r.t_ns + _NS_PER_DAY > onset:
+                out["detect_delay_days"] = max(r.t_end_ns - onset, 0) / _NS_PER_DAY
+                break
+        out["false_flags"] = float(
+            sum(bool(anomaly_flags & set(r.flags)) for r in daily if r.t_ns + _NS_PER_DAY <= onset)
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Measure and return the figures (see the module docstring for the keys)."""
+    figures: dict[str, object] = {"import_warmup_s": _import_warmup_s()}
+    figures.update(_kernels(args.samples))
+    figures.update(_estimator(args.devices, args.frames_per_device))
+    base = figures["numpy_baseline_samples_per_s"]
+    speed = figures["estimator_samples_per_s"]
+    if isinstance(base, float) and isinstance(speed, float):
+        figures["estimator_vs_numpy"] = speed / base
+    if not args.no_accuracy:
+        for scenario, (target_mm, days) in _SCENARIOS.items():
+            for key, value in accuracy(scenario, target_mm=target_mm, days=days).items():
+                figures[f"{scenario}_{key}"] = value
+    return figures
