@@ -47,6 +47,7 @@ __all__ = [
     "TimeNs",
     "Topic",
     "Version",
+    "derived_topic",
     "events_topic",
     "is_valid_id",
     "parse_topic",
@@ -197,6 +198,11 @@ def _checked_id(value: str, role: str) -> str:
     if not is_valid_id(value):
         raise ValueError(f"{role} id {_short(value)} does not match {ID_PATTERN}")
     return value
+
+
+def derived_topic(device: str) -> str:
+    """Return the topic ingest publishes a device's DSP estimates on (docs/derived.md)."""
+    return f"{_PREFIX}/derived/{_checked_id(device, 'device')}/estimates"
 
 
 def telemetry_topic(hub: str, device: str) -> str:

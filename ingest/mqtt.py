@@ -107,6 +107,10 @@ class MqttSource:
         while True:
             yield await self._queue.get()
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish with QoS 1; paho queues it while the broker is away and sends it on reconnect."""
+        self._client.publish(topic, payload, qos=1)
+
     def ack(self, message: Received) -> None:
         """Acknowledge a message to the broker: call only once its data are durable."""
         if message.qos > 0:

@@ -18,9 +18,19 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from devices.contract import SUBSCRIPTIONS, Frame, HubStatus, Reason, Rejected, parse_topic
-from devices.registry import RegistryFile
+import dsp
+from devices.contract import (
+    SUBSCRIPTIONS,
+    Frame,
+    HubStatus,
+    Reason,
+    Rejected,
+    derived_topic,
+    parse_topic,
+)
+from devices.registry import Device, Registry, RegistryFile
 from devices.validation import Accepted, Limits, accept
+from dsp.estimator import FleetEstimator
 from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
 from osteotel.logs import kv
 from osteotel.settings import Settings
@@ -28,6 +38,7 @@ from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
 from .deadletter import DeadLetter, DeadLetterWriter
+from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
 from .mqtt import MqttSource, Received
 from .records import event_lines, frame_lines, rejection_lines, status_lines
@@ -53,6 +64,7 @@ class _Work:
     samples: int = 0
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
+    estimates: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -96,6 +108,8 @@ class IngestService:
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         self._last_rejection_ns = 0
         self.accounting = Accounting()
+        self._estimator = FleetEstimator()
+        self._estimated: set[str] = set()
         self.metrics = IngestMetrics(self.accounting, self._spool)
         self.ready = asyncio.Event()
         self._source: MqttSource | None = None
@@ -103,6 +117,8 @@ class IngestService:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
         store = InfluxStore(self._settings.influx)
+        # Compile (or load from numba's cache) every kernel now, not on the first frame.
+        await asyncio.to_thread(dsp.warm_up)
         try:
             await asyncio.to_thread(store.ensure_database)
             source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
@@ -165,6 +181,7 @@ class IngestService:
             await asyncio.sleep(self._settings.ingest.registry_reload_s)
             if await asyncio.to_thread(self._registry.reload_if_changed):
                 registry = self._registry.current
+                self._estimated.clear()  # prescriptions may have changed: pass them on again
                 log.info(
                     kv("registry_reloaded", hubs=len(registry.hubs), devices=len(registry.devices))
                 )
@@ -180,30 +197,52 @@ class IngestService:
                 await self._queue.put(self._handle(message))
 
     def _handle(self, message: Received) -> _Work:
+        registry = self._registry.current  # one version for the whole message
         try:
             accepted = accept(
                 message.topic,
                 message.payload,
-                registry=self._registry.current,
+                registry=registry,
                 now_ns=message.received_ns,
                 limits=self._limits,
             )
         except Rejected as rejected:
             return self._reject(message, rejected)
-        return self._store(message, accepted)
+        return self._store(message, accepted, registry)
 
-    def _store(self, message: Received, accepted: Accepted) -> _Work:
+    def _store(self, message: Received, accepted: Accepted, registry: Registry) -> _Work:
         item = accepted.message
+        if isinstance(item, HubStatus):
+            return _Work(message, status_lines(item))
         if isinstance(item, Frame):
             assert accepted.encoding is not None
             if not self.accounting.frame(item.device, item.seq, item.t0_ns):
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
                 return _Work(message, b"")
-            lines = frame_lines(accepted.hub, item, accepted.encoding)
-            return _Work(message, lines, item.device, item.n, item.t_last_ns)
-        if isinstance(item, HubStatus):
-            return _Work(message, status_lines(item))
-        return _Work(message, event_lines(accepted.hub, item))
+            self._know(registry.devices[item.device])
+            records = self._estimator.frame(
+                item.device, item.force_n, item.disp_mm, item.ref_load_n, item.t0_ns, item.rate_hz
+            )
+            work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
+            work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
+        else:
+            self._know(registry.devices[item.device])
+            records = feed_event(self._estimator, item)
+            work = _Work(message, event_lines(accepted.hub, item))
+        if records:
+            patient = registry.devices[item.device].patient
+            work.lines += b"".join(estimate_line(accepted.hub, record) for record in records)
+            work.estimates = [
+                (derived_topic(item.device), estimate_message(accepted.hub, patient, record))
+                for record in records
+            ]
+        return work
+
+    def _know(self, device: Device) -> None:
+        """Give the estimator the registry's prescription when a device first shows."""
+        if device.id not in self._estimated:
+            register_device(self._estimator, device)
+            self._estimated.add(device.id)
 
     def _reject(self, message: Received, rejected: Rejected) -> _Work:
         hub = device = None
@@ -288,6 +327,8 @@ class IngestService:
                 self.metrics.sample_to_stored_s.labels(work.device).observe(
                     max(0, now_ns - work.t_last_ns) / 1e9
                 )
+            for topic, payload in work.estimates:
+                source.publish(topic, payload)
             source.ack(work.message)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:

@@ -20,6 +20,8 @@ from osteotel.store.influx import InfluxStore, Series
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
 DEADLINE_S = 60.0
+# Starting ingest compiles the numba kernels when their on-disk cache is cold (a new clone).
+START_DEADLINE_S = 240.0
 
 
 @dataclass
@@ -68,7 +70,12 @@ class IngestProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: self.log().count("ingest_started") >= self.starts, "ingest to start", self)
+        wait_for(
+            lambda: self.log().count("ingest_started") >= self.starts,
+            "ingest to start",
+            self,
+            deadline_s=START_DEADLINE_S,
+        )
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> int:
         """Signal ingest and wait for it to exit; returns its exit code."""
@@ -104,9 +111,15 @@ def ingest_env(
     }
 
 
-def wait_for(condition: Callable[[], bool], what: str, ingest: IngestProcess | None = None) -> None:
-    """Poll `condition` until it holds; fail the test after DEADLINE_S or if ingest died."""
-    deadline = time.monotonic() + DEADLINE_S
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    ingest: IngestProcess | None = None,
+    *,
+    deadline_s: float = DEADLINE_S,
+) -> None:
+    """Poll `condition` until it holds; fail the test after `deadline_s` or if ingest died."""
+    deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if condition():
             return
