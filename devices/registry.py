@@ -146,6 +146,8 @@ class Device(_Config):
     calibration: Calibration
     range: SensorRange
     protocol: Protocol
+    # Alert threshold overrides for this device (docs/alerts.md), checked by the alert service.
+    alerts: dict[str, float] = Field(default_factory=dict)
 
 
 class Registry(_Config):
@@ -185,9 +187,13 @@ class Registry(_Config):
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-        unknown = sorted(set(document) - {"hub", "device"})
+        # `[alerts]` holds the alert service's threshold overrides (docs/alerts.md); it is
+        # that service's to read and check.
+        unknown = sorted(set(document) - {"hub", "device", "alerts"})
         if unknown:
-            raise ConfigError(f"{source}: unknown top-level keys {unknown}; expected hub, device")
+            raise ConfigError(
+                f"{source}: unknown top-level keys {unknown}; expected hub, device, alerts"
+            )
         hubs = _table_list(document, "hub", source)
         devices = _table_list(document, "device", source)
         _check_unique(hubs, "hub", source)

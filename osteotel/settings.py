@@ -1,7 +1,8 @@
 """Settings from `OSTEOTEL_*` environment variables and an optional TOML file.
 
 Precedence, highest first: keyword arguments, environment (`OSTEOTEL_MQTT__PORT=1883`),
-the TOML file named by `OSTEOTEL_CONFIG` (sections `[mqtt]`, `[influx]`, `[ingest]`), defaults.
+the TOML file named by `OSTEOTEL_CONFIG` (sections `[mqtt]`, `[influx]`, `[ingest]`, `[alerts]`,
+`[grafana]`), defaults.
 Secrets are `SecretStr`: they print as `**********` and reach the wire only through
 `get_secret_value()` at the boundary that needs them.
 """
@@ -18,7 +19,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["InfluxSettings", "IngestSettings", "MqttSettings", "Settings"]
+__all__ = [
+    "AlertSettings",
+    "GrafanaSettings",
+    "InfluxSettings",
+    "IngestSettings",
+    "MqttSettings",
+    "Settings",
+    "SmtpSettings",
+]
 
 
 class _Section(BaseModel):
@@ -94,6 +103,96 @@ class IngestSettings(_Section):
     queue_max_messages: int = Field(1_000, ge=1)
 
 
+class SmtpSettings(_Section):
+    """How e-mail notifications leave: an SMTP relay and the addresses involved.
+
+    No e-mail is sent when `to` is empty.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    sender: str = "osteotel-alerts@localhost"
+    to: list[str] = []
+    # Escalations of unacknowledged critical alerts go here as well as to `to`.
+    escalation_to: list[str] = []
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class AlertSettings(_Section):
+    """The alert service (`osteotel alerts run`) and its CLI.
+
+    Attributes:
+        data_dir: the directory of the SQLite database `alerts.db` (state, audit, outbox).
+        registry: the device registry, with the optional `[alerts]` override tables.
+        grafana_url: base URL of Grafana; each message links `{grafana_url}/d/osteotel-device`.
+        webhook_urls: JSON webhooks, one POST per notification.
+        alertmanager_url: Prometheus Alertmanager base URL (v2 API); None to not use it.
+        mqtt_alerts: publish each alert on `osteotel/v1/alerts/{device}` (QoS 1).
+        client_id: the MQTT client id of the alert service (its persistent session).
+        smtp: the e-mail relay and recipients.
+        write_history: write `alert` and `alert_ack` points to InfluxDB.
+        tick_s: how often silence, repeat and escalation timers are checked, seconds.
+        repeat_s: a firing, unacknowledged alert is notified again after this long, seconds.
+        escalate_after_s: a critical alert unacknowledged this long is escalated, seconds.
+        retry_min_s: first retry delay of a failed notification, seconds.
+        retry_max_s: the retry delay doubles up to this, seconds.
+        send_timeout_s: timeout of one HTTP or MQTT notification, seconds.
+        http_host: where `/metrics` and `/healthz` listen.
+        http_port: their port; 0 turns the endpoint off.
+        watch_telemetry: also subscribe to telemetry topics (QoS 0) only to see that a device
+            is alive; without it, silence is judged from estimates and events alone.
+    """
+
+    data_dir: Path = Path("var/alerts")
+    registry: Path = Path("deploy/registry.example.toml")
+    grafana_url: str = "http://127.0.0.1:3000"
+    webhook_urls: list[str] = []
+    alertmanager_url: str | None = None
+    mqtt_alerts: bool = True
+    client_id: str = "osteotel-alerts"
+    smtp: SmtpSettings = SmtpSettings()
+    write_history: bool = True
+    tick_s: float = Field(5.0, gt=0)
+    # Four hours: a nurse shift sees an open alert about twice, not every few minutes, which
+    # is the alert fatigue DOMAIN.md ("Sensorized implants today", CareLink) warns about.
+    repeat_s: float = Field(4 * 3600.0, gt=0)
+    escalate_after_s: float = Field(30 * 60.0, gt=0)
+    retry_min_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    send_timeout_s: float = Field(10.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9311, ge=0, le=65535)
+    watch_telemetry: bool = True
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "alerts.db"
+
+
+class GrafanaSettings(_Section):
+    """Where `osteotel grafana push` uploads the boards, and the datasource they read.
+
+    Attributes:
+        url: Grafana's base URL.
+        token: a Grafana service-account token (Bearer).
+        influx_url: the InfluxDB URL as Grafana (not this machine) reaches it.
+        influx_database: the InfluxQL database (on 2.x/3.x: the DBRP-mapped name).
+        influx_token: the token Grafana's datasource uses on InfluxDB 2.x/3.x.
+        timeout_s: per request, seconds.
+    """
+
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None
+    influx_url: str = "http://influxdb:8086"
+    influx_database: str = "osteotel"
+    influx_token: SecretStr | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All settings of the osteotel services."""
 
@@ -104,6 +203,8 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     ingest: IngestSettings = IngestSettings()
+    alerts: AlertSettings = AlertSettings()
+    grafana: GrafanaSettings = GrafanaSettings()
     log_level: str = "INFO"
 
     @classmethod

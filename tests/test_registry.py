@@ -180,3 +180,13 @@ def test_registry_file_raises_on_a_broken_first_load(tmp_path: Path) -> None:
     _write(path, DEVICE, 1_000_000_000)
     with pytest.raises(ConfigError, match="unknown hub"):
         RegistryFile(path)
+
+
+def test_alert_overrides_are_part_of_the_registry() -> None:
+    """`[alerts]` tables and a device's `alerts` table load; the alert service reads them."""
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        'id = "DX-0001"', 'id = "DX-0001"\nalerts = { force_critical_n = 800.0 }', 1
+    )
+    registry = Registry.from_toml("[alerts]\nbattery_warning_pct = 30.0\n" + text)
+    assert registry.devices["DX-0001"].alerts == {"force_critical_n": 800.0}
+    assert registry.devices["DX-0002"].alerts == {}

@@ -1,0 +1,142 @@
+"""What the alert service reads: DSP estimates published by ingest, device events, hub status.
+
+Estimates arrive on `osteotel/v1/derived/{device}/estimates` as JSON objects with an envelope
+(`v`, `device`, `hub`, `patient`, `t_ns`, `kind`) and the fields of the DSP records
+(dsp/estimator.py: StepRecord, LoadShareRecord, QualityRecord, DailyRecord). This module is the
+one place that names those fields: if dsp renames one, change it here (an alias keeps the old
+name readable during a migration). Unknown keys are ignored; a missing field is NaN or empty,
+never an error, so a newer DSP does not stop the alerts.
+"""
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from devices.contract import DeviceId, TimeNs
+from devices.registry import PATIENT_PATTERN
+
+__all__ = [
+    "ESTIMATES_FILTER",
+    "DailyInput",
+    "Estimate",
+    "LoadShareInput",
+    "QualityInput",
+    "StepInput",
+    "estimates_topic",
+    "finite",
+    "parse_estimate",
+]
+
+ESTIMATES_FILTER = "osteotel/v1/derived/+/estimates"
+"""The MQTT filter that receives every device's estimates."""
+
+_NAN = math.nan
+
+
+def estimates_topic(device: str) -> str:
+    """The topic ingest publishes `device`'s estimates on."""
+    return f"osteotel/v1/derived/{device}/estimates"
+
+
+def finite(value: float | None) -> bool:
+    """Whether `value` is a number other than NaN or infinity."""
+    return value is not None and math.isfinite(value)
+
+
+class _Envelope(BaseModel):
+    # Lax on purpose (ints where floats are expected, NaN from JSON) and tolerant of new keys.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1]
+    device: DeviceId
+    hub: DeviceId
+    patient: Annotated[str, Field(pattern=PATIENT_PATTERN)]
+    t_ns: TimeNs
+
+
+class StepInput(_Envelope):
+    """A distraction step or a probe: the tissue's answer to one elongation (N/mm, N, s)."""
+
+    kind: Literal["step", "probe"]
+    k_inst_n_per_mm: float = _NAN
+    k_eq_n_per_mm: float = _NAN
+    tau_slow_s: float = _NAN
+    f_residual_n: float = _NAN
+    f_peak_n: float = _NAN
+    fit_r2: float = _NAN
+    fit_status: str = "ok"
+    flags: list[str] = []
+
+
+class LoadShareInput(_Envelope):
+    """A weight-bearing test: the share of the load through the device (1 = all)."""
+
+    kind: Literal["load_share"]
+    share: float = _NAN
+    share_std: float = Field(_NAN, validation_alias=AliasChoices("share_std", "share_sd"))
+    status: str = "ok"
+
+
+class QualityInput(_Envelope):
+    """Signal problems on one channel over a stretch of frames."""
+
+    kind: Literal["quality"]
+    channel: str = "force"
+    flatline: bool = False
+    n_saturated: int = 0
+    n_spikes: int = 0
+    n_nonfinite: int = 0
+    n_samples: int = 0
+    drift: bool = False
+
+
+class DailyInput(_Envelope):
+    """One device and UTC day: phase, adherence, consolidation, projected readiness."""
+
+    kind: Literal["daily"]
+    phase: str = "unknown"
+    steps_done: int = 0
+    steps_prescribed: int = 0
+    missed_steps: int = 0
+    extra_steps: int = 0
+    gained_mm: float = _NAN
+    load_share: float = _NAN
+    consolidation_index: float = _NAN
+    projected_ready_ns: int = -1
+    flags: list[str] = []
+
+
+Estimate = Annotated[
+    StepInput | LoadShareInput | QualityInput | DailyInput, Field(discriminator="kind")
+]
+_ESTIMATE: TypeAdapter[Estimate] = TypeAdapter(Estimate)
+
+
+def parse_estimate(payload: bytes) -> Estimate:
+    """Parse one estimate message.
+
+    Args:
+        payload: the MQTT payload, a JSON object (NaN and Infinity tokens allowed).
+
+    Returns:
+        The typed estimate.
+
+    Raises:
+        ValueError: not JSON, not an object, an unknown `kind` or a bad envelope; the
+            message names the first problem.
+    """
+    try:
+        document: Any = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        # ValueError, not TypeError: the caller counts every bad payload as one kind of refusal.
+        raise ValueError("an estimate must be a JSON object")  # noqa: TRY004
+    try:
+        return _ESTIMATE.validate_python(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{where}: {first['msg']}") from None

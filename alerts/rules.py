@@ -1,0 +1,468 @@
+"""The alert rules: from estimates, events, hub status, frames and the clock to `Observation`s.
+
+One `RuleBook` holds each device's recent trajectory (bounded) and judges every input against
+the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/alerts.md):
+
+| rule | severity | input | fires when |
+|---|---|---|---|
+| distraction_force | warning/critical | step, probe | peak force above the warning/critical limit |
+| premature_consolidation | warning | step | residual force rising faster than the limit (N/day) |
+| delayed_consolidation | warning | daily | load share falling too slowly, or projected too late |
+| stiffness_drop | critical | step, probe | k_inst below half the patient's recent median |
+| force_drop | critical | step | residual force below half the patient's recent median |
+| overload | warning | telemetry | frame peak far above the patient's daily loading |
+| missed_steps, extra_steps | warning | daily | steps against the prescribed rhythm |
+| sensor_fault | warning | quality | flatline, saturation, spikes, non-finite, drift |
+| data_gap | warning | telemetry | frames missing (sequence gaps) within an hour |
+| device_fault | warning | fault event | the device reports a fault (clears on reboot) |
+| device_silent | warning | clock | nothing from the device for `silent_after_s` |
+| hub_offline | warning | hub status | the hub is offline (for `hub_offline_for_s`) |
+| battery_low | warning/critical | battery event, frame | charge below the limits |
+| readiness | info | load share, daily | the removal criterion is met |
+
+Patient-relative rules compare with the patient's own history (drops, overload, delayed).
+Everything is plain Python on small deques: per input a few dozen operations.
+"""
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from alerts.inputs import DailyInput, Estimate, LoadShareInput, QualityInput, StepInput, finite
+from alerts.model import Observation, Severity
+from alerts.thresholds import AlertOverrides, Thresholds
+from devices.contract import Battery, Event, Fault, Frame, HubStatus, Reboot
+from devices.registry import Device, Registry
+
+__all__ = ["RULES", "RuleBook", "UnknownDeviceError", "slope_per_day"]
+
+_NS = 1_000_000_000
+_DAY_NS = 86_400 * _NS
+_HOUR_NS = 3_600 * _NS
+_SLOPE_CLEAR = 0.75  # a slope rule resolves below 3/4 of its limit (hysteresis)
+_HISTORY = 200  # steps, daily records and gap entries kept per device
+
+RULES = (
+    "distraction_force",
+    "premature_consolidation",
+    "delayed_consolidation",
+    "stiffness_drop",
+    "force_drop",
+    "overload",
+    "missed_steps",
+    "extra_steps",
+    "sensor_fault",
+    "data_gap",
+    "device_fault",
+    "device_silent",
+    "hub_offline",
+    "battery_low",
+    "readiness",
+)
+"""Every rule id, as used in alerts, silences and the CLI."""
+
+
+class UnknownDeviceError(LookupError):
+    """A message names a device the registry does not know (or from another hub)."""
+
+
+def slope_per_day(points: Iterable[tuple[int, float]]) -> float:
+    """Least-squares slope of (t_ns, value) points, value units per day; NaN below 2 times."""
+    pts = [(t / _DAY_NS, v) for t, v in points if math.isfinite(v)]
+    if len(pts) < 2:
+        return math.nan
+    mean_t = sum(t for t, _ in pts) / len(pts)
+    mean_v = sum(v for _, v in pts) / len(pts)
+    sxx = sum((t - mean_t) ** 2 for t, _ in pts)
+    if sxx == 0.0:
+        return math.nan
+    return sum((t - mean_t) * (v - mean_v) for t, v in pts) / sxx
+
+
+@dataclass
+class _Track:
+    """Per-device memory of the rules."""
+
+    steps: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    probes: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    daily_shares: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    consolidation_start_ns: int | None = None
+    hourly_max_n: dict[int, float] = field(default_factory=dict)
+    last_seq: int | None = None
+    gaps: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    faulty_channels: set[str] = field(default_factory=set)
+    last_seen_ns: int = 0
+    # Baselines frozen while a drop alert is active, so the low values do not become normal.
+    frozen: dict[str, float] = field(default_factory=dict)
+
+
+class RuleBook:
+    """Judges inputs against thresholds and remembers what the patient-relative rules need."""
+
+    def __init__(
+        self, registry: Registry, overrides: AlertOverrides | None = None, *, now_ns: int
+    ) -> None:
+        """Set up the rules for every device of `registry`.
+
+        Args:
+            registry: devices (hub, patient, site, protocol).
+            overrides: threshold overrides from the registry file; none when None.
+            now_ns: start time, UTC epoch ns: silence is counted from here for devices not
+                yet heard from.
+
+        Raises:
+            ConfigError: an override is invalid for some device.
+        """
+        self._started_ns = now_ns
+        self._tracks: dict[str, _Track] = {}
+        self._emitted: dict[tuple[str, str], tuple[bool, bool]] = {}
+        self.update(registry, overrides)
+
+    def update(self, registry: Registry, overrides: AlertOverrides | None = None) -> None:
+        """Take a reloaded registry; trajectories of known devices are kept.
+
+        Raises:
+            ConfigError: an override is invalid for some device (nothing is changed then).
+        """
+        overrides = overrides or AlertOverrides()
+        thresholds = {d.id: overrides.for_device(d) for d in registry.devices.values()}
+        self._registry = registry
+        self._thresholds = thresholds
+
+    def forget_emitted(self) -> None:
+        """Emit the next observation of every rule even if it repeats the last one."""
+        self._emitted.clear()
+
+    def thresholds(self, device: str) -> Thresholds:
+        """The thresholds in force for `device`."""
+        return self._thresholds[device]
+
+    def _device(self, device: str, hub: str | None = None) -> tuple[Device, _Track]:
+        config = self._registry.devices.get(device)
+        if config is None or (hub is not None and config.hub != hub):
+            raise UnknownDeviceError(f"device {device!r} (hub {hub!r}) is not in the registry")
+        return config, self._tracks.setdefault(device, _Track(last_seen_ns=self._started_ns))
+
+    def _obs(  # noqa: PLR0917 - one call per rule reads best with every part in view
+        self,
+        device: Device,
+        rule: str,
+        t_ns: int,
+        trigger: bool,
+        clear: bool,
+        severity: Severity,
+        value: float | None,
+        summary: str,
+        for_s: float = 0.0,
+    ) -> list[Observation]:
+        key = (device.id, rule)
+        # A quiet rule that says the same again changes nothing: skip the database round trip.
+        if not trigger and self._emitted.get(key) == (trigger, clear):
+            return []
+        self._emitted[key] = (trigger, clear)
+        return [
+            Observation(
+                device=device.id,
+                hub=device.hub,
+                patient=device.patient,
+                rule=rule,
+                t_ns=t_ns,
+                trigger=trigger,
+                clear=clear,
+                severity=severity,
+                value=value if value is None or math.isfinite(value) else None,
+                summary=summary,
+                for_s=for_s,
+            )
+        ]
+
+    def seen(self, device: str, t_ns: int) -> None:
+        """Note that `device` was heard from at `t_ns` (any message)."""
+        _, track = self._device(device)
+        track.last_seen_ns = max(track.last_seen_ns, t_ns)
+
+    # --- estimates ----------------------------------------------------------------------------
+
+    def estimate(self, est: Estimate) -> list[Observation]:
+        """Judge one estimate.
+
+        Raises:
+            UnknownDeviceError: the device is not in the registry or not on that hub.
+        """
+        config, track = self._device(est.device, est.hub)
+        track.last_seen_ns = max(track.last_seen_ns, est.t_ns)
+        th = self._thresholds[config.id]
+        if isinstance(est, StepInput):
+            return self._step(config, track, th, est)
+        if isinstance(est, LoadShareInput):
+            return self._load_share(config, th, est)
+        if isinstance(est, QualityInput):
+            return self._quality(config, track, th, est)
+        return self._daily(config, track, th, est)
+
+    def _step(self, d: Device, track: _Track, th: Thresholds, est: StepInput) -> list[Observation]:
+        out: list[Observation] = []
+        peak = est.f_peak_n
+        if finite(peak):
+            severity = Severity.CRITICAL if peak >= th.force_critical_n else Severity.WARNING
+            limit = th.force_critical_n if severity is Severity.CRITICAL else th.force_warning_n
+            out += self._obs(
+                d, "distraction_force", est.t_ns, peak >= th.force_warning_n,
+                peak < th.force_warning_n * th.force_clear_fraction, severity, peak,
+                f"peak distraction force {peak:.0f} N (limit {limit:.0f} N)",
+            )  # fmt: skip
+        k = est.k_inst_n_per_mm
+        history = [s[1] for s in track.steps] if est.kind == "step" else list(track.probes)
+        out += self._drop(
+            d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness", "N/mm"
+        )
+        if est.kind == "probe":
+            if finite(k):
+                track.probes.append(k)
+            return out
+        residuals = [s[2] for s in track.steps]
+        out += self._drop(
+            d, "force_drop", est.t_ns, est.f_residual_n, residuals, th, th.force_drop_min_n,
+            "residual force", "N",
+        )  # fmt: skip
+        track.steps.append((est.t_ns, k, est.f_residual_n))
+        window_ns = round(th.premature_window_days * _DAY_NS)
+        recent = [(t, f) for t, _, f in track.steps if t > est.t_ns - window_ns and finite(f)]
+        if len(recent) >= th.premature_min_steps:
+            slope = slope_per_day(recent)
+            if finite(slope):
+                out += self._obs(
+                    d, "premature_consolidation", est.t_ns,
+                    slope > th.premature_residual_n_per_day,
+                    slope < th.premature_residual_n_per_day * _SLOPE_CLEAR, Severity.WARNING,
+                    slope,
+                    f"residual force rising {slope:.1f} N/day over {len(recent)} steps "
+                    f"(limit {th.premature_residual_n_per_day:g} N/day)",
+                )  # fmt: skip
+        return out
+
+    def _drop(  # noqa: PLR0917 - the two drop rules differ only in these values
+        self,
+        d: Device,
+        rule: str,
+        t_ns: int,
+        value: float,
+        history: list[float],
+        th: Thresholds,
+        min_drop: float,
+        what: str,
+        unit: str,
+    ) -> list[Observation]:
+        track = self._tracks[d.id]
+        recent = [v for v in history[-th.drop_baseline_steps :] if finite(v)]
+        if not finite(value) or (rule not in track.frozen and len(recent) < 3):
+            return []
+        baseline = track.frozen.get(rule, statistics.median(recent) if recent else math.nan)
+        if not finite(baseline) or baseline <= 0.0:
+            return []
+        trigger = value < (1.0 - th.drop_fraction) * baseline and baseline - value >= min_drop
+        clear = value >= th.drop_clear_fraction * baseline
+        if trigger:
+            track.frozen[rule] = baseline
+        elif clear:
+            track.frozen.pop(rule, None)
+        return self._obs(
+            d, rule, t_ns, trigger, clear, Severity.CRITICAL, value,
+            f"{what} {value:.1f} {unit}, down from the patient's recent {baseline:.1f} {unit}",
+        )  # fmt: skip
+
+    def _load_share(self, d: Device, th: Thresholds, est: LoadShareInput) -> list[Observation]:
+        share = est.share
+        if est.status != "ok" or not finite(share):
+            return []
+        upper = share + 2.0 * est.share_std if finite(est.share_std) else share
+        return self._obs(
+            d, "readiness", est.t_ns, upper < th.ready_share, share > th.ready_clear_share,
+            Severity.INFO, share,
+            f"load share {100 * share:.1f} % (+2 SE {100 * upper:.1f} %) is below the removal "
+            f"criterion of {100 * th.ready_share:g} %",
+        )  # fmt: skip
+
+    def _quality(
+        self, d: Device, track: _Track, th: Thresholds, est: QualityInput
+    ) -> list[Observation]:
+        spiky = est.n_samples > 0 and est.n_spikes > th.spike_fraction * est.n_samples
+        problems = [
+            name
+            for name, bad in (
+                ("flatline", est.flatline),
+                ("saturation", est.n_saturated > 0),
+                ("spikes", spiky),
+                ("non-finite", est.n_nonfinite > 0),
+                ("drift", est.drift),
+            )
+            if bad
+        ]
+        if problems:
+            track.faulty_channels.add(est.channel)
+        else:
+            track.faulty_channels.discard(est.channel)
+        faulty = sorted(track.faulty_channels)
+        return self._obs(
+            d, "sensor_fault", est.t_ns, bool(faulty), not faulty, Severity.WARNING,
+            float(len(faulty)),
+            f"sensor fault on {', '.join(faulty) or 'no channel'}: {', '.join(problems) or 'ok'}",
+            th.sensor_fault_for_s,
+        )  # fmt: skip
+
+    def _daily(
+        self, d: Device, track: _Track, th: Thresholds, est: DailyInput
+    ) -> list[Observation]:
+        out: list[Observation] = []
+        missed, extra = est.missed_steps, est.extra_steps
+        out += self._obs(
+            d, "missed_steps", est.t_ns, missed >= th.missed_steps_per_day, missed == 0,
+            Severity.WARNING, float(missed),
+            f"{missed} of {est.steps_prescribed} prescribed distraction steps missed on that day",
+        )  # fmt: skip
+        out += self._obs(
+            d, "extra_steps", est.t_ns, extra >= th.extra_steps_per_day, extra == 0,
+            Severity.WARNING, float(extra),
+            f"{extra} distraction steps beyond the {est.steps_prescribed} prescribed on that day",
+        )  # fmt: skip
+        if est.phase == "ready":
+            out += self._obs(
+                d, "readiness", est.t_ns, True, False, Severity.INFO, est.load_share,
+                "the consolidation trend has reached the removal criterion",
+            )  # fmt: skip
+        if est.phase != "consolidation":
+            return out
+        if track.consolidation_start_ns is None:
+            track.consolidation_start_ns = est.t_ns
+        if finite(est.load_share):
+            track.daily_shares.append((est.t_ns, est.load_share))
+        window_ns = round(th.delayed_window_days * _DAY_NS)
+        recent = [(t, s) for t, s in track.daily_shares if t > est.t_ns - window_ns]
+        drop_per_week = (
+            -7.0 * slope_per_day(recent) if len(recent) >= th.delayed_min_tests else math.nan
+        )
+        slow = finite(drop_per_week) and drop_per_week < th.delayed_min_drop_per_week
+        late = False
+        if finite(est.gained_mm) and est.projected_ready_ns > 0:
+            allowed_ns = round(th.delayed_healing_index_days_per_cm * est.gained_mm / 10 * _DAY_NS)
+            late = est.projected_ready_ns > track.consolidation_start_ns + allowed_ns
+        if not (finite(drop_per_week) or late):
+            return out
+        recovering = (
+            not finite(drop_per_week)
+            or drop_per_week >= th.delayed_min_drop_per_week / _SLOPE_CLEAR
+        )
+        out += self._obs(
+            d, "delayed_consolidation", est.t_ns, slow or late, recovering and not late,
+            Severity.WARNING, drop_per_week,
+            f"load share falling {100 * drop_per_week:.1f} %/week over {len(recent)} days "
+            f"(expected at least {100 * th.delayed_min_drop_per_week:g} %/week)"
+            + ("; projected removal later than the healing index allows" if late else ""),
+        )  # fmt: skip
+        return out
+
+    # --- events, status, frames, clock ---------------------------------------------------------
+
+    def event(self, hub: str, event: Event) -> list[Observation]:
+        """Judge one device event.
+
+        Raises:
+            UnknownDeviceError: the device is not in the registry or not on `hub`.
+        """
+        config, track = self._device(event.device, hub)
+        track.last_seen_ns = max(track.last_seen_ns, event.t_ns)
+        th = self._thresholds[config.id]
+        if isinstance(event, Battery):
+            return self._battery(config, th, event.t_ns, event.pct)
+        if isinstance(event, Fault):
+            return self._obs(
+                config, "device_fault", event.t_ns, True, False, Severity.WARNING, None,
+                f"device reports fault {event.code}: {event.detail}"[:200],
+            )  # fmt: skip
+        if isinstance(event, Reboot):
+            return self._obs(
+                config, "device_fault", event.t_ns, False, True, Severity.WARNING, None,
+                "device restarted",
+            )  # fmt: skip
+        return []
+
+    def _battery(self, d: Device, th: Thresholds, t_ns: int, pct: float) -> list[Observation]:
+        if not finite(pct):
+            return []
+        critical = pct < th.battery_critical_pct
+        return self._obs(
+            d, "battery_low", t_ns, pct < th.battery_warning_pct, pct >= th.battery_clear_pct,
+            Severity.CRITICAL if critical else Severity.WARNING, pct,
+            f"battery at {pct:.0f} % (warning below {th.battery_warning_pct:g} %)",
+        )  # fmt: skip
+
+    def status(self, status: HubStatus) -> list[Observation]:
+        """Judge a hub's online status: one observation per device of the hub."""
+        out: list[Observation] = []
+        for config in self._registry.devices.values():
+            if config.hub != status.hub:
+                continue
+            th = self._thresholds[config.id]
+            out += self._obs(
+                config, "hub_offline", status.t_ns, not status.online, status.online,
+                Severity.WARNING, None, f"hub {status.hub} is offline", th.hub_offline_for_s,
+            )  # fmt: skip
+        return out
+
+    def frame(self, hub: str, frame: Frame) -> list[Observation]:
+        """Judge one telemetry frame: overload, sequence gaps, battery.
+
+        Raises:
+            UnknownDeviceError: the device is not in the registry or not on `hub`.
+        """
+        config, track = self._device(frame.device, hub)
+        t_ns = frame.t_last_ns
+        track.last_seen_ns = max(track.last_seen_ns, t_ns)
+        th = self._thresholds[config.id]
+        out: list[Observation] = []
+        if frame.battery_pct is not None:
+            out += self._battery(config, th, t_ns, frame.battery_pct)
+        if track.last_seq is not None and frame.seq > track.last_seq + 1:
+            track.gaps.append((t_ns, frame.seq - track.last_seq - 1))
+        # A lower seq is a device restart (or a late frame): no gap to count.
+        track.last_seq = frame.seq
+        missing = sum(n for t, n in track.gaps if t > t_ns - _HOUR_NS)
+        out += self._obs(
+            config, "data_gap", t_ns, missing >= th.gap_frames_per_hour, missing == 0,
+            Severity.WARNING, float(missing), f"{missing} frames missing in the last hour",
+        )  # fmt: skip
+        magnitudes = [abs(f) for f in frame.force_n.tolist() if math.isfinite(f)]
+        if not magnitudes:
+            return out
+        peak = max(magnitudes)
+        hour = t_ns // _HOUR_NS
+        track.hourly_max_n[hour] = max(track.hourly_max_n.get(hour, 0.0), peak)
+        for old in [h for h in track.hourly_max_n if h <= hour - 25]:
+            del track.hourly_max_n[old]
+        past = [v for h, v in track.hourly_max_n.items() if hour - 24 <= h < hour]
+        if len(past) < th.overload_min_hours:
+            return out
+        loading = statistics.median(past)
+        limit = max(th.overload_ratio * loading, th.overload_min_n)
+        out += self._obs(
+            config, "overload", t_ns, peak > limit, peak <= limit, Severity.WARNING, peak,
+            f"force spike {peak:.0f} N against a daily loading of {loading:.0f} N",
+        )  # fmt: skip
+        return out
+
+    def tick(self, now_ns: int) -> list[Observation]:
+        """Judge silence: every device not heard from for `silent_after_s`."""
+        out: list[Observation] = []
+        for config in self._registry.devices.values():
+            _, track = self._device(config.id)
+            th = self._thresholds[config.id]
+            quiet_s = (now_ns - track.last_seen_ns) / _NS
+            out += self._obs(
+                config, "device_silent", now_ns, quiet_s > th.silent_after_s,
+                quiet_s <= th.silent_after_s, Severity.WARNING, quiet_s,
+                f"nothing from the device for {quiet_s / 60:.0f} min "
+                f"(expected within {th.silent_after_s / 60:g} min)",
+            )  # fmt: skip
+        return out
