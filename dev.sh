@@ -8,10 +8,13 @@ cd "$(dirname "$0")"
 
 VENV=${OSTEOTEL_VENV:-.venv}
 DEBIAN_PACKAGES=(python3 python3-venv mosquitto mosquitto-clients influxdb victoria-metrics
-                 prometheus-alertmanager openssl)
+                 prometheus-alertmanager openssl docker-compose poppler-utils systemd)
 # The binary each package must leave on the machine; a missing one triggers the install.
-# (openssl: the security tests make their own throw-away CA and certificates.)
-BINARIES=(python3 mosquitto mosquitto_pub influxd victoria-metrics prometheus-alertmanager openssl)
+# openssl: the security tests make their own throw-away CA and certificates; docker-compose
+# validates deploy/compose.yaml (no Docker engine needed); pdftotext reads the report back;
+# systemd-analyze verifies the systemd units.
+BINARIES=(python3 mosquitto mosquitto_pub influxd victoria-metrics prometheus-alertmanager openssl
+          docker-compose pdftotext systemd-analyze)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 

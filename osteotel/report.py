@@ -1,0 +1,402 @@
+"""The consolidation report: one page per device, from InfluxDB, as PDF or PNG.
+
+    render_report(store, [DeviceInfo(...)], start_ns=..., end_ns=..., out=Path("r.pdf"))
+
+Each page shows step stiffness, load share with its fitted trend and the projected readiness
+date (dsp.consolidation), distraction steps performed against prescribed, alerts with their
+acknowledgements, and how much data arrived. Measurements that nothing writes yet (`step`,
+`load_share`, `daily`, `alert`, `alert_ack`: osteotel.grafana's catalogue) leave their panel
+saying so, never an error. Names come from `osteotel.grafana.MEASUREMENTS`, so the report
+and the boards read the same schema.
+"""
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsp.consolidation import ConsolidationConfig, Trend, fit_trend
+from osteotel.grafana import MEASUREMENTS, REMOVAL_SHARE_PCT
+from osteotel.store.influx import InfluxStore
+
+__all__ = ["DeviceInfo", "PageSummary", "render_report"]
+
+_NS_PER_DAY = 86_400 * 10**9
+_A4_IN = (8.27, 11.69)
+_MAX_ALERT_LINES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Who and what a page is about, from the registry (pseudonyms only).
+
+    Attributes:
+        device: distractor identifier.
+        patient: patient pseudonym, e.g. `P-7F3A`.
+        site: the bone, e.g. `tibia`.
+        steps_per_day: the prescribed rhythm, steps per day during distraction.
+    """
+
+    device: str
+    patient: str
+    site: str = "other"
+    steps_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageSummary:
+    """The figures printed on one page, also returned to the caller.
+
+    Attributes:
+        device: distractor identifier.
+        patient: patient pseudonym.
+        steps_performed: distraction steps recorded in the period.
+        elongation_mm: their summed displacement, mm.
+        steps_prescribed: prescribed steps from the `daily` estimates, None if none.
+        share_now: the trend's load share at its last point (1 = all load), None without one.
+        projected_ready_ns: when the trend reaches the removal criterion, UTC epoch ns.
+        alerts: alerts raised in the period.
+        acknowledged: how many of them were acknowledged.
+        frames: frames stored in the period.
+        days_with_data: UTC days that hold at least one frame.
+        days: UTC days in the period.
+    """
+
+    device: str
+    patient: str
+    steps_performed: int
+    elongation_mm: float
+    steps_prescribed: int | None
+    share_now: float | None
+    projected_ready_ns: int | None
+    alerts: int
+    acknowledged: int
+    frames: int
+    days_with_data: int
+    days: int
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    device: str
+    start_ns: int
+    end_ns: int
+
+
+def _select(
+    store: InfluxStore,
+    measurement: str,
+    fields: Sequence[str],
+    span: "_Span",
+    *,
+    where: str = "",
+    aggregate: str | None = None,
+) -> dict[str, list[Any]]:
+    """Columns of one device's points (or per-day aggregates); empty lists when none."""
+    device, start_ns, end_ns = span.device, span.start_ns, span.end_ns
+    known = MEASUREMENTS[measurement]
+    for name in fields:
+        if not known.has(name):
+            raise KeyError(f"{measurement} has no field {name} in the catalogue")
+    if aggregate:
+        select = ", ".join(f'{aggregate}("{name}") AS "{name}"' for name in fields)
+    else:
+        select = ", ".join(f'"{name}"' for name in fields)
+    query = (
+        f'SELECT {select} FROM "{measurement}" WHERE "device" = {_literal(device)} '  # noqa: S608
+        f"AND time >= {start_ns} AND time <= {end_ns}{where}"
+    )
+    if aggregate:
+        query += " GROUP BY time(1d) fill(none)"
+    columns: dict[str, list[Any]] = {name: [] for name in ("time", *fields)}
+    for series in store.query(query, epoch="ns"):
+        for row in series.values:
+            for name, value in zip(series.columns, row, strict=True):
+                columns.setdefault(name, []).append(value)
+    return columns
+
+
+def _dates(times_ns: Sequence[int]) -> list[dt.datetime]:
+    return [dt.datetime.fromtimestamp(t / 1e9, tz=dt.UTC) for t in times_ns]
+
+
+def _day(t_ns: int) -> str:
+    return dt.datetime.fromtimestamp(t_ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _trend_line(trend: Trend, last_day: float, config: ConsolidationConfig) -> tuple[Any, Any]:
+    """Days and load shares (%) of the fitted line, from the fit window to the projection."""
+    y_now = math.log((1.0 - trend.share_now) / trend.share_now)
+    end = trend.projected_day if math.isfinite(trend.projected_day) else last_day
+    days = np.linspace(last_day - config.trend_days, max(end, last_day), 50)
+    y = y_now + trend.slope_per_day * (days - last_day)
+    return days, 100.0 / (1.0 + np.exp(y))
+
+
+@dataclass(frozen=True, slots=True)
+class _PageData:
+    """What one page shows, as read from InfluxDB."""
+
+    columns: dict[str, dict[str, list[Any]]]
+    share_days: np.ndarray[Any, np.dtype[np.float64]]
+    share: np.ndarray[Any, np.dtype[np.float64]]
+    trend: Trend | None
+    acked: set[str]
+
+
+def _read(
+    store: InfluxStore,
+    info: DeviceInfo,
+    *,
+    start_ns: int,
+    end_ns: int,
+    config: ConsolidationConfig,
+) -> tuple[_PageData, PageSummary]:
+    """Query one device's period and compute the page's figures."""
+    device = info.device
+    span = _Span(device, start_ns, end_ns)
+    steps = _select(
+        store,
+        "event",
+        ["delta_mm"],
+        span,
+        where=" AND \"type\" = 'distraction_step'",
+    )
+    estimates = _select(
+        store,
+        "step",
+        ["k_inst_n_per_mm", "k_eq_n_per_mm"],
+        span,
+        where=" AND \"kind\" = 'step'",
+    )
+    shares = _select(store, "load_share", ["share"], span)
+    daily = _select(store, "daily", ["steps_prescribed"], span)
+    frames = _select(store, "frame", ["seq"], span, aggregate="count")
+    alerts = _select(store, "alert", ["alert_id", "message", "severity"], span)
+    acks = _select(store, "alert_ack", ["alert_id", "by"], span)
+
+    share = _floats(shares["share"])
+    share_days = (np.array(shares["time"], dtype=np.float64) - start_ns) / _NS_PER_DAY
+    trend = fit_trend(share_days, share, config=config) if share.size else None
+    projected_ns = None
+    if trend is not None and math.isfinite(trend.projected_day):
+        projected_ns = start_ns + round(trend.projected_day * _NS_PER_DAY)
+    prescribed = [int(v) for v in daily["steps_prescribed"] if v is not None]
+    acked = set(acks["alert_id"])
+    days = max(1, math.ceil((end_ns - start_ns) / _NS_PER_DAY))
+    summary = PageSummary(
+        device=device,
+        patient=info.patient,
+        steps_performed=len(steps["delta_mm"]),
+        elongation_mm=float(np.nansum(_floats(steps["delta_mm"]))),
+        steps_prescribed=sum(prescribed) if prescribed else None,
+        share_now=trend.share_now if trend is not None else None,
+        projected_ready_ns=projected_ns,
+        alerts=len(alerts["alert_id"]),
+        acknowledged=sum(1 for a in alerts["alert_id"] if a in acked),
+        frames=int(sum(frames["seq"])),
+        days_with_data=len(frames["seq"]),
+        days=days,
+    )
+    columns = {
+        "steps": steps,
+        "estimates": estimates,
+        "shares": shares,
+        "frames": frames,
+        "alerts": alerts,
+    }
+    return _PageData(columns, share_days, share, trend, acked), summary
+
+
+def _draw_header(
+    header: Any, info: DeviceInfo, summary: PageSummary, *, start_ns: int, end_ns: int
+) -> None:
+    """The page title and the figures the clinician reads first."""
+    device, days, projected_ns = info.device, summary.days, summary.projected_ready_ns
+    header.axis("off")
+    header.text(0, 1.0, "osteotel consolidation report", fontsize=15, weight="bold", va="top")
+    projection = _day(projected_ns) if projected_ns is not None else "not projected"
+    share_text = f"{100 * summary.share_now:.1f} %" if summary.share_now is not None else "none"
+    prescribed_text = (
+        str(summary.steps_prescribed) if summary.steps_prescribed is not None else "not recorded"
+    )
+    lines = [
+        f"Patient {info.patient}   Device {device}   Site {info.site}",
+        f"Period {_day(start_ns)} to {_day(end_ns)} (UTC)",
+        f"Distraction steps performed {summary.steps_performed} "
+        f"({summary.elongation_mm:.2f} mm), prescribed {prescribed_text}",
+        f"Load share now {share_text}; projected readiness (< {REMOVAL_SHARE_PCT:g} %) "
+        f"{projection}",
+        f"Alerts {summary.alerts}, acknowledged {summary.acknowledged}; frames stored "
+        f"{summary.frames}, days with data {summary.days_with_data} of {days}",
+    ]
+    header.text(0, 0.72, "\n".join(lines), fontsize=9, va="top", linespacing=1.5)
+
+
+def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[str]) -> None:
+    """The period's alerts, newest last, each marked acknowledged or open."""
+    table.axis("off")
+    table.set_title("Alerts and acknowledgements", fontsize=10, loc="left")
+    rows = [
+        f"{_day(t)}  {severity}  {message}  [{'acknowledged' if aid in acked else 'open'}]"
+        for t, aid, message, severity in zip(
+            alerts["time"], alerts["alert_id"], alerts["message"], alerts["severity"], strict=True
+        )
+    ][:_MAX_ALERT_LINES]
+    table.text(0, 0.9, "\n".join(rows) or "no alerts in this period", fontsize=8, va="top")
+
+
+def _draw(
+    figure: Any,
+    info: DeviceInfo,
+    data: _PageData,
+    summary: PageSummary,
+    *,
+    start_ns: int,
+    end_ns: int,
+    config: ConsolidationConfig,
+) -> None:
+    """Lay out one page: the header figures, four plots and the alert list."""
+    steps, estimates, shares = (data.columns[k] for k in ("steps", "estimates", "shares"))
+    frames, alerts = data.columns["frames"], data.columns["alerts"]
+    share_days, share, trend, days = data.share_days, data.share, data.trend, summary.days
+    grid = figure.add_gridspec(5, 2, height_ratios=[1.3, 2, 2, 2, 1.6], hspace=0.55, wspace=0.3)
+    _draw_header(figure.add_subplot(grid[0, :]), info, summary, start_ns=start_ns, end_ns=end_ns)
+    ax = figure.add_subplot(grid[1, :])
+    ax.set_title("Step stiffness", fontsize=10, loc="left")
+    ax.set_ylabel("N/mm")
+    if estimates["time"]:
+        when = _dates(estimates["time"])
+        ax.plot(when, _floats(estimates["k_inst_n_per_mm"]), ".", label="k_inst")
+        ax.plot(when, _floats(estimates["k_eq_n_per_mm"]), ".", label="k_eq")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no step estimates in this period")
+
+    ax = figure.add_subplot(grid[2, :])
+    ax.set_title("Load share, trend and removal criterion", fontsize=10, loc="left")
+    ax.set_ylabel("%")
+    ax.axhline(REMOVAL_SHARE_PCT, color="tab:red", linestyle="--", linewidth=1)
+    if shares["time"]:
+        ax.plot(share_days, 100 * share, "o", markersize=3, label="load share")
+        if trend is not None:
+            days_line, share_line = _trend_line(trend, float(share_days[-1]), config)
+            ax.plot(days_line, share_line, "-", color="tab:orange", label="trend")
+            if math.isfinite(trend.projected_day):
+                ax.axvline(trend.projected_day, color="tab:green", linewidth=1)
+        ax.set_xlabel(f"days since {_day(start_ns)}")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no load-share tests in this period")
+
+    ax = figure.add_subplot(grid[3, 0])
+    ax.set_title("Steps per day", fontsize=10, loc="left")
+    step_days = (np.array(steps["time"], dtype=np.int64) - start_ns) // _NS_PER_DAY
+    if step_days.size:
+        counts = np.bincount(step_days, minlength=days)[:days]
+        ax.bar(np.arange(counts.size), counts, color="tab:blue", label="performed")
+        if info.steps_per_day is not None:
+            ax.axhline(info.steps_per_day, color="k", linewidth=1, label="prescribed rhythm")
+        ax.legend(fontsize=7)
+    else:
+        _empty(ax, "no distraction steps")
+
+    ax = figure.add_subplot(grid[3, 1])
+    ax.set_title("Frames stored per day", fontsize=10, loc="left")
+    if frames["time"]:
+        ax.bar(_dates(frames["time"]), frames["seq"], color="tab:gray")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    else:
+        _empty(ax, "no frames")
+
+    _draw_alerts(figure.add_subplot(grid[4, :]), alerts, data.acked)
+
+
+def _page(
+    figure: Any,
+    store: InfluxStore,
+    info: DeviceInfo,
+    *,
+    start_ns: int,
+    end_ns: int,
+    config: ConsolidationConfig,
+) -> PageSummary:
+    """Read one device's period and draw its page on `figure`."""
+    data, summary = _read(store, info, start_ns=start_ns, end_ns=end_ns, config=config)
+    _draw(figure, info, data, summary, start_ns=start_ns, end_ns=end_ns, config=config)
+    return summary
+
+
+def render_report(
+    store: InfluxStore,
+    devices: Sequence[DeviceInfo],
+    *,
+    start_ns: int,
+    end_ns: int,
+    out: Path,
+    config: ConsolidationConfig | None = None,
+) -> list[PageSummary]:
+    """Render one page per device to a PDF, or one device to a PNG.
+
+    Args:
+        store: where the data is read from (InfluxQL).
+        devices: the devices, in page order.
+        start_ns: start of the period, UTC epoch ns.
+        end_ns: end of the period, UTC epoch ns.
+        out: `.pdf` (any number of pages) or `.png` (exactly one device).
+        config: consolidation trend settings; the defaults of dsp.consolidation when None.
+
+    Returns:
+        What each page states, in page order.
+
+    Raises:
+        ValueError: unknown suffix, a PNG for several devices, or an empty period.
+        StoreError: InfluxDB could not answer.
+    """
+    # Imported on use, with the file-only backend: no display, and `osteotel --help` stays fast.
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_pdf import PdfPages  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    suffix = out.suffix.lower()
+    if suffix not in {".pdf", ".png"}:
+        raise ValueError(f"report file must end in .pdf or .png, got {out.name}")
+    if suffix == ".png" and len(devices) != 1:
+        raise ValueError(f"a PNG holds one device's page, got {len(devices)} devices")
+    if end_ns <= start_ns:
+        raise ValueError(f"empty period: start_ns={start_ns} end_ns={end_ns}")
+    cfg = config or ConsolidationConfig()
+    summaries = []
+    if suffix == ".png":
+        figure = Figure(figsize=_A4_IN)
+        summaries.append(
+            _page(figure, store, devices[0], start_ns=start_ns, end_ns=end_ns, config=cfg)
+        )
+        figure.savefig(out, dpi=100)
+        return summaries
+    with PdfPages(out, metadata={"Title": "osteotel consolidation report"}) as pdf:
+        for info in devices:
+            figure = Figure(figsize=_A4_IN)
+            summaries.append(
+                _page(figure, store, info, start_ns=start_ns, end_ns=end_ns, config=cfg)
+            )
+            pdf.savefig(figure)
+    return summaries

@@ -1,0 +1,464 @@
+"""The boards: one catalogue against docs/schema.md, every panel query against a real InfluxDB,
+and `push` against a small real HTTP server that answers the Grafana API calls it makes.
+
+No Grafana server runs here: the queries are expanded as Grafana's InfluxDB datasource expands
+them (`osteotel.grafana.expand`) and sent to influxd; `push` is checked by recording requests.
+"""
+
+import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.contract import HubStatus, Rejected
+from devices.emulator.generator import generate
+from devices.emulator.timeline import DeviceConfig
+from ingest.accounting import Accounting
+from ingest.metrics import stats_lines
+from ingest.records import event_lines, frame_lines, rejection_lines, status_lines
+from ingest.spool import Spool
+from osteotel.grafana import (
+    MEASUREMENTS,
+    Dashboard,
+    GrafanaPushError,
+    PanelQuery,
+    build_dashboards,
+    datasource_model,
+    expand,
+    interval_for,
+    push,
+    stale_files,
+)
+from osteotel.services import InfluxDB, free_port
+from osteotel.settings import InfluxSettings
+from osteotel.store.influx import InfluxStore
+from osteotel.store.lineproto import point_line
+
+REPO = Path(__file__).resolve().parents[1]
+# Credentials of the loopback stand-ins only.
+TOKEN = "svc-token"  # noqa: S105
+INFLUX_TOKEN = "t0k"  # noqa: S105
+# 2026-01-01T00:00:00Z; four wall hours at time_scale 400 cover 66 treatment days.
+END_NS = 1_767_225_600_000_000_000
+START_NS = END_NS - 4 * 3600 * 10**9
+DEVICES = (
+    ("DX-0001", "HUB-A", "P-7F3A", "tibia"),
+    ("DX-0003", "HUB-B", "P-B04E", "mandible"),
+)
+BOARDS = build_dashboards()
+ALL_QUERIES = [query for board in BOARDS for query in board.queries]
+_STRING_FIELDS = frozenset({"alert_id", "state", "message", "by", "note"})
+_TAG_VALUES = {"kind": "step", "phase": "distraction", "severity": "red", "rule": "overload"}
+_TAG_VALUES |= {"channel": "force_n", "instance": "osteotel-ingest"}
+
+
+@dataclass
+class Emulation:
+    """What the fixture loaded: the store and the time range it covers."""
+
+    store: InfluxStore
+    start_ns: int
+    end_ns: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
+    """Run the emulator for two devices and write what ingest would write; return counts."""
+    accounting = Accounting()
+    spool = Spool(workdir / "spool", max_bytes=1 << 20)
+    counts = {"frames": 0, "events": 0}
+    for device, hub, _patient, site in DEVICES:
+        config = DeviceConfig(
+            device=device,
+            hub=hub,
+            site=site,  # type: ignore[arg-type]
+            rate_hz=10.0,
+            frame_samples=50,
+            time_scale=400.0,
+            seed=7,
+        )
+        batch = [status_lines(HubStatus(hub=hub, online=True, t_ns=START_NS))]
+        for item in generate(config, start_ns=START_NS, end_ns=END_NS):
+            if item.frame is not None:
+                if accounting.frame(device, item.frame.seq, item.frame.t0_ns):
+                    batch.append(frame_lines(hub, item.frame, "json"))
+                    accounting.device(device).stored += 1
+                counts["frames"] += 1
+            elif item.event is not None:
+                batch.append(event_lines(hub, item.event))
+                counts["events"] += 1
+            elif item.online is not None:
+                batch.append(status_lines(HubStatus(hub=hub, online=item.online, t_ns=item.t_ns)))
+            if len(batch) >= 500:
+                store.write(b"".join(batch))
+                stats = stats_lines(accounting, spool, instance="osteotel-ingest", now_ns=item.t_ns)
+                store.write(stats)
+                batch = []
+        store.write(b"".join(batch))
+        rejected = Rejected("non_finite", "force_n[3] is nan", field="force_n", index=3)
+        accounting.reject(hub, "non_finite")
+        store.write(
+            rejection_lines(
+                rejected,
+                hub=hub,
+                topic=f"osteotel/v1/{hub}/{device}/frame",
+                payload_bytes=812,
+                received_ns=END_NS - 60 * 10**9,
+            )
+        )
+    store.write(stats_lines(accounting, spool, instance="osteotel-ingest", now_ns=END_NS))
+    return counts
+
+
+def write_pending_points(store: InfluxStore) -> None:
+    """One point per device for each measurement nothing writes yet, shaped by the catalogue.
+
+    Stand-ins until ingest and alerts write estimates: they show each query parses and returns
+    the columns its panel expects. Replace with real writes as the services land.
+    """
+    lines = []
+    for device, hub, patient, site in DEVICES:
+        for measurement in MEASUREMENTS.values():
+            if measurement.documented and not measurement.pending_fields:
+                continue
+            tags = {"hub": hub, "device": device, "patient": patient, "site": site}
+            tags = {tag: tags.get(tag, _TAG_VALUES.get(tag, "x")) for tag in measurement.tags}
+            fields: dict[str, Any] = {}
+            names = measurement.pending_fields
+            if not measurement.documented:
+                names = (*measurement.fields, *names)
+            for name in names:
+                if name in _STRING_FIELDS:
+                    fields[name] = "x"
+                elif name == "active":
+                    fields[name] = True
+                else:
+                    fields[name] = 0.5
+            lines.append(point_line(measurement.name, tags, fields, END_NS - 3600 * 10**9))
+    store.write(b"".join(lines))
+
+
+@pytest.fixture(scope="module")
+def emulation(influxdb: InfluxDB, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulation]:
+    """A database holding two emulated devices' treatment (66 days in 4 compressed hours)."""
+    name = f"osteotel_test_grafana_{free_port()}"
+    settings = InfluxSettings(url=influxdb.url, database=name, api="v1")
+    with InfluxStore(settings) as store:
+        store.ensure_database()
+        counts = load_emulation(store, tmp_path_factory.mktemp("grafana"))
+        write_pending_points(store)
+        yield Emulation(store, START_NS, END_NS, counts)
+        store.query(f'DROP DATABASE "{name}"')
+
+
+# --- one source --------------------------------------------------------------------------------
+
+
+def _schema_tables() -> dict[str, tuple[set[str], set[str]]]:
+    """Tags and fields per measurement, read from docs/schema.md's tables."""
+    tables: dict[str, tuple[set[str], set[str]]] = {}
+    current: tuple[set[str], set[str]] | None = None
+    for line in (REPO / "docs" / "schema.md").read_text("utf-8").splitlines():
+        heading = re.match(r"^### `(\w+)`", line)
+        if heading:
+            current = tables.setdefault(heading.group(1), (set(), set()))
+            continue
+        row = re.match(r"^\| (tag|field) \| (.+?) \|", line)
+        if row and current is not None:
+            names = set(re.findall(r"`(\w+)`", row.group(2)))
+            (current[0] if row.group(1) == "tag" else current[1]).update(names)
+    return tables
+
+
+SCHEMA = _schema_tables()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [m.name for m in MEASUREMENTS.values() if m.documented],
+    ids=[m.name for m in MEASUREMENTS.values() if m.documented],
+)
+def test_documented_measurement_matches_schema_doc(name: str) -> None:
+    """A documented measurement has exactly the tags and fields docs/schema.md lists."""
+    measurement = MEASUREMENTS[name]
+    assert name in SCHEMA, f"docs/schema.md has no table for {name}"
+    tags, fields = SCHEMA[name]
+    assert set(measurement.tags) == tags
+    assert set(measurement.fields) == fields
+    assert not set(measurement.pending_fields) & fields, "documented now: move to fields"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [m.name for m in MEASUREMENTS.values() if not m.documented],
+    ids=[m.name for m in MEASUREMENTS.values() if not m.documented],
+)
+def test_pending_measurement_is_not_yet_in_schema_doc(name: str) -> None:
+    """A proposed measurement is absent from docs/schema.md; once documented, it is checked."""
+    assert name not in SCHEMA, f"{name} is documented now: set documented=True in grafana.py"
+
+
+def test_every_query_reads_catalogue_names_only() -> None:
+    """Every quoted name in every panel query is a measurement, tag or field of the catalogue."""
+    for query in ALL_QUERIES:
+        measurement = MEASUREMENTS[query.measurement]
+        for name in re.findall(r'"(\w+)"', query.influxql):
+            assert name == measurement.name or measurement.has(name) or name in query.columns, (
+                query.panel,
+                name,
+            )
+
+
+def test_deploy_grafana_is_generated_from_the_catalogue() -> None:
+    """deploy/grafana/ holds exactly what `osteotel grafana build` writes."""
+    assert stale_files(REPO / "deploy" / "grafana") == []
+
+
+def test_boards_have_the_issue_variables_and_unique_ids() -> None:
+    """Each board has hub and device variables (patient where patients are shown), unique ids."""
+    variables = {
+        board.uid: [v["name"] for v in board.model["templating"]["list"]] for board in BOARDS
+    }
+    assert variables == {
+        "osteotel-fleet": ["hub", "patient", "device"],
+        "osteotel-patient": ["hub", "patient", "device"],
+        "osteotel-quality": ["hub", "device"],
+    }
+    for board in BOARDS:
+        ids = [panel["id"] for panel in board.model["panels"]]
+        assert len(ids) == len(set(ids))
+
+
+# --- macro expansion ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("span_s", "points", "expected"),
+    [(3600, 1000, "5s"), (86_400, 1000, "2m"), (30 * 86_400, 1000, "1h"), (60, 1000, "1s")],
+    ids=["1h", "1d", "30d", "1m-floor"],
+)
+def test_interval_rounds_up_to_a_nice_value(span_s: int, points: int, expected: str) -> None:
+    """$__interval is the range per point, rounded up to a nice value, at least 1 s."""
+    assert interval_for(0, span_s * 10**9, max_data_points=points) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [(["$__all"], ".*"), (["DX-0001"], "DX-0001"), (["A.1", "B|2"], r"(A\.1|B\|2)")],
+    ids=["all", "one", "many-escaped"],
+)
+def test_variables_expand_as_regex(values: list[str], expected: str) -> None:
+    """A variable becomes its regex-escaped value, an alternation of several, or `.*` for All."""
+    text = expand('"device" =~ /^$device$/', start_ns=0, end_ns=10**9, variables={"device": values})
+    assert text == f'"device" =~ /^{expected}$/'
+
+
+def test_time_filter_expands_to_epoch_milliseconds() -> None:
+    """$timeFilter becomes a closed range in epoch milliseconds."""
+    text = expand("WHERE $timeFilter", start_ns=1_500_000_000, end_ns=9_000_000_000, variables={})
+    assert text == "WHERE time >= 1500ms and time <= 9000ms"
+
+
+# --- every panel query against InfluxDB --------------------------------------------------------
+
+SELECTIONS = {
+    "all": {"hub": ["$__all"], "patient": ["$__all"], "device": ["$__all"]},
+    "one": {"hub": ["HUB-A"], "patient": ["P-7F3A"], "device": ["DX-0001"]},
+    "two": {"hub": ["HUB-A", "HUB-B"], "patient": ["$__all"], "device": ["DX-0001", "DX-0003"]},
+}
+
+
+def _id(query: PanelQuery) -> str:
+    return f"{query.dashboard}:{query.panel}:{query.ref_id}"
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS), ids=list(SELECTIONS))
+@pytest.mark.parametrize("query", ALL_QUERIES, ids=[_id(q) for q in ALL_QUERIES])
+def test_panel_query_returns_expected_columns(
+    emulation: Emulation, query: PanelQuery, selection: str
+) -> None:
+    """Each panel query, expanded as Grafana would, returns series with the panel's columns."""
+    text = expand(
+        query.influxql,
+        start_ns=emulation.start_ns,
+        end_ns=emulation.end_ns,
+        variables=SELECTIONS[selection],
+    )
+    series = emulation.store.query(text, epoch="ms")
+    assert series, f"no data for {text}"
+    for item in series:
+        assert tuple(item.columns) == query.columns
+        assert set(item.tags) == set(query.group_tags)
+        assert item.values
+
+
+def test_real_data_reaches_the_documented_panels(emulation: Emulation) -> None:
+    """The emulator's frames and steps are what the frame and step-count panels count."""
+    frames = emulation.store.query(
+        f'SELECT count("seq") FROM "frame" WHERE time >= {START_NS} AND time <= {END_NS}'
+    )
+    steps = emulation.store.query(
+        'SELECT count("delta_mm") FROM "event" WHERE "type" = \'distraction_step\''
+    )
+    assert 0 < frames[0].values[0][1] <= emulation.counts["frames"]
+    assert steps[0].values[0][1] > 0
+
+
+@pytest.mark.parametrize("board", BOARDS, ids=[b.uid for b in BOARDS])
+def test_variable_queries_list_the_emulated_devices(emulation: Emulation, board: Dashboard) -> None:
+    """Every variable query runs and the device variable lists both emulated devices."""
+    for text in board.variable_queries:
+        expanded = expand(text, start_ns=START_NS, end_ns=END_NS, variables=SELECTIONS["all"])
+        series = emulation.store.query(expanded)
+        assert series, expanded
+        if 'KEY = "device"' in text:
+            assert {row[1] for row in series[0].values} == {d[0] for d in DEVICES}
+
+
+# --- push against a recording HTTP server ------------------------------------------------------
+
+
+@dataclass
+class FakeFreeGrafana:
+    """A real HTTP server answering the Grafana API endpoints `push` calls, recording them."""
+
+    url: str
+    requests: list[tuple[str, str, str, Any]]
+    objects: dict[str, dict[str, Any]]
+    fail_status: list[int]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: FakeFreeGrafana
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output quiet."""
+
+    def _answer(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        path = urllib.parse.urlsplit(self.path).path
+        self.state.requests.append(
+            (self.command, path, self.headers.get("Authorization", ""), body)
+        )
+        if self.state.fail_status:
+            self._answer(self.state.fail_status[0], {"message": "refused by test"})
+            return
+        objects = self.state.objects
+        routes = [
+            (r"/api/datasources/uid/([\w-]+)", "datasource"),
+            (r"/api/datasources", "datasource"),
+            (r"/api/folders/([\w-]+)", "folder"),
+            (r"/api/folders", "folder"),
+            (r"/api/dashboards/uid/([\w-]+)", "dashboard"),
+            (r"/api/dashboards/db", "dashboard"),
+        ]
+        for pattern, kind in routes:
+            match = re.fullmatch(pattern, path)
+            if match is None:
+                continue
+            if self.command == "GET":
+                key = f"{kind}/{match.group(1)}"
+                if key in objects:
+                    self._answer(200, objects[key])
+                else:
+                    self._answer(404, {"message": "not found"})
+                return
+            assert body is not None
+            uid = body.get("uid") or (body.get("dashboard") or {}).get("uid")
+            objects[f"{kind}/{uid}"] = body
+            self._answer(200, {"uid": uid, "status": "success"})
+            return
+        self._answer(404, {"message": f"no route {path}"})
+
+    do_GET = do_POST = do_PUT = _handle  # noqa: N815 - http.server's method names
+
+
+@pytest.fixture
+def grafana_api() -> Iterator[FakeFreeGrafana]:
+    """The recording server on a free loopback port."""
+    state = FakeFreeGrafana("", [], {}, [])
+    handler = type("Handler", (_Handler,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="grafana-api", daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _datasource() -> dict[str, Any]:
+    return datasource_model(
+        influx_url="http://influxdb:8086", database="osteotel", token=INFLUX_TOKEN
+    )
+
+
+def test_push_creates_then_updates_everything(grafana_api: FakeFreeGrafana) -> None:
+    """A first push creates datasource, folder and boards; a second updates them, same calls."""
+    first = push(url=grafana_api.url, token=TOKEN, datasource=_datasource())
+    uids = [board.uid for board in BOARDS]
+    assert [(a.kind, a.uid, a.action) for a in first] == [
+        ("datasource", "osteotel-influx", "created"),
+        ("folder", "osteotel", "created"),
+        *[("dashboard", uid, "created") for uid in uids],
+    ]
+    calls = [(method, path) for method, path, _, _ in grafana_api.requests]
+    assert calls == [
+        ("GET", "/api/datasources/uid/osteotel-influx"),
+        ("POST", "/api/datasources"),
+        ("GET", "/api/folders/osteotel"),
+        ("POST", "/api/folders"),
+        *[
+            c
+            for uid in uids
+            for c in (("GET", f"/api/dashboards/uid/{uid}"), ("POST", "/api/dashboards/db"))
+        ],
+    ]
+    assert {auth for _, _, auth, _ in grafana_api.requests} == {f"Bearer {TOKEN}"}
+    posted = grafana_api.objects["dashboard/osteotel-patient"]
+    assert posted["folderUid"] == "osteotel"
+    assert posted["overwrite"] is True
+    assert posted["dashboard"]["panels"] == BOARDS[1].model["panels"]
+    ds = grafana_api.objects["datasource/osteotel-influx"]
+    assert ds["secureJsonData"] == {"httpHeaderValue1": f"Token {INFLUX_TOKEN}"}
+
+    grafana_api.requests.clear()
+    second = push(url=grafana_api.url, token=TOKEN, datasource=_datasource())
+    assert [a.action for a in second] == ["updated"] * (1 + len(uids))
+    assert ("PUT", "/api/datasources/uid/osteotel-influx") in [
+        (m, p) for m, p, _, _ in grafana_api.requests
+    ]
+
+
+@pytest.mark.parametrize("status", [401, 403, 500], ids=["unauthorized", "forbidden", "server"])
+def test_push_refused_raises_push_error(grafana_api: FakeFreeGrafana, status: int) -> None:
+    """A refusal by Grafana becomes GrafanaPushError carrying the status."""
+    grafana_api.fail_status.append(status)
+    with pytest.raises(GrafanaPushError) as caught:
+        push(url=grafana_api.url, token=TOKEN, datasource=_datasource())
+    assert caught.value.status == status
+
+
+def test_push_unreachable_raises_push_error() -> None:
+    """A Grafana that does not answer becomes GrafanaPushError without a status."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(GrafanaPushError) as caught:
+        push(url=url, token=None, datasource=_datasource(), timeout_s=2.0)
+    assert caught.value.status is None
