@@ -18,7 +18,7 @@ import json
 import math
 import re
 import struct
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -40,6 +40,7 @@ from devices.contract import (
     TimeNs,
     Version,
 )
+from osteotel.floatfmt import format_floats
 
 __all__ = [
     "BINARY_HEADER",
@@ -285,16 +286,17 @@ def _decode_binary(payload: bytes, topic_device: str) -> Frame:
     )
 
 
-def _optional_list(values: FloatArray | None) -> list[float] | None:
-    return None if values is None else values.tolist()
+def _json_array(values: FloatArray) -> bytes:
+    return b"[" + format_floats(values, allow_non_finite=True) + b"]"
 
 
 def encode_frame_json(frame: Frame) -> bytes:
     """Encode a frame as compact JSON.
 
-    Floats are written with Python's shortest round-tripping repr, so decoding gives back
-    exactly the same float64 values. NaN and inf are written as the JSON extensions `NaN`
-    and `Infinity` (the emulator uses this to fake faulty devices); osteotel rejects them.
+    Floats are written as the shortest text that parses back to the same float64, laid out
+    as Python's repr (`osteotel.floatfmt`), so decoding gives back exactly the same values. NaN
+    and inf are written as the JSON extensions `NaN` and `Infinity` (the emulator uses this to
+    fake faulty devices); osteotel rejects them.
 
     Args:
         frame: the frame to encode.
@@ -302,22 +304,24 @@ def encode_frame_json(frame: Frame) -> bytes:
     Returns:
         UTF-8 JSON bytes.
     """
-    document: dict[str, Any] = {
-        "v": 1,
-        "device": frame.device,
-        "seq": int(frame.seq),
-        "t0_ns": int(frame.t0_ns),
-        "rate_hz": float(frame.rate_hz),
-        "force_n": frame.force_n.tolist(),
-        "disp_mm": frame.disp_mm.tolist(),
-    }
-    optional = {
-        "ref_load_n": _optional_list(frame.ref_load_n),
-        "temp_c": None if frame.temp_c is None else float(frame.temp_c),
-        "battery_pct": None if frame.battery_pct is None else float(frame.battery_pct),
-    }
-    document.update((key, value) for key, value in optional.items() if value is not None)
-    return json.dumps(document, separators=(",", ":")).encode()
+    # The same members, order and separators that json.dumps wrote before the arrays moved to
+    # the numba formatter; scalars still go through json.dumps.
+    members = [
+        b'"v":1',
+        b'"device":' + json.dumps(frame.device).encode(),
+        b'"seq":%d' % int(frame.seq),
+        b'"t0_ns":%d' % int(frame.t0_ns),
+        b'"rate_hz":' + json.dumps(float(frame.rate_hz)).encode(),
+        b'"force_n":' + _json_array(frame.force_n),
+        b'"disp_mm":' + _json_array(frame.disp_mm),
+    ]
+    if frame.ref_load_n is not None:
+        members.append(b'"ref_load_n":' + _json_array(frame.ref_load_n))
+    if frame.temp_c is not None:
+        members.append(b'"temp_c":' + json.dumps(float(frame.temp_c)).encode())
+    if frame.battery_pct is not None:
+        members.append(b'"battery_pct":' + json.dumps(float(frame.battery_pct)).encode())
+    return b"{" + b",".join(members) + b"}"
 
 
 def _as_f32(name: str, values: FloatArray) -> bytes:

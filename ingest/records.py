@@ -3,9 +3,10 @@
 from devices.codec import Encoding
 from devices.contract import Event as DeviceEvent
 from devices.contract import Frame, HubStatus, Rejected
+from devices.registry import Registry
 from osteotel.store.lineproto import array_lines, point_line
 
-__all__ = ["event_lines", "frame_lines", "rejection_lines", "status_lines"]
+__all__ = ["device_info_lines", "event_lines", "frame_lines", "rejection_lines", "status_lines"]
 
 # Keys that become the point's tags and timestamp; the rest, `v` included, are its fields, so
 # that an event with no data of its own (reboot, load_test_start) is still a point.
@@ -63,3 +64,30 @@ def rejection_lines(
         },
         received_ns,
     )
+
+
+def device_info_lines(registry: Registry, *, retired: set[str], now_ns: int) -> bytes:
+    """`device_info` points: the registry as the boards need it (patient pseudonym, site, plan).
+
+    Devices in `retired` (gone from the registry since the last version) get `active=false`.
+    """
+    lines = [
+        point_line(
+            "device_info",
+            {"hub": d.hub, "device": d.id, "patient": d.patient, "site": d.site},
+            {
+                "active": True,
+                "target_mm": d.protocol.target_mm,
+                "rate_mm_per_day": d.protocol.rate_mm_per_day,
+                "steps_per_day": d.protocol.steps_per_day,
+                "latency_days": d.protocol.latency_days,
+            },
+            now_ns,
+        )
+        for d in registry.devices.values()
+    ]
+    lines.extend(
+        point_line("device_info", {"device": device}, {"active": False}, now_ns)
+        for device in sorted(retired)
+    )
+    return b"".join(lines)

@@ -41,7 +41,13 @@ from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
 from .mqtt import MqttSource, Received
-from .records import event_lines, frame_lines, rejection_lines, status_lines
+from .records import (
+    device_info_lines,
+    event_lines,
+    frame_lines,
+    rejection_lines,
+    status_lines,
+)
 from .spool import Spool, SpoolFull
 
 __all__ = ["IngestService", "partition_of"]
@@ -126,7 +132,7 @@ class IngestService:
             async with source, self._http(), asyncio.TaskGroup() as tasks:
                 receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
-                registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
+                registry = tasks.create_task(self._watch_registry(store), name="ingest.registry")
                 drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
                 stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
@@ -176,11 +182,19 @@ class IngestService:
                 # A snapshot of cumulative counters: the next one carries the same information.
                 log.info(kv("stats_not_written", detail=str(exc)))
 
-    async def _watch_registry(self) -> None:
+    async def _write_device_info(self, store: InfluxStore, retired: set[str]) -> None:
+        lines = device_info_lines(self._registry.current, retired=retired, now_ns=time.time_ns())
+        # Through the spool like any batch: the boards must not lose a patient's entry.
+        await self._store_or_spool(store, lines, _Batch())
+
+    async def _watch_registry(self, store: InfluxStore) -> None:
+        await self._write_device_info(store, retired=set())
         while True:
             await asyncio.sleep(self._settings.ingest.registry_reload_s)
+            before = set(self._registry.current.devices)
             if await asyncio.to_thread(self._registry.reload_if_changed):
                 registry = self._registry.current
+                await self._write_device_info(store, retired=before - set(registry.devices))
                 self._estimated.clear()  # prescriptions may have changed: pass them on again
                 log.info(
                     kv("registry_reloaded", hubs=len(registry.hubs), devices=len(registry.devices))

@@ -19,6 +19,8 @@ __all__ = ["BENCHMARKS", "add_parsers", "print_figures"]
 
 BENCHMARKS: dict[str, str] = {
     "dsp": "osteotel.bench.dsp",
+    "lineproto": "osteotel.bench.lineproto",
+    "replay": "osteotel.bench.replay",
 }
 """Benchmark name to the module that measures it."""
 
