@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from harness import IngestProcess, ingest_env, query, wait_for
+from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
@@ -25,6 +25,7 @@ from devices.contract import (
     status_topic,
     telemetry_topic,
 )
+from devices.registry import Registry
 from osteotel.services import InfluxDB, Mosquitto
 
 # Hub, device and encoding of the example registry's three devices.
@@ -244,6 +245,11 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
         ("distraction_step", 0.25),
         ("reboot", None),
     ]
+    info_rows = query(influxdb, influx_db_name, "SELECT device, patient, active FROM device_info")
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    assert sorted((row[1], row[2], row[3]) for row in info_rows) == sorted(
+        (d.id, d.patient, True) for d in registry.devices.values()
+    )
     status_rows = query(influxdb, influx_db_name, "SELECT hub, online FROM hub_status")
     assert sorted((row[1], row[2]) for row in status_rows) == [("HUB-A", True), ("HUB-B", True)]
 
