@@ -61,6 +61,7 @@ def _emulate(args: argparse.Namespace) -> int:
         hub_encodings,
         plan_devices,
         run_fleet,
+        write_truth,
     )
 
     settings = Settings()
@@ -82,6 +83,10 @@ def _emulate(args: argparse.Namespace) -> int:
         end_ns=end_ns,
         speed=None if args.speed == "max" else float(args.speed),
     )
+    truth_dir = args.truth_dir
+    if truth_dir is None:
+        truth_dir = Path(f"{args.out}.truth") if args.out else Path(f"var/emulator/{end_ns}")
+    print(f"ground truth: {len(write_truth(plan, truth_dir))} files in {truth_dir}")
     if args.out is not None:
         from devices.emulator.capture import capture_fleet  # noqa: PLC0415
 
@@ -281,6 +286,12 @@ def _streams(add: Add) -> None:
     )
     emulate.add_argument(
         "--end-ns", type=int, default=None, help="end of the simulation, UTC ns (default: now)"
+    )
+    emulate.add_argument(
+        "--truth-dir",
+        type=Path,
+        default=None,
+        help="ground truth per device (default: FILE.truth/ by --out, else var/emulator/END_NS)",
     )
     record = add("record", _record, "capture what crosses the broker to a JSONL file (.gz: gzip)")
     record.add_argument("file", type=Path, metavar="FILE")

@@ -16,17 +16,27 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from devices.codec import Encoding
 from devices.contract import Reason, telemetry_topic
 from devices.emulator.generator import Emitted, generate
+from devices.emulator.groundtruth import write_ground_truth
 from devices.emulator.hub import EmulatedHub
 from devices.emulator.timeline import DeviceConfig
 from devices.registry import Registry
 from osteotel.settings import MqttSettings
 
-__all__ = ["FleetPlan", "bad_payloads", "hub_encodings", "hub_stream", "plan_devices", "run_fleet"]
+__all__ = [
+    "FleetPlan",
+    "bad_payloads",
+    "hub_encodings",
+    "hub_stream",
+    "plan_devices",
+    "run_fleet",
+    "write_truth",
+]
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 
@@ -106,6 +116,17 @@ def hub_encodings(hubs: Sequence[str], mode: Encoding | Literal["mixed"]) -> dic
     if mode == "mixed":
         return {hub: ("json", "binary")[number % 2] for number, hub in enumerate(unique)}
     return dict.fromkeys(unique, mode)
+
+
+def write_truth(plan: FleetPlan, directory: Path) -> list[Path]:
+    """Write each device's ground truth beside a run: `{directory}/{device}.truth.jsonl`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for config in plan.devices:
+        path = directory / f"{config.device}.truth.jsonl"
+        write_ground_truth(path, config, start_ns=plan.start_ns, end_ns=plan.end_ns)
+        paths.append(path)
+    return paths
 
 
 def hub_stream(plan: FleetPlan, hub: str) -> Iterator[Emitted]:
