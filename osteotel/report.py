@@ -4,10 +4,9 @@
 
 Each page shows step stiffness, load share with its fitted trend and the projected readiness
 date (dsp.consolidation), distraction steps performed against prescribed, alerts with their
-acknowledgements, and how much data arrived. Measurements that nothing writes yet (`step`,
-`load_share`, `daily`, `alert`, `alert_ack`: osteotel.grafana's catalogue) leave their panel
-saying so, never an error. Names come from `osteotel.grafana.MEASUREMENTS`, so the report
-and the boards read the same schema.
+acknowledgements, and how much data arrived. A measurement with no points in the period
+(no load-share test yet, no alert) leaves its panel saying so, never an error. Names come
+from `osteotel.grafana.MEASUREMENTS`, so the report and the boards read the same schema.
 """
 
 import datetime as dt
@@ -59,7 +58,7 @@ class PageSummary:
         steps_prescribed: prescribed steps from the `daily` estimates, None if none.
         share_now: the trend's load share at its last point (1 = all load), None without one.
         projected_ready_ns: when the trend reaches the removal criterion, UTC epoch ns.
-        alerts: alerts raised in the period.
+        alerts: alerts raised in the period (distinct alert ids).
         acknowledged: how many of them were acknowledged.
         frames: frames stored in the period.
         days_with_data: UTC days that hold at least one frame.
@@ -157,7 +156,7 @@ class _PageData:
     share_days: np.ndarray[Any, np.dtype[np.float64]]
     share: np.ndarray[Any, np.dtype[np.float64]]
     trend: Trend | None
-    acked: set[str]
+    acked: set[int]
 
 
 def _read(
@@ -188,7 +187,7 @@ def _read(
     shares = _select(store, "load_share", ["share"], span)
     daily = _select(store, "daily", ["steps_prescribed"], span)
     frames = _select(store, "frame", ["seq"], span, aggregate="count")
-    alerts = _select(store, "alert", ["alert_id", "message", "severity"], span)
+    alerts = _select(store, "alert", ["alert_id", "event", "summary", "severity"], span)
     acks = _select(store, "alert_ack", ["alert_id", "by"], span)
 
     share = _floats(shares["share"])
@@ -199,6 +198,8 @@ def _read(
         projected_ns = start_ns + round(trend.projected_day * _NS_PER_DAY)
     prescribed = [int(v) for v in daily["steps_prescribed"] if v is not None]
     acked = set(acks["alert_id"])
+    # An alert writes a point per change (firing, repeat, resolved...): count each alert once.
+    raised = set(alerts["alert_id"])
     days = max(1, math.ceil((end_ns - start_ns) / _NS_PER_DAY))
     summary = PageSummary(
         device=device,
@@ -208,8 +209,8 @@ def _read(
         steps_prescribed=sum(prescribed) if prescribed else None,
         share_now=trend.share_now if trend is not None else None,
         projected_ready_ns=projected_ns,
-        alerts=len(alerts["alert_id"]),
-        acknowledged=sum(1 for a in alerts["alert_id"] if a in acked),
+        alerts=len(raised),
+        acknowledged=len(raised & acked),
         frames=int(sum(frames["seq"])),
         days_with_data=len(frames["seq"]),
         days=days,
@@ -249,15 +250,21 @@ def _draw_header(
     header.text(0, 0.72, "\n".join(lines), fontsize=9, va="top", linespacing=1.5)
 
 
-def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[str]) -> None:
+def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> None:
     """The period's alerts, newest last, each marked acknowledged or open."""
     table.axis("off")
     table.set_title("Alerts and acknowledgements", fontsize=10, loc="left")
     rows = [
-        f"{_day(t)}  {severity}  {message}  [{'acknowledged' if aid in acked else 'open'}]"
-        for t, aid, message, severity in zip(
-            alerts["time"], alerts["alert_id"], alerts["message"], alerts["severity"], strict=True
+        f"{_day(t)}  {severity}  {summary}  [{'acknowledged' if aid in acked else 'open'}]"
+        for t, aid, event, summary, severity in zip(
+            alerts["time"],
+            alerts["alert_id"],
+            alerts["event"],
+            alerts["summary"],
+            alerts["severity"],
+            strict=True,
         )
+        if event == "firing"
     ][:_MAX_ALERT_LINES]
     table.text(0, 0.9, "\n".join(rows) or "no alerts in this period", fontsize=8, va="top")
 

@@ -17,12 +17,26 @@ from typing import Any
 
 import pytest
 
+from alerts.engine import HISTORY_CHANNEL, AlertEngine
+from alerts.inputs import parse_estimate
+from alerts.model import AlertState
+from alerts.rules import RuleBook
+from alerts.store import AlertStore
 from devices.contract import HubStatus, Rejected
 from devices.emulator.generator import generate
 from devices.emulator.timeline import DeviceConfig
+from devices.registry import Calibration, Device, Hub, Protocol, Registry, SensorRange
+from dsp.estimator import FleetEstimator
 from ingest.accounting import Accounting
+from ingest.estimates import estimate_line, estimate_message, feed_event, register_device
 from ingest.metrics import stats_lines
-from ingest.records import event_lines, frame_lines, rejection_lines, status_lines
+from ingest.records import (
+    device_info_lines,
+    event_lines,
+    frame_lines,
+    rejection_lines,
+    status_lines,
+)
 from ingest.spool import Spool
 from osteotel.grafana import (
     MEASUREMENTS,
@@ -39,24 +53,26 @@ from osteotel.grafana import (
 from osteotel.services import InfluxDB, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
-from osteotel.store.lineproto import point_line
 
 REPO = Path(__file__).resolve().parents[1]
 # Credentials of the loopback stand-ins only.
 TOKEN = "svc-token"  # noqa: S105
 INFLUX_TOKEN = "t0k"  # noqa: S105
+NS_PER_DAY = 86_400 * 10**9
 # 2026-01-01T00:00:00Z; four wall hours at time_scale 400 cover 66 treatment days.
 END_NS = 1_767_225_600_000_000_000
 START_NS = END_NS - 4 * 3600 * 10**9
+# The estimator dates a day's estimate at the start of its UTC day, before START_NS.
+DAY_START_NS = START_NS - START_NS % NS_PER_DAY
+# (device, hub, patient pseudonym, site, emulator scenario); the spikes give `quality` records.
 DEVICES = (
-    ("DX-0001", "HUB-A", "P-7F3A", "tibia"),
-    ("DX-0003", "HUB-B", "P-B04E", "mandible"),
+    ("DX-0001", "HUB-A", "P-7F3A", "tibia", "sensor_spikes"),
+    ("DX-0003", "HUB-B", "P-B04E", "mandible", "normal"),
 )
 BOARDS = build_dashboards()
 ALL_QUERIES = [query for board in BOARDS for query in board.queries]
-_STRING_FIELDS = frozenset({"alert_id", "state", "message", "by", "note"})
-_TAG_VALUES = {"kind": "step", "phase": "distraction", "severity": "red", "rule": "overload"}
-_TAG_VALUES |= {"channel": "force_n", "instance": "osteotel-ingest"}
+# docs/schema.md's type names, as InfluxDB's SHOW FIELD KEYS names them.
+INFLUX_TYPES = {"float": "float", "int": "integer", "string": "string", "bool": "boolean"}
 
 
 @dataclass
@@ -69,16 +85,72 @@ class Emulation:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def registry() -> Registry:
+    """The registry of the emulated devices: their hubs, pseudonyms, sites and prescription."""
+    return Registry(
+        hubs={hub: Hub(id=hub) for _, hub, *_ in DEVICES},
+        devices={
+            device: Device(
+                id=device,
+                hub=hub,
+                patient=patient,
+                site=site,  # type: ignore[arg-type]
+                calibration=Calibration(id=f"CAL-{device}"),
+                range=SensorRange(force_n=(-2000.0, 2000.0), disp_mm=(-10.0, 200.0)),
+                protocol=Protocol(target_mm=50.0),  # the emulator's default plan
+            )
+            for device, hub, patient, site, _ in DEVICES
+        },
+    )
+
+
+def write_alert_history(store: InfluxStore, engine: AlertEngine) -> int:
+    """Acknowledge one firing alert, then write the engine's history rows as its notifier would."""
+    open_alerts = [
+        alert
+        for alert in engine.store.alerts()
+        if alert.state == AlertState.FIRING and alert.device == DEVICES[0][0]
+    ]
+    assert open_alerts, "the first device has no firing alert"
+    engine.acknowledge(open_alerts[0].id, by="clinician-3", note="checked", now_ns=END_NS)
+    rows = [
+        item
+        for item in engine.store.due(now_ns=2**62, limit=1_000_000)
+        if item.channel == HISTORY_CHANNEL
+    ]
+    store.write(b"".join(item.payload["lines"].encode() for item in rows))
+    return len(rows)
+
+
 def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
-    """Run the emulator for two devices and write what ingest would write; return counts."""
+    """Run the emulator for two devices and write what ingest and the alert service would.
+
+    Frames, events and hub status go through ingest's line builders; frames and events also go
+    through the estimator ingest runs, whose records are written with `estimate_line` and
+    judged by the alert rules from the message ingest publishes (`estimate_message`).
+    """
+    reg = registry()
     accounting = Accounting()
     spool = Spool(workdir / "spool", max_bytes=1 << 20)
-    counts = {"frames": 0, "events": 0}
-    for device, hub, _patient, site in DEVICES:
+    estimator = FleetEstimator()
+    rules = RuleBook(reg, now_ns=START_NS)
+    engine = AlertEngine(
+        AlertStore(workdir / "alerts.db"),
+        channels=[],
+        grafana_url="http://grafana.test",
+        repeat_s=3600.0,
+        escalate_after_s=600.0,
+    )
+    observations = []
+    counts = {"frames": 0, "events": 0, "estimates": 0}
+    store.write(device_info_lines(reg, retired=set(), now_ns=START_NS))
+    for device, hub, patient, site, scenario in DEVICES:
+        register_device(estimator, reg.devices[device])
         config = DeviceConfig(
             device=device,
             hub=hub,
             site=site,  # type: ignore[arg-type]
+            scenario=scenario,
             rate_hz=10.0,
             frame_samples=50,
             time_scale=400.0,
@@ -86,21 +158,38 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
         )
         batch = [status_lines(HubStatus(hub=hub, online=True, t_ns=START_NS))]
         for item in generate(config, start_ns=START_NS, end_ns=END_NS):
+            records = []
             if item.frame is not None:
-                if accounting.frame(device, item.frame.seq, item.frame.t0_ns):
-                    batch.append(frame_lines(hub, item.frame, "json"))
+                frame = item.frame
+                if accounting.frame(device, frame.seq, frame.t0_ns):
+                    batch.append(frame_lines(hub, frame, "json"))
                     accounting.device(device).stored += 1
+                    records = estimator.frame(
+                        device, frame.force_n, frame.disp_mm, frame.ref_load_n, frame.t0_ns,
+                        frame.rate_hz,
+                    )  # fmt: skip
                 counts["frames"] += 1
             elif item.event is not None:
                 batch.append(event_lines(hub, item.event))
+                records = feed_event(estimator, item.event)
+                observations += rules.event(hub, item.event)
                 counts["events"] += 1
             elif item.online is not None:
                 batch.append(status_lines(HubStatus(hub=hub, online=item.online, t_ns=item.t_ns)))
+            for record in records:
+                batch.append(estimate_line(hub, record))
+                observations += rules.estimate(
+                    parse_estimate(estimate_message(hub, patient, record))
+                )
+                counts["estimates"] += 1
             if len(batch) >= 500:
                 store.write(b"".join(batch))
                 stats = stats_lines(accounting, spool, instance="osteotel-ingest", now_ns=item.t_ns)
                 store.write(stats)
                 batch = []
+        for record in estimator.flush(device):
+            batch.append(estimate_line(hub, record))
+            counts["estimates"] += 1
         store.write(b"".join(batch))
         rejected = Rejected("non_finite", "force_n[3] is nan", field="force_n", index=3)
         accounting.reject(hub, "non_finite")
@@ -114,35 +203,11 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
             )
         )
     store.write(stats_lines(accounting, spool, instance="osteotel-ingest", now_ns=END_NS))
+    # One engine call: each history point is stamped with its observation's own time.
+    engine.observe(observations, now_ns=END_NS)
+    counts["alert_points"] = write_alert_history(store, engine)
+    engine.store.close()
     return counts
-
-
-def write_pending_points(store: InfluxStore) -> None:
-    """One point per device for each measurement nothing writes yet, shaped by the catalogue.
-
-    Stand-ins until ingest and alerts write estimates: they show each query parses and returns
-    the columns its panel expects. Replace with real writes as the services land.
-    """
-    lines = []
-    for device, hub, patient, site in DEVICES:
-        for measurement in MEASUREMENTS.values():
-            if measurement.documented and not measurement.pending_fields:
-                continue
-            tags = {"hub": hub, "device": device, "patient": patient, "site": site}
-            tags = {tag: tags.get(tag, _TAG_VALUES.get(tag, "x")) for tag in measurement.tags}
-            fields: dict[str, Any] = {}
-            names = measurement.pending_fields
-            if not measurement.documented:
-                names = (*measurement.fields, *names)
-            for name in names:
-                if name in _STRING_FIELDS:
-                    fields[name] = "x"
-                elif name == "active":
-                    fields[name] = True
-                else:
-                    fields[name] = 0.5
-            lines.append(point_line(measurement.name, tags, fields, END_NS - 3600 * 10**9))
-    store.write(b"".join(lines))
 
 
 @pytest.fixture(scope="module")
@@ -153,56 +218,61 @@ def emulation(influxdb: InfluxDB, tmp_path_factory: pytest.TempPathFactory) -> I
     with InfluxStore(settings) as store:
         store.ensure_database()
         counts = load_emulation(store, tmp_path_factory.mktemp("grafana"))
-        write_pending_points(store)
-        yield Emulation(store, START_NS, END_NS, counts)
+        yield Emulation(store, DAY_START_NS, END_NS, counts)
         store.query(f'DROP DATABASE "{name}"')
 
 
 # --- one source --------------------------------------------------------------------------------
 
 
-def _schema_tables() -> dict[str, tuple[set[str], set[str]]]:
-    """Tags and fields per measurement, read from docs/schema.md's tables."""
-    tables: dict[str, tuple[set[str], set[str]]] = {}
-    current: tuple[set[str], set[str]] | None = None
+def _schema_tables() -> dict[str, tuple[set[str], dict[str, str]]]:
+    """Tags, and fields with their type, per measurement, read from docs/schema.md's tables."""
+    tables: dict[str, tuple[set[str], dict[str, str]]] = {}
+    current: tuple[set[str], dict[str, str]] | None = None
     for line in (REPO / "docs" / "schema.md").read_text("utf-8").splitlines():
         heading = re.match(r"^### `(\w+)`", line)
         if heading:
-            current = tables.setdefault(heading.group(1), (set(), set()))
+            current = tables.setdefault(heading.group(1), (set(), {}))
             continue
-        row = re.match(r"^\| (tag|field) \| (.+?) \|", line)
+        row = re.match(r"^\| (tag|field) \| (.+?) \| (\w*) \|", line)
         if row and current is not None:
-            names = set(re.findall(r"`(\w+)`", row.group(2)))
-            (current[0] if row.group(1) == "tag" else current[1]).update(names)
+            names = re.findall(r"`(\w+)`", row.group(2))
+            if row.group(1) == "tag":
+                current[0].update(names)
+            else:
+                current[1].update(dict.fromkeys(names, row.group(3)))
     return tables
 
 
 SCHEMA = _schema_tables()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [m.name for m in MEASUREMENTS.values() if m.documented],
-    ids=[m.name for m in MEASUREMENTS.values() if m.documented],
-)
-def test_documented_measurement_matches_schema_doc(name: str) -> None:
-    """A documented measurement has exactly the tags and fields docs/schema.md lists."""
+@pytest.mark.parametrize("name", list(MEASUREMENTS), ids=list(MEASUREMENTS))
+def test_catalogue_matches_schema_doc(name: str) -> None:
+    """Each catalogue measurement has exactly the tags and fields docs/schema.md lists."""
     measurement = MEASUREMENTS[name]
     assert name in SCHEMA, f"docs/schema.md has no table for {name}"
     tags, fields = SCHEMA[name]
     assert set(measurement.tags) == tags
-    assert set(measurement.fields) == fields
-    assert not set(measurement.pending_fields) & fields, "documented now: move to fields"
+    assert set(measurement.fields) == set(fields)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [m.name for m in MEASUREMENTS.values() if not m.documented],
-    ids=[m.name for m in MEASUREMENTS.values() if not m.documented],
-)
-def test_pending_measurement_is_not_yet_in_schema_doc(name: str) -> None:
-    """A proposed measurement is absent from docs/schema.md; once documented, it is checked."""
-    assert name not in SCHEMA, f"{name} is documented now: set documented=True in grafana.py"
+def test_schema_doc_measurements_are_all_in_the_catalogue() -> None:
+    """Every measurement docs/schema.md documents is one the boards may read."""
+    assert set(SCHEMA) == set(MEASUREMENTS)
+
+
+@pytest.mark.parametrize("name", list(MEASUREMENTS), ids=list(MEASUREMENTS))
+def test_written_names_and_types_are_documented(emulation: Emulation, name: str) -> None:
+    """The real writers put only documented tags and fields in InfluxDB, typed as documented."""
+    tags, fields = SCHEMA[name]
+    written_fields = emulation.store.query(f'SHOW FIELD KEYS FROM "{name}"')
+    written_tags = emulation.store.query(f'SHOW TAG KEYS FROM "{name}"')
+    assert written_fields, f"nothing wrote {name}"
+    for key, influx_type in written_fields[0].values:
+        assert key in fields, f"{name}.{key} is written but not documented"
+        assert influx_type == INFLUX_TYPES[fields[key]], (name, key)
+    assert {row[0] for row in written_tags[0].values} <= tags
 
 
 def test_every_query_reads_catalogue_names_only() -> None:

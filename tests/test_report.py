@@ -10,62 +10,53 @@ import numpy as np
 import pytest
 from test_grafana import DEVICES, END_NS, load_emulation
 
+from dsp.estimator import LoadShareRecord
+from ingest.estimates import estimate_line
 from osteotel.report import DeviceInfo, PageSummary, render_report
 from osteotel.services import InfluxDB, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
-from osteotel.store.lineproto import point_line
 
 NS_PER_DAY = 86_400 * 10**9
 START_NS = END_NS - 30 * NS_PER_DAY
 READY_DAY = 35  # the stand-in load shares reach 10 % exactly 35 days after START_NS
 READY_DATE = "2026-01-06"  # START_NS + 35 days: 2025-12-02 + 35 d
-INFOS = [DeviceInfo(device, patient, site, 4) for device, _hub, patient, site in DEVICES]
+INFOS = [DeviceInfo(device, patient, site, 4) for device, _hub, patient, site, _ in DEVICES]
 ORANGE = np.array([1.0, 0.498, 0.055])  # matplotlib's tab:orange, the trend line
 
 
 def _load_share_points(device: str, hub: str) -> bytes:
     """Daily load shares whose log stiffness ratio is a line crossing the 10 % criterion.
 
-    Stand-ins until ingest writes `load_share`: share = 1 / (1 + 9 e^(0.15 (d - READY_DAY))).
+    share = 1 / (1 + 9 e^(0.15 (d - READY_DAY))), written as ingest writes an estimate.
     """
     lines = []
     for day in range(10, 30):
-        share = 1.0 / (1.0 + 9.0 * np.exp(0.15 * (day - READY_DAY)))
-        fields = {"share": float(share), "share_std": 0.01, "r2": 0.99}
-        lines.append(
-            point_line(
-                "load_share", {"hub": hub, "device": device}, fields, START_NS + day * NS_PER_DAY
-            )
-        )
+        t_ns = START_NS + day * NS_PER_DAY
+        record = LoadShareRecord(
+            device=device, t_ns=t_ns, kind="load_share", version="dsp.loadshare/1",
+            calibration_id=None, t_start_ns=t_ns - 60 * 10**9, t_end_ns=t_ns,
+            share=float(1.0 / (1.0 + 9.0 * np.exp(0.15 * (day - READY_DAY)))), share_std=0.01,
+            f_offset_n=0.0, r2=0.99, ref_range_n=200.0, status="ok", n_samples=600,
+            k_device_n_per_mm=500.0,
+        )  # fmt: skip
+        lines.append(estimate_line(hub, record))
     return b"".join(lines)
 
 
 @pytest.fixture(scope="module")
 def store(influxdb: InfluxDB, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxStore]:
-    """A database with two emulated devices and stand-in load shares and alerts."""
+    """A database with two emulated devices, their estimates and alerts, known load shares."""
     name = f"osteotel_test_report_{free_port()}"
     settings = InfluxSettings(url=influxdb.url, database=name, api="v1")
     with InfluxStore(settings) as influx:
         influx.ensure_database()
         load_emulation(influx, tmp_path_factory.mktemp("report"))
         device, hub = DEVICES[0][0], DEVICES[0][1]
+        # The emulated load tests all fall in its last 4 h: known shares take their place, so
+        # the projection can be checked against a known crossing day.
+        influx.query(f'DROP SERIES FROM "load_share" WHERE "device" = \'{device}\'')
         influx.write(_load_share_points(device, hub))
-        alert_tags = {"hub": hub, "device": device, "severity": "red", "rule": "overload"}
-        influx.write(
-            point_line(
-                "alert",
-                alert_tags,
-                {"alert_id": "A-1", "state": "firing", "message": "force spike 910 N"},
-                START_NS + 12 * NS_PER_DAY,
-            )
-            + point_line(
-                "alert_ack",
-                {"hub": hub, "device": device},
-                {"alert_id": "A-1", "by": "clinician-3", "note": "fall, checked"},
-                START_NS + 12 * NS_PER_DAY + 3600 * 10**9,
-            )
-        )
         yield influx
         influx.query(f'DROP DATABASE "{name}"')
 
@@ -79,6 +70,20 @@ def _pdf_text(path: Path) -> list[str]:
         [binary, "-layout", str(path), "-"], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     return text.split("\f")
+
+
+def _alerts(store: InfluxStore, device: str) -> tuple[int, int]:
+    """Distinct alerts of `device` in the period, and how many of them were acknowledged."""
+    where = f"WHERE \"device\" = '{device}' AND time >= {START_NS} AND time <= {END_NS}"
+    raised = {
+        row[1] for s in store.query(f'SELECT "alert_id" FROM "alert" {where}') for row in s.values
+    }
+    acked = {
+        row[1]
+        for s in store.query(f'SELECT "alert_id" FROM "alert_ack" {where}')
+        for row in s.values
+    }
+    return len(raised), len(raised & acked)
 
 
 def _events(store: InfluxStore, device: str) -> tuple[int, float]:
@@ -105,8 +110,15 @@ def test_pdf_has_one_page_per_device_with_its_figures(store: InfluxStore, tmp_pa
         assert f"Distraction steps performed {steps} ({elongation_mm:.2f} mm)" in page
     first = pages[0]
     assert f"projected readiness (< 10 %) {READY_DATE}" in first
-    assert "Alerts 1, acknowledged 1" in first
-    assert "force spike 910 N" in first
+    raised, acked = _alerts(store, INFOS[0].device)
+    assert (summaries[0].alerts, summaries[0].acknowledged) == (raised, acked)
+    assert acked == 1
+    assert f"Alerts {raised}, acknowledged 1" in first
+    [series] = store.query(
+        f'SELECT first("summary") FROM "alert" WHERE "device" = \'{INFOS[0].device}\' '
+        f"AND \"event\" = 'firing' AND time >= {START_NS} AND time <= {END_NS}"
+    )
+    assert series.values[0][1] in first
     assert "not projected" in pages[1]
 
 
