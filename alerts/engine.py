@@ -56,7 +56,7 @@ def iso_time(t_ns: int) -> str:
 
 def _link(grafana_url: str, device: str) -> str:
     query = urllib.parse.urlencode({"var-device": device})
-    return f"{grafana_url.rstrip('/')}/d/osteotel-device?{query}"
+    return f"{grafana_url.rstrip('/')}/d/osteotel-patient?{query}"
 
 
 def alert_message(alert: Alert, *, event: str, t_ns: int, grafana_url: str) -> dict[str, Any]:

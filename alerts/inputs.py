@@ -4,15 +4,24 @@ Estimates arrive on `osteotel/v1/derived/{device}/estimates` as JSON objects wit
 (`v`, `device`, `hub`, `patient`, `t_ns`, `kind`) and the fields of the DSP records
 (dsp/estimator.py: StepRecord, LoadShareRecord, QualityRecord, DailyRecord). This module is the
 one place that names those fields: if dsp renames one, change it here (an alias keeps the old
-name readable during a migration). Unknown keys are ignored; a missing field is NaN or empty,
-never an error, so a newer DSP does not stop the alerts.
+name readable during a migration). Unknown keys are ignored; a missing field, or a JSON null
+(ingest's spelling of NaN), is NaN or empty, never an error, so a newer DSP does not stop the
+alerts.
 """
 
 import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from devices.contract import DeviceId, TimeNs
 from devices.registry import PATIENT_PATTERN
@@ -33,6 +42,14 @@ ESTIMATES_FILTER = "osteotel/v1/derived/+/estimates"
 """The MQTT filter that receives every device's estimates."""
 
 _NAN = math.nan
+
+
+def _null_is_nan(value: object) -> object:
+    # ingest sends an estimate that could not be made as JSON null (strict JSON has no NaN).
+    return _NAN if value is None else value
+
+
+_Number = Annotated[float, BeforeValidator(_null_is_nan)]
 
 
 def estimates_topic(device: str) -> str:
@@ -60,12 +77,12 @@ class StepInput(_Envelope):
     """A distraction step or a probe: the tissue's answer to one elongation (N/mm, N, s)."""
 
     kind: Literal["step", "probe"]
-    k_inst_n_per_mm: float = _NAN
-    k_eq_n_per_mm: float = _NAN
-    tau_slow_s: float = _NAN
-    f_residual_n: float = _NAN
-    f_peak_n: float = _NAN
-    fit_r2: float = _NAN
+    k_inst_n_per_mm: _Number = _NAN
+    k_eq_n_per_mm: _Number = _NAN
+    tau_slow_s: _Number = _NAN
+    f_residual_n: _Number = _NAN
+    f_peak_n: _Number = _NAN
+    fit_r2: _Number = _NAN
     fit_status: str = "ok"
     flags: list[str] = []
 
@@ -74,8 +91,8 @@ class LoadShareInput(_Envelope):
     """A weight-bearing test: the share of the load through the device (1 = all)."""
 
     kind: Literal["load_share"]
-    share: float = _NAN
-    share_std: float = Field(_NAN, validation_alias=AliasChoices("share_std", "share_sd"))
+    share: _Number = _NAN
+    share_std: _Number = Field(_NAN, validation_alias=AliasChoices("share_std", "share_sd"))
     status: str = "ok"
 
 
@@ -101,9 +118,9 @@ class DailyInput(_Envelope):
     steps_prescribed: int = 0
     missed_steps: int = 0
     extra_steps: int = 0
-    gained_mm: float = _NAN
-    load_share: float = _NAN
-    consolidation_index: float = _NAN
+    gained_mm: _Number = _NAN
+    load_share: _Number = _NAN
+    consolidation_index: _Number = _NAN
     projected_ready_ns: int = -1
     flags: list[str] = []
 

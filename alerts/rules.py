@@ -5,7 +5,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 
 | rule | severity | input | fires when |
 |---|---|---|---|
-| distraction_force | warning/critical | step, probe | peak force above the warning/critical limit |
+| distraction_force | warning/critical | step | peak force above the warning/critical limit |
 | premature_consolidation | warning | step | residual force rising faster than the limit (N/day) |
 | delayed_consolidation | warning | daily | load share falling too slowly, or projected too late |
 | stiffness_drop | critical | step, probe | k_inst below half the patient's recent median |
@@ -205,7 +205,9 @@ class RuleBook:
     def _step(self, d: Device, track: _Track, th: Thresholds, est: StepInput) -> list[Observation]:
         out: list[Observation] = []
         peak = est.f_peak_n
-        if finite(peak):
+        # Distraction force is the tissue's answer to lengthening: a probe's 0.02 mm on a
+        # consolidated regenerate measures its stiffness, and its peak says nothing of tension.
+        if est.kind == "step" and finite(peak):
             severity = Severity.CRITICAL if peak >= th.force_critical_n else Severity.WARNING
             limit = th.force_critical_n if severity is Severity.CRITICAL else th.force_warning_n
             out += self._obs(
@@ -340,12 +342,20 @@ class RuleBook:
             track.daily_shares.append((est.t_ns, est.load_share))
         window_ns = round(th.delayed_window_days * _DAY_NS)
         recent = [(t, s) for t, s in track.daily_shares if t > est.t_ns - window_ns]
+        # Stiffening is sigmoid (DOMAIN.md, Seide 2012): a normal consolidation starts flat.
+        # Nothing is late before the fastest normal healing (healing index 30 days/cm) could
+        # have reached removal, counted from the start of consolidation.
+        judged = not finite(est.gained_mm) or est.t_ns - track.consolidation_start_ns >= round(
+            th.delayed_min_days_per_cm * est.gained_mm / 10 * _DAY_NS
+        )
         drop_per_week = (
-            -7.0 * slope_per_day(recent) if len(recent) >= th.delayed_min_tests else math.nan
+            -7.0 * slope_per_day(recent)
+            if judged and len(recent) >= th.delayed_min_tests
+            else math.nan
         )
         slow = finite(drop_per_week) and drop_per_week < th.delayed_min_drop_per_week
         late = False
-        if finite(est.gained_mm) and est.projected_ready_ns > 0:
+        if judged and finite(est.gained_mm) and est.projected_ready_ns > 0:
             allowed_ns = round(th.delayed_healing_index_days_per_cm * est.gained_mm / 10 * _DAY_NS)
             late = est.projected_ready_ns > track.consolidation_start_ns + allowed_ns
         if not (finite(drop_per_week) or late):
@@ -444,7 +454,9 @@ class RuleBook:
         past = [v for h, v in track.hourly_max_n.items() if hour - 24 <= h < hour]
         if len(past) < th.overload_min_hours:
             return out
-        loading = statistics.median(past)
+        # Daily loading is the day's walking, a few bouts: the largest hourly peak of the last
+        # 24 h. A median of hourly peaks is the resting force, which every bout would exceed.
+        loading = max(past)
         limit = max(th.overload_ratio * loading, th.overload_min_n)
         out += self._obs(
             config, "overload", t_ns, peak > limit, peak <= limit, Severity.WARNING, peak,

@@ -67,6 +67,9 @@ class Thresholds(BaseModel):
     # Healing index about 30-50 days per cm gained: a projected removal later than the slow
     # end of that range after consolidation began is delayed.
     delayed_healing_index_days_per_cm: Positive = 50.0
+    # Stiffening is sigmoid (Seide 2012): neither is judged before consolidation has lasted
+    # as long as the fast end of the healing index (30 days per cm gained) allows.
+    delayed_min_days_per_cm: Positive = 30.0
 
     # Sudden drops against the patient's own last steps (separation: 791 -> 150 N in a human
     # tibia; loosening shows as a stiffness drop). Critical: these are not healing.
@@ -75,10 +78,11 @@ class Thresholds(BaseModel):
     drop_baseline_steps: Annotated[int, Field(ge=3)] = 8
     force_drop_min_n: Positive = 50.0
 
-    # Overload (a fall): a force spike far above the patient's daily loading (walking about
-    # 345 N in sheep). Daily loading = median of the hourly force maxima of the last 24 h.
+    # Overload (a fall): a force spike far above the patient's daily loading. Daily loading =
+    # the largest hourly force maximum of the last 24 h (the day's walking). Never below
+    # walking itself (about 345 N in sheep): the first walk after surgery is no fall.
     overload_ratio: Annotated[float, Field(gt=1)] = 2.0
-    overload_min_n: Positive = 100.0
+    overload_min_n: Positive = 345.0
     overload_min_hours: Annotated[int, Field(ge=1, le=24)] = 6
 
     # Adherence: any missed or extra step against the prescribed rhythm (DOMAIN.md:

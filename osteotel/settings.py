@@ -99,6 +99,10 @@ class IngestSettings(_Section):
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
     batch_max_lines: int = Field(20_000, ge=1)
+    # A batch is written once it holds this many messages: at most half the broker's window
+    # of unacknowledged messages (max_inflight_messages, 1000 in deploy/mosquitto), so the
+    # next batch fills while this one is written.
+    batch_max_messages: int = Field(400, ge=1)
     batch_max_delay_s: float = Field(0.2, gt=0)
     queue_max_messages: int = Field(1_000, ge=1)
 
@@ -127,7 +131,7 @@ class AlertSettings(_Section):
     Attributes:
         data_dir: the directory of the SQLite database `alerts.db` (state, audit, outbox).
         registry: the device registry, with the optional `[alerts]` override tables.
-        grafana_url: base URL of Grafana; each message links `{grafana_url}/d/osteotel-device`.
+        grafana_url: base URL of Grafana; messages link `{grafana_url}/d/osteotel-patient`.
         webhook_urls: JSON webhooks, one POST per notification.
         alertmanager_url: Prometheus Alertmanager base URL (v2 API); None to not use it.
         mqtt_alerts: publish each alert on `osteotel/v1/alerts/{device}` (QoS 1).

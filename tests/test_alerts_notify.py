@@ -130,7 +130,7 @@ def payload(
                 "fired_ns": T0,
                 "resolved_ns": None,
                 "acked_by": None,
-                "link": f"http://grafana.test/d/osteotel-device?var-device={device}",
+                "link": f"http://grafana.test/d/osteotel-patient?var-device={device}",
             }
         ],
     }

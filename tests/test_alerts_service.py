@@ -129,7 +129,7 @@ def test_service_notifies_webhook(
         "critical",
     )
     assert force["value"] == 1250.0
-    assert force["link"] == "http://grafana.test/d/osteotel-device?var-device=DX-0001"
+    assert force["link"] == "http://grafana.test/d/osteotel-patient?var-device=DX-0001"
     assert alerts["battery_low"]["patient"] == "P-2C91"
     # The state outlives the service: reopen the database as the CLI would.
     with AlertStore(settings.db_path) as store:
