@@ -62,3 +62,18 @@ def warm_up() -> None:
     track_stiffness(force_n, disp_mm, t0_ns, rate_hz, config=TrackingConfig(block_s=0.05))
     load_share(force_n, disp_mm)
     signal_quality(force_n, t0_ns, rate_hz)
+    # The complete estimator's fused frame kernel; imported here so `import dsp` stays light.
+    from dsp.estimator import FleetEstimator  # noqa: PLC0415
+
+    fleet = FleetEstimator(capacity=1)
+    for k in range(2):  # the first frame opens the device's day, the second takes the kernel
+        fleet.frame("warm-up", force_n, disp_mm, None, k * 2_000_000_000, rate_hz)
+    fleet.frames(
+        ["warm-up"],
+        np.array([0, n]),
+        force_n,
+        disp_mm,
+        disp_mm,
+        np.array([4_000_000_000]),
+        np.array([rate_hz]),
+    )

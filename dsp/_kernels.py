@@ -660,3 +660,173 @@ def _quality_push(
             qf[QF_NOISE_VAR] = d * d
         qf[QF_PREV2] = qf[QF_PREV1]
         qf[QF_PREV1] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# The complete estimator's per-device bookkeeping (dsp.estimator owns the rows) and the fused
+# pass over many frames: every tracker's push for each frame that closes nothing.
+EI_DAY = 0  # UTC day number the device is in; -1 before its first item
+EI_T_FIRST = 1  # first input time of that day (ns); -1 if none yet
+EI_T_LAST = 2  # last input time of that day (ns); -1 if none yet
+EI_LOAD_TEST = 3  # 1 while a weight-bearing test is open
+EI_Q_PENDING = 4  # bit 0: a force quality stretch is open; bit 1: a displacement one
+EST_INT_LEN = 5
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+# Scalars of the fused pass, packed once per estimator so a call unboxes two small arrays.
+P_C_S = 0
+P_H = 1
+P_MAX_GAP_NS = 2
+P_LAM = 3
+P_EXCITE_MM = 4
+P_SIGMA_ALPHA = 5
+P_FQ = 6  # full_scale, flat_eps, spike_k, noise_alpha of the force channel
+P_DQ = 10  # the same for the displacement channel
+FLEET_FLOAT_LEN = 14
+PI_PRE_BIN_NS = 0
+PI_N_BINS = 1
+PI_WINDOW_NS = 2
+PI_BLOCK_NS = 3
+PI_HOLD_NS = 4
+PI_FQ_FLAT = 5
+PI_DQ_FLAT = 6
+FLEET_INT_LEN = 7
+
+STOP_NONE = -1  # every frame went through
+STOP_BEFORE = 0  # the frame was not touched: it may close a day or a step window
+STOP_QUALITY = 1  # the frame went through; its quality counters need the caller
+
+
+@njit(cache=True)
+def _quality_step(
+    qf: np.ndarray,
+    qi: np.ndarray,
+    x: np.ndarray,
+    fp: np.ndarray,
+    at: int,
+    flat_samples: int,
+    delta: np.ndarray,
+) -> bool:
+    """Push a channel's samples; write the counter increments to delta; True if any moved or
+    the channel ends in a flatline."""
+    b_flat = qi[QI_N_FLAT]
+    b_sat = qi[QI_N_SATURATED]
+    b_spk = qi[QI_N_SPIKES]
+    b_nf = qi[QI_N_NONFINITE]
+    _quality_push(qf, qi, x, fp[at], fp[at + 1], flat_samples, fp[at + 2], fp[at + 3])
+    delta[0] = qi[QI_N_FLAT] - b_flat
+    delta[1] = qi[QI_N_SATURATED] - b_sat
+    delta[2] = qi[QI_N_SPIKES] - b_spk
+    delta[3] = qi[QI_N_NONFINITE] - b_nf
+    moved = delta[0] != 0 or delta[1] != 0 or delta[2] != 0 or delta[3] != 0
+    return bool(moved or qi[QI_RUN] > flat_samples)
+
+
+@njit(cache=True)
+def _fleet_frames(
+    start: int,
+    rows: np.ndarray,
+    offsets: np.ndarray,
+    force_n: np.ndarray,
+    disp_mm: np.ndarray,
+    ref_load_n: np.ndarray,
+    has_ref: bool,
+    t0_ns: np.ndarray,
+    dt_ns: np.ndarray,
+    ei: np.ndarray,
+    step_fs: np.ndarray,
+    step_si: np.ndarray,
+    rls_f: np.ndarray,
+    rls_i: np.ndarray,
+    share_f: np.ndarray,
+    share_i: np.ndarray,
+    share_begin: np.ndarray,
+    share_end: np.ndarray,
+    kdev_f: np.ndarray,
+    kdev_i: np.ndarray,
+    kdev_begin: np.ndarray,
+    kdev_end: np.ndarray,
+    fq_f: np.ndarray,
+    fq_i: np.ndarray,
+    dq_f: np.ndarray,
+    dq_i: np.ndarray,
+    fp: np.ndarray,
+    ip: np.ndarray,
+    q_delta: np.ndarray,
+) -> tuple[int, int]:
+    """Run frames start.. of many devices through every tracker, in order, until one needs
+    Python: (index of that frame, STOP_BEFORE or STOP_QUALITY), or (n_frames, STOP_NONE).
+
+    Frame j is samples offsets[j]:offsets[j + 1] of device row rows[j]. A frame stops the pass
+    before it is touched when it is empty, opens or may close a day, has a step event pending,
+    or may close a step window (conservatively: the exact rules stay in Python). It stops the
+    pass after it went through when a quality counter moved or a quality stretch is open;
+    q_delta then holds the counter increments (force row 0, displacement row 1).
+    """
+    n_frames = rows.shape[0]
+    window_ns = ip[PI_WINDOW_NS]
+    for j in range(start, n_frames):
+        i = rows[j]
+        a = offsets[j]
+        b = offsets[j + 1]
+        n = b - a
+        t0 = t0_ns[j]
+        dt = dt_ns[j]
+        day = t0 // NS_PER_DAY
+        if n == 0 or ei[i, EI_DAY] < 0 or day > ei[i, EI_DAY] or step_si[i, SI_N_PEND] > 0:
+            return j, STOP_BEFORE
+        t_end = t0 + np.int64(round((n - 1) * dt))
+        mode = step_si[i, SI_MODE]
+        if mode == MODE_COMPLETE:
+            return j, STOP_BEFORE
+        if mode == MODE_OPEN:
+            t_last = step_si[i, SI_T_LAST]
+            # One ns of margin on both rules: near the edge Python decides exactly.
+            if t_last >= 0 and t0 - t_last >= fp[P_MAX_GAP_NS] - 1.0:
+                return j, STOP_BEFORE
+            if t_end - step_si[i, SI_T_STEP] >= window_ns - 1:
+                return j, STOP_BEFORE
+        if day == ei[i, EI_DAY]:
+            if ei[i, EI_T_FIRST] < 0:
+                ei[i, EI_T_FIRST] = t0
+            ei[i, EI_T_LAST] = max(ei[i, EI_T_LAST], t_end)
+        force = force_n[a:b]
+        disp = disp_mm[a:b]
+        _step_push(
+            step_fs[i],
+            step_si[i],
+            force,
+            t0,
+            dt,
+            ip[PI_PRE_BIN_NS],
+            fp[P_C_S],
+            fp[P_H],
+            ip[PI_N_BINS],
+            window_ns,
+        )
+        _rls_push(
+            rls_f[i],
+            rls_i[i],
+            force,
+            disp,
+            t0,
+            dt,
+            ip[PI_BLOCK_NS],
+            fp[P_LAM],
+            fp[P_EXCITE_MM],
+            ip[PI_HOLD_NS],
+            fp[P_SIGMA_ALPHA],
+        )
+        if ei[i, EI_LOAD_TEST] != 0:
+            if has_ref:
+                _loadshare_push(
+                    share_f[i], share_i[i], force, ref_load_n[a:b], t0, dt,
+                    share_begin[i], share_end[i],
+                )  # fmt: skip
+            _loadshare_push(kdev_f[i], kdev_i[i], force, disp, t0, dt, kdev_begin[i], kdev_end[i])
+        bad_f = _quality_step(fq_f[i], fq_i[i], force, fp, P_FQ, ip[PI_FQ_FLAT], q_delta[0])
+        bad_d = _quality_step(dq_f[i], dq_i[i], disp, fp, P_DQ, ip[PI_DQ_FLAT], q_delta[1])
+        if bad_f or bad_d or ei[i, EI_Q_PENDING] != 0:
+            return j, STOP_QUALITY
+    return n_frames, STOP_NONE

@@ -17,6 +17,7 @@ consolidation and anomaly `flags`). docs/dsp.md lists every field.
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +29,14 @@ from dsp.adherence import Protocol, daily_adherence
 from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
 from dsp.loadshare import LoadShareTracker
 from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
-from dsp.steps import StepConfig, StepEstimate, StepTracker, _as_float_array, _check_rate
+from dsp.steps import (
+    _PRE_BIN_NS,
+    StepConfig,
+    StepEstimate,
+    StepTracker,
+    _as_float_array,
+    _check_rate,
+)
 from dsp.tracking import StiffnessTracker, TrackingConfig
 
 __all__ = [
@@ -273,17 +281,18 @@ class _Pending:
     n_frames: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Device:
-    """Python-side state of one device: bounded histories and the current day's tallies."""
+    """Python-side state of one device: bounded histories and the current day's tallies.
+
+    The day, its input span, the load-test flag and the open quality stretches live in the
+    fleet's `_ei` rows instead, where the fused frame kernel reads and updates them.
+    """
 
     device: str
     index: int
     calibration_id: str | None = None
     protocol: Protocol | None = None
-    day: int = -1
-    day_t_first_ns: int = -1
-    day_t_last_ns: int = -1
     n_steps: int = 0
     n_probes: int = 0
     gained_mm: float = 0.0
@@ -296,7 +305,6 @@ class _Device:
     recent_residual: deque[float] = field(default_factory=lambda: deque(maxlen=4))
     shares: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_SHARE_HISTORY))
     k_device: deque[float] = field(default_factory=lambda: deque(maxlen=_KDEV_HISTORY))
-    load_test_open: bool = False
     # The current day's tallies.
     steps_today: int = 0
     mm_today: float = 0.0
@@ -310,6 +318,30 @@ class _Device:
     k_device_today: float = math.nan
     flags_today: set[str] = field(default_factory=set)
     quality: dict[str, _Pending] = field(default_factory=dict)
+
+
+def _check_batch(  # noqa: PLR0917 - the columns of a batch
+    n_frames: int,
+    offsets: NDArray[np.int64],
+    force: NDArray[np.float64],
+    disp: NDArray[np.float64],
+    ref: NDArray[np.float64] | None,
+    t0_ns: NDArray[np.int64],
+    rate_hz: NDArray[np.float64],
+) -> None:
+    """Reject a batch whose columns disagree, before any state changes."""
+    if force.shape != disp.shape or (ref is not None and ref.shape != force.shape):
+        raise ValueError("force_n, disp_mm and ref_load_n must have the same length")
+    if offsets.shape != (n_frames + 1,) or t0_ns.shape != (n_frames,):
+        raise ValueError(f"{n_frames} frames need {n_frames + 1} offsets and {n_frames} t0_ns")
+    if rate_hz.shape != (n_frames,):
+        raise ValueError(f"{n_frames} frames need {n_frames} rate_hz")
+    if offsets[0] != 0 or offsets[-1] != force.size or np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must rise from 0 to the sample count")
+    bad = ~(np.isfinite(rate_hz) & (rate_hz > 0.0))
+    if np.any(bad):
+        j = int(np.argmax(bad))
+        raise ValueError(f"rate_hz[{j}]={rate_hz[j]} must be positive and finite")
 
 
 _QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
@@ -329,6 +361,7 @@ class FleetEstimator:
     _k_device: LoadShareTracker
     _force_q: QualityMonitor
     _disp_q: QualityMonitor
+    _ei: NDArray[np.int64]
 
     def __init__(self, config: EstimatorConfig | None = None, *, capacity: int = 16) -> None:
         """Create an empty fleet.
@@ -339,6 +372,13 @@ class FleetEstimator:
         """
         self.config = config or EstimatorConfig()
         self._devices: dict[str, _Device] = {}
+        self._fp, self._ip = self._kernel_params()
+        # One-frame argument arrays of `frame`, reused so a frame allocates none of its own.
+        self._one_row = np.zeros(1, dtype=np.int64)
+        self._one_offsets = np.zeros(2, dtype=np.int64)
+        self._one_t0 = np.zeros(1, dtype=np.int64)
+        self._one_dt = np.zeros(1)
+        self._q_delta = np.zeros((2, 4), dtype=np.int64)
         self._allocate(max(capacity, 1))
 
     def _allocate(self, n: int) -> None:
@@ -349,6 +389,8 @@ class FleetEstimator:
         k_device = LoadShareTracker(n, 1.0)
         force_q = QualityMonitor(n, cfg.force_quality)
         disp_q = QualityMonitor(n, cfg.disp_quality)
+        ei = np.zeros((n, kern.EST_INT_LEN), dtype=np.int64)
+        ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST]] = -1
         old: StepTracker | None = getattr(self, "_steps", None)
         if old is not None:
             m = old.n_devices
@@ -365,11 +407,59 @@ class FleetEstimator:
             for new_ls, prev_ls in ((share, self._share), (k_device, self._k_device)):
                 new_ls._begin_ns[:m] = prev_ls._begin_ns
                 new_ls._end_ns[:m] = prev_ls._end_ns
+            ei[:m] = self._ei
         self._steps, self._tracking = steps, tracking
         self._share, self._k_device = share, k_device
         self._force_q, self._disp_q = force_q, disp_q
+        self._ei = ei
         self._block_ns = round(cfg.tracking.block_s * 1e9)
         self._hold_ns = round(cfg.tracking.hold_s * 1e9)
+        # The fused kernel's arguments, gathered once: per call only the frames change.
+        self._state_args = (
+            ei,
+            steps.float_state,
+            steps.int_state,
+            tracking.float_state,
+            tracking.int_state,
+            share.float_state,
+            share.int_state,
+            share._begin_ns,
+            share._end_ns,
+            k_device.float_state,
+            k_device.int_state,
+            k_device._begin_ns,
+            k_device._end_ns,
+            force_q.float_state,
+            force_q.int_state,
+            disp_q.float_state,
+            disp_q.int_state,
+            self._fp,
+            self._ip,
+        )
+
+    def _kernel_params(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """The scalars of the fused frame kernel at the P_* and PI_* offsets."""
+        cfg = self.config
+        c_s, h = cfg.step.bin_shape
+        fp = np.zeros(kern.FLEET_FLOAT_LEN)
+        fp[kern.P_C_S], fp[kern.P_H] = c_s, h
+        fp[kern.P_MAX_GAP_NS] = cfg.step.max_gap_s * 1e9
+        fp[kern.P_LAM] = cfg.tracking.forgetting
+        fp[kern.P_EXCITE_MM] = cfg.tracking.excite_mm
+        fp[kern.P_SIGMA_ALPHA] = cfg.tracking.sigma_alpha
+        ip = np.zeros(kern.FLEET_INT_LEN, dtype=np.int64)
+        ip[kern.PI_PRE_BIN_NS] = _PRE_BIN_NS
+        ip[kern.PI_N_BINS] = cfg.step.n_bins
+        ip[kern.PI_WINDOW_NS] = round(cfg.step.window_s * 1e9)
+        ip[kern.PI_BLOCK_NS] = round(cfg.tracking.block_s * 1e9)
+        ip[kern.PI_HOLD_NS] = round(cfg.tracking.hold_s * 1e9)
+        for at, at_flat, qc in (
+            (kern.P_FQ, kern.PI_FQ_FLAT, cfg.force_quality),
+            (kern.P_DQ, kern.PI_DQ_FLAT, cfg.disp_quality),
+        ):
+            fp[at : at + 4] = (qc.full_scale, qc.flat_eps, qc.spike_k, qc.noise_alpha)
+            ip[at_flat] = qc.flat_samples
+        return fp, ip
 
     @property
     def devices(self) -> list[str]:
@@ -377,8 +467,8 @@ class FleetEstimator:
         return list(self._devices)
 
     def state_bytes_per_device(self) -> int:
-        """Bytes of numeric tracker state per device (the arrays; not the Python tallies)."""
-        total = 0
+        """Bytes of numeric state per device (the arrays; not the Python tallies)."""
+        total = int(self._ei[0].nbytes)
         for tracker in (
             self._steps,
             self._tracking,
@@ -437,7 +527,7 @@ class FleetEstimator:
             dev.n_steps += 1
             dev.gained_mm += delta_mm
             dev.last_step_ns = t_ns
-            if t_ns // NS_PER_DAY >= dev.day:
+            if t_ns // NS_PER_DAY >= self._ei[dev.index, kern.EI_DAY]:
                 dev.steps_today += 1
                 dev.mm_today += delta_mm
             if dev.phase in ("latency", "consolidation", "ready"):
@@ -452,16 +542,16 @@ class FleetEstimator:
         out = self._advance_day(dev, t_ns)
         self._share.start(dev.index, t_ns)
         self._k_device.start(dev.index, t_ns)
-        dev.load_test_open = True
+        self._ei[dev.index, kern.EI_LOAD_TEST] = 1
         return out
 
     def load_test_end(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test ends (UTC epoch ns); returns its load-share record."""
         dev = self._device(device)
         out = self._advance_day(dev, t_ns)
-        if not dev.load_test_open:
+        if not self._ei[dev.index, kern.EI_LOAD_TEST]:
             return out
-        dev.load_test_open = False
+        self._ei[dev.index, kern.EI_LOAD_TEST] = 0
         est = self._share.end(dev.index, t_ns)
         k_est = self._k_device.end(dev.index, t_ns)
         k_dev = self._device_stiffness(dev.index) if k_est.status == "ok" else math.nan
@@ -535,7 +625,123 @@ class FleetEstimator:
         if force.shape != disp.shape:
             raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
         dt_ns = _check_rate(rate_hz)
+        ref = None if ref_load_n is None else _as_float_array("ref_load_n", ref_load_n)
+        if ref is not None and ref.shape != force.shape:
+            raise ValueError(f"force_n has {force.size} samples, ref_load_n {ref.size}")
         dev = self._device(device)
+        self._one_row[0] = dev.index
+        self._one_offsets[1] = force.size
+        self._one_t0[0] = t0_ns
+        self._one_dt[0] = dt_ns
+        _, stop = kern._fleet_frames(
+            0,
+            self._one_row,
+            self._one_offsets,
+            force,
+            disp,
+            force if ref is None else ref,
+            ref is not None,
+            self._one_t0,
+            self._one_dt,
+            *self._state_args,
+            self._q_delta,
+        )
+        if stop == kern.STOP_NONE:
+            return []
+        if stop == kern.STOP_QUALITY:
+            return self._quality_records(dev, force.size, t0_ns, dt_ns)
+        return self._frame_slow(dev, force, disp, ref, t0_ns, rate_hz)
+
+    def frames(  # noqa: PLR0917 - the columns of a batch of frames
+        self,
+        devices: Sequence[str],
+        offsets: NDArray[np.integer],
+        force_n: NDArray[np.floating],
+        disp_mm: NDArray[np.floating],
+        ref_load_n: NDArray[np.floating] | None,
+        t0_ns: NDArray[np.integer],
+        rate_hz: NDArray[np.floating],
+    ) -> list[EstimateRecord]:
+        """Process many frames at once; the same records as `frame` called on each in order.
+
+        Frame j is device devices[j] with samples offsets[j]:offsets[j + 1] of the sample
+        arrays. One numba call runs every frame that closes nothing through all trackers;
+        Python handles only the rare frames that close a day, a step window or a quality
+        stretch, in their place in the order.
+
+        Args:
+            devices: device id of each frame (n frames).
+            offsets: n + 1 sample offsets, from 0 to the sample count, non-decreasing.
+            force_n: force samples of all frames, concatenated (N).
+            disp_mm: displacement samples, aligned with force_n (mm).
+            ref_load_n: reference load aligned with force_n (N), or None if no frame has one
+                (then it is ignored as `frame` ignores None).
+            t0_ns: time of each frame's first sample (UTC epoch ns).
+            rate_hz: sample rate of each frame (Hz).
+
+        Returns:
+            The records completed by these frames, in the order `frame` would return them.
+        """
+        n_frames = len(devices)
+        force = _as_float_array("force_n", force_n)
+        disp = _as_float_array("disp_mm", disp_mm)
+        ref = None if ref_load_n is None else _as_float_array("ref_load_n", ref_load_n)
+        offs = np.ascontiguousarray(offsets, dtype=np.int64)
+        t0 = np.ascontiguousarray(t0_ns, dtype=np.int64)
+        rate = np.ascontiguousarray(rate_hz, dtype=np.float64)
+        _check_batch(n_frames, offs, force, disp, ref, t0, rate)
+        rows = np.empty(n_frames, dtype=np.int64)
+        for j, device in enumerate(devices):
+            rows[j] = self._device(device).index
+        # After every device exists: _allocate would replace the state arrays under the kernel.
+        dt = 1e9 / rate
+        by_index = list(self._devices.values())
+        out: list[EstimateRecord] = []
+        j = 0
+        while j < n_frames:
+            j, stop = kern._fleet_frames(
+                j,
+                rows,
+                offs,
+                force,
+                disp,
+                force if ref is None else ref,
+                ref is not None,
+                t0,
+                dt,
+                *self._state_args,
+                self._q_delta,
+            )
+            if stop == kern.STOP_NONE:
+                break
+            dev = by_index[rows[j]]
+            a, b = int(offs[j]), int(offs[j + 1])
+            t0_j = int(t0[j])
+            if stop == kern.STOP_QUALITY:
+                out += self._quality_records(dev, b - a, t0_j, float(dt[j]))
+            else:
+                out += self._frame_slow(
+                    dev,
+                    force[a:b],
+                    disp[a:b],
+                    None if ref is None else ref[a:b],
+                    t0_j,
+                    float(rate[j]),
+                )
+            j += 1
+        return out
+
+    def _frame_slow(  # noqa: PLR0917 - a frame's fields, checked by the caller
+        self,
+        dev: _Device,
+        force: NDArray[np.float64],
+        disp: NDArray[np.float64],
+        ref: NDArray[np.float64] | None,
+        t0_ns: int,
+        rate_hz: float,
+    ) -> list[EstimateRecord]:
+        """A frame that may close a day or a step window: one tracker call at a time."""
+        dt_ns = 1e9 / rate_hz
         out = self._advance_day(dev, t0_ns)
         i = dev.index
         t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
@@ -557,59 +763,86 @@ class FleetEstimator:
                 self._hold_ns,
                 tc.sigma_alpha,
             )
-            if dev.load_test_open:
-                if ref_load_n is not None:
-                    self._share.frame(i, force, ref_load_n, t0_ns, rate_hz)
+            if self._ei[i, kern.EI_LOAD_TEST]:
+                if ref is not None:
+                    self._share.frame(i, force, ref, t0_ns, rate_hz)
                 self._k_device.frame(i, force, disp, t0_ns, rate_hz)
-            for channel, monitor, values in (
-                ("force", self._force_q, force),
-                ("disp", self._disp_q, disp),
-            ):
-                record = self._quality(
-                    dev,
-                    channel=channel,
-                    monitor=monitor,
-                    values=values,
-                    t0_ns=t0_ns,
-                    t_end_ns=t_end_ns,
+            q_delta = self._q_delta
+            for row, (monitor, values) in enumerate(((self._force_q, force), (self._disp_q, disp))):
+                qi = monitor.int_state[i]
+                before = qi.copy()
+                qc = monitor.config
+                kern._quality_push(
+                    monitor.float_state[i],
+                    qi,
+                    values,
+                    qc.full_scale,
+                    qc.flat_eps,
+                    qc.flat_samples,
+                    qc.spike_k,
+                    qc.noise_alpha,
                 )
-                if record is not None:
-                    out.append(record)
+                q_delta[row] = (qi - before)[list(_QUALITY_COUNTERS)]
+            out += self._quality_records(dev, force.size, t0_ns, dt_ns)
+        return out
+
+    def _quality_records(
+        self, dev: _Device, n_samples: int, t0_ns: int, dt_ns: float
+    ) -> list[EstimateRecord]:
+        """Quality records of a frame whose samples went through both monitors; the counter
+        increments are in `_q_delta` (force row 0, displacement row 1)."""
+        t_end_ns = t0_ns + round((n_samples - 1) * dt_ns)
+        out: list[EstimateRecord] = []
+        for row, (channel, monitor) in enumerate(
+            (("force", self._force_q), ("disp", self._disp_q))
+        ):
+            counts = [int(v) for v in self._q_delta[row]]
+            record = self._quality(
+                dev,
+                bit=1 << row,
+                channel=channel,
+                monitor=monitor,
+                counts=counts,
+                n_samples=n_samples,
+                t0_ns=t0_ns,
+                t_end_ns=t_end_ns,
+            )
+            if record is not None:
+                out.append(record)
         return out
 
     def _quality(
         self,
         dev: _Device,
         *,
+        bit: int,
         channel: str,
         monitor: QualityMonitor,
-        values: NDArray[np.float64],
+        counts: list[int],
+        n_samples: int,
         t0_ns: int,
         t_end_ns: int,
     ) -> QualityRecord | None:
         qf, qi = monitor.float_state[dev.index], monitor.int_state[dev.index]
-        before = qi.copy()
         qc = monitor.config
-        kern._quality_push(
-            qf, qi, values, qc.full_scale, qc.flat_eps, qc.flat_samples, qc.spike_k, qc.noise_alpha
-        )
         flat = bool(qi[kern.QI_RUN] > qc.flat_samples)
-        # Scalar compares: far cheaper per frame than building an array of the counters.
-        bad = flat or any(qi[k] != before[k] for k in _QUALITY_COUNTERS)
+        bad = flat or any(counts)
         pending = dev.quality.get(channel)
         if bad:
             dev.flags_today.add("signal_quality")
             if pending is None:
                 pending = dev.quality[channel] = _Pending(t0_ns, t_end_ns, np.zeros(4, np.int64))
-            pending.counts += (qi - before)[list(_QUALITY_COUNTERS)]
+                self._ei[dev.index, kern.EI_Q_PENDING] |= bit
+            pending.counts += counts
             pending.t_end_ns = t_end_ns
-            pending.n_samples += values.size
+            pending.n_samples += n_samples
             pending.n_frames += 1
         if pending is None:
             return None
         if bad and t_end_ns - pending.t_start_ns < self.config.quality_every_s * 1e9:
             return None
         del dev.quality[channel]
+        self._ei[dev.index, kern.EI_Q_PENDING] &= ~bit
         var = float(qf[kern.QF_NOISE_VAR])
         n_flat, n_sat, n_spikes, n_nonfinite = (int(v) for v in pending.counts)
         return QualityRecord(
@@ -643,27 +876,29 @@ class FleetEstimator:
             est = self._steps.flush(dev.index)
             if est is not None:
                 out.append(self._step_record(dev, est))
-            if dev.day >= 0:
+            if self._ei[dev.index, kern.EI_DAY] >= 0:
                 out.append(self._close_day(dev))
         return out
 
     def _touch(self, dev: _Device, t_start_ns: int, t_end_ns: int) -> None:
-        if t_start_ns // NS_PER_DAY < dev.day:
+        ei = self._ei[dev.index]
+        if t_start_ns // NS_PER_DAY < ei[kern.EI_DAY]:
             return  # a late item from an earlier day
-        if dev.day_t_first_ns < 0:
-            dev.day_t_first_ns = t_start_ns
-        dev.day_t_last_ns = max(dev.day_t_last_ns, t_end_ns)
+        if ei[kern.EI_T_FIRST] < 0:
+            ei[kern.EI_T_FIRST] = t_start_ns
+        ei[kern.EI_T_LAST] = max(int(ei[kern.EI_T_LAST]), t_end_ns)
 
     def _advance_day(self, dev: _Device, t_ns: int) -> list[EstimateRecord]:
         day = t_ns // NS_PER_DAY
-        if dev.day < 0:
-            dev.day = day
+        ei = self._ei[dev.index]
+        if ei[kern.EI_DAY] < 0:
+            ei[kern.EI_DAY] = day
             return []
         out: list[EstimateRecord] = []
         # One record per day passed, so adherence sees days without steps; bounded by a year.
-        while dev.day < day:
+        while ei[kern.EI_DAY] < day:
             out.append(self._close_day(dev))
-            dev.day = max(dev.day + 1, day - 366)
+            ei[kern.EI_DAY] = max(int(ei[kern.EI_DAY]) + 1, day - 366)
         return out
 
     def _step_record(self, dev: _Device, est: StepEstimate) -> StepRecord:
@@ -676,7 +911,7 @@ class FleetEstimator:
             if self._separation_rule(dev, est.f_residual_n):
                 flags = ("separation",)
                 dev.flags_today.add("separation")
-            if est.t_step_ns // NS_PER_DAY >= dev.day:
+            if est.t_step_ns // NS_PER_DAY >= self._ei[dev.index, kern.EI_DAY]:
                 dev.k_today.append(est.k_inst_n_per_mm)
                 dev.k_eq_today.append(est.k_eq_n_per_mm)
                 dev.residual_today.append(est.f_residual_n)
@@ -774,7 +1009,8 @@ class FleetEstimator:
     def _close_day(self, dev: _Device) -> DailyRecord:
         cfg = self.config
         protocol = dev.protocol or cfg.protocol
-        day_start = dev.day * NS_PER_DAY
+        ei = self._ei[dev.index]
+        day_start = int(ei[kern.EI_DAY]) * NS_PER_DAY
         day_end = day_start + NS_PER_DAY
         was = dev.phase
         dev.phase = self._phase(dev, protocol, day_end)
@@ -810,8 +1046,8 @@ class FleetEstimator:
             kind="daily",
             version=ESTIMATOR_VERSION,
             calibration_id=dev.calibration_id,
-            t_start_ns=dev.day_t_first_ns if dev.day_t_first_ns >= 0 else day_start,
-            t_end_ns=dev.day_t_last_ns if dev.day_t_last_ns >= 0 else day_start,
+            t_start_ns=int(ei[kern.EI_T_FIRST]) if ei[kern.EI_T_FIRST] >= 0 else day_start,
+            t_end_ns=int(ei[kern.EI_T_LAST]) if ei[kern.EI_T_LAST] >= 0 else day_start,
             phase=dev.phase,
             steps_done=adh.steps_done,
             steps_prescribed=adh.steps_prescribed,
@@ -842,7 +1078,7 @@ class FleetEstimator:
         dev.probe_k_today, dev.probe_k_eq_today = [], []
         dev.share_today = dev.k_device_today = math.nan
         dev.flags_today = set()
-        dev.day_t_first_ns = dev.day_t_last_ns = -1
+        ei[kern.EI_T_FIRST] = ei[kern.EI_T_LAST] = -1
         return record
 
 

@@ -6,7 +6,11 @@ Figures (`--json` keys), all measured in this run on one core:
     <kernel>_vs_numpy               kernel speed / numpy baseline speed
     estimator_samples_per_s         FleetEstimator over frames spread over --devices devices
     estimator_vs_numpy              its speed / numpy baseline speed
-    state_bytes_per_device          numeric tracker state per device (bytes)
+    estimator_batched_samples_per_s the same frames through FleetEstimator.frames, one batch
+                                    of one frame per device at a time
+    estimator_batched_vs_numpy      its speed / numpy baseline speed
+    state_bytes_per_device          numeric state per device: the tracker arrays (bytes)
+    python_state_bytes_per_device   Python objects per device besides them (tracemalloc, bytes)
     import_warmup_s                 `import dsp; dsp.warm_up()` in a fresh process (s)
     first_frame_s, median_frame_s   first frame after warm-up, and the median frame (s)
     <scenario>_*                    accuracy on emulator runs (see `accuracy`)
@@ -110,6 +114,8 @@ def _kernels(n: int) -> dict[str, object]:
 
 
 def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
+    import tracemalloc  # noqa: PLC0415
+
     import numpy as np  # noqa: PLC0415
 
     import dsp  # noqa: PLC0415
@@ -117,11 +123,16 @@ def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
 
     dsp.warm_up()
     rng = np.random.default_rng(1)
-    fleet = FleetEstimator(capacity=n_devices)
     ids = [f"DX-{i:05d}" for i in range(n_devices)]
     force = 100.0 + rng.standard_normal((frames_per_device, 100))
     disp = 10.0 + 0.002 * rng.standard_normal((frames_per_device, 100))
     t0 = _START_NS + 8 * 3600 * 1_000_000_000
+    tracemalloc.start()
+    fleet = FleetEstimator(capacity=n_devices)
+    for device in ids:  # every device's first frame opens its day (the slow path)
+        fleet.frame(device, force[0], disp[0], None, t0 - 1_000_000_000, 100.0)
+    python_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
     times: list[float] = []
     start = time.perf_counter()
     for k in range(frames_per_device):
@@ -132,9 +143,27 @@ def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
             times.append(time.perf_counter() - t)
     total = time.perf_counter() - start
     samples = n_devices * frames_per_device * 100
+    # The batched path: the same frames, devices and days, as one batch per round.
+    batch = FleetEstimator(capacity=n_devices)
+    offsets = np.arange(n_devices + 1) * 100
+    rates = np.full(n_devices, 100.0)
+    first = np.full(n_devices, t0 - 1_000_000_000)
+    batch.frames(ids, offsets, np.tile(force[0], n_devices), np.tile(disp[0], n_devices),
+                 None, first, rates)  # fmt: skip
+    rounds = [
+        (np.tile(f, n_devices), np.tile(d, n_devices)) for f, d in zip(force, disp, strict=True)
+    ]
+    start = time.perf_counter()
+    for k, (f_k, d_k) in enumerate(rounds):
+        t0_round = np.full(n_devices, t0 + k * 1_000_000_000)
+        batch.frames(ids, offsets, f_k, d_k, None, t0_round, rates)
+    batched = time.perf_counter() - start
+    numeric = fleet.state_bytes_per_device()
     return {
         "estimator_samples_per_s": _rate(total, samples),
-        "state_bytes_per_device": fleet.state_bytes_per_device(),
+        "estimator_batched_samples_per_s": _rate(batched, samples),
+        "state_bytes_per_device": numeric,
+        "python_state_bytes_per_device": python_bytes / n_devices - numeric,
         "first_frame_s": times[0],
         "median_frame_s": statistics.median(times),
     }
@@ -241,6 +270,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     speed = figures["estimator_samples_per_s"]
     if isinstance(base, float) and isinstance(speed, float):
         figures["estimator_vs_numpy"] = speed / base
+    batched = figures["estimator_batched_samples_per_s"]
+    if isinstance(base, float) and isinstance(batched, float):
+        figures["estimator_batched_vs_numpy"] = batched / base
     if not args.no_accuracy:
         for scenario, (target_mm, days) in _SCENARIOS.items():
             for key, value in accuracy(scenario, target_mm=target_mm, days=days).items():
