@@ -305,7 +305,10 @@ class IngestService:
             first = await self._queue.get()
             batch.items.append(first)
             deadline = time.monotonic() + limits.batch_max_delay_s
-            while batch.lines < limits.batch_max_lines:
+            while (
+                batch.lines < limits.batch_max_lines
+                and len(batch.items) < limits.batch_max_messages
+            ):
                 timeout_s = deadline - time.monotonic()
                 if timeout_s <= 0:
                     break

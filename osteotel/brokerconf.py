@@ -416,6 +416,9 @@ def production_config(
             # Logs the username and address of each connection, never a password.
             "connection_messages true",
             "max_queued_messages 100000",
+            # Ingest acknowledges a message only once it is stored, in batches: the window of
+            # unacknowledged messages per client must hold a few batches (docs/ingest.md).
+            "max_inflight_messages 1000",
             "",
             "# Services on this host (ingest, alerts): loopback only, still password and ACL.",
             f"listener {local_port} 127.0.0.1",

@@ -347,7 +347,9 @@ class Mosquitto(_ServerProcess):
             # Generous queues: a slow ingest under test must see backpressure in its own
             # bounded queue, not messages silently dropped by the broker.
             "max_queued_messages 100000",
-            "max_inflight_messages 100",
+            # Ingest acknowledges only stored messages, a batch at a time: the window of
+            # unacknowledged messages must hold several batches (docs/ingest.md).
+            "max_inflight_messages 1000",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"listener {self.port} {self.host}",
             self.extra_config,

@@ -303,10 +303,9 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
             "SELECT last(frames_stored), last(frames_duplicate) FROM ingest_stats "
             "WHERE device = 'DX-0001'",
         )
-        return bool(rows) and rows[0][1:] == [5, 1]
+        rejections = query(
+            influxdb, influx_db_name, "SELECT last(rejected) FROM ingest_rejections GROUP BY reason"
+        )
+        return rows[0][1:] == [5, 1] and len(rejections) == len(invalid) if rows else False
 
-    wait_for(stats_current, "ingest_stats to show DX-0001's frames", ingest)
-    rows = query(
-        influxdb, influx_db_name, "SELECT last(rejected) FROM ingest_rejections GROUP BY reason"
-    )
-    assert len(rows) == len(invalid)
+    wait_for(stats_current, "ingest_stats to show DX-0001's frames and every rejection", ingest)

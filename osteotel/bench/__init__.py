@@ -20,6 +20,7 @@ __all__ = ["BENCHMARKS", "add_parsers", "print_figures"]
 BENCHMARKS: dict[str, str] = {
     "dsp": "osteotel.bench.dsp",
     "lineproto": "osteotel.bench.lineproto",
+    "ingest": "osteotel.bench.ingest",
     "replay": "osteotel.bench.replay",
 }
 """Benchmark name to the module that measures it."""

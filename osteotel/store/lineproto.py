@@ -15,6 +15,8 @@ one, so no escaping reads back the same everywhere. Control characters are refus
 newline ends a line and a NUL would be lost with the array padding.
 """
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,12 +49,16 @@ _TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
 _STRING_FIELD_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def _check_name(kind: str, text: str) -> None:
     if not text:
         raise ValueError(f"{kind} must not be empty")
-    if "\\" in text:
+    bad = _FORBIDDEN.search(text)
+    if bad is not None and bad.group() == "\\":
         raise ValueError(f"{kind} must not contain a backslash: {text!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if bad is not None:
         raise ValueError(f"{kind} must not contain control characters: {text!r}")
 
 
@@ -105,9 +111,15 @@ def escape_string_field(v: str) -> str:
 
 
 def _line_prefix(measurement: str, tags: Mapping[str, str]) -> str:
-    # InfluxDB sorts tags by key before indexing; sending them sorted saves it the work.
+    return _cached_prefix(measurement, tuple(sorted(tags.items())))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _cached_prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    # A device's series prefix repeats on every frame: escape it once. InfluxDB sorts tags by
+    # key before indexing; sending them sorted saves it the work.
     parts = [escape_measurement(measurement)]
-    parts.extend(f"{escape_tag(key)}={escape_tag(tags[key])}" for key in sorted(tags))
+    parts.extend(f"{escape_tag(key)}={escape_tag(value)}" for key, value in tags)
     return ",".join(parts)
 
 
