@@ -138,8 +138,9 @@ def _replay(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
     speed = None if args.speed == "max" else float(args.speed)
+    window = {} if args.window is None else {"window": args.window}
     count = asyncio.run(
-        replay(args.file, settings.mqtt, speed=speed, client_id=args.client_id, window=args.window)
+        replay(args.file, settings.mqtt, speed=speed, client_id=args.client_id, **window)
     )
     print(f"replayed {count} messages")
     return 0
@@ -308,7 +309,9 @@ def _streams(add: Add) -> None:
     replay.add_argument("file", type=Path, metavar="FILE")
     replay.add_argument("--speed", default="1", help="1, 10, ... or 'max'")
     replay.add_argument("--client-id", default="osteotel-replay", help="MQTT client id")
-    replay.add_argument("--window", type=int, default=32, help="unacknowledged publishes at most")
+    replay.add_argument(
+        "--window", type=int, default=None, help="unacknowledged publishes at most (default 1000)"
+    )
     analyze.configure(
         add("analyze", _analyze, "run the DSP estimators over a capture file; JSONL out")
     )

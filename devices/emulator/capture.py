@@ -14,24 +14,20 @@ The format is specified in docs/capture.md.
 import asyncio
 import base64
 import contextlib
-import functools
 import gzip
 import heapq
 import io
+import itertools
 import json
 import re
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
 import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
@@ -42,6 +38,7 @@ from devices.contract import (
     status_topic,
     telemetry_topic,
 )
+from devices.emulator.fastpub import DEFAULT_WINDOW, FastPublisher, PublishError
 from devices.emulator.fleet import FleetPlan, bad_payloads, hub_stream
 from osteotel.errors import OsteotelError
 from osteotel.settings import MqttSettings
@@ -57,8 +54,8 @@ __all__ = [
     "replay",
 ]
 
-REPLAY_WINDOW: Final = 32
-"""Publishes replay keeps in flight (sent, PUBACK not yet seen) before it waits for the oldest."""
+REPLAY_WINDOW: Final = DEFAULT_WINDOW
+"""Publishes replay keeps in flight (sent, not yet acknowledged) before it waits for room."""
 
 _BUFFER_BYTES: Final = 1 << 20
 _GZIP_LEVEL: Final = 6  # level 9 costs about three times the CPU for a few percent less size
@@ -71,7 +68,8 @@ _PLAIN_HEADER: Final = re.compile(
 )
 _CONNECT_TIMEOUT_S: Final = 10.0
 _ACK_TIMEOUT_S: Final = 30.0  # every in-flight publish must be acknowledged within this
-_LOOP_SLICE_S: Final = 0.5  # longest single wait on the socket, so a stop request is seen soon
+_REPLAY_BATCH: Final = 1_000  # messages read per worker-thread hop
+_MAX_WINDOW: Final = 65_535  # MQTT packet ids are 16 bits
 _RECORD_QUEUE: Final = 10_000  # messages between the MQTT receiver and the file writer
 _RECORD_BATCH: Final = 1_000
 
@@ -452,107 +450,42 @@ async def record(
 # --- replay ------------------------------------------------------------------------------------
 
 
-class _Publisher:
-    """A paho client driven from one thread: no network thread to contend with for the GIL."""
-
-    def __init__(self, mqtt: MqttSettings, client_id: str, window: int) -> None:
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
-        )
-        if mqtt.username is not None:
-            password = mqtt.password.get_secret_value() if mqtt.password else None
-            self._client.username_pw_set(mqtt.username, password)
-        # paho would queue (unsent) beyond its own limit; ours is the same, so it never does.
-        # paho scans every in-flight message on each PUBACK, so a big window costs more than
-        # it saves: 32 measured fastest here (docs/capture.md).
-        self._client.max_inflight_messages_set(window)
-        self._window = window
-        self._pending: deque[paho.MQTTMessageInfo] = deque()
-        self._mqtt = mqtt
-
-    def connect(self) -> None:
-        connected: list[object] = []
-        self._client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(reason)
-        try:
-            self._client.connect(self._mqtt.host, self._mqtt.port, self._mqtt.keepalive_s)
-        except OSError as exc:
-            raise CaptureError(f"cannot reach {self._mqtt.host}:{self._mqtt.port}: {exc}") from exc
-        self._loop_until(lambda: bool(connected), _CONNECT_TIMEOUT_S, "CONNACK")
-        reason = connected[0]
-        if getattr(reason, "is_failure", False):
-            raise CaptureError(f"broker refused the connection: {reason}")
-
-    def _loop_until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise CaptureError(f"no {what} from the broker within {timeout_s:g} s")
-            code = self._client.loop(timeout=_LOOP_SLICE_S)
-            if code != paho.MQTT_ERR_SUCCESS:
-                raise CaptureError(f"connection lost: {paho.error_string(code)}")
-
-    def _acked(self) -> bool:
-        while self._pending and self._pending[0].is_published():
-            self._pending.popleft()
-        return len(self._pending) < self._window
-
-    def _all_acked(self) -> bool:
-        self._acked()
-        return not self._pending
-
-    def publish(self, message: CapturedMessage) -> None:
-        if not self._acked():
-            self._loop_until(self._acked, _ACK_TIMEOUT_S, "PUBACK")
-        info = self._client.publish(
-            message.topic, message.payload, qos=message.qos, retain=message.retain
-        )
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise CaptureError(f"publish failed: {paho.error_string(info.rc)}")
-        if message.qos > 0:
-            self._pending.append(info)
-
-    def idle(self, seconds: float) -> None:
-        """Wait on the socket (acks, keep-alive) for up to `seconds`."""
-        code = self._client.loop(timeout=max(0.0, min(seconds, _LOOP_SLICE_S)))
-        if code != paho.MQTT_ERR_SUCCESS:
-            raise CaptureError(f"connection lost: {paho.error_string(code)}")
-
-    def finish(self) -> None:
-        try:
-            self._loop_until(self._all_acked, _ACK_TIMEOUT_S, "PUBACK")
-        finally:
-            # Without a network thread, disconnect() writes DISCONNECT and closes the socket.
-            self._client.disconnect()
+def _take(messages: Iterator[CapturedMessage], count: int) -> list[CapturedMessage]:
+    """The next `count` messages, fewer at the end of the file."""
+    return list(itertools.islice(messages, count))
 
 
-def _replay_blocking(
-    path: Path,
-    mqtt: MqttSettings,
-    *,
-    speed: float | None,
-    client_id: str,
-    window: int,
-    stop: threading.Event,
-) -> int:
-    publisher = _Publisher(mqtt, client_id, window)
-    publisher.connect()
+async def _publish_file(path: Path, publisher: FastPublisher, speed: float | None) -> int:
+    """Publish every message of the capture in file order, paced when `speed` is given."""
+    messages = read_capture(path)
+    # Parsing and decompression run in a worker thread, one batch ahead of the publishing, so
+    # they overlap the waits on the socket; the event loop never blocks on the file.
+    reading = asyncio.ensure_future(asyncio.to_thread(_take, messages, _REPLAY_BATCH))
     sent = 0
-    wall_start = time.monotonic()
+    start_s = time.monotonic()
     first_ns: int | None = None
     try:
-        for message in read_capture(path):
-            if stop.is_set():
-                break
-            if speed is not None:
-                first_ns = message.t_ns if first_ns is None else first_ns
-                due = wall_start + (message.t_ns - first_ns) / 1e9 / speed
-                # A message already due goes at once: file order (hence device order) is kept.
-                while (delay_s := due - time.monotonic()) > 0 and not stop.is_set():
-                    publisher.idle(delay_s)
-            publisher.publish(message)
-            sent += 1
+        while batch := await reading:
+            reading = asyncio.ensure_future(asyncio.to_thread(_take, messages, _REPLAY_BATCH))
+            for message in batch:
+                if speed is not None:
+                    first_ns = message.t_ns if first_ns is None else first_ns
+                    due_s = start_s + (message.t_ns - first_ns) / 1e9 / speed
+                    # A message already due goes at once: file order (hence device order) holds.
+                    if (delay_s := due_s - time.monotonic()) > 0:
+                        await asyncio.sleep(delay_s)
+                await publisher.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
+                sent += 1
     finally:
-        publisher.finish()
+        # The worker thread may still be inside the generator: let it finish before closing it.
+        await asyncio.wait([reading])
+        if not reading.cancelled():
+            # Its error, if any, is either the one already raised or moot after another one.
+            reading.exception()
+        if isinstance(messages, Generator):
+            messages.close()  # closes the file now, not when the generator is collected
     return sent
 
 
@@ -569,44 +502,37 @@ async def replay(
     Message i goes out `(t_ns[i] - t_ns[0]) / speed` seconds after the start, or at once if
     that moment has passed, so the file order is never changed: messages of one device (one
     topic) never overtake each other. Each is published with its recorded QoS and retain flag
-    over one MQTT session, keeping up to `window` QoS 1/2 publishes in flight.
+    over one MQTT 3.1.1 session (`FastPublisher`), keeping up to `window` QoS 1/2 publishes
+    in flight.
 
     Args:
         path: the capture file (`.gz` for gzip).
         mqtt: broker address and credentials.
         speed: how many times faster than recorded (1 = real time); None as fast as possible.
         client_id: the MQTT client id.
-        window: most publishes awaiting their PUBACK at once (1 = one at a time).
+        window: most publishes awaiting their acknowledgement at once (1 = one at a time).
 
     Returns:
         The number of messages published (each QoS 1/2 one acknowledged by the broker).
 
     Raises:
-        CaptureError: a malformed line, or the broker could not be reached, dropped the
-            connection or did not acknowledge within 30 s.
-        ValueError: `speed` is not positive, or `window` is below 1.
+        CaptureError: a malformed line, or the broker could not be reached, refused the
+            session, dropped the connection or acknowledged nothing for 30 s.
+        ValueError: `speed` is not positive, or `window` is not within 1..65535.
     """
     if speed is not None and not speed > 0:
         raise ValueError(f"speed is {speed!r}, must be > 0 (None for as fast as possible)")
-    if window < 1:
-        raise ValueError(f"window is {window!r}, must be >= 1")
-    stop = threading.Event()
-    job = functools.partial(
-        _replay_blocking,
-        Path(path),
+    if not 1 <= window <= _MAX_WINDOW:
+        raise ValueError(f"window is {window!r}, must be >= 1 and <= {_MAX_WINDOW}")
+    publisher = FastPublisher(
         mqtt,
-        speed=speed,
         client_id=client_id,
         window=window,
-        stop=stop,
+        connect_timeout_s=_CONNECT_TIMEOUT_S,
+        ack_timeout_s=_ACK_TIMEOUT_S,
     )
-    # Reading, pacing and publishing run in one worker thread with its own socket loop: the event
-    # loop stays free, and no per-message future or callback crosses into asyncio.
-    future = asyncio.get_running_loop().run_in_executor(None, job)
     try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()  # the thread sees it within one loop slice and disconnects
-        with contextlib.suppress(Exception):
-            await future
-        raise
+        async with publisher:
+            return await _publish_file(Path(path), publisher, speed)
+    except PublishError as exc:
+        raise CaptureError(str(exc)) from exc
