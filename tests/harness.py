@@ -1,5 +1,6 @@
 """`osteotel ingest` as a real process, for the end-to-end and fault tests."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -7,9 +8,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,17 @@ class IngestProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def running_ingest(env: dict[str, str], workdir: Path, **options: Any) -> Iterator[IngestProcess]:
+    """Start `osteotel ingest`, and on leaving check that it stops cleanly (exit status 0)."""
+    running = IngestProcess(env, workdir, **options)
+    running.start()
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0
 
 
 def ingest_env(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
+from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
@@ -53,12 +53,8 @@ def ingest(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
         max_payload_bytes=str(MAX_PAYLOAD_BYTES), stats_interval_s="0.5",
     )  # fmt: skip
-    running = IngestProcess(env, tmp_path)
-    running.start()
-    try:
+    with running_ingest(env, tmp_path) as running:
         yield running
-    finally:
-        assert running.stop() == 0
 
 
 def _mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes, tmp_path: Path) -> None:

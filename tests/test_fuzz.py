@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from harness import IngestProcess, ingest_env, query, query_series, wait_for
+from harness import IngestProcess, ingest_env, query, query_series, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codec import encode_frame_binary, encode_frame_json
@@ -31,12 +31,8 @@ def ingest(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
         max_payload_bytes=str(MAX_PAYLOAD_BYTES),
     )  # fmt: skip
-    running = IngestProcess(env, tmp_path)
-    running.start()
-    try:
+    with running_ingest(env, tmp_path) as running:
         yield running
-    finally:
-        assert running.stop() == 0
 
 
 def _frame(rng: np.random.Generator, seq: int, device: str = DEVICE, n: int = 20) -> Frame:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from harness import IngestProcess, ingest_env, query, query_series, wait_for
+from harness import IngestProcess, ingest_env, query, query_series, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codec import encode_frame_json
@@ -28,12 +28,8 @@ def two_processes(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
         stats_interval_s="0.5",
     )  # fmt: skip
-    running = IngestProcess(env, tmp_path, args=("--processes", "2"), processes=2)
-    running.start()
-    try:
+    with running_ingest(env, tmp_path, args=("--processes", "2"), processes=2) as running:
         yield running
-    finally:
-        assert running.stop() == 0
 
 
 def test_partition_is_stable_and_covers_every_process() -> None:
