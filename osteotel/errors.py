@@ -3,12 +3,19 @@
     OsteotelError
     ├── ConfigError          settings or the device registry are invalid
     ├── MissingBinaryError   a server binary (mosquitto, influxd, ...) is not installed
-    └── StoreError           InfluxDB did not take a write or answer a query
-        ├── StoreUnavailable the server could not be reached or answered 5xx: retry later
-        └── StoreRejected    the server refused the request (4xx): retrying will not help
+    ├── StoreError           InfluxDB did not take a write or answer a query
+    │   ├── StoreUnavailable the server could not be reached or answered 5xx: retry later
+    │   └── StoreRejected    the server refused the request (4xx): retrying will not help
+    ├── CaptureError         devices.emulator.capture: a bad capture line, or the broker failed
+    ├── PublishError         devices.emulator.fastpub: the broker refused or dropped a publisher
+    ├── AlertError           alerts.engine: an acknowledgement or silence was refused
+    ├── NotifyError          alerts.notify: a notification channel failed (retried later)
+    └── GrafanaPushError     osteotel.grafana.push: Grafana refused or could not be reached
 
-Library exceptions (urllib, urllib3, influxdb-client) are mapped to these in one place,
-`osteotel.store.http`, so no other module sees the wire library's errors.
+The first five live here; the others next to the one boundary that raises them. Library
+exceptions are mapped to these in one place per outside system (InfluxDB: `osteotel.store.http`;
+notifiers: `alerts.notify`), so no other module sees a wire library's errors.
+Contract violations in messages are not errors but outcomes: `devices.contract.Rejected`.
 """
 
 __all__ = [
