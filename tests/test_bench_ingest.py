@@ -17,25 +17,33 @@ DOCUMENTED = (
     "naive_frames", "naive_seconds", "naive_samples_per_s",
     "latency_offered_frames_per_s", "latency_published_frames_per_s", "latency_frames",
     "latency_sample_rate_hz", "latency_p50_s", "latency_p99_s", "latency_under_1s_fraction",
+    "alert_trials", "alert_notifications", "alert_latency_p50_s", "alert_latency_p99_s",
+    "normal_device_months",
 )  # fmt: skip
+# Counts that a good run keeps at zero (the goal is no false critical alert): reported, not judged.
+NORMAL_RATES = tuple(
+    f"normal_alerts_per_device_month_{severity}" for severity in ("critical", "warning", "info")
+)
 
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The figures of one tiny run: 4 devices, 60 frames of 20 samples, a 1 s paced run."""
+    """The figures of one tiny run: 4 devices, 60 frames of 20 samples, a 1 s paced run,
+    2 alert trials and one normal treatment of a 2 mm lengthening."""
     parser = argparse.ArgumentParser()
     ingest_bench.configure(parser)
     workdir = tmp_path_factory.mktemp("bench-ingest")
     args = parser.parse_args(
         ["--devices", "4", "--frames", "60", "--frame-samples", "20", "--baseline-frames", "12",
-         "--latency-s", "1", "--timeout-s", "120", "--workdir", str(workdir)]
+         "--latency-s", "1", "--timeout-s", "120", "--workdir", str(workdir),
+         "--alert-trials", "2", "--normal-devices", "1", "--normal-target-mm", "2"]
     )  # fmt: skip
     return ingest_bench.run(args)
 
 
 def test_every_documented_figure_and_no_other(figures: dict[str, object]) -> None:
     """The run returns exactly the keys docs/ingest.md documents."""
-    assert sorted(figures) == sorted(DOCUMENTED)
+    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES)
 
 
 @pytest.mark.parametrize("key", DOCUMENTED, ids=DOCUMENTED)
@@ -57,3 +65,27 @@ def test_latency_fraction_is_a_share(figures: dict[str, object]) -> None:
     fraction = figures["latency_under_1s_fraction"]
     assert isinstance(fraction, float)
     assert 0.0 <= fraction <= 1.0
+
+
+@pytest.mark.parametrize("key", NORMAL_RATES, ids=NORMAL_RATES)
+def test_normal_alert_rate_is_a_rate(figures: dict[str, object], key: str) -> None:
+    """Alerts per device-month in normal healing are finite and not negative."""
+    value = figures[key]
+    assert isinstance(value, float)
+    assert 0.0 <= value < float("inf")
+
+
+def test_alert_trials_are_notified(figures: dict[str, object]) -> None:
+    """The webhook receives at least one notification per alert trial."""
+    # Not exactly one: a trial's frame that spans a UTC midnight also closes a day (adherence).
+    notifications = figures["alert_notifications"]
+    assert isinstance(notifications, int)
+    assert notifications >= figures["alert_trials"] == 2
+
+
+def test_alert_p99_is_not_below_p50(figures: dict[str, object]) -> None:
+    """The alert latency's 99th percentile is at least its median."""
+    p50, p99 = figures["alert_latency_p50_s"], figures["alert_latency_p99_s"]
+    assert isinstance(p50, float)
+    assert isinstance(p99, float)
+    assert p99 >= p50

@@ -12,6 +12,8 @@ InfluxDB, a fresh Mosquitto per phase), with a bounded message count and a bound
    `osteotel_ingest_sample_to_stored_seconds` histogram is publish-to-stored.
 4. A naive baseline: a paho callback that json-decodes each frame and writes one influxdb-client
    `Point` per sample, synchronously, one write per frame, into its own database.
+5. Alerts (osteotel/bench/alerts_load.py): publish-to-webhook latency of a critical alert through
+   ingest's DSP and `osteotel alerts run`; and alerts per device-month in emulated normal healing.
 
 Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     devices, frames, frame_samples, samples     the sustained workload
@@ -24,6 +26,8 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     naive_frames, naive_seconds, naive_samples_per_s
     latency_offered_frames_per_s, latency_published_frames_per_s, latency_frames,
     latency_sample_rate_hz, latency_p50_s, latency_p99_s, latency_under_1s_fraction
+    alert_trials, alert_notifications, alert_latency_p50_s, alert_latency_p99_s
+    normal_device_months, normal_alerts_per_device_month_{critical,warning,info}
 """
 
 import argparse
@@ -82,6 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout-s", type=float, default=600.0, help="bound on each phase, s (default 600)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default temp)")
+    from osteotel.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
+
+    alerts_load.add_options(parser)
 
 
 # --- workload -----------------------------------------------------------------------------------
@@ -635,6 +642,7 @@ def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Measure every phase and return the figures (keys in the module docstring)."""
+    from osteotel.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
     from osteotel.services import InfluxDB  # noqa: PLC0415
 
     ids = _ids(args.devices)
@@ -697,6 +705,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     timeout_s=args.timeout_s,
                 )
             )
+            figures.update(
+                alerts_load.alert_latency(
+                    workdir / "alerts",
+                    influx.url,
+                    trials=args.alert_trials,
+                    timeout_s=args.timeout_s,
+                )
+            )
+        figures.update(
+            alerts_load.normal_alert_counts(
+                workdir / "normal",
+                devices=args.normal_devices,
+                target_mm=args.normal_target_mm,
+            )
+        )
     figures["ingest_1p_vs_mosquitto_sub"] = samples_per_s[1] / args.frame_samples / sub_per_s
     figures["ingest_1p_vs_naive"] = samples_per_s[1] / naive_samples_per_s
     figures["scaling_2p_vs_1p"] = samples_per_s[2] / samples_per_s[1]
