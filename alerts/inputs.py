@@ -101,6 +101,9 @@ class QualityInput(_Envelope):
 
     kind: Literal["quality"]
     channel: str = "force"
+    # The stretch of frames the record covers (first and last problem sample); None: `t_ns`.
+    t_start_ns: int | None = None
+    t_end_ns: int | None = None
     flatline: bool = False
     n_saturated: int = 0
     n_spikes: int = 0

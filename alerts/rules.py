@@ -6,13 +6,13 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | rule | severity | input | fires when |
 |---|---|---|---|
 | distraction_force | warning/critical | step | peak force above the warning/critical limit |
-| premature_consolidation | warning | step | residual force rising faster than the limit (N/day) |
+| premature_consolidation | warning | step | step stiffness growing faster than the limit (/day) |
 | delayed_consolidation | warning | daily | load share falling too slowly, or projected too late |
-| stiffness_drop | critical | step, probe | k_inst below half the patient's recent median |
+| stiffness_drop | critical | step, probe, daily | k_inst below half the recent median; loosening |
 | force_drop | critical | step | residual force below half the patient's recent median |
 | overload | warning | telemetry | frame peak far above the patient's daily loading |
 | missed_steps, extra_steps | warning | daily | steps against the prescribed rhythm |
-| sensor_fault | warning | quality | flatline, saturation, spikes, non-finite, drift |
+| sensor_fault | warning | quality, daily | flatline, saturation, spikes, ... persisting |
 | data_gap | warning | telemetry | frames missing (sequence gaps) within an hour |
 | device_fault | warning | fault event | the device reports a fault (clears on reboot) |
 | device_silent | warning | clock | nothing from the device for `silent_after_s` |
@@ -36,7 +36,7 @@ from alerts.thresholds import AlertOverrides, Thresholds
 from devices.contract import Battery, Event, Fault, Frame, HubStatus, Reboot
 from devices.registry import Device, Registry
 
-__all__ = ["RULES", "RuleBook", "UnknownDeviceError", "slope_per_day"]
+__all__ = ["RULES", "RuleBook", "UnknownDeviceError", "slope_per_day", "slope_with_error"]
 
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
@@ -70,15 +70,28 @@ class UnknownDeviceError(LookupError):
 
 def slope_per_day(points: Iterable[tuple[int, float]]) -> float:
     """Least-squares slope of (t_ns, value) points, value units per day; NaN below 2 times."""
+    return slope_with_error(points)[0]
+
+
+def slope_with_error(points: Iterable[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares slope of (t_ns, value) points and its standard error, both per day.
+
+    Non-finite values are skipped. The slope is NaN below 2 distinct times; the standard
+    error (from the residuals, n - 2 degrees of freedom) is NaN below 3 points.
+    """
     pts = [(t / _DAY_NS, v) for t, v in points if math.isfinite(v)]
     if len(pts) < 2:
-        return math.nan
+        return math.nan, math.nan
     mean_t = sum(t for t, _ in pts) / len(pts)
     mean_v = sum(v for _, v in pts) / len(pts)
     sxx = sum((t - mean_t) ** 2 for t, _ in pts)
     if sxx == 0.0:
-        return math.nan
-    return sum((t - mean_t) * (v - mean_v) for t, v in pts) / sxx
+        return math.nan, math.nan
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in pts) / sxx
+    if len(pts) < 3:
+        return slope, math.nan
+    residual = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in pts)
+    return slope, math.sqrt(residual / (len(pts) - 2) / sxx)
 
 
 @dataclass
@@ -93,6 +106,10 @@ class _Track:
     last_seq: int | None = None
     gaps: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     faulty_channels: set[str] = field(default_factory=set)
+    # Per channel, the current problem episode: (first problem ns, last problem ns).
+    episodes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The DSP's daily `loosening` flag (device stiffness drop in the load test) is raised.
+    device_loose: bool = False
     last_seen_ns: int = 0
     # Baselines frozen while a drop alert is active, so the low values do not become normal.
     frozen: dict[str, float] = field(default_factory=dict)
@@ -216,34 +233,51 @@ class RuleBook:
                 f"peak distraction force {peak:.0f} N (limit {limit:.0f} N)",
             )  # fmt: skip
         k = est.k_inst_n_per_mm
-        history = [s[1] for s in track.steps] if est.kind == "step" else list(track.probes)
-        out += self._drop(
-            d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness", "N/mm"
-        )
         if est.kind == "probe":
+            # A probe on the soft regenerate answers within the noise: only a fit that
+            # converged and explains the relaxation measures a stiffness.
+            if est.fit_status != "ok" or not est.fit_r2 >= th.probe_min_fit_r2:
+                return out
+            out += self._drop(
+                d, "stiffness_drop", est.t_ns, k, list(track.probes), th, 0.0,
+                "instantaneous stiffness (probe)", "N/mm",
+            )  # fmt: skip
             if finite(k):
                 track.probes.append(k)
             return out
+        # A distraction step moves the force by several N: a failed fit there is the tissue
+        # doing something else (a separation), so every step is judged.
+        history = [s[1] for s in track.steps]
+        out += self._drop(
+            d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness", "N/mm"
+        )
         residuals = [s[2] for s in track.steps]
         out += self._drop(
             d, "force_drop", est.t_ns, est.f_residual_n, residuals, th, th.force_drop_min_n,
             "residual force", "N",
         )  # fmt: skip
         track.steps.append((est.t_ns, k, est.f_residual_n))
+        return out + self._premature(d, track, th, est.t_ns)
+
+    def _premature(self, d: Device, track: _Track, th: Thresholds, t_ns: int) -> list[Observation]:
+        # Relative to the patient's own trajectory: the growth rate of ln k_inst is scale-free,
+        # so it needs no absolute force and holds for any gain, site or tissue.
         window_ns = round(th.premature_window_days * _DAY_NS)
-        recent = [(t, f) for t, _, f in track.steps if t > est.t_ns - window_ns and finite(f)]
-        if len(recent) >= th.premature_min_steps:
-            slope = slope_per_day(recent)
-            if finite(slope):
-                out += self._obs(
-                    d, "premature_consolidation", est.t_ns,
-                    slope > th.premature_residual_n_per_day,
-                    slope < th.premature_residual_n_per_day * _SLOPE_CLEAR, Severity.WARNING,
-                    slope,
-                    f"residual force rising {slope:.1f} N/day over {len(recent)} steps "
-                    f"(limit {th.premature_residual_n_per_day:g} N/day)",
-                )  # fmt: skip
-        return out
+        recent = [(t, math.log(k)) for t, k, _ in track.steps if t > t_ns - window_ns and k > 0]
+        if len(recent) < th.premature_min_steps:
+            return []
+        growth, error = slope_with_error(recent)
+        if not (finite(growth) and finite(error)):
+            return []
+        limit = math.log1p(th.premature_k_growth_per_day)
+        # Two standard errors either way: one noisy day of step fits neither fires nor clears.
+        rate = math.expm1(growth)
+        return self._obs(
+            d, "premature_consolidation", t_ns, growth - 2.0 * error > limit,
+            growth + 2.0 * error < limit, Severity.WARNING, rate,
+            f"step stiffness growing {100 * rate:.0f} %/day over {len(recent)} steps "
+            f"(limit {100 * th.premature_k_growth_per_day:g} %/day)",
+        )  # fmt: skip
 
     def _drop(  # noqa: PLR0917 - the two drop rules differ only in these values
         self,
@@ -266,6 +300,8 @@ class RuleBook:
             return []
         trigger = value < (1.0 - th.drop_fraction) * baseline and baseline - value >= min_drop
         clear = value >= th.drop_clear_fraction * baseline
+        if rule == "stiffness_drop" and track.device_loose:
+            clear = False  # the device's own stiffness is still down (`_loosening`)
         if trigger:
             track.frozen[rule] = baseline
         elif clear:
@@ -302,16 +338,34 @@ class RuleBook:
             )
             if bad
         ]
+        # A saturated, frozen, non-finite or drifting reading is a fault as it stands; a spike
+        # may be one glitch. The DSP sends a record per problem stretch and nothing while the
+        # signal is clean, so spikes persist in the data's time: stretches that follow each
+        # other within `sensor_fault_for_s` make one episode, a fault once it lasts that long.
+        definite = any(p != "spikes" for p in problems)
+        persist_ns = round(th.sensor_fault_for_s * _NS)
+        first_ns = est.t_ns if est.t_start_ns is None else est.t_start_ns
+        last_ns = max(first_ns, est.t_ns if est.t_end_ns is None else est.t_end_ns)
+        start_ns, end_ns = track.episodes.get(est.channel, (first_ns, last_ns))
+        if first_ns - end_ns > persist_ns:
+            start_ns = first_ns  # a new episode: the last one ended long before
         if problems:
-            track.faulty_channels.add(est.channel)
-        else:
+            end_ns = max(end_ns, last_ns)
+            track.episodes[est.channel] = (start_ns, end_ns)
+            if definite or end_ns - start_ns >= persist_ns:
+                track.faulty_channels.add(est.channel)
+        elif est.channel in track.faulty_channels:
             track.faulty_channels.discard(est.channel)
+            track.episodes.pop(est.channel, None)
+        return self._sensor_fault(d, est.t_ns, problems)
+
+    def _sensor_fault(self, d: Device, t_ns: int, problems: list[str]) -> list[Observation]:
+        track = self._tracks[d.id]
         faulty = sorted(track.faulty_channels)
         return self._obs(
-            d, "sensor_fault", est.t_ns, bool(faulty), not faulty, Severity.WARNING,
-            float(len(faulty)),
+            d, "sensor_fault", t_ns, bool(faulty), not faulty and not track.episodes,
+            Severity.WARNING, float(len(faulty)),
             f"sensor fault on {', '.join(faulty) or 'no channel'}: {', '.join(problems) or 'ok'}",
-            th.sensor_fault_for_s,
         )  # fmt: skip
 
     def _daily(
@@ -329,6 +383,12 @@ class RuleBook:
             Severity.WARNING, float(extra),
             f"{extra} distraction steps beyond the {est.steps_prescribed} prescribed on that day",
         )  # fmt: skip
+        out += self._loosening(d, track, est)
+        if "signal_quality" not in est.flags and (track.faulty_channels or track.episodes):
+            # A whole day without a problem stretch: every channel is clean again.
+            track.faulty_channels.clear()
+            track.episodes.clear()
+            out += self._sensor_fault(d, est.t_ns, [])
         if est.phase == "ready":
             out += self._obs(
                 d, "readiness", est.t_ns, True, False, Severity.INFO, est.load_share,
@@ -372,6 +432,20 @@ class RuleBook:
             + ("; projected removal later than the healing index allows" if late else ""),
         )  # fmt: skip
         return out
+
+    def _loosening(self, d: Device, track: _Track, est: DailyInput) -> list[Observation]:
+        # Loosening shows as a stiffness drop (DOMAIN.md): the DSP's `loosening` flag is the
+        # device's own stiffness in the weight-bearing test below its recent median. It shares
+        # `stiffness_drop` with the tissue's drop; each clears only when the other is not up.
+        loose = "loosening" in est.flags
+        if not (loose or track.device_loose):
+            return []
+        track.device_loose = loose
+        return self._obs(
+            d, "stiffness_drop", est.t_ns, loose,
+            not loose and "stiffness_drop" not in track.frozen, Severity.CRITICAL, None,
+            "device stiffness in the weight-bearing test below its recent median (loosening)",
+        )  # fmt: skip
 
     # --- events, status, frames, clock ---------------------------------------------------------
 

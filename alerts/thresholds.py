@@ -51,10 +51,15 @@ class Thresholds(BaseModel):
     # Hysteresis: the alert resolves below this fraction of the threshold it crossed.
     force_clear_fraction: Fraction = 0.9
 
-    # Premature consolidation: residual force climbing too fast during distraction. Dog tibia:
-    # "> 200 N by week 2" is premature against a linear rise to 111-155 N by week 4
-    # (Aronson 1994), i.e. > ~14 N/day against ~5 N/day.
-    premature_residual_n_per_day: Positive = 14.0
+    # Premature consolidation, judged against the patient's own trajectory: the growth rate of
+    # the step stiffness k_inst (relative, per day; scale-free, so site and tissue do not
+    # matter). Normal growth: ~3 %/day (the emulator's calibration to Simpson 1996, DOMAIN.md:
+    # 16 -> 42 N/mm over 50 mm at 1 mm/day). Dog tibia: "> 200 N by week 2" is premature
+    # against a linear rise to 111-155 N by week 4 (Aronson 1994), i.e. <= 78 N at week 2: the
+    # force per step is >= 200/78 = 2.6 times normal after 14 days, an excess growth of
+    # ln(2.6)/14 = 6.8 %/day on top of the normal 3 %/day: limit 10 %/day. It fires when the
+    # growth is above the limit by two standard errors of the fitted slope.
+    premature_k_growth_per_day: Positive = 0.10
     premature_window_days: Positive = 7.0
     premature_min_steps: Annotated[int, Field(ge=3)] = 8
 
@@ -77,6 +82,10 @@ class Thresholds(BaseModel):
     drop_clear_fraction: Fraction = 0.7
     drop_baseline_steps: Annotated[int, Field(ge=3)] = 8
     force_drop_min_n: Positive = 50.0
+    # A probe is 0.02 mm: on the soft regenerate its answer (k_inst x 0.02 mm, under 1 N) is
+    # within the sensor noise. Its stiffness is judged only when its fit converged and explains
+    # this share of the relaxation's variance (signal variance >= 9 x the noise's).
+    probe_min_fit_r2: Fraction = 0.9
 
     # Overload (a fall): a force spike far above the patient's daily loading. Daily loading =
     # the largest hourly force maximum of the last 24 h (the day's walking). Never below
@@ -90,7 +99,8 @@ class Thresholds(BaseModel):
     missed_steps_per_day: Annotated[int, Field(ge=1)] = 1
     extra_steps_per_day: Annotated[int, Field(ge=1)] = 1
 
-    # Sensor faults: a fault must persist this long before it alerts (one glitch is noise).
+    # Sensor faults: a fault must persist this long in the data before it alerts (one glitch
+    # is noise): problem stretches that follow each other within this time make one episode.
     sensor_fault_for_s: Annotated[float, Field(ge=0)] = 300.0
     spike_fraction: Fraction = 0.001
     # Data gaps: frames missing (sequence numbers skipped) within an hour.

@@ -8,7 +8,7 @@ import pytest
 
 from alerts.inputs import parse_estimate
 from alerts.model import Observation, Severity
-from alerts.rules import RuleBook, UnknownDeviceError, slope_per_day
+from alerts.rules import RuleBook, UnknownDeviceError, slope_per_day, slope_with_error
 from alerts.thresholds import AlertOverrides, load_overrides
 from devices.contract import Battery, Fault, Frame, HubStatus, Reboot
 from devices.registry import Registry
@@ -109,16 +109,45 @@ def steps(rules: RuleBook, residuals: list[float], *, k: float = 50.0) -> list[O
     return out
 
 
-def test_premature_consolidation_fires_on_fast_rise() -> None:
-    """Residual force rising 20 N/day (faster than 14 N/day) fires premature_consolidation."""
-    out = steps(book(), [10.0 + 5.0 * i for i in range(12)])  # 4 steps/day: 20 N/day
-    assert fired(out, "premature_consolidation")
+# Step-to-step scatter of fitted k_inst on a soft regenerate: about +/- 15 %.
+SCATTER = [1.0, 1.15, 0.88, 1.05, 0.9, 1.12, 0.95, 1.0, 0.86, 1.1, 0.97, 1.04] * 3
 
 
-def test_normal_rise_is_quiet() -> None:
-    """Residual force rising 5 N/day, a normal lengthening, does not fire."""
-    out = steps(book(), [10.0 + 1.25 * i for i in range(12)])
-    assert not fired(out, "premature_consolidation")
+def growing(rules: RuleBook, growth_per_day: float, n: int = 12) -> list[Observation]:
+    """Four steps a day whose k_inst grows by `growth_per_day`, with SCATTER."""
+    out: list[Observation] = []
+    for i in range(n):
+        k = 16.0 * (1.0 + growth_per_day) ** (i / 4) * SCATTER[i]
+        out += rules.estimate(
+            est("step", T0 + i * DAY // 4, k_inst_n_per_mm=k, f_residual_n=10.0 + i)
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("growth_per_day", "fires"),
+    [(0.25, True), (0.03, False), (0.10, False), (-0.05, False)],
+    ids=["premature-25pct", "normal-3pct", "at-limit", "softening"],
+)
+def test_premature_consolidation_against_own_trajectory(growth_per_day: float, fires: bool) -> None:
+    """Stiffness growing 25 %/day fires premature_consolidation; 3 %/day or at 10 %/day not."""
+    out = growing(book(), growth_per_day, n=12 if fires else 36)
+    assert bool(fired(out, "premature_consolidation")) is fires
+
+
+def test_premature_consolidation_needs_eight_steps() -> None:
+    """Seven fast-growing steps are too few to judge a growth rate."""
+    assert [o for o in growing(book(), 0.5, n=7) if o.rule == "premature_consolidation"] == []
+
+
+def test_premature_consolidation_value_is_the_growth_rate() -> None:
+    """The alert's value is the fitted relative growth per day."""
+    rules = book()
+    out: list[Observation] = []
+    for i in range(8):
+        out += rules.estimate(est("step", T0 + i * DAY // 4, k_inst_n_per_mm=16.0 * 1.5 ** (i / 4)))
+    [o] = fired(out, "premature_consolidation")
+    assert o.value == pytest.approx(0.5)
 
 
 def test_stiffness_drop_fires_against_own_history() -> None:
@@ -195,13 +224,76 @@ def test_readiness_is_info_and_needs_margin() -> None:
     assert o.severity is Severity.INFO
 
 
-def test_sensor_fault_waits_for_duration() -> None:
-    """A flatline fires sensor_fault with a for-duration; a clean report clears it."""
+def quality(rules: RuleBook, t_s: float, span_s: float, **fields: Any) -> list[Observation]:
+    t_ns = T0 + round(t_s * S)
+    return rules.estimate(
+        est("quality", t_ns, t_start_ns=t_ns, t_end_ns=t_ns + round(span_s * S), **fields)
+    )
+
+
+def test_lone_spike_is_no_sensor_fault() -> None:
+    """One frame with one spike, hours from any other problem, raises no sensor_fault."""
     rules = book()
-    [o] = fired(rules.estimate(est("quality", T0, flatline=True, n_samples=6000)), "sensor_fault")
-    assert o.for_s == 300.0
-    [ok] = rules.estimate(est("quality", T0 + 60 * S, n_samples=6000))
-    assert ok.clear
+    out = quality(rules, 0, 9.9, n_spikes=1, n_samples=100)
+    out += quality(rules, 4 * 3600, 9.9, n_spikes=1, n_samples=100)
+    assert not fired(out, "sensor_fault")
+
+
+def test_spikes_fire_sensor_fault_once_they_persist() -> None:
+    """Spiky stretches a minute apart fire sensor_fault once they span 300 s of data."""
+    rules = book()
+    spiky = {"n_spikes": 2, "n_samples": 100}
+    early = [o for t in range(0, 240, 60) for o in quality(rules, t, 10, **spiky)]
+    assert not fired(early, "sensor_fault")
+    [o] = fired(quality(rules, 290, 10, **spiky), "sensor_fault")
+    assert (o.severity, o.for_s) == (Severity.WARNING, 0.0)
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [{"flatline": True}, {"n_saturated": 3}, {"n_nonfinite": 1}, {"drift": True}],
+    ids=["flatline", "saturation", "non-finite", "drift"],
+)
+def test_definite_sensor_problem_fires_at_once(problem: dict[str, Any]) -> None:
+    """A frozen, saturated, non-finite or drifting reading fires sensor_fault on its record."""
+    assert fired(quality(book(), 0, 10, n_samples=100, **problem), "sensor_fault")
+
+
+def test_sensor_fault_clears_after_a_clean_day() -> None:
+    """A daily record without signal_quality clears a firing sensor_fault."""
+    rules = book()
+    assert fired(quality(rules, 0, 900, n_saturated=5, n_samples=100), "sensor_fault")
+    [clear] = [o for o in daily(rules, 1, flags=[]) if o.rule == "sensor_fault"]
+    assert clear.clear
+
+
+def probes(rules: RuleBook, ks: list[float], r2: float) -> list[Observation]:
+    out: list[Observation] = []
+    for i, k in enumerate(ks):
+        out += rules.estimate(
+            est("probe", T0 + i * DAY, k_inst_n_per_mm=k, fit_r2=r2, fit_status="ok")
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("r2", "fires"), [(0.99, True), (0.5, False)], ids=["clean-fit", "noise-fit"]
+)
+def test_probe_stiffness_drop_needs_a_fit_that_explains_the_probe(r2: float, fires: bool) -> None:
+    """A probe stiffness a fifth of the last probes' fires only when its fit has R2 >= 0.9."""
+    out = probes(book(), [100.0, 110.0, 105.0, 20.0], r2)
+    assert bool(fired(out, "stiffness_drop")) is fires
+
+
+def test_device_loosening_flag_raises_stiffness_drop_until_a_day_without_it() -> None:
+    """The daily loosening flag fires stiffness_drop; probes do not clear it, a clean day does."""
+    rules = book()
+    [o] = fired(daily(rules, 0, flags=["loosening"]), "stiffness_drop")
+    assert o.severity is Severity.CRITICAL
+    later = probes(rules, [100.0, 110.0, 105.0, 108.0], 0.99)
+    assert not [p for p in later if p.rule == "stiffness_drop" and p.clear]
+    [clear] = [x for x in daily(rules, 5, flags=[]) if x.rule == "stiffness_drop"]
+    assert clear.clear
 
 
 def test_battery_levels() -> None:
@@ -273,6 +365,12 @@ def test_unknown_device_is_refused() -> None:
     """An estimate for a device on another hub than the registry's is refused."""
     with pytest.raises(UnknownDeviceError):
         book().event("HUB-B", Battery(device="DX-0001", t_ns=T0, pct=50.0))
+
+
+def test_slope_with_error_is_zero_on_a_line() -> None:
+    """Points exactly on a line have their slope per day and a zero standard error."""
+    slope, error = slope_with_error([(i * DAY, 2.0 + 0.5 * i) for i in range(5)])
+    assert (slope, error) == (pytest.approx(0.5), pytest.approx(0.0, abs=1e-12))
 
 
 def test_slope_per_day() -> None:
