@@ -23,6 +23,7 @@ __all__ = [
     "Q_INT_LEN",
     "RLS_FLOAT_LEN",
     "RLS_INT_LEN",
+    "STEP_BINS_LEN",
     "STEP_FLOAT_LEN",
     "STEP_INT_LEN",
 ]
@@ -34,13 +35,16 @@ __all__ = [
 PRE_N = 16
 # Relaxation curve after the step: at most STEP_MAX_BINS bins, narrow just after the step and
 # wider later (edges c * (exp(b * h) - 1) seconds), each with sum, time sum, count, min and max.
+# The bins live in a separate row of a shared pool ("window slot"), held only while a window is
+# open: a device spends ~40 min a day in windows (4 steps x 10 min), so most devices need none.
 STEP_MAX_BINS = 64
+STEP_BINS_LEN = 5 * STEP_MAX_BINS  # one window slot: STEP_MAX_BINS rows of
+# (sum_n, sum_t_s, count, min_n, max_n)
 
 SF_F_BEFORE = 0  # force before the step (N), set when the step opens
 SF_DELTA_MM = 1  # step displacement (mm)
 SF_PRE = 2  # PRE_N rows of (sum_n, count, min_n, max_n)
-SF_BINS = SF_PRE + 4 * PRE_N  # STEP_MAX_BINS rows of (sum_n, sum_t_s, count, min_n, max_n)
-SF_PEND_DELTA = SF_BINS + 5 * STEP_MAX_BINS  # pending step displacements (mm)
+SF_PEND_DELTA = SF_PRE + 4 * PRE_N  # pending step displacements (mm)
 PEND_N = 4
 STEP_FLOAT_LEN = SF_PEND_DELTA + PEND_N
 
@@ -53,7 +57,8 @@ SI_PEND_T = 5  # PEND_N pending step times (ns)
 SI_PRE_KEY = SI_PEND_T + PEND_N  # PRE_N bin numbers of the ring slots
 SI_DROPPED = SI_PRE_KEY + PRE_N  # step events dropped because the pending slots were full
 SI_T_WIN_LAST = SI_DROPPED + 1  # time of the last sample that went into the window (ns)
-STEP_INT_LEN = SI_T_WIN_LAST + 1
+SI_SLOT = SI_T_WIN_LAST + 1  # window slot (row of the bins pool) held; -1 if none
+STEP_INT_LEN = SI_SLOT + 1
 
 MODE_IDLE = 0
 MODE_OPEN = 1
@@ -95,6 +100,7 @@ def _trimmed(total: float, count: float, lo: float, hi: float) -> tuple[float, f
 def _step_push(
     fs: np.ndarray,
     si: np.ndarray,
+    bins: np.ndarray,
     force_n: np.ndarray,
     t0_ns: int,
     dt_ns: float,
@@ -104,7 +110,10 @@ def _step_push(
     n_bins: int,
     window_ns: int,
 ) -> None:
-    """Add a run of samples to the pre-step ring and, while a window is open, to its bins."""
+    """Add a run of samples to the pre-step ring and, while a window is open, to its bins
+    (row si[SI_SLOT] of the pool `bins`)."""
+    # Only an open window holds a slot; otherwise any row stands in and is never written.
+    wb = bins[max(si[SI_SLOT], 0)]
     for k in range(force_n.shape[0]):
         f = force_n[k]
         if not math.isfinite(f):
@@ -134,15 +143,15 @@ def _step_push(
             continue
         tau_s = rel_ns * 1e-9
         b = min(int(math.log1p(tau_s / c_s) / h), n_bins - 1)
-        row = SF_BINS + 5 * b
-        if fs[row + 2] == 0.0:
-            fs[row + 3] = f
-            fs[row + 4] = f
-        fs[row] += f
-        fs[row + 1] += tau_s
-        fs[row + 2] += 1.0
-        fs[row + 3] = min(fs[row + 3], f)
-        fs[row + 4] = max(fs[row + 4], f)
+        row = 5 * b
+        if wb[row + 2] == 0.0:
+            wb[row + 3] = f
+            wb[row + 4] = f
+        wb[row] += f
+        wb[row + 1] += tau_s
+        wb[row + 2] += 1.0
+        wb[row + 3] = min(wb[row + 3], f)
+        wb[row + 4] = max(wb[row + 4], f)
         si[SI_N_SAMPLES] += 1
         si[SI_T_WIN_LAST] = t
 
@@ -151,12 +160,14 @@ def _step_push(
 def _step_open(
     fs: np.ndarray,
     si: np.ndarray,
+    wb: np.ndarray,
     t_step_ns: int,
     delta_mm: float,
     pre_bin_ns: int,
     pre_bins: int,
 ) -> None:
-    """Open a window: take the force before the step from the ring and clear the bins."""
+    """Open a window: take the force before the step from the ring and clear its bins `wb`
+    (the window slot the caller gave the device)."""
     key_step = t_step_ns // pre_bin_ns
     total = 0.0
     count = 0.0
@@ -170,8 +181,8 @@ def _step_open(
             count += n
     fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
     fs[SF_DELTA_MM] = delta_mm
-    for i in range(SF_BINS, SF_BINS + 5 * STEP_MAX_BINS):
-        fs[i] = 0.0
+    for i in range(STEP_BINS_LEN):
+        wb[i] = 0.0
     si[SI_MODE] = MODE_OPEN
     si[SI_T_STEP] = t_step_ns
     si[SI_N_SAMPLES] = 0
@@ -320,6 +331,7 @@ def _prony_fit(
 @njit(cache=True)
 def _step_fit(  # noqa: PLR0915 - one straight pass: bins, peak, fit, quality
     fs: np.ndarray,
+    wb: np.ndarray,
     c_s: float,
     h: float,
     n_bins: int,
@@ -331,7 +343,7 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, peak, fit, quality
     refine_rounds: int,
     out: np.ndarray,
 ) -> None:
-    """Fit the relaxation held in the bins of a closed window; results at the R_* offsets."""
+    """Fit the relaxation held in the bins `wb` of a closed window; results at the R_* offsets."""
     for i in range(STEP_RESULT_LEN):
         out[i] = np.nan
     out[R_F_BEFORE] = fs[SF_F_BEFORE]
@@ -343,14 +355,14 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, peak, fit, quality
     used = 0
     peak = -1
     for b in range(n_bins):
-        base = SF_BINS + 5 * b
-        count = fs[base + 2]
+        base = 5 * b
+        count = wb[base + 2]
         if count == 0.0:
             continue
-        s, n = _trimmed(fs[base], count, fs[base + 3], fs[base + 4])
+        s, n = _trimmed(wb[base], count, wb[base + 3], wb[base + 4])
         mean_n[used] = s / n
         weight[used] = n
-        time_s[used] = fs[base + 1] / count
+        time_s[used] = wb[base + 1] / count
         # The peak is the largest bin mean early after the step (the step may be a ramp).
         if time_s[used] <= peak_search_s and (peak < 0 or mean_n[used] > mean_n[peak]):
             peak = used
@@ -737,6 +749,7 @@ def _fleet_frames(
     ei: np.ndarray,
     step_fs: np.ndarray,
     step_si: np.ndarray,
+    step_bins: np.ndarray,
     rls_f: np.ndarray,
     rls_i: np.ndarray,
     share_f: np.ndarray,
@@ -796,6 +809,7 @@ def _fleet_frames(
         _step_push(
             step_fs[i],
             step_si[i],
+            step_bins,
             force,
             t0,
             dt,

@@ -16,7 +16,6 @@ consolidation and anomaly `flags`). docs/dsp.md lists every field.
 """
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -270,54 +269,69 @@ def _day_ns(day: float) -> int:
     return round(day * NS_PER_DAY) if math.isfinite(day) else -1
 
 
-@dataclass
-class _Pending:
-    """A quality stretch being accumulated for one channel."""
+# Per-device estimator state beyond the trackers', in numeric rows instead of Python objects
+# (a deque alone costs ~600 bytes): int columns appended to the fused kernel's `_ei` rows (which
+# reads only the first kern.EST_INT_LEN) and one float row. Histories are short arrays kept
+# oldest first with a length; a full one drops its oldest entry, as a bounded deque would.
+_STEP_KINDS = 8  # recent step events remembered to tell a step's estimate from a probe's
+_TODAY_STEPS = 8  # the day's step values held in the row; more go to a per-device list
+_TODAY_PROBES = 4  # the same for the day's lengthening probes
 
-    t_start_ns: int
-    t_end_ns: int
-    counts: NDArray[np.int64]
-    n_samples: int = 0
-    n_frames: int = 0
+DI_N_STEPS = kern.EST_INT_LEN
+DI_N_PROBES = DI_N_STEPS + 1
+DI_LAST_STEP_NS = DI_N_PROBES + 1  # -1 before the first step
+DI_PHASE = DI_LAST_STEP_NS + 1  # index into _PHASES
+DI_STEPS_TODAY = DI_PHASE + 1
+DI_FLAGS = DI_STEPS_TODAY + 1  # the day's anomaly flags, one bit each (_FLAG_BITS)
+DI_N_TODAY = DI_FLAGS + 1  # step values held today (k, k_eq, residual)
+DI_N_PROBES_TODAY = DI_N_TODAY + 1  # lengthening probe values held today (k, k_eq)
+DI_N_RECENT_K = DI_N_PROBES_TODAY + 1
+DI_N_RESIDUAL = DI_N_RECENT_K + 1
+DI_N_SHARES = DI_N_RESIDUAL + 1
+DI_N_K_DEVICE = DI_N_SHARES + 1
+DI_N_KINDS = DI_N_K_DEVICE + 1
+DI_KIND_PROBE = DI_N_KINDS + 1  # bit j set: recent step event j is a probe
+DI_KIND_T = DI_KIND_PROBE + 1  # _STEP_KINDS times of recent step events (ns)
+DI_Q = DI_KIND_T + _STEP_KINDS  # per channel (force, disp), an open quality stretch:
+Q_T_START, Q_T_END, Q_COUNTS, Q_N_SAMPLES, Q_N_FRAMES, Q_LEN = 0, 1, 2, 6, 7, 8
+DI_LEN = DI_Q + 2 * Q_LEN
+
+DF_GAINED_MM = 0
+DF_MM_TODAY = 1
+DF_SHARE_TODAY = 2  # NaN if no test today
+DF_K_DEVICE_TODAY = 3  # NaN if none today
+DF_RECENT_T = 4  # _STEP_HISTORY step times (days) ...
+DF_RECENT_K = DF_RECENT_T + _STEP_HISTORY  # ... and their k_inst (N/mm)
+DF_RESIDUAL = DF_RECENT_K + _STEP_HISTORY  # 4 recent residual forces (N)
+DF_SHARE_DAY = DF_RESIDUAL + 4  # _SHARE_HISTORY load-share times (days) ...
+DF_SHARE = DF_SHARE_DAY + _SHARE_HISTORY  # ... and the shares
+DF_K_DEVICE = DF_SHARE + _SHARE_HISTORY  # _KDEV_HISTORY device stiffnesses (N/mm)
+DF_TODAY = DF_K_DEVICE + _KDEV_HISTORY  # _TODAY_STEPS rows of (k_inst, k_eq, residual)
+DF_PROBES_TODAY = DF_TODAY + 3 * _TODAY_STEPS  # _TODAY_PROBES rows of (k_inst, k_eq)
+DF_LEN = DF_PROBES_TODAY + 2 * _TODAY_PROBES
+
+_PHASES: tuple[Phase, ...] = ("latency", "distraction", "consolidation", "ready")
+_PHASE_CODE = {name: code for code, name in enumerate(_PHASES)}
+_FLAG_BITS = {
+    "premature_consolidation": 1,
+    "poor_regenerate": 2,
+    "separation": 4,
+    "loosening": 8,
+    "signal_quality": 16,
+}
 
 
-@dataclass(slots=True)
-class _Device:
-    """Python-side state of one device: bounded histories and the current day's tallies.
+def _flag_names(bits: int) -> set[str]:
+    return {name for name, bit in _FLAG_BITS.items() if bits & bit}
 
-    The day, its input span, the load-test flag and the open quality stretches live in the
-    fleet's `_ei` rows instead, where the fused frame kernel reads and updates them.
-    """
 
-    device: str
-    index: int
-    calibration_id: str | None = None
-    protocol: Protocol | None = None
-    n_steps: int = 0
-    n_probes: int = 0
-    gained_mm: float = 0.0
-    last_step_ns: int = -1
-    phase: Phase = "latency"
-    step_kinds: deque[tuple[int, StepKind]] = field(default_factory=lambda: deque(maxlen=8))
-    recent_k: deque[tuple[float, float]] = field(
-        default_factory=lambda: deque(maxlen=_STEP_HISTORY)
-    )
-    recent_residual: deque[float] = field(default_factory=lambda: deque(maxlen=4))
-    shares: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_SHARE_HISTORY))
-    k_device: deque[float] = field(default_factory=lambda: deque(maxlen=_KDEV_HISTORY))
-    # The current day's tallies.
-    steps_today: int = 0
-    mm_today: float = 0.0
-    gained_at_day_start_mm: float = 0.0
-    k_today: list[float] = field(default_factory=list)
-    k_eq_today: list[float] = field(default_factory=list)
-    residual_today: list[float] = field(default_factory=list)
-    probe_k_today: list[float] = field(default_factory=list)
-    probe_k_eq_today: list[float] = field(default_factory=list)
-    share_today: float = math.nan
-    k_device_today: float = math.nan
-    flags_today: set[str] = field(default_factory=set)
-    quality: dict[str, _Pending] = field(default_factory=dict)
+def _ring_push(row: NDArray[Any], at: int, cap: int, n: int, value: float) -> int:
+    """Append value to the history row[at:at + cap] holding n entries; the new length."""
+    if n == cap:
+        row[at : at + cap - 1] = row[at + 1 : at + cap]
+        n -= 1
+    row[at + n] = value
+    return n + 1
 
 
 def _check_batch(  # noqa: PLR0917 - the columns of a batch
@@ -362,6 +376,7 @@ class FleetEstimator:
     _force_q: QualityMonitor
     _disp_q: QualityMonitor
     _ei: NDArray[np.int64]
+    _df: NDArray[np.float64]
 
     def __init__(self, config: EstimatorConfig | None = None, *, capacity: int = 16) -> None:
         """Create an empty fleet.
@@ -371,7 +386,15 @@ class FleetEstimator:
             capacity: devices to allocate state for at first (it doubles when full).
         """
         self.config = config or EstimatorConfig()
-        self._devices: dict[str, _Device] = {}
+        # Per device only its id and index live in Python; everything else is in the rows.
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        # Rare per-device settings, kept only for devices that have them.
+        self._calibration: dict[int, str] = {}
+        self._protocols: dict[int, Protocol] = {}
+        # The day's step values beyond the row's room (more than _TODAY_STEPS steps a day).
+        self._today_extra: dict[int, list[tuple[float, float, float]]] = {}
+        self._probes_extra: dict[int, list[tuple[float, float]]] = {}
         self._fp, self._ip = self._kernel_params()
         # One-frame argument arrays of `frame`, reused so a frame allocates none of its own.
         self._one_row = np.zeros(1, dtype=np.int64)
@@ -389,8 +412,10 @@ class FleetEstimator:
         k_device = LoadShareTracker(n, 1.0)
         force_q = QualityMonitor(n, cfg.force_quality)
         disp_q = QualityMonitor(n, cfg.disp_quality)
-        ei = np.zeros((n, kern.EST_INT_LEN), dtype=np.int64)
-        ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST]] = -1
+        ei = np.zeros((n, DI_LEN), dtype=np.int64)
+        ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST, DI_LAST_STEP_NS]] = -1
+        df = np.zeros((n, DF_LEN))
+        df[:, [DF_SHARE_TODAY, DF_K_DEVICE_TODAY]] = math.nan
         old: StepTracker | None = getattr(self, "_steps", None)
         if old is not None:
             m = old.n_devices
@@ -404,21 +429,22 @@ class FleetEstimator:
             ):
                 new.float_state[:m] = prev.float_state
                 new.int_state[:m] = prev.int_state
+            steps._take_windows(old)
             for new_ls, prev_ls in ((share, self._share), (k_device, self._k_device)):
                 new_ls._begin_ns[:m] = prev_ls._begin_ns
                 new_ls._end_ns[:m] = prev_ls._end_ns
             ei[:m] = self._ei
+            df[:m] = self._df
         self._steps, self._tracking = steps, tracking
         self._share, self._k_device = share, k_device
         self._force_q, self._disp_q = force_q, disp_q
-        self._ei = ei
+        self._ei, self._df = ei, df
         self._block_ns = round(cfg.tracking.block_s * 1e9)
         self._hold_ns = round(cfg.tracking.hold_s * 1e9)
-        # The fused kernel's arguments, gathered once: per call only the frames change.
-        self._state_args = (
-            ei,
-            steps.float_state,
-            steps.int_state,
+        # The fused kernel's arguments, gathered once: per call only the frames change, and
+        # the step tracker's window pool, which Python may replace between calls.
+        self._state_head = (ei, steps.float_state, steps.int_state)
+        self._state_tail = (
             tracking.float_state,
             tracking.int_state,
             share.float_state,
@@ -464,11 +490,18 @@ class FleetEstimator:
     @property
     def devices(self) -> list[str]:
         """Ids of the devices seen so far, in order of first appearance."""
-        return list(self._devices)
+        return list(self._ids)
 
     def state_bytes_per_device(self) -> int:
-        """Bytes of numeric state per device (the arrays; not the Python tallies)."""
-        total = int(self._ei[0].nbytes)
+        """Bytes of numeric state per device: its rows in every array, plus its share of the
+        step windows' pool (pool bytes over the devices seen). Python objects not included."""
+        return sum(self.state_parts_per_device().values())
+
+    def state_parts_per_device(self) -> dict[str, int]:
+        """The parts of `state_bytes_per_device` (bytes): "trackers" (the trackers' rows),
+        "windows" (share of the step windows' pool, which holds one 2.5 KiB slot per open
+        window) and "histories" (the estimator's own rows: histories and the day's tallies)."""
+        trackers = 0
         for tracker in (
             self._steps,
             self._tracking,
@@ -477,30 +510,44 @@ class FleetEstimator:
             self._force_q,
             self._disp_q,
         ):
-            total += tracker.float_state[0].nbytes + tracker.int_state[0].nbytes
-        return total + 2 * 2 * 8  # the load-test bounds of the two load-share trackers
+            trackers += tracker.float_state[0].nbytes + tracker.int_state[0].nbytes
+        trackers += 2 * 2 * 8  # the load-test bounds of the two load-share trackers
+        pool = self._steps.bins.nbytes + self._steps._slot_owner.nbytes
+        return {
+            "trackers": trackers,
+            "windows": round(pool / max(len(self._ids), 1)),
+            "histories": int(self._ei[0].nbytes + self._df[0].nbytes),
+        }
 
-    def _device(self, device: str) -> _Device:
-        dev = self._devices.get(device)
-        if dev is None:
-            index = len(self._devices)
+    def _device(self, device: str) -> int:
+        index = self._index.get(device)
+        if index is None:
+            index = len(self._ids)
             if index >= self._steps.n_devices:
                 self._allocate(2 * self._steps.n_devices)
-            dev = _Device(device, index)
-            self._devices[device] = dev
-        return dev
+            self._index[device] = index
+            self._ids.append(device)
+        return index
 
     def set_calibration(self, device: str, calibration_id: str | None) -> None:
         """Record the calibration in force for a device; later records carry its id."""
-        dev = self._device(device)
-        if dev.calibration_id is not None and calibration_id != dev.calibration_id:
+        i = self._device(device)
+        current = self._calibration.get(i)
+        if current is not None and calibration_id != current:
             # Old stiffness estimates were made in other units of force: start afresh.
-            self._tracking.reset(dev.index)
-        dev.calibration_id = calibration_id
+            self._tracking.reset(i)
+        if calibration_id is None:
+            self._calibration.pop(i, None)
+        else:
+            self._calibration[i] = calibration_id
 
     def set_protocol(self, device: str, protocol: Protocol | None) -> None:
         """Set a device's prescription (None: the configured default)."""
-        self._device(device).protocol = protocol
+        i = self._device(device)
+        if protocol is None:
+            self._protocols.pop(i, None)
+        else:
+            self._protocols[i] = protocol
 
     # ---- events ------------------------------------------------------------------------
 
@@ -518,57 +565,69 @@ class FleetEstimator:
         Returns:
             Daily records of days this event closed.
         """
-        dev = self._device(device)
-        out = self._advance_day(dev, t_ns)
-        self._steps.event(dev.index, t_ns, delta_mm)
-        dev.step_kinds.append((t_ns, kind))
-        self._touch(dev, t_ns, t_ns)
+        i = self._device(device)
+        out = self._advance_day(i, t_ns)
+        self._steps.event(i, t_ns, delta_mm)
+        ei, df = self._ei[i], self._df[i]
+        n = int(ei[DI_N_KINDS])
+        bits = int(ei[DI_KIND_PROBE])
+        if n == _STEP_KINDS:
+            bits >>= 1
+        n = _ring_push(ei, DI_KIND_T, _STEP_KINDS, n, t_ns)
+        ei[DI_N_KINDS] = n
+        bit = 1 << (n - 1)
+        ei[DI_KIND_PROBE] = bits | bit if kind == "probe" else bits & ~bit
+        self._touch(i, t_ns, t_ns)
         if kind == "step":
-            dev.n_steps += 1
-            dev.gained_mm += delta_mm
-            dev.last_step_ns = t_ns
-            if t_ns // NS_PER_DAY >= self._ei[dev.index, kern.EI_DAY]:
-                dev.steps_today += 1
-                dev.mm_today += delta_mm
-            if dev.phase in ("latency", "consolidation", "ready"):
-                dev.phase = "distraction"
+            ei[DI_N_STEPS] += 1
+            df[DF_GAINED_MM] += delta_mm
+            ei[DI_LAST_STEP_NS] = t_ns
+            if t_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
+                ei[DI_STEPS_TODAY] += 1
+                df[DF_MM_TODAY] += delta_mm
+            if ei[DI_PHASE] != _PHASE_CODE["distraction"]:
+                ei[DI_PHASE] = _PHASE_CODE["distraction"]
         else:
-            dev.n_probes += 1
+            ei[DI_N_PROBES] += 1
         return out
 
     def load_test_start(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test starts (UTC epoch ns); returns daily records it closed."""
-        dev = self._device(device)
-        out = self._advance_day(dev, t_ns)
-        self._share.start(dev.index, t_ns)
-        self._k_device.start(dev.index, t_ns)
-        self._ei[dev.index, kern.EI_LOAD_TEST] = 1
+        i = self._device(device)
+        out = self._advance_day(i, t_ns)
+        self._share.start(i, t_ns)
+        self._k_device.start(i, t_ns)
+        self._ei[i, kern.EI_LOAD_TEST] = 1
         return out
 
     def load_test_end(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test ends (UTC epoch ns); returns its load-share record."""
-        dev = self._device(device)
-        out = self._advance_day(dev, t_ns)
-        if not self._ei[dev.index, kern.EI_LOAD_TEST]:
+        i = self._device(device)
+        out = self._advance_day(i, t_ns)
+        ei, df = self._ei[i], self._df[i]
+        if not ei[kern.EI_LOAD_TEST]:
             return out
-        self._ei[dev.index, kern.EI_LOAD_TEST] = 0
-        est = self._share.end(dev.index, t_ns)
-        k_est = self._k_device.end(dev.index, t_ns)
-        k_dev = self._device_stiffness(dev.index) if k_est.status == "ok" else math.nan
+        ei[kern.EI_LOAD_TEST] = 0
+        est = self._share.end(i, t_ns)
+        k_est = self._k_device.end(i, t_ns)
+        k_dev = self._device_stiffness(i) if k_est.status == "ok" else math.nan
         if est.status == "ok":
-            dev.share_today = est.share
-            dev.shares.append((t_ns / NS_PER_DAY, est.share))
+            df[DF_SHARE_TODAY] = est.share
+            n = int(ei[DI_N_SHARES])
+            _ring_push(df, DF_SHARE_DAY, _SHARE_HISTORY, n, t_ns / NS_PER_DAY)
+            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, _SHARE_HISTORY, n, est.share)
         if math.isfinite(k_dev) and k_dev > 0.0:
-            self._loosening_rule(dev, k_dev)
-            dev.k_device_today = k_dev
-            dev.k_device.append(k_dev)
+            self._loosening_rule(i, k_dev)
+            df[DF_K_DEVICE_TODAY] = k_dev
+            n = int(ei[DI_N_K_DEVICE])
+            ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, _KDEV_HISTORY, n, k_dev)
         out.append(
             LoadShareRecord(
-                device=dev.device,
+                device=self._ids[i],
                 t_ns=t_ns,
                 kind="load_share",
                 version=est.version,
-                calibration_id=dev.calibration_id,
+                calibration_id=self._calibration.get(i),
                 t_start_ns=est.t_start_ns,
                 t_end_ns=est.t_end_ns,
                 share=est.share,
@@ -628,8 +687,8 @@ class FleetEstimator:
         ref = None if ref_load_n is None else _as_float_array("ref_load_n", ref_load_n)
         if ref is not None and ref.shape != force.shape:
             raise ValueError(f"force_n has {force.size} samples, ref_load_n {ref.size}")
-        dev = self._device(device)
-        self._one_row[0] = dev.index
+        i = self._device(device)
+        self._one_row[0] = i
         self._one_offsets[1] = force.size
         self._one_t0[0] = t0_ns
         self._one_dt[0] = dt_ns
@@ -643,14 +702,16 @@ class FleetEstimator:
             ref is not None,
             self._one_t0,
             self._one_dt,
-            *self._state_args,
+            *self._state_head,
+            self._steps.bins,
+            *self._state_tail,
             self._q_delta,
         )
         if stop == kern.STOP_NONE:
             return []
         if stop == kern.STOP_QUALITY:
-            return self._quality_records(dev, force.size, t0_ns, dt_ns)
-        return self._frame_slow(dev, force, disp, ref, t0_ns, rate_hz)
+            return self._quality_records(i, force.size, t0_ns, dt_ns)
+        return self._frame_slow(i, force, disp, ref, t0_ns, rate_hz)
 
     def frames(  # noqa: PLR0917 - the columns of a batch of frames
         self,
@@ -692,10 +753,9 @@ class FleetEstimator:
         _check_batch(n_frames, offs, force, disp, ref, t0, rate)
         rows = np.empty(n_frames, dtype=np.int64)
         for j, device in enumerate(devices):
-            rows[j] = self._device(device).index
+            rows[j] = self._device(device)
         # After every device exists: _allocate would replace the state arrays under the kernel.
         dt = 1e9 / rate
-        by_index = list(self._devices.values())
         out: list[EstimateRecord] = []
         j = 0
         while j < n_frames:
@@ -709,19 +769,21 @@ class FleetEstimator:
                 ref is not None,
                 t0,
                 dt,
-                *self._state_args,
+                *self._state_head,
+                self._steps.bins,
+                *self._state_tail,
                 self._q_delta,
             )
             if stop == kern.STOP_NONE:
                 break
-            dev = by_index[rows[j]]
+            i = int(rows[j])
             a, b = int(offs[j]), int(offs[j + 1])
             t0_j = int(t0[j])
             if stop == kern.STOP_QUALITY:
-                out += self._quality_records(dev, b - a, t0_j, float(dt[j]))
+                out += self._quality_records(i, b - a, t0_j, float(dt[j]))
             else:
                 out += self._frame_slow(
-                    dev,
+                    i,
                     force[a:b],
                     disp[a:b],
                     None if ref is None else ref[a:b],
@@ -733,7 +795,7 @@ class FleetEstimator:
 
     def _frame_slow(  # noqa: PLR0917 - a frame's fields, checked by the caller
         self,
-        dev: _Device,
+        i: int,
         force: NDArray[np.float64],
         disp: NDArray[np.float64],
         ref: NDArray[np.float64] | None,
@@ -742,12 +804,11 @@ class FleetEstimator:
     ) -> list[EstimateRecord]:
         """A frame that may close a day or a step window: one tracker call at a time."""
         dt_ns = 1e9 / rate_hz
-        out = self._advance_day(dev, t0_ns)
-        i = dev.index
+        out = self._advance_day(i, t0_ns)
         t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
-        self._touch(dev, t0_ns, t_end_ns)
+        self._touch(i, t0_ns, t_end_ns)
         for est in self._steps.frame(i, force, t0_ns, rate_hz):
-            out.append(self._step_record(dev, est))
+            out.append(self._step_record(i, est))
         if force.size:
             tc = self.config.tracking
             kern._rls_push(
@@ -783,11 +844,11 @@ class FleetEstimator:
                     qc.noise_alpha,
                 )
                 q_delta[row] = (qi - before)[list(_QUALITY_COUNTERS)]
-            out += self._quality_records(dev, force.size, t0_ns, dt_ns)
+            out += self._quality_records(i, force.size, t0_ns, dt_ns)
         return out
 
     def _quality_records(
-        self, dev: _Device, n_samples: int, t0_ns: int, dt_ns: float
+        self, i: int, n_samples: int, t0_ns: int, dt_ns: float
     ) -> list[EstimateRecord]:
         """Quality records of a frame whose samples went through both monitors; the counter
         increments are in `_q_delta` (force row 0, displacement row 1)."""
@@ -798,8 +859,8 @@ class FleetEstimator:
         ):
             counts = [int(v) for v in self._q_delta[row]]
             record = self._quality(
-                dev,
-                bit=1 << row,
+                i,
+                row=row,
                 channel=channel,
                 monitor=monitor,
                 counts=counts,
@@ -813,9 +874,9 @@ class FleetEstimator:
 
     def _quality(
         self,
-        dev: _Device,
+        i: int,
         *,
-        bit: int,
+        row: int,
         channel: str,
         monitor: QualityMonitor,
         counts: list[int],
@@ -823,36 +884,43 @@ class FleetEstimator:
         t0_ns: int,
         t_end_ns: int,
     ) -> QualityRecord | None:
-        qf, qi = monitor.float_state[dev.index], monitor.int_state[dev.index]
+        qf, qi = monitor.float_state[i], monitor.int_state[i]
         qc = monitor.config
         flat = bool(qi[kern.QI_RUN] > qc.flat_samples)
         bad = flat or any(counts)
-        pending = dev.quality.get(channel)
+        ei = self._ei[i]
+        bit = 1 << row
+        at = DI_Q + row * Q_LEN  # the channel's open stretch, if bit is set in EI_Q_PENDING
+        pending = bool(ei[kern.EI_Q_PENDING] & bit)
         if bad:
-            dev.flags_today.add("signal_quality")
-            if pending is None:
-                pending = dev.quality[channel] = _Pending(t0_ns, t_end_ns, np.zeros(4, np.int64))
-                self._ei[dev.index, kern.EI_Q_PENDING] |= bit
-            pending.counts += counts
-            pending.t_end_ns = t_end_ns
-            pending.n_samples += n_samples
-            pending.n_frames += 1
-        if pending is None:
+            ei[DI_FLAGS] |= _FLAG_BITS["signal_quality"]
+            if not pending:
+                pending = True
+                ei[at : at + Q_LEN] = 0
+                ei[at + Q_T_START] = t0_ns
+                ei[kern.EI_Q_PENDING] |= bit
+            ei[at + Q_COUNTS : at + Q_COUNTS + 4] += counts
+            ei[at + Q_T_END] = t_end_ns
+            ei[at + Q_N_SAMPLES] += n_samples
+            ei[at + Q_N_FRAMES] += 1
+        if not pending:
             return None
-        if bad and t_end_ns - pending.t_start_ns < self.config.quality_every_s * 1e9:
+        t_start_ns = int(ei[at + Q_T_START])
+        if bad and t_end_ns - t_start_ns < self.config.quality_every_s * 1e9:
             return None
-        del dev.quality[channel]
-        self._ei[dev.index, kern.EI_Q_PENDING] &= ~bit
+        ei[kern.EI_Q_PENDING] &= ~bit
         var = float(qf[kern.QF_NOISE_VAR])
-        n_flat, n_sat, n_spikes, n_nonfinite = (int(v) for v in pending.counts)
+        n_flat, n_sat, n_spikes, n_nonfinite = (
+            int(v) for v in ei[at + Q_COUNTS : at + Q_COUNTS + 4]
+        )
         return QualityRecord(
-            device=dev.device,
-            t_ns=pending.t_start_ns,
+            device=self._ids[i],
+            t_ns=t_start_ns,
             kind="quality",
             version=QUALITY_VERSION,
-            calibration_id=dev.calibration_id,
-            t_start_ns=pending.t_start_ns,
-            t_end_ns=pending.t_end_ns,
+            calibration_id=self._calibration.get(i),
+            t_start_ns=t_start_ns,
+            t_end_ns=int(ei[at + Q_T_END]),
             channel=channel,
             noise_rms=math.sqrt(var / 2.0) if math.isfinite(var) else math.nan,
             flatline=flat,
@@ -860,8 +928,8 @@ class FleetEstimator:
             n_saturated=n_sat,
             n_spikes=n_spikes,
             n_nonfinite=n_nonfinite,
-            n_samples=pending.n_samples,
-            n_frames=pending.n_frames,
+            n_samples=int(ei[at + Q_N_SAMPLES]),
+            n_frames=int(ei[at + Q_N_FRAMES]),
         )
 
     # ---- closing -----------------------------------------------------------------------
@@ -872,64 +940,92 @@ class FleetEstimator:
         Use at shutdown or at the end of a recording: the day's record is then partial.
         """
         out: list[EstimateRecord] = []
-        for dev in [self._devices[device]] if device is not None else list(self._devices.values()):
-            est = self._steps.flush(dev.index)
+        for i in [self._index[device]] if device is not None else range(len(self._ids)):
+            est = self._steps.flush(i)
             if est is not None:
-                out.append(self._step_record(dev, est))
-            if self._ei[dev.index, kern.EI_DAY] >= 0:
-                out.append(self._close_day(dev))
+                out.append(self._step_record(i, est))
+            if self._ei[i, kern.EI_DAY] >= 0:
+                out.append(self._close_day(i))
         return out
 
-    def _touch(self, dev: _Device, t_start_ns: int, t_end_ns: int) -> None:
-        ei = self._ei[dev.index]
+    def _touch(self, i: int, t_start_ns: int, t_end_ns: int) -> None:
+        ei = self._ei[i]
         if t_start_ns // NS_PER_DAY < ei[kern.EI_DAY]:
             return  # a late item from an earlier day
         if ei[kern.EI_T_FIRST] < 0:
             ei[kern.EI_T_FIRST] = t_start_ns
         ei[kern.EI_T_LAST] = max(int(ei[kern.EI_T_LAST]), t_end_ns)
 
-    def _advance_day(self, dev: _Device, t_ns: int) -> list[EstimateRecord]:
+    def _advance_day(self, i: int, t_ns: int) -> list[EstimateRecord]:
         day = t_ns // NS_PER_DAY
-        ei = self._ei[dev.index]
+        ei = self._ei[i]
         if ei[kern.EI_DAY] < 0:
             ei[kern.EI_DAY] = day
             return []
         out: list[EstimateRecord] = []
         # One record per day passed, so adherence sees days without steps; bounded by a year.
         while ei[kern.EI_DAY] < day:
-            out.append(self._close_day(dev))
+            out.append(self._close_day(i))
             ei[kern.EI_DAY] = max(int(ei[kern.EI_DAY]) + 1, day - 366)
         return out
 
-    def _step_record(self, dev: _Device, est: StepEstimate) -> StepRecord:
+    def _today(self, i: int) -> tuple[list[float], list[float], list[float]]:
+        """The day's step values: k_inst, k_eq and residual force, in arrival order."""
+        n = int(self._ei[i, DI_N_TODAY])
+        rows = self._df[i, DF_TODAY : DF_TODAY + 3 * n].reshape(n, 3).tolist()
+        rows += [list(r) for r in self._today_extra.get(i, ())]
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def _probes_today(self, i: int) -> tuple[list[float], list[float]]:
+        """The day's lengthening probe values: k_inst and k_eq, in arrival order."""
+        n = int(self._ei[i, DI_N_PROBES_TODAY])
+        rows = self._df[i, DF_PROBES_TODAY : DF_PROBES_TODAY + 2 * n].reshape(n, 2).tolist()
+        rows += [list(r) for r in self._probes_extra.get(i, ())]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def _step_record(self, i: int, est: StepEstimate) -> StepRecord:
+        ei, df = self._ei[i], self._df[i]
         kind: StepKind = "step"
-        for t_ns, k in dev.step_kinds:
-            if t_ns == est.t_step_ns:
-                kind = k
+        probe_bits = int(ei[DI_KIND_PROBE])
+        for j in range(int(ei[DI_N_KINDS])):
+            if ei[DI_KIND_T + j] == est.t_step_ns:
+                kind = "probe" if probe_bits >> j & 1 else "step"
         flags: tuple[str, ...] = ()
         if kind == "step":
-            if self._separation_rule(dev, est.f_residual_n):
+            if self._separation_rule(i, est.f_residual_n):
                 flags = ("separation",)
-                dev.flags_today.add("separation")
-            if est.t_step_ns // NS_PER_DAY >= self._ei[dev.index, kern.EI_DAY]:
-                dev.k_today.append(est.k_inst_n_per_mm)
-                dev.k_eq_today.append(est.k_eq_n_per_mm)
-                dev.residual_today.append(est.f_residual_n)
+                ei[DI_FLAGS] |= _FLAG_BITS["separation"]
+            if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
+                values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
+                n = int(ei[DI_N_TODAY])
+                if n < _TODAY_STEPS:
+                    df[DF_TODAY + 3 * n : DF_TODAY + 3 * n + 3] = values
+                    ei[DI_N_TODAY] = n + 1
+                else:
+                    self._today_extra.setdefault(i, []).append(values)
             if est.fit_status in ("ok", "short") and est.k_inst_n_per_mm > 0.0:
-                dev.recent_k.append((est.t_step_ns / NS_PER_DAY, est.k_inst_n_per_mm))
-                self._stiffness_rules(dev)
+                n = int(ei[DI_N_RECENT_K])
+                _ring_push(df, DF_RECENT_T, _STEP_HISTORY, n, est.t_step_ns / NS_PER_DAY)
+                n = _ring_push(df, DF_RECENT_K, _STEP_HISTORY, n, est.k_inst_n_per_mm)
+                ei[DI_N_RECENT_K] = n
+                self._stiffness_rules(i)
         elif est.delta_mm > 0.0:
-            dev.probe_k_today.append(est.k_inst_n_per_mm)
-            dev.probe_k_eq_today.append(est.k_eq_n_per_mm)
+            probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
+            n = int(ei[DI_N_PROBES_TODAY])
+            if n < _TODAY_PROBES:
+                df[DF_PROBES_TODAY + 2 * n : DF_PROBES_TODAY + 2 * n + 2] = probe
+                ei[DI_N_PROBES_TODAY] = n + 1
+            else:
+                self._probes_extra.setdefault(i, []).append(probe)
         return StepRecord(
-            device=dev.device,
+            device=self._ids[i],
             t_ns=est.t_step_ns,
             kind=kind,
             version=est.version,
-            calibration_id=dev.calibration_id,
+            calibration_id=self._calibration.get(i),
             t_start_ns=est.t_start_ns,
             t_end_ns=est.t_end_ns,
-            number=dev.n_steps if kind == "step" else dev.n_probes,
+            number=int(ei[DI_N_STEPS] if kind == "step" else ei[DI_N_PROBES]),
             delta_mm=est.delta_mm,
             k_inst_n_per_mm=est.k_inst_n_per_mm,
             k_eq_n_per_mm=est.k_eq_n_per_mm,
@@ -948,28 +1044,33 @@ class FleetEstimator:
 
     # ---- anomaly rules (documented in docs/dsp.md) ---------------------------------------
 
-    def _separation_rule(self, dev: _Device, f_residual_n: float) -> bool:
+    def _separation_rule(self, i: int, f_residual_n: float) -> bool:
         cfg = self.config
+        ei, df = self._ei[i], self._df[i]
+        n = int(ei[DI_N_RESIDUAL])
         hit = False
-        if math.isfinite(f_residual_n) and dev.recent_residual:
-            top = max(dev.recent_residual)
+        if math.isfinite(f_residual_n) and n:
+            top = max(df[DF_RESIDUAL : DF_RESIDUAL + n].tolist())
             hit = (
                 f_residual_n < cfg.separation_drop * top
                 and top - f_residual_n > cfg.separation_min_n
             )
         if math.isfinite(f_residual_n):
-            dev.recent_residual.append(f_residual_n)
+            ei[DI_N_RESIDUAL] = _ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
         return hit
 
-    def _stiffness_rules(self, dev: _Device) -> None:
+    def _stiffness_rules(self, i: int) -> None:
         cfg = self.config
-        if len(dev.recent_k) < 4:
+        ei, df = self._ei[i], self._df[i]
+        n = int(ei[DI_N_RECENT_K])
+        if n < 4:
             return
-        ks = [k for _, k in dev.recent_k]
+        ks = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
+        ts = df[DF_RECENT_T : DF_RECENT_T + n].tolist()
         if float(np.median(ks[-4:])) < cfg.poor_k_inst_n_per_mm:
-            dev.flags_today.add("poor_regenerate")
-        t_last = dev.recent_k[-1][0]
-        pts = [(t, k) for t, k in dev.recent_k if t >= t_last - 2.0]
+            ei[DI_FLAGS] |= _FLAG_BITS["poor_regenerate"]
+        t_last = ts[-1]
+        pts = [(t, k) for t, k in zip(ts, ks, strict=True) if t >= t_last - 2.0]
         if len(pts) < 6:
             return
         t = np.array([p[0] for p in pts])
@@ -978,77 +1079,94 @@ class FleetEstimator:
             return
         slope = float(np.polyfit(t - t[-1], y, 1)[0])
         if slope > math.log1p(cfg.premature_growth_per_day):
-            dev.flags_today.add("premature_consolidation")
+            ei[DI_FLAGS] |= _FLAG_BITS["premature_consolidation"]
 
-    def _loosening_rule(self, dev: _Device, k_dev: float) -> None:
-        if len(dev.k_device) >= 3:
-            baseline = float(np.median(list(dev.k_device)[-7:]))
+    def _loosening_rule(self, i: int, k_dev: float) -> None:
+        n = int(self._ei[i, DI_N_K_DEVICE])
+        if n >= 3:
+            history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
+            baseline = float(np.median(history[-7:]))
             if k_dev < (1.0 - self.config.loosening_drop) * baseline:
-                dev.flags_today.add("loosening")
+                self._ei[i, DI_FLAGS] |= _FLAG_BITS["loosening"]
 
     # ---- the day's record ----------------------------------------------------------------
 
-    def _phase(self, dev: _Device, protocol: Protocol, day_end_ns: int) -> Phase:
-        phase = dev.phase
+    def _shares(self, i: int) -> tuple[list[float], list[float]]:
+        """The remembered load shares: their times (days) and values, oldest first."""
+        n = int(self._ei[i, DI_N_SHARES])
+        df = self._df[i]
+        return df[DF_SHARE_DAY : DF_SHARE_DAY + n].tolist(), df[DF_SHARE : DF_SHARE + n].tolist()
+
+    def _phase(self, i: int, protocol: Protocol, day_end_ns: int) -> Phase:
+        ei = self._ei[i]
+        phase = _PHASES[int(ei[DI_PHASE])]
         if phase == "distraction":
             target = protocol.target_mm
             if target is not None:
-                done = dev.gained_mm >= target - 0.5 * protocol.step_mm
+                done = float(self._df[i, DF_GAINED_MM]) >= target - 0.5 * protocol.step_mm
             else:
-                quiet_ns = day_end_ns - dev.last_step_ns
-                done = dev.steps_today == 0 and quiet_ns >= self.config.consolidation_after_s * 1e9
+                quiet_ns = day_end_ns - int(ei[DI_LAST_STEP_NS])
+                done = (
+                    ei[DI_STEPS_TODAY] == 0 and quiet_ns >= self.config.consolidation_after_s * 1e9
+                )
             if done:
                 phase = "consolidation"
         if phase == "consolidation":
             removal = self.config.consolidation.removal_share
-            last_two = [s for _, s in list(dev.shares)[-2:]]
+            last_two = self._shares(i)[1][-2:]
             if len(last_two) == 2 and all(s < removal for s in last_two):
                 phase = "ready"  # sticky: only a new step leaves it
         return phase
 
-    def _close_day(self, dev: _Device) -> DailyRecord:
+    def _close_day(self, i: int) -> DailyRecord:
         cfg = self.config
-        protocol = dev.protocol or cfg.protocol
-        ei = self._ei[dev.index]
+        protocol = self._protocols.get(i) or cfg.protocol
+        ei, df = self._ei[i], self._df[i]
         day_start = int(ei[kern.EI_DAY]) * NS_PER_DAY
         day_end = day_start + NS_PER_DAY
-        was = dev.phase
-        dev.phase = self._phase(dev, protocol, day_end)
-        prescribed = was == "distraction" or dev.steps_today > 0
-        if was == "distraction" and dev.phase != "distraction" and dev.steps_today == 0:
+        was = _PHASES[int(ei[DI_PHASE])]
+        phase = self._phase(i, protocol, day_end)
+        ei[DI_PHASE] = _PHASE_CODE[phase]
+        steps_today = int(ei[DI_STEPS_TODAY])
+        mm_today = float(df[DF_MM_TODAY])
+        gained_mm = float(df[DF_GAINED_MM])
+        prescribed = was == "distraction" or steps_today > 0
+        if was == "distraction" and phase != "distraction" and steps_today == 0:
             prescribed = False
         adh = daily_adherence(
-            dev.steps_today,
-            dev.mm_today,
+            steps_today,
+            mm_today,
             protocol=protocol,
             prescribed_today=prescribed,
-            gained_mm=dev.gained_mm - dev.mm_today,
+            gained_mm=gained_mm - mm_today,
         )
-        flags = set(dev.flags_today)
+        flags = _flag_names(int(ei[DI_FLAGS]))
         if adh.missed_steps:
             flags.add("missed_steps")
         if adh.extra_steps:
             flags.add("extra_steps")
-        days = [d for d, _ in dev.shares]
-        trend = fit_trend(days, [s for _, s in dev.shares], config=cfg.consolidation)
+        days, shares = self._shares(i)
+        trend = fit_trend(days, shares, config=cfg.consolidation)
         removal = cfg.consolidation.removal_share
         if trend is not None:
             index = consolidation_index(trend.share_now, removal_share=removal)
         else:
-            last = dev.shares[-1][1] if dev.shares else math.nan
+            last = shares[-1] if shares else math.nan
             index = consolidation_index(last, removal_share=removal)
-        if dev.phase in ("latency", "distraction"):
+        if phase in ("latency", "distraction"):
             index = 0.0 if math.isfinite(index) else index
-        track_k = self._tracking.estimate(dev.index).k_eq_n_per_mm
+        track_k = self._tracking.estimate(i).k_eq_n_per_mm
+        k_today, k_eq_today, residual_today = self._today(i)
+        probe_k_today, probe_k_eq_today = self._probes_today(i)
         record = DailyRecord(
-            device=dev.device,
+            device=self._ids[i],
             t_ns=day_start,
             kind="daily",
             version=ESTIMATOR_VERSION,
-            calibration_id=dev.calibration_id,
+            calibration_id=self._calibration.get(i),
             t_start_ns=int(ei[kern.EI_T_FIRST]) if ei[kern.EI_T_FIRST] >= 0 else day_start,
             t_end_ns=int(ei[kern.EI_T_LAST]) if ei[kern.EI_T_LAST] >= 0 else day_start,
-            phase=dev.phase,
+            phase=phase,
             steps_done=adh.steps_done,
             steps_prescribed=adh.steps_prescribed,
             missed_steps=adh.missed_steps,
@@ -1056,15 +1174,15 @@ class FleetEstimator:
             mm_done=adh.mm_done,
             mm_prescribed=adh.mm_prescribed,
             adherence=adh.ratio,
-            gained_mm=dev.gained_mm,
-            k_inst_n_per_mm=_median(dev.k_today),
-            k_eq_n_per_mm=_median(dev.k_eq_today),
-            f_residual_n=_median(dev.residual_today),
-            probe_k_inst_n_per_mm=_median(dev.probe_k_today),
-            probe_k_eq_n_per_mm=_median(dev.probe_k_eq_today),
+            gained_mm=gained_mm,
+            k_inst_n_per_mm=_median(k_today),
+            k_eq_n_per_mm=_median(k_eq_today),
+            f_residual_n=_median(residual_today),
+            probe_k_inst_n_per_mm=_median(probe_k_today),
+            probe_k_eq_n_per_mm=_median(probe_k_eq_today),
             k_track_n_per_mm=track_k,
-            load_share=dev.share_today,
-            k_device_n_per_mm=dev.k_device_today,
+            load_share=float(df[DF_SHARE_TODAY]),
+            k_device_n_per_mm=float(df[DF_K_DEVICE_TODAY]),
             consolidation_index=index,
             trend_slope_per_day=trend.slope_per_day if trend is not None else math.nan,
             projected_ready_ns=_day_ns(trend.projected_day) if trend is not None else -1,
@@ -1072,12 +1190,11 @@ class FleetEstimator:
             projected_ready_hi_ns=_day_ns(trend.projected_hi_day) if trend is not None else -1,
             flags=tuple(sorted(flags)),
         )
-        dev.steps_today = 0
-        dev.mm_today = 0.0
-        dev.k_today, dev.k_eq_today, dev.residual_today = [], [], []
-        dev.probe_k_today, dev.probe_k_eq_today = [], []
-        dev.share_today = dev.k_device_today = math.nan
-        dev.flags_today = set()
+        ei[[DI_STEPS_TODAY, DI_FLAGS, DI_N_TODAY, DI_N_PROBES_TODAY]] = 0
+        df[DF_MM_TODAY] = 0.0
+        df[[DF_SHARE_TODAY, DF_K_DEVICE_TODAY]] = math.nan
+        self._today_extra.pop(i, None)
+        self._probes_extra.pop(i, None)
         ei[kern.EI_T_FIRST] = ei[kern.EI_T_LAST] = -1
         return record
 

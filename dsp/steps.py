@@ -197,13 +197,16 @@ class StepTracker:
     arrive before the frame that contains it; an event older than samples already processed
     opens its window late (the samples in between are lost for that step).
 
-    State: two fixed-size rows per device (`float_state`, `int_state`), 3.4 KiB together.
+    State: two fixed-size rows per device (`float_state`, `int_state`), 784 bytes together,
+    plus a window slot (a row of `bins`, 2.5 KiB) held only while the device's window is open.
+    The pool of slots doubles when full and halves when three quarters of it are free.
     """
 
     n_devices: int
     config: StepConfig = field(default_factory=StepConfig)
     float_state: NDArray[np.float64] = field(init=False, repr=False)
     int_state: NDArray[np.int64] = field(init=False, repr=False)
+    bins: NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.n_devices < 1:
@@ -212,9 +215,66 @@ class StepTracker:
         self.int_state = np.zeros((self.n_devices, kern.STEP_INT_LEN), dtype=np.int64)
         self.int_state[:, kern.SI_T_LAST] = -1
         self.int_state[:, kern.SI_PRE_KEY : kern.SI_PRE_KEY + kern.PRE_N] = -1
+        self.int_state[:, kern.SI_SLOT] = -1
+        self.bins = np.zeros((1, kern.STEP_BINS_LEN))
+        self._slot_owner = np.full(1, -1, dtype=np.int64)  # device holding each slot, -1 free
+        self._free = [0]  # free slots, the lowest last
         self._c_s, self._h = self.config.bin_shape
         self._log_tau_fast, self._log_tau_slow = self.config.log_tau_grids()
         self._pre_bins = math.ceil(self.config.pre_s * 1e9 / _PRE_BIN_NS)
+
+    def window_bins(self, device: int) -> NDArray[np.float64] | None:
+        """The bins of the device's open window, one row per bin of (sum_n, sum_t_s, count,
+        min_n, max_n) (N, s, samples, N, N); None if it holds no window."""
+        slot = int(self.int_state[device, kern.SI_SLOT])
+        if slot < 0:
+            return None
+        return self.bins[slot, : 5 * self.config.n_bins].reshape(self.config.n_bins, 5)
+
+    def _acquire(self, device: int) -> int:
+        """Give the device a window slot (the one it holds, if any)."""
+        slot = int(self.int_state[device, kern.SI_SLOT])
+        if slot >= 0:
+            return slot
+        if not self._free:
+            cap = self.bins.shape[0]
+            self.bins = np.concatenate([self.bins, np.zeros_like(self.bins)])
+            self._slot_owner = np.concatenate([self._slot_owner, np.full(cap, -1, np.int64)])
+            self._free = list(range(2 * cap - 1, cap - 1, -1))
+        slot = self._free.pop()
+        self._slot_owner[slot] = device
+        self.int_state[device, kern.SI_SLOT] = slot
+        return slot
+
+    def _release(self, device: int) -> None:
+        """Return the device's window slot to the pool, and halve the pool when it is mostly
+        free, moving the windows still open into its lower half."""
+        slot = int(self.int_state[device, kern.SI_SLOT])
+        if slot < 0:
+            return
+        self.int_state[device, kern.SI_SLOT] = -1
+        self._slot_owner[slot] = -1
+        self._free.append(slot)
+        cap = self.bins.shape[0]
+        if cap == 1 or cap - len(self._free) > cap // 4:
+            return
+        half = cap // 2
+        low = sorted((s for s in self._free if s < half), reverse=True)
+        for high in range(half, cap):
+            owner = int(self._slot_owner[high])
+            if owner >= 0:
+                to = low.pop()
+                self.bins[to] = self.bins[high]
+                self._slot_owner[to] = owner
+                self.int_state[owner, kern.SI_SLOT] = to
+        self.bins = self.bins[:half].copy()
+        self._slot_owner = self._slot_owner[:half].copy()
+        self._free = low
+
+    def _take_windows(self, prev: "StepTracker") -> None:
+        """Take over the window slots of `prev`, a smaller tracker this one replaces (its
+        rows already copied into this one's first rows)."""
+        self.bins, self._slot_owner, self._free = prev.bins, prev._slot_owner, prev._free
 
     def event(self, device: int, t_ns: int, delta_mm: float) -> None:
         """Announce a distraction step or probe.
@@ -313,6 +373,7 @@ class StepTracker:
         kern._step_push(
             fs,
             si,
+            self.bins,
             force,
             t0_ns,
             dt_ns,
@@ -333,14 +394,17 @@ class StepTracker:
             kern.SF_PEND_DELTA + 1 : kern.SF_PEND_DELTA + n
         ]
         si[kern.SI_N_PEND] = n - 1
-        kern._step_open(fs, si, t_ev, delta, _PRE_BIN_NS, self._pre_bins)
+        slot = self._acquire(device)
+        kern._step_open(fs, si, self.bins[slot], t_ev, delta, _PRE_BIN_NS, self._pre_bins)
 
     def _close(self, device: int, reason: CloseReason) -> StepEstimate:
         fs, si = self.float_state[device], self.int_state[device]
         cfg = self.config
         res = np.empty(kern.STEP_RESULT_LEN)
+        wb = self.bins[int(si[kern.SI_SLOT])]
         kern._step_fit(
             fs,
+            wb,
             self._c_s,
             self._h,
             cfg.n_bins,
@@ -361,9 +425,10 @@ class StepTracker:
         pre_start = (t_step // _PRE_BIN_NS - self._pre_bins) * _PRE_BIN_NS
         k_inst = (f_peak - f_before) / delta
         if cfg.ramp_s > 0.0 and math.isfinite(f_settled):
-            fit = _ramp_fit(fs, cfg, self._c_s, self._h)
+            fit = _ramp_fit(wb, cfg, self._c_s, self._h)
             if fit is not None:
                 k_inst = (_sudden_peak_n(fit, cfg.ramp_s) - f_before) / delta
+        self._release(device)
         return StepEstimate(
             t_step_ns=t_step,
             delta_mm=delta,
@@ -385,7 +450,7 @@ class StepTracker:
 
 
 def _ramp_fit(
-    fs: NDArray[np.float64], config: StepConfig, c_s: float, h: float
+    wb: NDArray[np.float64], config: StepConfig, c_s: float, h: float
 ) -> NDArray[np.float64] | None:
     """Refit the relaxation from the end of the ramp on: [a_inf, a_f, a_s, tau_f, tau_s, ...].
 
@@ -393,7 +458,7 @@ def _ramp_fit(
     and falling force), with the ramp's end as the time origin. None if too few bins remain.
     """
     edges_s = c_s * np.expm1(np.arange(config.n_bins) * h)
-    bins = fs[kern.SF_BINS : kern.SF_BINS + 5 * config.n_bins].reshape(config.n_bins, 5)
+    bins = wb[: 5 * config.n_bins].reshape(config.n_bins, 5)
     total, t_sum, count, lo, hi = bins.T
     trim = count >= 4.0  # the kernel's trimmed mean: drop one min and one max per full bin
     n = np.where(trim, count - 2.0, count)

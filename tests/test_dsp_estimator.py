@@ -70,3 +70,16 @@ def test_fleet_grows_without_losing_state() -> None:
     want = [r for r in alone.flush() if r.kind == "step"]
     assert record_json(got[0]) == record_json(want[0])
     assert fleet.devices == ["DX-0002", "DX-0001"]
+
+
+def test_numeric_state_per_device_fits_in_four_kib() -> None:
+    """Without an open step window, a device's numeric state (trackers, histories and its
+    share of the window pool) is at most 4 KiB."""
+    fleet = FleetEstimator(capacity=64)
+    force = np.full(100, 100.0)
+    disp = np.full(100, 10.0)
+    for d in range(64):
+        fleet.frame(f"DX-{d:04d}", force, disp, None, 1_700_000_000_000_000_000, 100.0)
+    parts = fleet.state_parts_per_device()
+    assert set(parts) == {"trackers", "windows", "histories"}
+    assert fleet.state_bytes_per_device() == sum(parts.values()) <= 4096

@@ -172,10 +172,35 @@ def test_estimate_carries_provenance() -> None:
 
 
 def test_state_fits_in_four_kib_per_device() -> None:
-    """The per-device state of the step tracker is at most 4 KiB."""
+    """The per-device state of the step tracker, with a window slot of its own, is at most
+    4 KiB."""
     tracker = StepTracker(3)
     per_device = (tracker.float_state.nbytes + tracker.int_state.nbytes) / 3
-    assert per_device <= 4096
+    assert per_device + tracker.bins[0].nbytes <= 4096
+
+
+@pytest.mark.parametrize("n_devices", [1, 5, 9], ids=["one", "five", "nine"])
+def test_window_slots_are_shared_and_returned(n_devices: int) -> None:
+    """Devices with windows open at once each get their own slot, give the same estimates as
+    a tracker per device, and the pool shrinks back once the windows close."""
+    rng = np.random.default_rng(11)
+    signals = [synth_step(rng, d + 1) for d in range(n_devices)]
+    fleet = StepTracker(n_devices)
+    for d, (_, t_step) in enumerate(signals):
+        fleet.event(d, t_step, 0.25)
+    half = signals[0][0].size // 2
+    for d, (force, _) in enumerate(signals):
+        assert fleet.frame(d, force[:half], T0_NS, RATE_HZ) == []
+    slots = {int(fleet.int_state[d, kern.SI_SLOT]) for d in range(n_devices)}
+    assert len(slots) == n_devices
+    assert fleet.bins.shape[0] >= n_devices
+    for d, (force, t_step) in enumerate(signals):
+        t_half = T0_NS + round(half * 1e9 / RATE_HZ)
+        found = fleet.frame(d, force[half:], t_half, RATE_HZ)
+        found += [e for e in [fleet.flush(d)] if e is not None]
+        assert found == [step_response(force, T0_NS, RATE_HZ, t_step, 0.25)]
+    assert fleet.bins.shape[0] == 1
+    assert all(fleet.window_bins(d) is None for d in range(n_devices))
 
 
 @pytest.mark.parametrize(
@@ -296,12 +321,14 @@ def test_streaming_state_equals_batch_on_every_prefix(
         batch.frame(0, x[:b], T0_NS, RATE_HZ)
         assert_array_equal(stream.int_state, batch.int_state)
         assert_array_equal(stream.float_state, batch.float_state)
+        assert_array_equal(stream.bins, batch.bins)
     # The bins of a window still open (or just completed) equal the reference.
     if stream.int_state[0, kern.SI_MODE] == kern.MODE_OPEN and x.size:
         t_ns = sample_times_ns(T0_NS, RATE_HZ, x.size)
         c_s, h = cfg.bin_shape
         ref = ref_step_bins(x, t_ns, t_step, c_s, h, cfg.n_bins, cfg.window_s)
-        raw = stream.float_state[0, kern.SF_BINS : kern.SF_BINS + 5 * cfg.n_bins].reshape(-1, 5)
+        raw = stream.window_bins(0)
+        assert raw is not None
         full = raw[raw[:, 2] > 0]
         trimmed = np.where(full[:, 2] >= 4, full[:, 0] - full[:, 3] - full[:, 4], full[:, 0])
         counts = np.where(full[:, 2] >= 4, full[:, 2] - 2, full[:, 2])

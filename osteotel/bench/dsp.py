@@ -9,8 +9,14 @@ Figures (`--json` keys), all measured in this run on one core:
     estimator_batched_samples_per_s the same frames through FleetEstimator.frames, one batch
                                     of one frame per device at a time
     estimator_batched_vs_numpy      its speed / numpy baseline speed
-    state_bytes_per_device          numeric state per device: the tracker arrays (bytes)
-    python_state_bytes_per_device   Python objects per device besides them (tracemalloc, bytes)
+    state_bytes_per_device          all state per device (tracemalloc over --devices devices after
+                                    a realistic stream each: frames, two steps, a load test, a
+                                    day change), bytes; its parts:
+    tracker_state_bytes_per_device  the trackers' numeric rows
+    window_state_bytes_per_device   share of the step windows' pool (one slot per open window)
+    history_state_bytes_per_device  the estimator's rows: histories and the day's tallies
+    python_state_bytes_per_device   Python objects besides the arrays (id index, dicts)
+    step_window_slot_bytes          one step window slot, held while a window is open (bytes)
     import_warmup_s                 `import dsp; dsp.warm_up()` in a fresh process (s)
     first_frame_s, median_frame_s   first frame after warm-up, and the median frame (s)
     <scenario>_*                    accuracy on emulator runs (see `accuracy`)
@@ -114,7 +120,6 @@ def _kernels(n: int) -> dict[str, object]:
 
 
 def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
-    import tracemalloc  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
@@ -127,12 +132,9 @@ def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
     force = 100.0 + rng.standard_normal((frames_per_device, 100))
     disp = 10.0 + 0.002 * rng.standard_normal((frames_per_device, 100))
     t0 = _START_NS + 8 * 3600 * 1_000_000_000
-    tracemalloc.start()
     fleet = FleetEstimator(capacity=n_devices)
     for device in ids:  # every device's first frame opens its day (the slow path)
         fleet.frame(device, force[0], disp[0], None, t0 - 1_000_000_000, 100.0)
-    python_bytes = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
     times: list[float] = []
     start = time.perf_counter()
     for k in range(frames_per_device):
@@ -158,14 +160,64 @@ def _estimator(n_devices: int, frames_per_device: int) -> dict[str, object]:
         t0_round = np.full(n_devices, t0 + k * 1_000_000_000)
         batch.frames(ids, offsets, f_k, d_k, None, t0_round, rates)
     batched = time.perf_counter() - start
-    numeric = fleet.state_bytes_per_device()
     return {
         "estimator_samples_per_s": _rate(total, samples),
         "estimator_batched_samples_per_s": _rate(batched, samples),
-        "state_bytes_per_device": numeric,
-        "python_state_bytes_per_device": python_bytes / n_devices - numeric,
+        **_state_per_device(ids),
         "first_frame_s": times[0],
         "median_frame_s": statistics.median(times),
+    }
+
+
+def _state_per_device(ids: list[str]) -> dict[str, float]:
+    """State per device after each device saw a day of a realistic stream and the next day
+    began, measured with tracemalloc (numpy reports its buffers to it)."""
+    import tracemalloc  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from dsp import _kernels as kern  # noqa: PLC0415
+    from dsp.estimator import FleetEstimator  # noqa: PLC0415
+
+    rng = np.random.default_rng(2)
+    s_ns = 1_000_000_000
+    rest = 100.0 + rng.standard_normal(100)
+    disp = 10.0 + 0.002 * rng.standard_normal(100)
+    # A step: the force jumps by 5 N and relaxes over the frames that follow.
+    after = [rest + 5.0 * math.exp(-k / 60.0) for k in range(4)]
+    ref = 300.0 + 50.0 * np.sin(np.linspace(0.0, math.pi, 100))
+    loaded = rest - 0.2 * ref  # weight bearing relieves the distractor (force_sign -1)
+    day_ns = _START_NS + 8 * 3600 * s_ns
+    tracemalloc.start()
+    fleet = FleetEstimator(capacity=len(ids))
+    for device in ids:
+        t = day_ns
+        for _ in range(3):
+            fleet.frame(device, rest, disp, None, t, 100.0)
+            t += s_ns
+        for _ in range(2):  # two steps, each followed by a few seconds of frames
+            fleet.step(device, t + s_ns // 2, 0.25)
+            for force in after:
+                fleet.frame(device, force, disp + 0.25, None, t, 100.0)
+                t += s_ns
+        fleet.load_test_start(device, t)
+        for _ in range(3):
+            fleet.frame(device, loaded, disp - 0.01, ref, t, 100.0)
+            t += s_ns
+        fleet.load_test_end(device, t)
+        # The next day's first frame: closes the windows (a gap) and the day.
+        fleet.frame(device, rest, disp, None, day_ns + _NS_PER_DAY, 100.0)
+    total = tracemalloc.get_traced_memory()[0] / len(ids)
+    tracemalloc.stop()
+    parts = fleet.state_parts_per_device()
+    numeric = sum(parts.values())
+    return {
+        "state_bytes_per_device": total,
+        "tracker_state_bytes_per_device": parts["trackers"],
+        "window_state_bytes_per_device": parts["windows"],
+        "history_state_bytes_per_device": parts["histories"],
+        "python_state_bytes_per_device": total - numeric,
+        "step_window_slot_bytes": kern.STEP_BINS_LEN * 8 + 8,
     }
 
 
