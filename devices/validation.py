@@ -18,6 +18,7 @@ Rules are checked in this order; the first broken rule is the reason given:
 Old timestamps are valid: hubs store and forward when the network is down.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,10 @@ from devices.contract import (
 from devices.registry import Device, Registry
 
 __all__ = ["Accepted", "Limits", "accept"]
+
+# A fleet sends on a few hundred topics over and over; a parsed topic is immutable. A topic that
+# does not parse raises every time (lru_cache keeps no exceptions), with the same rejection.
+_parse_topic = functools.lru_cache(maxsize=4096)(parse_topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,7 @@ def accept(
         raise Rejected(
             Reason.OVERSIZE, f"payload is {len(payload)} bytes, limit {limits.max_payload_bytes}"
         )
-    parsed = parse_topic(topic)
+    parsed = _parse_topic(topic)
     if parsed.hub not in registry.hubs:
         raise Rejected(Reason.UNKNOWN_HUB, f"hub {parsed.hub!r} is not registered", field="hub")
     latest_ns = now_ns + limits.future_skew_ns

@@ -6,14 +6,17 @@ a crash between receipt and write would lose it. This module drives paho-mqtt 2 
 stored. Until then the broker holds it, and its in-flight window (`max_inflight_messages`) is
 the backpressure: a slow store stops the broker sending instead of memory growing here.
 
-paho runs its network loop in its own thread; messages cross to the event loop through
-`call_soon_threadsafe`. The rest of ingest never sees paho.
+paho runs its network loop in its own thread; messages cross to the event loop in batches: the
+paho thread appends to a deque and schedules one wake-up (`call_soon_threadsafe`) for however
+many messages arrive before the loop runs it, so a burst costs one hop, not one per message.
+The rest of ingest never sees paho.
 """
 
 import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -56,7 +59,10 @@ class MqttSource:
     def __init__(self, *, settings: MqttSettings, subscriptions: Sequence[str]) -> None:
         self._settings = settings
         self._subscriptions = tuple(subscriptions)
-        self._queue: asyncio.Queue[Received] = asyncio.Queue()
+        # Bounded by the broker's in-flight window: it sends no more until ingest acknowledges.
+        self._inbox: deque[Received] = deque()
+        self._arrived = asyncio.Event()
+        self._wake_pending = False
         self._connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
@@ -102,10 +108,27 @@ class MqttSource:
         """Wait until the first CONNACK; raises TimeoutError after `timeout_s` seconds."""
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
-    async def messages(self) -> AsyncIterator[Received]:
-        """Yield received messages in arrival order, forever."""
+    async def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]:
+        """Yield received messages in arrival order, forever, in batches.
+
+        Args:
+            max_messages: the most messages in one batch; a batch is never empty.
+        """
+        inbox = self._inbox
         while True:
-            yield await self._queue.get()
+            if inbox:
+                # Only this task takes from the inbox, so that many items are there to take.
+                yield [inbox.popleft() for _ in range(min(len(inbox), max_messages))]
+                continue
+            self._arrived.clear()
+            if not inbox:  # a message may have come between the check above and clear()
+                await self._arrived.wait()
+
+    def _wake(self) -> None:
+        # Runs on the loop. Reset the flag before setting the event: a message appended after
+        # this line schedules a new wake-up, one appended before is seen by the consumer.
+        self._wake_pending = False
+        self._arrived.set()
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish with QoS 1; paho queues it while the broker is away and sends it on reconnect."""
@@ -151,5 +174,8 @@ class MqttSource:
             qos=message.qos,
             received_ns=time.time_ns(),
         )
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, received)
+        self._inbox.append(received)
+        if not self._wake_pending:
+            self._wake_pending = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake)

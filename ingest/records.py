@@ -1,5 +1,10 @@
 """What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
 
+import functools
+
+import numpy as np
+import numpy.typing as npt
+
 from devices.codec import Encoding
 from devices.contract import Event as DeviceEvent
 from devices.contract import Frame, HubStatus, Rejected
@@ -13,13 +18,23 @@ __all__ = ["device_info_lines", "event_lines", "frame_lines", "rejection_lines",
 _EVENT_ENVELOPE = frozenset({"device", "t_ns", "type"})
 
 
+@functools.lru_cache(maxsize=256)
+def _sample_offsets_ns(n: int, rate_hz: float) -> npt.NDArray[np.int64]:
+    # The same arithmetic as Frame.timestamps_ns, done once per (n, rate) instead of per
+    # frame: a device's frames all have the same length and rate.
+    offsets = np.round(np.arange(n, dtype=np.float64) * 1e9 / rate_hz).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
 def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
     """Raw samples at full rate (`raw`) and the frame's own metadata (`frame`)."""
     tags = {"hub": hub, "device": frame.device}
     fields = {"force_n": frame.force_n, "disp_mm": frame.disp_mm}
     if frame.ref_load_n is not None:
         fields["ref_load_n"] = frame.ref_load_n
-    raw = array_lines("raw", tags, fields, frame.timestamps_ns())
+    timestamps_ns = np.int64(frame.t0_ns) + _sample_offsets_ns(frame.n, frame.rate_hz)
+    raw = array_lines("raw", tags, fields, timestamps_ns)
     meta = point_line(
         "frame",
         {**tags, "encoding": encoding},

@@ -18,6 +18,8 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 import dsp
 from devices.contract import (
     SUBSCRIPTIONS,
@@ -30,7 +32,7 @@ from devices.contract import (
 )
 from devices.registry import Device, Registry, RegistryFile
 from devices.validation import Accepted, Limits, accept
-from dsp.estimator import FleetEstimator
+from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
 from osteotel.logs import kv
 from osteotel.settings import Settings
@@ -58,6 +60,9 @@ _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 10.0
 # How long a graceful stop waits for received messages to be stored and acknowledged.
 _DRAIN_TIMEOUT_S = 10.0
+# Messages handled per turn of the event loop: enough to share the DSP call and the loop's
+# overhead, few enough (about 50 ms of work) that the writer is not kept waiting.
+_HANDLE_MAX_MESSAGES = 200
 
 
 @dataclass(slots=True)
@@ -71,6 +76,14 @@ class _Work:
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _PendingFrames:
+    """Accepted frames of a batch not yet through the DSP, and the work each belongs to."""
+
+    frames: list[Frame] = field(default_factory=list)
+    works: list[_Work] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -201,30 +214,104 @@ class IngestService:
                 )
 
     async def _receive(self, source: MqttSource) -> None:
+        async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
+            for work in self._handle_batch(messages):
+                await self._queue.put(work)
+
+    def _handle_batch(self, messages: list[Received]) -> list[_Work]:
+        """Turn a batch of messages into work, in order; the DSP runs frames in runs."""
         partitions = self._settings.ingest.partitions
         mine = self._settings.ingest.partition
-        async for message in source.messages():
+        registry = self._registry.current  # one version for the whole batch
+        works: list[_Work] = []
+        pending = _PendingFrames()
+        for message in messages:
             if partitions > 1 and partition_of(message.topic, partitions) != mine:
                 # Another process owns this device: acknowledge in turn, store nothing.
-                await self._queue.put(_Work(message, b""))
-            else:
-                await self._queue.put(self._handle(message))
+                works.append(_Work(message, b""))
+                continue
+            try:
+                accepted = accept(
+                    message.topic,
+                    message.payload,
+                    registry=registry,
+                    now_ns=message.received_ns,
+                    limits=self._limits,
+                )
+            except Rejected as rejected:
+                works.append(self._reject(message, rejected))
+                continue
+            if not isinstance(accepted.message, Frame):
+                # An event reaches the estimator after every frame received before it.
+                self._estimate_frames(pending, registry)
+            works.append(self._store(message, accepted, registry, pending))
+        self._estimate_frames(pending, registry)
+        return works
 
-    def _handle(self, message: Received) -> _Work:
-        registry = self._registry.current  # one version for the whole message
-        try:
-            accepted = accept(
-                message.topic,
-                message.payload,
-                registry=registry,
-                now_ns=message.received_ns,
-                limits=self._limits,
+    def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
+        """Run the frames waiting for the DSP through it at once, in order of receipt."""
+        if not pending.frames:
+            return
+        frames, works = pending.frames, pending.works
+        pending.frames, pending.works = [], []
+        with_ref = sum(frame.ref_load_n is not None for frame in frames)
+        if len(frames) == 1 or 0 < with_ref < len(frames):
+            # `frames` takes a reference load for all frames or for none: one at a time here.
+            for frame, work in zip(frames, works, strict=True):
+                records = self._estimator.frame(
+                    frame.device,
+                    frame.force_n,
+                    frame.disp_mm,
+                    frame.ref_load_n,
+                    frame.t0_ns,
+                    frame.rate_hz,
+                )
+                self._attach(work, records, registry)
+            return
+        offsets = np.zeros(len(frames) + 1, dtype=np.int64)
+        np.cumsum([frame.n for frame in frames], out=offsets[1:])
+        records = self._estimator.frames(
+            [frame.device for frame in frames],
+            offsets,
+            np.concatenate([frame.force_n for frame in frames]),
+            np.concatenate([frame.disp_mm for frame in frames]),
+            np.concatenate([frame.ref_load_n for frame in frames if frame.ref_load_n is not None])
+            if with_ref
+            else None,
+            np.array([frame.t0_ns for frame in frames], dtype=np.int64),
+            np.array([frame.rate_hz for frame in frames], dtype=np.float64),
+        )
+        # Which frame of a run closed a record is not known here; the run's last message
+        # carries them all, so they are stored and published in the order the DSP made them.
+        self._attach(works[-1], records, registry)
+
+    def _attach(self, work: _Work, records: list[EstimateRecord], registry: Registry) -> None:
+        """Add estimate points and messages to a message's work."""
+        if not records:
+            return
+        # A device's hub is its registered one: a frame from another hub was rejected.
+        work.lines += b"".join(
+            estimate_line(registry.devices[record.device].hub, record) for record in records
+        )
+        work.estimates.extend(
+            (
+                derived_topic(record.device),
+                estimate_message(
+                    registry.devices[record.device].hub,
+                    registry.devices[record.device].patient,
+                    record,
+                ),
             )
-        except Rejected as rejected:
-            return self._reject(message, rejected)
-        return self._store(message, accepted, registry)
+            for record in records
+        )
 
-    def _store(self, message: Received, accepted: Accepted, registry: Registry) -> _Work:
+    def _store(
+        self,
+        message: Received,
+        accepted: Accepted,
+        registry: Registry,
+        pending: _PendingFrames,
+    ) -> _Work:
         item = accepted.message
         if isinstance(item, HubStatus):
             return _Work(message, status_lines(item))
@@ -234,22 +321,14 @@ class IngestService:
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
                 return _Work(message, b"")
             self._know(registry.devices[item.device])
-            records = self._estimator.frame(
-                item.device, item.force_n, item.disp_mm, item.ref_load_n, item.t0_ns, item.rate_hz
-            )
             work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
-        else:
-            self._know(registry.devices[item.device])
-            records = feed_event(self._estimator, item)
-            work = _Work(message, event_lines(accepted.hub, item))
-        if records:
-            patient = registry.devices[item.device].patient
-            work.lines += b"".join(estimate_line(accepted.hub, record) for record in records)
-            work.estimates = [
-                (derived_topic(item.device), estimate_message(accepted.hub, patient, record))
-                for record in records
-            ]
+            pending.frames.append(item)
+            pending.works.append(work)
+            return work
+        self._know(registry.devices[item.device])
+        work = _Work(message, event_lines(accepted.hub, item))
+        self._attach(work, feed_event(self._estimator, item), registry)
         return work
 
     def _know(self, device: Device) -> None:
@@ -300,27 +379,35 @@ class IngestService:
 
     async def _write(self, source: MqttSource, store: InfluxStore, stop: asyncio.Event) -> None:
         limits = self._settings.ingest
+        queue = self._queue
         while True:
             batch = _Batch()
-            first = await self._queue.get()
-            batch.items.append(first)
+            work = await queue.get()
             deadline = time.monotonic() + limits.batch_max_delay_s
-            while (
-                batch.lines < limits.batch_max_lines
-                and len(batch.items) < limits.batch_max_messages
-            ):
+            while True:
+                batch.items.append(work)
+                batch.lines += work.lines.count(b"\n")
+                if (
+                    batch.lines >= limits.batch_max_lines
+                    or len(batch.items) >= limits.batch_max_messages
+                ):
+                    break
+                # What is already queued is taken without a timer: wait_for costs a task.
+                try:
+                    work = queue.get_nowait()
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
                 timeout_s = deadline - time.monotonic()
                 if timeout_s <= 0:
                     break
                 try:
-                    work = await asyncio.wait_for(self._queue.get(), timeout_s)
+                    work = await asyncio.wait_for(queue.get(), timeout_s)
                 except TimeoutError:
                     break
-                batch.items.append(work)
-                batch.lines += work.lines.count(b"\n")
             await self._commit(batch, source, store)
             for _ in batch.items:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _commit(self, batch: _Batch, source: MqttSource, store: InfluxStore) -> None:
         """Make a batch durable, then acknowledge its messages in the order received."""

@@ -16,8 +16,10 @@ newline ends a line and a NUL would be lost with the array padding.
 """
 
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -110,6 +112,10 @@ def escape_string_field(v: str) -> str:
     return v.translate(_STRING_FIELD_ESCAPES)
 
 
+# Field keys repeat on every line of a measurement: escape each once.
+_field_key = functools.lru_cache(maxsize=4096)(escape_tag)
+
+
 def _line_prefix(measurement: str, tags: Mapping[str, str]) -> str:
     return _cached_prefix(measurement, tuple(sorted(tags.items())))
 
@@ -123,21 +129,95 @@ def _cached_prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     return ",".join(parts)
 
 
-def _float_column(name: str, values: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
-    as_float64 = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(as_float64)
-    if not finite.all():
-        index = int(np.argmin(finite))
-        raise ValueError(f"field {name!r} is not finite at index {index}")
-    return as_float64
-
-
 def _is_int64_compatible(dtype: np.dtype[np.generic]) -> bool:
     # uint64 is refused: values above 2**63 - 1 have no int64 field to go to.
     return bool(
         np.issubdtype(dtype, np.signedinteger)
         or (np.issubdtype(dtype, np.unsignedinteger) and dtype.itemsize < 8)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """Where one field goes: its kind's matrix and row, or why it cannot go anywhere."""
+
+    key: bytes
+    kind: int
+    row: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Everything about a set of fields that does not depend on their values."""
+
+    columns: tuple[_Column, ...]
+    keys: npt.NDArray[np.uint8]
+    key_starts: npt.NDArray[np.int64]
+    kinds: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]
+    counts: tuple[int, int, int]  # rows of the float, int and bool matrices
+    fields_width: int
+
+
+def _column_kind(dtype: np.dtype[Any]) -> int | None:
+    if dtype == np.bool_:
+        return KIND_BOOL
+    if np.issubdtype(dtype, np.floating):
+        return KIND_FLOAT
+    if _is_int64_compatible(dtype):
+        return KIND_INT
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(fields: tuple[tuple[str, np.dtype[Any]], ...]) -> _Layout:
+    # Frames of the same device type repeat the same fields and dtypes: work their layout out
+    # once. An error is not raised here but kept at its column, so that the caller raises the
+    # first problem in field order, exactly where a column-by-column pass would.
+    columns: list[_Column] = []
+    counts = {KIND_FLOAT: 0, KIND_INT: 0, KIND_BOOL: 0}
+    widths = {KIND_FLOAT: FLOAT_WIDTH, KIND_INT: INT_WIDTH + 1, KIND_BOOL: BOOL_WIDTH}
+    fields_width = 0
+    for position, (name, dtype) in enumerate(fields):
+        try:
+            key = (("," if position else "") + escape_tag(name) + "=").encode()
+        except ValueError as exc:
+            columns.append(_Column(b"", -1, -1, str(exc)))
+            continue
+        kind = _column_kind(dtype)
+        if kind is None:
+            columns.append(_Column(key, -1, -1, f"field {name!r} has unsupported dtype {dtype}"))
+            continue
+        columns.append(_Column(key, kind, counts[kind], None))
+        counts[kind] += 1
+        fields_width += len(key) + widths[kind]
+    usable = [column for column in columns if column.error is None]
+    return _Layout(
+        columns=tuple(columns),
+        keys=np.frombuffer(b"".join(column.key for column in usable), dtype=np.uint8),
+        key_starts=np.cumsum([0, *(len(column.key) for column in usable)], dtype=np.int64),
+        kinds=np.array([column.kind for column in usable], dtype=np.int64),
+        rows=np.array([column.row for column in usable], dtype=np.int64),
+        counts=(counts[KIND_FLOAT], counts[KIND_INT], counts[KIND_BOOL]),
+        fields_width=fields_width,
+    )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _prefix_bytes(measurement: str, tags: tuple[tuple[str, str], ...]) -> npt.NDArray[np.uint8]:
+    return np.frombuffer((_cached_prefix(measurement, tags) + " ").encode(), dtype=np.uint8)
+
+
+def _check_finite_rows(names: Sequence[str], floats: npt.NDArray[np.float64], filled: int) -> None:
+    """Raise for the first non-finite value of the first `filled` float rows, in row order."""
+    finite = np.isfinite(floats[:filled])
+    if finite.all():
+        return
+    for row in range(filled):
+        if not finite[row].all():
+            index = int(np.argmin(finite[row]))
+            raise ValueError(f"field {names[row]!r} is not finite at index {index}")
 
 
 def array_lines(
@@ -166,71 +246,62 @@ def array_lines(
     if not fields:
         raise ValueError("a line needs at least one field")
     ts = np.asarray(ts_ns)
-    if ts.ndim != 1 or not np.issubdtype(ts.dtype, np.integer):
+    if ts.ndim != 1 or ts.dtype.kind not in "iu":  # numpy's signed and unsigned integers
         raise ValueError(f"ts_ns must be a 1-D integer array, got {ts.dtype} with {ts.ndim} dims")
-    columns = {name: np.asarray(values) for name, values in fields.items()}
-    for name, values in columns.items():
+    arrays = [np.asarray(values) for values in fields.values()]
+    names = list(fields)
+    for name, values in zip(names, arrays, strict=True):
         if values.shape != ts.shape:
             raise ValueError(f"field {name!r} has shape {values.shape}, ts_ns has {ts.shape}")
 
+    layout = _layout(tuple(zip(names, (values.dtype for values in arrays), strict=True)))
+    n = ts.size
+    n_floats, n_ints, n_bools = layout.counts
     # Each field goes to one matrix by kind; the kernel reads it back through (kind, row).
-    floats: list[npt.NDArray[np.float64]] = []
-    ints: list[npt.NDArray[np.int64]] = []
-    bools: list[npt.NDArray[np.bool_]] = []
-    kinds: list[int] = []
-    rows: list[int] = []
-    keys: list[bytes] = []
-    line_width = 0
-    for position, (name, values) in enumerate(columns.items()):
-        key = (("," if position else "") + escape_tag(name) + "=").encode()
-        keys.append(key)
-        if values.dtype == np.bool_:
-            kinds.append(KIND_BOOL)
-            rows.append(len(bools))
-            bools.append(values)
-            line_width += len(key) + BOOL_WIDTH
-        elif np.issubdtype(values.dtype, np.floating):
-            kinds.append(KIND_FLOAT)
-            rows.append(len(floats))
-            floats.append(_float_column(name, values))
-            line_width += len(key) + FLOAT_WIDTH
-        elif _is_int64_compatible(values.dtype):
-            kinds.append(KIND_INT)
-            rows.append(len(ints))
-            ints.append(values.astype(np.int64))
-            line_width += len(key) + INT_WIDTH + 1
+    floats = np.empty((n_floats, n), dtype=np.float64)
+    ints = np.empty((n_ints, n), dtype=np.int64)
+    bools = np.empty((n_bools, n), dtype=np.bool_)
+    float_names: list[str] = []
+    for name, values, column in zip(names, arrays, layout.columns, strict=True):
+        if column.error is not None:
+            _check_finite_rows(float_names, floats, len(float_names))
+            raise ValueError(column.error)
+        if column.kind == KIND_FLOAT:
+            floats[column.row] = values
+            float_names.append(name)
+        elif column.kind == KIND_INT:
+            ints[column.row] = values
         else:
-            raise ValueError(f"field {name!r} has unsupported dtype {values.dtype}")
-    if ts.size == 0:
+            bools[column.row] = values
+    _check_finite_rows(float_names, floats, n_floats)
+    if n == 0:
         return b""
 
-    prefix = (_line_prefix(measurement, tags) + " ").encode()
+    prefix = _prefix_bytes(measurement, tuple(sorted(tags.items())))
     # Prefix, fields, space, timestamp, newline: an upper bound on every line's length.
-    line_width += len(prefix) + 1 + INT_WIDTH + 1
-    out = np.empty(ts.size * line_width, dtype=np.uint8)
+    line_width = layout.fields_width + prefix.size + 1 + INT_WIDTH + 1
+    out = np.empty(n * line_width, dtype=np.uint8)
     used = _array_lines(
-        np.frombuffer(prefix, dtype=np.uint8),
-        np.frombuffer(b"".join(keys), dtype=np.uint8),
-        np.cumsum([0, *(len(key) for key in keys)], dtype=np.int64),
-        np.array(kinds, dtype=np.int64),
-        np.array(rows, dtype=np.int64),
-        _matrix(floats, np.float64, ts.size).view(np.int64),
-        _matrix(ints, np.int64, ts.size),
-        _matrix(bools, np.bool_, ts.size),
-        ts.astype(np.int64),
+        prefix,
+        layout.keys,
+        layout.key_starts,
+        layout.kinds,
+        layout.rows,
+        floats.view(np.int64),
+        ints,
+        bools,
+        np.ascontiguousarray(ts, dtype=np.int64),
         out,
     )
     return out[:used].tobytes()
 
 
-def _matrix(columns: Sequence[npt.NDArray[Any]], dtype: npt.DTypeLike, n: int) -> npt.NDArray[Any]:
-    # Kernels want one C-contiguous 2-D array per kind, even an empty one.
-    if not columns:
-        return np.empty((0, n), dtype=dtype)
-    return np.ascontiguousarray(np.stack(columns), dtype=dtype)
-
-
 def _scalar_text(name: str, value: float | int | bool | str | np.generic) -> str:
+    # Plain Python floats and ints are nearly every field: take them before the general checks.
+    if type(value) is float and math.isfinite(value):
+        return repr(value)
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return f"{value}i"
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | np.integer):
@@ -272,7 +343,7 @@ def point_line(
             int64, or a name cannot be escaped.
     """
     parts = [
-        f"{escape_tag(name)}={_scalar_text(name, value)}"
+        f"{_field_key(name)}={_scalar_text(name, value)}"
         for name, value in fields.items()
         if value is not None
     ]
