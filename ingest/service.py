@@ -139,7 +139,8 @@ class IngestService:
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
         try:
-            await asyncio.to_thread(store.ensure_database)
+            # No ensure_database here: the store creates the database on its first write, so
+            # ingest starts (and spools) even while InfluxDB is still down.
             source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
@@ -150,7 +151,7 @@ class IngestService:
                 stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
                 self.ready.set()
-                log.info(kv("ingest_started", influx_api=store.api))
+                log.info(kv("ingest_started", influx_url=self._settings.influx.url))
                 await stop.wait()
                 receive.cancel()
                 registry.cancel()

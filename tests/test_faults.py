@@ -169,3 +169,30 @@ def test_mosquitto_restarted_mid_stream_loses_nothing(stack: Stack) -> None:
         hub.close()
     assert_exactly_stored(stack, hub.published)
     assert "mqtt_disconnected" in stack.ingest.log()
+
+
+def test_ingest_started_while_influxdb_is_down_spools_then_stores(tmp_path: Path) -> None:
+    """Ingest starts without InfluxDB, spools, and creates the database when it appears."""
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        influx = InfluxDB(tmp_path / "influxdb")  # described, not started yet
+        env = ingest_env(broker, influx, "late", "ingest-late", tmp_path)
+        ingest = IngestProcess(env, tmp_path)
+        ingest.start()
+        stack = Stack(broker, influx, ingest, database="late")
+        hub = Hub(broker)
+        try:
+            for frame in frames(10):
+                hub.publish(frame)
+            wait_for(lambda: "action=spooling" in ingest.log(), "ingest to spool", ingest)
+            influx.start()
+
+            def database_created() -> bool:
+                rows = query(influx, "_internal", "SHOW DATABASES")
+                return ["late"] in rows
+
+            wait_for(database_created, "ingest to create its database", ingest)
+            assert_exactly_stored(stack, hub.published)
+        finally:
+            hub.close()
+            ingest.stop()
+            influx.stop()

@@ -105,6 +105,8 @@ class InfluxStore:
         self._base_url = settings.url.rstrip("/")
         self._api: Literal["v1", "v2"] | None = None if settings.api == "auto" else settings.api
         self._v2: V2Writer | None = None
+        # The first v1 write creates the database if needed, whenever the server first answers.
+        self._database_ready = False
         self._headers: dict[str, str] = {}
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else ""
@@ -204,12 +206,15 @@ class InfluxStore:
         body = urllib.parse.urlencode({"q": statement}).encode()
         response = self._send("POST", self._url("/query", {}), body=body, action="create database")
         self._parse_results(check_status(response, action="create database"), "create database")
+        self._database_ready = True
 
     def write(self, lines: bytes) -> None:
         """Write line protocol with nanosecond timestamps; `b""` sends nothing.
 
         Writes are idempotent: a line with the same series and timestamp overwrites the
-        field values already stored, so a write that timed out may be sent again.
+        field values already stored, so a write that timed out may be sent again. On a v1
+        server the first write creates the database if it does not exist, so a writer that
+        started while the server was down needs nothing else once it is back.
 
         Args:
             lines: newline-terminated line protocol, timestamps in UTC epoch nanoseconds.
@@ -223,6 +228,8 @@ class InfluxStore:
         if self.api == "v2":
             self._v2_writer().write(self._settings.bucket, lines)
             return
+        if not self._database_ready:
+            self.ensure_database()
         params = {
             "db": self._settings.database,
             "rp": self._settings.retention_policy,
