@@ -126,6 +126,21 @@ def _print_summary(settings: InfluxSettings) -> None:
                 f"  {device:<9} {count:>8} {frames.get(device, 0):>8}  "
                 f"{f_min:>8.1f} .. {f_max:<8.1f} {d_min:>7.2f} .. {d_max:<7.2f}"
             )
+        print("\n  device    steps fitted  last k_inst N/mm  last tau_slow s  days estimated")
+        days = {
+            series.tags.get("device"): series.values[0][1]
+            for series in store.query("SELECT count(steps_done) FROM daily GROUP BY device")
+        }
+        for series in store.query(
+            "SELECT count(k_inst_n_per_mm), last(k_inst_n_per_mm), last(tau_slow_s) FROM step "
+            "WHERE kind = 'step' GROUP BY device"
+        ):
+            device = series.tags.get("device")
+            _, count, k_inst, tau_slow = series.values[0]
+            print(
+                f"  {device:<9} {count:>12} {k_inst:>17.1f} {tau_slow:>16.1f} "
+                f"{days.get(device, 0):>15}"
+            )
         for series in store.query("SELECT count(v) FROM event GROUP BY type"):
             print(f"  events {series.tags.get('type')}: {series.values[0][1]}")
         for series in store.query("SELECT count(detail) FROM rejection GROUP BY reason"):
