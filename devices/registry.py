@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -137,7 +138,12 @@ class Protocol(_Config):
 
 
 class Device(_Config):
-    """One sensorized distractor, the hub that serves it and the patient it is fitted to."""
+    """One sensorized distractor, the hub that serves it and the patient it is fitted to.
+
+    Attributes:
+        osteotomy: the day the bone was cut (a TOML date, UTC), from which the boards count
+            the treatment day; None when not recorded. A treatment date, not personal data.
+    """
 
     id: DeviceId
     hub: DeviceId
@@ -146,6 +152,8 @@ class Device(_Config):
     calibration: Calibration
     range: SensorRange
     protocol: Protocol
+    # Strict: a TOML date only; a datetime or a string is a mistake to report.
+    osteotomy: date | None = None
     # Alert threshold overrides for this device (docs/alerts.md), checked by the alert service.
     alerts: dict[str, float] = Field(default_factory=dict)
 

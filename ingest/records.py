@@ -1,6 +1,7 @@
 """What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
 
 import functools
+from datetime import UTC, date, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -81,10 +82,20 @@ def rejection_lines(
     )
 
 
+def _midnight_ns(day: date | None) -> int | None:
+    if day is None:
+        return None
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    # Whole seconds times 1e9 in integers: a float product would round the nanoseconds.
+    return int(midnight.timestamp()) * 1_000_000_000
+
+
 def device_info_lines(registry: Registry, *, retired: set[str], now_ns: int) -> bytes:
     """`device_info` points: the registry as the boards need it (patient pseudonym, site, plan).
 
-    Devices in `retired` (gone from the registry since the last version) get `active=false`.
+    `osteotomy_ns` (UTC midnight of the registry's osteotomy date, epoch ns) is written only
+    for devices that have one. Devices in `retired` (gone from the registry since the last
+    version) get `active=false`.
     """
     lines = [
         point_line(
@@ -96,6 +107,7 @@ def device_info_lines(registry: Registry, *, retired: set[str], now_ns: int) -> 
                 "rate_mm_per_day": d.protocol.rate_mm_per_day,
                 "steps_per_day": d.protocol.steps_per_day,
                 "latency_days": d.protocol.latency_days,
+                "osteotomy_ns": _midnight_ns(d.osteotomy),
             },
             now_ns,
         )

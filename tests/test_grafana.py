@@ -11,6 +11,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ DEVICES = (
     ("DX-0001", "HUB-A", "P-7F3A", "tibia", "sensor_spikes"),
     ("DX-0003", "HUB-B", "P-B04E", "mandible", "normal"),
 )
+# Registry osteotomy dates and the treatment day each is at END_NS (2026-01-01): different
+# per device, so a value read for the wrong device shows. The emulator compresses time, so
+# these are the registry's dates, not the emulated treatment's start.
+OSTEOTOMY = {"DX-0001": (date(2025, 11, 26), 36), "DX-0003": (date(2025, 12, 15), 17)}
 BOARDS = build_dashboards()
 ALL_QUERIES = [query for board in BOARDS for query in board.queries]
 # docs/schema.md's type names, as InfluxDB's SHOW FIELD KEYS names them.
@@ -98,6 +103,7 @@ def registry() -> Registry:
                 calibration=Calibration(id=f"CAL-{device}"),
                 range=SensorRange(force_n=(-2000.0, 2000.0), disp_mm=(-10.0, 200.0)),
                 protocol=Protocol(target_mm=50.0),  # the emulator's default plan
+                osteotomy=OSTEOTOMY[device][0],
             )
             for device, hub, patient, site, _ in DEVICES
         },
@@ -330,6 +336,12 @@ def test_variables_expand_as_regex(values: list[str], expected: str) -> None:
     assert text == f'"device" =~ /^{expected}$/'
 
 
+@pytest.mark.parametrize("text", ["${__from}/${__to}", "$__from/$__to"], ids=["braced", "bare"])
+def test_range_variables_expand_to_epoch_milliseconds(text: str) -> None:
+    """Grafana's global ${__from} and ${__to} become the range's ends in epoch milliseconds."""
+    assert expand(text, start_ns=1_500_000_000, end_ns=9_000_000_000, variables={}) == "1500/9000"
+
+
 def test_time_filter_expands_to_epoch_milliseconds() -> None:
     """$timeFilter becomes a closed range in epoch milliseconds."""
     text = expand("WHERE $timeFilter", start_ns=1_500_000_000, end_ns=9_000_000_000, variables={})
@@ -367,6 +379,69 @@ def test_panel_query_returns_expected_columns(
         assert tuple(item.columns) == query.columns
         assert set(item.tags) == set(query.group_tags)
         assert item.values
+
+
+def _panel_query(dashboard: str, panel: str, ref_id: str) -> PanelQuery:
+    return next(
+        q for q in ALL_QUERIES if (q.dashboard, q.panel, q.ref_id) == (dashboard, panel, ref_id)
+    )
+
+
+def _rows(emulation: Emulation, query: PanelQuery) -> dict[str, list[dict[str, Any]]]:
+    """The query's rows per device for All devices, as column-to-value mappings."""
+    text = expand(
+        query.influxql,
+        start_ns=emulation.start_ns,
+        end_ns=emulation.end_ns,
+        variables=SELECTIONS["all"],
+    )
+    return {
+        item.tags["device"]: [dict(zip(item.columns, row, strict=True)) for row in item.values]
+        for item in emulation.store.query(text, epoch="ms")
+    }
+
+
+def test_device_info_carries_the_osteotomy_at_utc_midnight(emulation: Emulation) -> None:
+    """`device_info.osteotomy_ns` is UTC midnight of each device's registry date, epoch ns."""
+    series = emulation.store.query(
+        'SELECT last("osteotomy_ns") FROM "device_info" GROUP BY "device"', epoch="ns"
+    )
+    written = {item.tags["device"]: item.values[0][1] for item in series}
+    assert written == {
+        "DX-0001": 1_764_115_200 * 10**9,  # 2025-11-26T00:00:00Z
+        "DX-0003": 1_765_756_800 * 10**9,  # 2025-12-15T00:00:00Z
+    }
+
+
+def test_device_info_leaves_out_a_missing_osteotomy() -> None:
+    """A device with no osteotomy date gets a device_info point without `osteotomy_ns`."""
+    reg = registry()
+    device = reg.devices["DX-0001"].model_copy(update={"osteotomy": None})
+    reg = reg.model_copy(update={"devices": {**reg.devices, "DX-0001": device}})
+    lines = device_info_lines(reg, retired=set(), now_ns=START_NS).decode().splitlines()
+    by_device = {line.split("device=")[1].split(",")[0]: line for line in lines}
+    assert "osteotomy_ns=" not in by_device["DX-0001"]
+    assert "osteotomy_ns=1765756800000000000i" in by_device["DX-0003"]
+
+
+def test_fleet_treatment_day_counts_whole_days_from_the_osteotomy(emulation: Emulation) -> None:
+    """The fleet table's treatment day is whole days from the osteotomy to the range end."""
+    rows = _rows(emulation, _panel_query("osteotel-fleet", "Devices", "A"))
+    assert {device: r[0]["treatment_day"] for device, r in rows.items()} == {
+        device: day for device, (_, day) in OSTEOTOMY.items()
+    }
+
+
+def test_step_stiffness_band_encloses_k_inst(emulation: Emulation) -> None:
+    """Each fitted step's k_inst lies within its band, and its fit_r2 is at most 1."""
+    title = "Step stiffness (per distraction step) with its fit quality"
+    per_device = _rows(emulation, _panel_query("osteotel-patient", title, "A"))
+    rows = [row for device_rows in per_device.values() for row in device_rows]
+    fitted = [r for r in rows if r["k_inst_lo_n_per_mm"] is not None]
+    assert fitted, "no step carries a fit residual"
+    for row in fitted:
+        assert row["k_inst_lo_n_per_mm"] <= row["k_inst_n_per_mm"] <= row["k_inst_hi_n_per_mm"]
+        assert row["fit_r2"] <= 1.0
 
 
 def test_real_data_reaches_the_documented_panels(emulation: Emulation) -> None:

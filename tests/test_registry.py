@@ -2,6 +2,7 @@
 
 import logging
 import os
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ range = { force_n = [-2000.0, 2000.0], disp_mm = [-5.0, 120.0] }
 protocol = { target_mm = 50.0 }
 """
 
+# Where a wrong osteotomy value is reported: quoted, or with a time, it is not a TOML date.
+OSTEOTOMY_AT = r"device\[0\]\.osteotomy: Input should be a valid date"
+
 
 def test_example_registry_has_the_demo_hubs_and_devices() -> None:
     """The example registry holds HUB-A, HUB-B and three devices, DX-0003 a mandible on HUB-B."""
@@ -41,6 +45,18 @@ def test_example_registry_has_the_demo_hubs_and_devices() -> None:
     assert mandible.site == "mandible"
     assert (mandible.protocol.steps_per_day, mandible.protocol.step_mm) == (2, 0.5)
     assert mandible.protocol.latency_days == 7
+    assert {d.id: d.osteotomy for d in registry.devices.values()} == {
+        "DX-0001": date(2026, 9, 1),
+        "DX-0002": date(2026, 10, 6),
+        "DX-0003": date(2026, 11, 2),
+    }
+
+
+def test_osteotomy_is_an_optional_toml_date() -> None:
+    """`osteotomy` is read as a date when given and is None when left out."""
+    dated = HUB + DEVICE.replace("site =", "osteotomy = 2026-09-01\nsite =")
+    assert Registry.from_toml(dated).devices["DX-0001"].osteotomy == date(2026, 9, 1)
+    assert Registry.from_toml(HUB + DEVICE).devices["DX-0001"].osteotomy is None
 
 
 def test_omitted_keys_take_the_documented_defaults() -> None:
@@ -81,6 +97,8 @@ def test_integers_are_taken_for_floats() -> None:
         (HUB + DEVICE.replace('{ id = "CAL-1" }', '{ id = "CAL-1", force_gain = 0.0 }'), "gain"),
         (HUB + DEVICE.replace("site =", "colour = 1\nsite ="), r"device\[0\]\.colour: Extra"),
         (HUB + DEVICE + "\n[[sensor]]\nid = 1\n", "unknown top-level keys"),
+        (HUB + DEVICE.replace("site =", 'osteotomy = "2026-09-01"\nsite ='), OSTEOTOMY_AT),
+        (HUB + DEVICE.replace("site =", "osteotomy = 2026-09-01T08:00:00\nsite ="), OSTEOTOMY_AT),
         ("hub = 1\n", "array of tables"),
     ],
     ids=[
@@ -103,6 +121,8 @@ def test_integers_are_taken_for_floats() -> None:
         "zero-gain",
         "unknown-key",
         "unknown-table",
+        "osteotomy-string",
+        "osteotomy-datetime",
         "hub-not-a-table",
     ],
 )

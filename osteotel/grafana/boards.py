@@ -27,6 +27,19 @@ _NOT_PROJECTED = [
 ]
 
 
+_NS_PER_DAY = 86_400 * 10**9
+
+
+def _treatment_day() -> tuple[str, str]:
+    """Whole days from the osteotomy to the end of the board's range: 0 on the osteotomy day.
+
+    InfluxQL has no `now()` in a SELECT, so the range end comes from Grafana's global
+    `${__to}` (epoch ms). A device without an osteotomy date gets no value (null).
+    """
+    osteotomy = f"last({name_of('device_info', 'osteotomy_ns')})"
+    return f"floor((${{__to}} * 1000000 - {osteotomy}) / {_NS_PER_DAY})", "treatment_day"
+
+
 def _projected_ready_ms() -> tuple[str, str]:
     # Nanoseconds to milliseconds: Grafana's dateTime units take epoch ms.
     return f"last({name_of('daily', 'projected_ready_ns')}) / 1000000", "projected_ready_ms"
@@ -37,7 +50,8 @@ def _fleet() -> Board:
     board = Board(
         "osteotel-fleet",
         "osteotel / Fleet",
-        "Every active device: patient pseudonym, site, phase, days monitored, elongation, "
+        "Every active device: patient pseudonym, site, phase, treatment day, days monitored, "
+        "elongation, "
         "consolidation, projected readiness, last seen, data completeness; the latest state "
         "of each device's alerts.",
         chain,
@@ -45,7 +59,7 @@ def _fleet() -> Board:
     )
     info = Query(
         "device_info",
-        [agg("last", "device_info", "target_mm")],
+        [agg("last", "device_info", "target_mm"), _treatment_day()],
         where=[*filters("device_info", chain), f"{name_of('device_info', 'active')} = true"],
         group_tags=("hub", "device", "patient", "site"),
         time_filter=False,
@@ -56,8 +70,9 @@ def _fleet() -> Board:
         where=filters("daily", chain),
         group_tags=("device",),
     )
-    # No record holds a treatment day: the estimator writes one `daily` point per UTC day the
-    # device has been followed (days without data included), so their count is that day.
+    # The estimator writes one `daily` point per UTC day the device has been followed (days
+    # without data included); their count is kept beside the treatment day because the
+    # osteotomy date is optional, and a gap between the two shows monitoring that began late.
     days = Query(
         "daily",
         [agg("count", "daily", "steps_done", "days_monitored")],
@@ -91,8 +106,10 @@ def _fleet() -> Board:
         width=24,
         height=12,
         description="One row per device; `time` of the battery column is when it was last "
-        "seen. Days monitored counts the daily estimates; data completeness is frames stored "
-        "over frames stored and still missing, since the ingest process started.",
+        "seen. Treatment day counts whole days from the registry's osteotomy date to the end "
+        "of the time range (0 on the osteotomy day; empty without a date); days monitored "
+        "counts the daily estimates; data completeness is frames stored over frames stored "
+        "and still missing, since the ingest process started.",
         transformations=[
             {"id": "merge", "options": {}},
             {
@@ -101,6 +118,7 @@ def _fleet() -> Board:
                     "renameByName": {
                         "Time": "last seen",
                         "gained_mm": "elongation mm",
+                        "treatment_day": "treatment day",
                         "days_monitored": "days monitored",
                         "projected_ready_ms": "projected ready",
                         "completeness_pct": "data completeness %",
@@ -111,6 +129,10 @@ def _fleet() -> Board:
         field_config={
             "defaults": {},
             "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "treatment_day"},
+                    "properties": [{"id": "unit", "value": "none"}, {"id": "decimals", "value": 0}],
+                },
                 {
                     "matcher": {"id": "byName", "options": "projected_ready_ms"},
                     "properties": [
@@ -207,6 +229,18 @@ def _completeness(chain: tuple[Variable, ...], *, by_time: str | None) -> Query:
     )
 
 
+def _k_inst_band() -> list[tuple[str, str]]:
+    """k_inst minus and plus the fit residual over the step size, N/mm.
+
+    k_inst is (f_peak_n - f_residual_n) / delta_mm (docs/dsp.md) and f_residual_n comes from
+    the relaxation fit, so a force error of one fit_rmse_n moves k_inst by fit_rmse_n /
+    delta_mm.
+    """
+    k = name_of("step", "k_inst_n_per_mm")
+    spread = f"{name_of('step', 'fit_rmse_n')} / {name_of('step', 'delta_mm')}"
+    return [(f"{k} - {spread}", "k_inst_lo_n_per_mm"), (f"{k} + {spread}", "k_inst_hi_n_per_mm")]
+
+
 def _patient() -> Board:
     chain: tuple[Variable, ...] = ("hub", "patient", "device")
     board = Board(
@@ -242,12 +276,13 @@ def _patient() -> Board:
     )
     step_where = [f"{name_of('step', 'kind')} = 'step'"]
     board.panel(
-        "Step stiffness (per distraction step) and fit quality",
+        "Step stiffness (per distraction step) with its fit quality",
         [
             series_query(
                 "step",
                 [
                     raw("step", "k_inst_n_per_mm"),
+                    *_k_inst_band(),
                     raw("step", "k_eq_n_per_mm"),
                     raw("step", "fit_r2"),
                 ],
@@ -265,7 +300,31 @@ def _patient() -> Board:
         ],
         unit="none",
         description="k in N/mm, per distraction step and the continuous tracker at each "
-        "day's end; fit_r2 is 0..1.",
+        "day's end. The dashed lines are k_inst ± fit_rmse_n / delta_mm: the stiffness one RMS "
+        "residual of the step's relaxation fit amounts to, a scale of its error rather than a "
+        "confidence interval. fit_r2 (right axis, 0..1) is the share of the relaxation the "
+        "fit explains; empty when the step could not be fitted.",
+        field_config={
+            "defaults": {},
+            "overrides": [
+                {
+                    "matcher": {"id": "byRegexp", "options": ".*k_inst_(lo|hi)_n_per_mm"},
+                    "properties": [
+                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [4, 4]}},
+                        {"id": "custom.lineWidth", "value": 1},
+                    ],
+                },
+                {
+                    "matcher": {"id": "byRegexp", "options": ".*fit_r2"},
+                    "properties": [
+                        {"id": "unit", "value": "percentunit"},
+                        {"id": "min", "value": 0},
+                        {"id": "max", "value": 1},
+                        {"id": "custom.axisPlacement", "value": "right"},
+                    ],
+                },
+            ],
+        },
     )
     board.panel(
         "Relaxation time constants",

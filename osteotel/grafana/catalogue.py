@@ -62,7 +62,14 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     Measurement(
         "device_info",
         ("hub", "device", "patient", "site"),
-        ("active", "target_mm", "rate_mm_per_day", "steps_per_day", "latency_days"),
+        (
+            "active",
+            "target_mm",
+            "rate_mm_per_day",
+            "steps_per_day",
+            "latency_days",
+            "osteotomy_ns",
+        ),
     ),
     # ingest: the DSP estimates (ingest/estimates.py over dsp/estimator.py's records).
     Measurement(

@@ -84,6 +84,8 @@ def interval_for(
     return _format_ms(max(nice, _duration_ms(min_interval)))
 
 
+# Grafana's global range variables, epoch milliseconds in their default format.
+_RANGE = re.compile(r"\$\{__(from|to)\}|\$__(from|to)\b")
 _REGEX_SPECIAL = re.compile(r"[\\^$*+?.()|\[\]{}/]")
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\[\[(\w+)\]\]|\$(\w+)")
 
@@ -109,6 +111,7 @@ def expand(
     """Expand Grafana's macros in an InfluxQL query the way Grafana's InfluxDB datasource does.
 
     `$timeFilter` becomes `time >= <start>ms and time <= <end>ms` (epoch milliseconds),
+    `${__from}`/`${__to}` (or `$__from`/`$__to`) the range's start/end in epoch ms,
     `$__interval`/`$interval` the rounded interval, `$__interval_ms` its milliseconds, and
     each template variable (`$name`, `${name}`, `[[name]]`) its regex-escaped value(s).
 
@@ -131,6 +134,9 @@ def expand(
     )
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
     text = influxql.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
+    text = _RANGE.sub(
+        lambda m: str(start_ms if (m.group(1) or m.group(2)) == "from" else end_ms), text
+    )
     text = text.replace("$__interval_ms", str(_duration_ms(interval)))
     text = text.replace("$__interval", interval).replace("$interval", interval)
 
