@@ -77,6 +77,7 @@ class StepInput(_Envelope):
     """A distraction step or a probe: the tissue's answer to one elongation (N/mm, N, s)."""
 
     kind: Literal["step", "probe"]
+    delta_mm: _Number = _NAN
     k_inst_n_per_mm: _Number = _NAN
     k_eq_n_per_mm: _Number = _NAN
     tau_slow_s: _Number = _NAN

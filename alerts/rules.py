@@ -5,7 +5,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 
 | rule | severity | input | fires when |
 |---|---|---|---|
-| distraction_force | warning/critical | step | peak force above the warning/critical limit |
+| distraction_force | warning/critical | step | force before the step plus its jump over a limit |
 | premature_consolidation | warning | step | step stiffness growing faster than the limit (/day) |
 | delayed_consolidation | warning | daily | load share falling too slowly, or projected too late |
 | stiffness_drop | critical | step, probe, daily | k_inst below half the recent median; loosening |
@@ -221,9 +221,15 @@ class RuleBook:
 
     def _step(self, d: Device, track: _Track, th: Thresholds, est: StepInput) -> list[Observation]:
         out: list[Observation] = []
-        peak = est.f_peak_n
-        # Distraction force is the tissue's answer to lengthening: a probe's 0.02 mm on a
-        # consolidated regenerate measures its stiffness, and its peak says nothing of tension.
+        # Distraction force is the tension lengthening puts on the tissue: the force before the
+        # step plus the step's instantaneous jump. The largest force seen in the step's window
+        # (f_peak_n) also holds whatever the patient did then: a walk overlapping a step put
+        # ~1,600 N through an emulated tibia early in normal healing, which is daily loading
+        # (the overload rule's business), not distraction. f_peak_n stands in only when the
+        # jump cannot be computed. A probe's 0.02 mm on a consolidated regenerate measures its
+        # stiffness, and says nothing of tension.
+        jump = est.f_residual_n + est.k_inst_n_per_mm * est.delta_mm
+        peak = jump if finite(jump) else est.f_peak_n
         if est.kind == "step" and finite(peak):
             severity = Severity.CRITICAL if peak >= th.force_critical_n else Severity.WARNING
             limit = th.force_critical_n if severity is Severity.CRITICAL else th.force_warning_n

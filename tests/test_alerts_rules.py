@@ -48,6 +48,19 @@ def test_high_distraction_force_fires(peak_n: float, severity: Severity) -> None
     assert (o.severity, o.value) == (severity, peak_n)
 
 
+def test_distraction_force_is_the_force_before_plus_the_step_jump() -> None:
+    """A walk in the step's window (a 1,600 N window peak) is not distraction force; tension is."""
+    walked = est(
+        "step", T0, f_peak_n=1600.0, f_residual_n=56.0, k_inst_n_per_mm=20.0, delta_mm=0.25
+    )
+    assert fired(book().estimate(walked), "distraction_force") == []
+    tense = est(
+        "step", T0, f_peak_n=300.0, f_residual_n=960.0, k_inst_n_per_mm=240.0, delta_mm=0.25
+    )
+    [o] = fired(book().estimate(tense), "distraction_force")
+    assert (o.severity, o.value) == (Severity.CRITICAL, 1020.0)
+
+
 def test_normal_force_is_quiet() -> None:
     """A 300 N peak, the adult tibia's usual end value, does not fire."""
     assert fired(book().estimate(est("step", T0, f_peak_n=300.0)), "distraction_force") == []
