@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from alerts.engine import AlertEngine
-from alerts.inputs import parse_estimate
 from alerts.model import Alert, AlertState, Severity
-from alerts.rules import RuleBook
-from alerts.store import AlertStore
-from devices.contract import HubStatus
-from devices.emulator.generator import DeviceConfig, generate
+from devices.emulator.generator import DeviceConfig
 from devices.emulator.groundtruth import ground_truth
 from devices.registry import Registry
-from dsp.adherence import Protocol
-from dsp.estimator import FleetEstimator
-from ingest.estimates import estimate_message, feed_event
+from osteotel.bench.treatment import run_treatment
 
 _DAY_NS = 86_400 * 1_000_000_000
-_TICK_NS = 60 * 1_000_000_000  # the alert service's tick, in simulated time
 _START_NS = 19_700 * _DAY_NS  # an osteotomy at midnight UTC
 _DEVICE, _HUB = "DX-0001", "HUB-A"
 _EXAMPLE = Registry.load(Path(__file__).resolve().parents[1] / "deploy" / "registry.example.toml")
@@ -86,65 +78,8 @@ def _config(scenario: str) -> DeviceConfig:
 
 
 def _run(config: DeviceConfig, end_ns: int, db: Path) -> tuple[list[Alert], dict[int, int]]:
-    """Emulator -> estimator (as ingest) -> estimate messages -> rules -> engine.
-
-    Returns every alert, and when each one fired in simulated time (its `fired_ns` is the
-    time of the measurement, e.g. the start of a day for a daily record).
-    """
-    raised: dict[int, int] = {}
-    fleet = FleetEstimator(capacity=1)
-    fleet.set_protocol(
-        _DEVICE,
-        Protocol(
-            steps_per_day=config.steps_per_day, step_mm=config.step_mm, target_mm=config.target_mm
-        ),
-    )
-    patient = _REGISTRY.devices[_DEVICE].patient
-    rules = RuleBook(_REGISTRY, now_ns=_START_NS)
-    with AlertStore(db) as store:
-        engine = AlertEngine(
-            store, channels=[], grafana_url="http://127.0.0.1:3000", repeat_s=14_400.0,
-            escalate_after_s=1_800.0, history=False,
-        )  # fmt: skip
-        pending = False
-        tick_ns = _START_NS
-        for item in generate(config, start_ns=_START_NS, end_ns=end_ns):
-            while tick_ns + _TICK_NS <= item.t_ns:
-                tick_ns += _TICK_NS
-                changed = engine.observe(rules.tick(tick_ns), now_ns=tick_ns)
-                pending |= any(a.state is AlertState.PENDING for a in changed)
-                if pending:  # only pending alerts change on a tick (repeats are not judged)
-                    changed += engine.tick(now_ns=tick_ns)
-                    pending = bool(store.alerts(states=[AlertState.PENDING]))
-                _note_fired(changed, tick_ns, raised)
-            if item.frame is not None:
-                frame = item.frame
-                records = fleet.frame(
-                    _DEVICE, frame.force_n, frame.disp_mm, frame.ref_load_n, frame.t0_ns,
-                    frame.rate_hz,
-                )  # fmt: skip
-                observations = rules.frame(_HUB, frame)
-            elif item.event is not None:
-                records = feed_event(fleet, item.event)
-                observations = rules.event(_HUB, item.event)
-            else:
-                assert item.online is not None
-                records = []
-                observations = rules.status(HubStatus(hub=_HUB, online=item.online, t_ns=item.t_ns))
-            for record in records:
-                message = estimate_message(_HUB, patient, record)
-                observations += rules.estimate(parse_estimate(message))
-            if observations:
-                changed = engine.observe(observations, now_ns=item.t_ns)
-                pending |= any(a.state is AlertState.PENDING for a in changed)
-                _note_fired(changed, item.t_ns, raised)
-        return store.alerts(), raised
-
-
-def _note_fired(changed: list[Alert], now_ns: int, raised: dict[int, int]) -> None:
-    for alert in changed:
-        if alert.state is not AlertState.PENDING and alert.fired_ns is not None:
-            raised.setdefault(alert.id, now_ns)
+    """Emulator -> estimator (as ingest) -> estimate messages -> rules -> engine."""
+    return run_treatment(config, _REGISTRY, db, start_ns=_START_NS, end_ns=end_ns)
 
 
 def _onset_ns(config: DeviceConfig, end_ns: int, onset: str) -> int:

@@ -361,42 +361,13 @@ def _removal_ns(config: Any, start_ns: int) -> int:
     )
 
 
-def _observe(item: Any, fleet: Any, rules: Any, hub: str, patient: str) -> list[Any]:
-    """One published item through the estimator (as ingest) and the rules (as the service)."""
-    from alerts.inputs import parse_estimate  # noqa: PLC0415
-    from devices.contract import HubStatus  # noqa: PLC0415
-    from ingest.estimates import estimate_message, feed_event  # noqa: PLC0415
-
-    if item.frame is not None:
-        frame = item.frame
-        records = fleet.frame(
-            frame.device, frame.force_n, frame.disp_mm, frame.ref_load_n, frame.t0_ns,
-            frame.rate_hz,
-        )  # fmt: skip
-        observations: list[Any] = rules.frame(hub, frame)
-    elif item.event is not None:
-        records = feed_event(fleet, item.event)
-        observations = rules.event(hub, item.event)
-    else:
-        records = []
-        observations = rules.status(HubStatus(hub=hub, online=item.online, t_ns=item.t_ns))
-    for record in records:
-        observations += rules.estimate(parse_estimate(estimate_message(hub, patient, record)))
-    return observations
-
-
 def _treatment(
     device: str, hub: str, registry: Path, *, seed: int, target_mm: float, db: Path
 ) -> tuple[dict[str, int], float]:
     """One emulated normal treatment to removal: fired alerts by severity, and its months."""
-    from alerts.engine import AlertEngine  # noqa: PLC0415
-    from alerts.model import AlertState  # noqa: PLC0415
-    from alerts.rules import RuleBook  # noqa: PLC0415
-    from alerts.store import AlertStore  # noqa: PLC0415
-    from devices.emulator.generator import DeviceConfig, generate  # noqa: PLC0415
+    from devices.emulator.generator import DeviceConfig  # noqa: PLC0415
     from devices.registry import Registry  # noqa: PLC0415
-    from dsp.adherence import Protocol  # noqa: PLC0415
-    from dsp.estimator import FleetEstimator  # noqa: PLC0415
+    from osteotel.bench.treatment import run_treatment  # noqa: PLC0415
 
     full = Registry.load(registry)
     # One device per rule book: the others, not emulated here, would all be silent.
@@ -406,42 +377,12 @@ def _treatment(
     config = DeviceConfig(device=device, hub=hub, seed=seed, rate_hz=_RATE_HZ, target_mm=target_mm)
     start_ns = 19_700 * _DAY_NS  # an osteotomy at midnight UTC
     end_ns = _removal_ns(config, start_ns)
-    fleet = FleetEstimator(capacity=1)
-    # The emulated prescription, as the scenario tests: the registry's target may differ.
-    fleet.set_protocol(
-        device,
-        Protocol(
-            steps_per_day=config.steps_per_day, step_mm=config.step_mm, target_mm=config.target_mm
-        ),
-    )
-    rules = RuleBook(one, now_ns=start_ns)
-    tick_every_ns = 60 * 1_000_000_000  # the service's tick, in simulated time
-    with AlertStore(db) as store:
-        engine = AlertEngine(
-            store, channels=[], grafana_url="http://127.0.0.1:3000", repeat_s=14_400.0,
-            escalate_after_s=1_800.0, history=False,
-        )  # fmt: skip
-        tick_ns = start_ns
-        pending = False
-        for item in generate(config, start_ns=start_ns, end_ns=end_ns):
-            while tick_ns + tick_every_ns <= item.t_ns:
-                tick_ns += tick_every_ns
-                changed = engine.observe(rules.tick(tick_ns), now_ns=tick_ns)
-                pending |= any(a.state is AlertState.PENDING for a in changed)
-                # Only pending alerts change on a tick (repeats are notifications, not alerts):
-                # skipping the idle ticks keeps a treatment's 400 000 minutes fast.
-                if pending:
-                    engine.tick(now_ns=tick_ns)
-                    pending = bool(store.alerts(states=[AlertState.PENDING]))
-            observations = _observe(item, fleet, rules, hub, one.devices[device].patient)
-            if observations:
-                changed = engine.observe(observations, now_ns=item.t_ns)
-                pending |= any(a.state is AlertState.PENDING for a in changed)
-        # A pending alert that never fired notified nobody: it is not counted.
-        fired = [a for a in store.alerts() if a.fired_ns is not None]
+    alerts, _ = run_treatment(config, one, db, start_ns=start_ns, end_ns=end_ns)
+    # A pending alert that never fired notified nobody: it is not counted.
     counts = dict.fromkeys(_SEVERITIES, 0)
-    for alert in fired:
-        counts[alert.severity.value] += 1
+    for alert in alerts:
+        if alert.fired_ns is not None:
+            counts[alert.severity.value] += 1
     return counts, (end_ns - start_ns) / _DAY_NS / _MONTH_DAYS
 
 
