@@ -212,7 +212,7 @@ class MqttNotifier:
     async def send(self, payload: dict[str, Any]) -> None:
         """Connect, publish every alert (QoS 1, acknowledged by the broker), disconnect."""
         settings = self._settings
-        password = settings.password.get_secret_value() if settings.password else None
+        password = settings.password_text()
         tls = (
             aiomqtt.TLSParameters(ca_certs=str(settings.tls_ca_file))
             if settings.tls_ca_file is not None

@@ -156,7 +156,7 @@ class AlertService:
 
     async def _receive_forever(self) -> None:
         settings = self._mqtt
-        password = settings.password.get_secret_value() if settings.password else None
+        password = settings.password_text()
         tls = (
             aiomqtt.TLSParameters(ca_certs=str(settings.tls_ca_file))
             if settings.tls_ca_file is not None

@@ -390,7 +390,7 @@ async def record(
         CaptureError: the broker could not be reached or dropped the connection.
     """
     stop = stop if stop is not None else asyncio.Event()
-    password = mqtt.password.get_secret_value() if mqtt.password else None
+    password = mqtt.password_text()
     client = aiomqtt.Client(
         mqtt.host,
         mqtt.port,
