@@ -21,9 +21,6 @@ Figures (keys; documented in docs/ingest.md and docs/alerts.md):
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from typing import Any
 
 # The same benchmark in two modules: the alert phases reuse the ingest phases' machinery.
 from osteotel.bench.ingest import (
+    _Child,
     _http_get,
     _ids,
     _Ingest,
@@ -122,14 +120,13 @@ class _Hook:
         self._thread.join()
 
 
-class _AlertProcess:
+class _AlertProcess(_Child):
     """`osteotel alerts run` as a child process, webhook only, its own database and port."""
 
     def __init__(self, workdir: Path, *, mqtt: tuple[str, int], registry: Path, hook: str) -> None:
         from osteotel.services import free_port  # noqa: PLC0415
 
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
+        super().__init__(workdir)
         self.http_port = free_port()
         self.env = {
             **os.environ,
@@ -144,25 +141,14 @@ class _AlertProcess:
             "OSTEOTEL_ALERTS__HTTP_PORT": str(self.http_port),
             "OSTEOTEL_LOG_LEVEL": "WARNING",
         }
-        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with (self.workdir / "alerts.log").open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "osteotel.cli", "alerts", "run"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def up() -> bool:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"the alert service exited with {self._process.returncode}")
-            return _http_get(f"http://127.0.0.1:{self.http_port}/metrics")[0] == 200
-
-        _wait(up, "the alert service's /metrics", _START_TIMEOUT_S)
+        self._spawn(
+            ["alerts", "run"],
+            log_name="alerts.log",
+            ready=lambda: _http_get(f"http://127.0.0.1:{self.http_port}/metrics")[0] == 200,
+            what="the alert service",
+        )
 
     def status_inputs(self) -> float:
         """Hub status messages the service has taken (its subscriptions are in place)."""
@@ -171,17 +157,6 @@ class _AlertProcess:
         return sum(
             float(line[len(prefix) :]) for line in body.splitlines() if line.startswith(prefix)
         )
-
-    def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class _Client:

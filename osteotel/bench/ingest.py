@@ -256,7 +256,48 @@ def _http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-class _Ingest:
+class _Child:
+    """An `osteotel` command run as a child process in its own session, logging to `workdir`."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.env: dict[str, str] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, args: list[str], *, log_name: str, ready: Any, what: str) -> None:
+        """Start `osteotel ARGS` and wait until `ready()` holds; fail if the child exits."""
+        with (self.workdir / log_name).open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "osteotel.cli", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._process = process
+
+        def check() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}")
+            return bool(ready())
+
+        _wait(check, what, _START_TIMEOUT_S)
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        # A supervisor forwards SIGTERM to its children; the process group is ours alone.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class _Ingest(_Child):
     """`osteotel ingest --processes N` as a child process, with its own files and HTTP ports."""
 
     def __init__(
@@ -271,8 +312,7 @@ class _Ingest:
     ) -> None:
         from osteotel.services import free_port  # noqa: PLC0415
 
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
+        super().__init__(workdir)
         self.processes = processes
         # Child k listens on port + k; the port after a free one is nearly always free too.
         self.http_port = free_port()
@@ -290,35 +330,17 @@ class _Ingest:
             "OSTEOTEL_INGEST__HTTP_PORT": str(self.http_port),
             "OSTEOTEL_LOG_LEVEL": "WARNING",
         }
-        self._process: subprocess.Popen[bytes] | None = None
 
     def urls(self, path: str) -> list[str]:
         return [f"http://127.0.0.1:{self.http_port + k}{path}" for k in range(self.processes)]
 
     def start(self) -> None:
-        with (self.workdir / "ingest.log").open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "osteotel.cli",
-                    "ingest",
-                    "--processes",
-                    str(self.processes),
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def ready() -> bool:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"ingest exited with {self._process.returncode}")
-            return all(_http_get(url)[0] == 200 for url in self.urls("/readyz"))
-
-        _wait(ready, "ingest to be ready", _START_TIMEOUT_S)
+        self._spawn(
+            ["ingest", "--processes", str(self.processes)],
+            log_name="ingest.log",
+            ready=lambda: all(_http_get(url)[0] == 200 for url in self.urls("/readyz")),
+            what="ingest",
+        )
 
     def metrics(self) -> list[tuple[str, str, float]]:
         """(name, labels, value) of every sample on every child's `/metrics`."""
@@ -339,18 +361,6 @@ class _Ingest:
                 v for name, _, v in self.metrics() if name == "osteotel_ingest_samples_stored_total"
             )
         )
-
-    def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        # The supervisor forwards SIGTERM to its children; the group is ours alone.
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _count_in_influx(url: str, database: str) -> int:
