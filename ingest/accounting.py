@@ -89,6 +89,7 @@ class Accounting:
     def __init__(self) -> None:
         self.devices: dict[str, DeviceCounts] = {}
         self.rejected: Counter[tuple[str, str]] = Counter()  # (hub or "-", reason) -> count
+        self.last_stored_ns = 0  # UTC epoch ns when a frame was last made durable; 0: never
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

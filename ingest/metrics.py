@@ -65,6 +65,11 @@ class _AccountingCollector(Collector):
             rejected.add_metric([hub, reason], count)
         yield rejected
         yield GaugeMetricFamily(
+            "osteotel_ingest_last_stored_timestamp_seconds",
+            "When a frame was last stored in InfluxDB or the spool (Unix time; 0: never)",
+            self._accounting.last_stored_ns / 1e9,
+        )
+        yield GaugeMetricFamily(
             "osteotel_ingest_spool_bytes", "Bytes waiting in the spool", self._spool.size_bytes
         )
         yield GaugeMetricFamily(

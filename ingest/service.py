@@ -423,6 +423,7 @@ class IngestService:
         now_ns = time.time_ns()
         for work in batch.items:
             if work.device is not None:
+                self.accounting.last_stored_ns = now_ns
                 counts = self.accounting.device(work.device)
                 counts.stored += 1
                 counts.samples_stored += work.samples

@@ -285,6 +285,12 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
         samples = sum(f.n for f in mine)
         assert f'osteotel_ingest_samples_stored_total{{device="{device}"}} {samples}.0' in metrics
     assert 'osteotel_ingest_frames_duplicate_total{device="DX-0001"} 1.0' in metrics
+    last_stored = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("osteotel_ingest_last_stored_timestamp_seconds ")
+    )
+    assert now_ns / 1e9 <= last_stored <= time.time()
     for reason, (topic, _) in invalid.items():
         hub = topic.split("/")[2]
         assert f'osteotel_ingest_rejected_total{{hub="{hub}",reason="{reason}"}} 1.0' in metrics

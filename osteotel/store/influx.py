@@ -26,7 +26,7 @@ from typing import Any, Literal, Self
 from osteotel.errors import StoreRejected
 from osteotel.logs import kv
 from osteotel.settings import InfluxSettings
-from osteotel.store.http import HttpResponse, V2Writer, check_status, send
+from osteotel.store.http import HttpClient, HttpResponse, V2Writer, check_status
 
 __all__ = ["InfluxStore", "Series", "api_from_version"]
 
@@ -105,6 +105,7 @@ class InfluxStore:
         self._base_url = settings.url.rstrip("/")
         self._api: Literal["v1", "v2"] | None = None if settings.api == "auto" else settings.api
         self._v2: V2Writer | None = None
+        self._http = HttpClient()
         # The first v1 write creates the database if needed, whenever the server first answers.
         self._database_ready = False
         self._headers: dict[str, str] = {}
@@ -139,7 +140,7 @@ class InfluxStore:
     def _send(
         self, method: str, url: str, *, action: str, body: bytes | None = None
     ) -> HttpResponse:
-        return send(
+        return self._http.request(
             method,
             url,
             body=body,
@@ -203,8 +204,8 @@ class InfluxStore:
             return
         # CREATE DATABASE is idempotent in InfluxDB 1.x, and 1.x accepts it only by POST.
         statement = f"CREATE DATABASE {_quote_identifier(self._settings.database)}"
-        body = urllib.parse.urlencode({"q": statement}).encode()
-        response = self._send("POST", self._url("/query", {}), body=body, action="create database")
+        url = self._url("/query", {"q": statement})
+        response = self._send("POST", url, body=b"", action="create database")
         self._parse_results(check_status(response, action="create database"), "create database")
         self._database_ready = True
 
@@ -307,7 +308,8 @@ class InfluxStore:
         return series
 
     def close(self) -> None:
-        """Release the v2 client's connections; the store is not used afterwards."""
+        """Release every connection; the store is not used afterwards."""
+        self._http.close()
         if self._v2 is not None:
             self._v2.close()
             self._v2 = None
