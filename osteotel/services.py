@@ -121,6 +121,11 @@ class _ServerProcess:
         return self.workdir / f"{self._name}.log"
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether the child process is alive."""
         return self._process is not None and self._process.poll() is None

@@ -18,8 +18,14 @@ DOCUMENTED = (
     "latency_offered_frames_per_s", "latency_published_frames_per_s", "latency_frames",
     "latency_sample_rate_hz", "latency_p50_s", "latency_p99_s", "latency_under_1s_fraction",
     "alert_trials", "alert_notifications", "alert_latency_p50_s", "alert_latency_p99_s",
-    "normal_device_months",
+    "normal_device_months", "cpu_cores", "ceiling_without_ingest_frames_per_s",
 )  # fmt: skip
+# CPU seconds come in clock ticks (10 ms): a tiny run may see none for a process.
+CPU_SHARES = tuple(
+    f"ingest_{processes}p_cpu_us_per_frame_{name}"
+    for processes in (1, 2)
+    for name in ("ingest", "influxd", "mosquitto", "publisher")
+)
 # Counts that a good run keeps at zero (the goal is no false critical alert): reported, not judged.
 NORMAL_RATES = tuple(
     f"normal_alerts_per_device_month_{severity}" for severity in ("critical", "warning", "info")
@@ -43,7 +49,15 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_every_documented_figure_and_no_other(figures: dict[str, object]) -> None:
     """The run returns exactly the keys docs/ingest.md documents."""
-    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES)
+    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES + CPU_SHARES)
+
+
+@pytest.mark.parametrize("key", CPU_SHARES, ids=CPU_SHARES)
+def test_cpu_per_frame_is_not_negative(figures: dict[str, object], key: str) -> None:
+    """Each process's CPU per frame is a finite number, zero or more."""
+    value = figures[key]
+    assert isinstance(value, float)
+    assert 0 <= value < float("inf")
 
 
 @pytest.mark.parametrize("key", DOCUMENTED, ids=DOCUMENTED)

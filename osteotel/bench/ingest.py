@@ -20,6 +20,12 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     mosquitto_sub_seconds, mosquitto_sub_messages_per_s
     ingest_{1,2}p_seconds, ingest_{1,2}p_frames_per_s, ingest_{1,2}p_samples_per_s
     ingest_{1,2}p_samples_in_influx             count(force_n) after the run
+    ingest_{1,2}p_cpu_us_per_frame_{ingest,influxd,mosquitto,publisher}
+                                                CPU (user + system) per frame in that run
+    cpu_cores, ceiling_without_ingest_frames_per_s
+                                                cores, and the 1-process run's frame rate at
+                                                which influxd, Mosquitto and the publisher
+                                                alone would fill them all
     ingest_1p_vs_mosquitto_sub                  frames/s over mosquitto_sub messages/s
     ingest_1p_vs_naive                          samples/s over the naive baseline's samples/s
     scaling_2p_vs_1p                            2-process samples/s over 1-process samples/s
@@ -42,7 +48,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from osteotel.services import InfluxDB
 
 __all__ = ["configure", "run"]
 
@@ -50,6 +59,7 @@ _RATE_HZ = 100.0
 _HUBS = 5
 _WINDOW = 32  # publishes in flight; the same window `devices.emulator.capture.replay` uses
 _POLL_S = 0.05
+_STORED_POLL_S = 1.0
 _START_TIMEOUT_S = 240.0  # a cold numba cache compiles every kernel when ingest starts
 _STOP_TIMEOUT_S = 30.0
 _PROBE_TOPIC = "osteotel-bench/probe"
@@ -234,12 +244,12 @@ def _publish_all(host: str, port: int, messages: list[_Message], client_id: str)
 # --- servers and ingest -------------------------------------------------------------------------
 
 
-def _wait(condition: Any, what: str, timeout_s: float) -> None:
+def _wait(condition: Any, what: str, timeout_s: float, *, poll_s: float = _POLL_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(_POLL_S)
+        time.sleep(poll_s)
 
 
 def _http_get(url: str) -> tuple[int, str]:
@@ -264,6 +274,11 @@ class _Child:
         self.workdir = workdir
         self.env: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id once started."""
+        return self._process.pid if self._process is not None else None
 
     def _spawn(self, args: list[str], *, log_name: str, ready: Any, what: str) -> None:
         """Start `osteotel ARGS` and wait until `ready()` holds; fail if the child exits."""
@@ -362,6 +377,50 @@ class _Ingest(_Child):
             )
         )
 
+    def wait_stored(self, samples: int, what: str, timeout_s: float) -> float:
+        """Wait until `samples` are stored; returns when the last was stored, Unix time (s).
+
+        `/metrics` is read every `_STORED_POLL_S` only: rendering it costs the child CPU (two
+        histograms per device), and the time of the last store comes from the child's own
+        `osteotel_ingest_last_stored_timestamp_seconds`, not from when the poll saw it.
+        """
+        _wait(lambda: self.samples_stored() >= samples, what, timeout_s, poll_s=_STORED_POLL_S)
+        return max(
+            v
+            for name, _, v in self.metrics()
+            if name == "osteotel_ingest_last_stored_timestamp_seconds"
+        )
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (ingest's supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while being read
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree = [pid]
+    for member in tree:  # grows while iterated: a breadth-first walk
+        tree.extend(children.get(member, []))
+    return tree
+
+
+def _running(pid: int | None, what: str) -> int:
+    if pid is None:
+        raise RuntimeError(f"{what} is not running")
+    return pid
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used so far (/proc/PID/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
 
 def _count_in_influx(url: str, database: str) -> int:
     from osteotel.settings import InfluxSettings  # noqa: PLC0415
@@ -429,15 +488,16 @@ def _mosquitto_sub(workdir: Path, messages: list[_Message], timeout_s: float) ->
 
 def _sustained(
     workdir: Path,
-    influx_url: str,
+    influx: "InfluxDB",
     registry: Path,
     messages: list[_Message],
     *,
     processes: int,
     samples: int,
     timeout_s: float,
-) -> tuple[float, int]:
-    """Seconds until ingest has stored every sample, and count(force_n) in InfluxDB after."""
+) -> dict[str, float]:
+    """Seconds until ingest has stored every sample, CPU per frame of each process, and
+    count(force_n) in InfluxDB after; keys as in the module docstring without `ingest_Np_`."""
     from osteotel.services import Mosquitto  # noqa: PLC0415
 
     database = f"bench_ingest_{processes}p"
@@ -446,19 +506,30 @@ def _sustained(
             workdir,
             processes=processes,
             mqtt=(broker.host, broker.port),
-            influx_url=influx_url,
+            influx_url=influx.url,
             database=database,
             registry=registry,
         )
         try:
             ingest.start()
-            started = time.perf_counter()
+            servers = {
+                "ingest": _process_tree(_running(ingest.pid, "ingest")),
+                "influxd": [_running(influx.pid, "influxd")],
+                "mosquitto": [_running(broker.pid, "mosquitto")],
+            }
+            cpu_before = {name: _cpu_s(pids) for name, pids in servers.items()}
+            publisher_before = time.process_time()
+            started_s = time.time()  # wall clock, as the child's last-stored time
             _publish_all(broker.host, broker.port, messages, f"osteotel-bench-{processes}p")
-            _wait(lambda: ingest.samples_stored() >= samples, "every sample stored", timeout_s)
-            seconds = time.perf_counter() - started
+            seconds = ingest.wait_stored(samples, "every sample stored", timeout_s) - started_s
+            cpu_s = {name: _cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
+            cpu_s["publisher"] = time.process_time() - publisher_before
         finally:
             ingest.stop()
-    return seconds, _count_in_influx(influx_url, database)
+    figures = {"seconds": seconds, "samples_in_influx": _count_in_influx(influx.url, database)}
+    for name, used_s in cpu_s.items():
+        figures[f"cpu_us_per_frame_{name}"] = used_s / len(messages) * 1e6
+    return figures
 
 
 def _paced(
@@ -549,11 +620,7 @@ def _latency(
                 rate_frames_per_s=rate_frames_per_s,
                 duration_s=duration_s,
             )
-            _wait(
-                lambda: ingest.samples_stored() >= frames * frame_samples,
-                "every paced sample stored",
-                timeout_s,
-            )
+            ingest.wait_stored(frames * frame_samples, "every paced sample stored", timeout_s)
             metrics = ingest.metrics()
         finally:
             ingest.stop()
@@ -678,20 +745,28 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         with InfluxDB(workdir / "influxdb") as influx:
             samples_per_s: dict[int, float] = {}
             for processes in (1, 2):
-                seconds, in_influx = _sustained(
+                run = _sustained(
                     workdir / f"ingest-{processes}p",
-                    influx.url,
+                    influx,
                     registry,
                     messages,
                     processes=processes,
                     samples=samples,
                     timeout_s=args.timeout_s,
                 )
-                samples_per_s[processes] = samples / seconds
-                figures[f"ingest_{processes}p_seconds"] = seconds
-                figures[f"ingest_{processes}p_frames_per_s"] = args.frames / seconds
+                samples_per_s[processes] = samples / run["seconds"]
+                figures[f"ingest_{processes}p_frames_per_s"] = args.frames / run["seconds"]
                 figures[f"ingest_{processes}p_samples_per_s"] = samples_per_s[processes]
-                figures[f"ingest_{processes}p_samples_in_influx"] = in_influx
+                figures.update({f"ingest_{processes}p_{key}": value for key, value in run.items()})
+                if processes == 1:
+                    # The rate at which everything but ingest would fill every core.
+                    others_us = sum(
+                        run[f"cpu_us_per_frame_{name}"]
+                        for name in ("influxd", "mosquitto", "publisher")
+                    )
+                    cores = os.cpu_count() or 1
+                    figures["cpu_cores"] = cores
+                    figures["ceiling_without_ingest_frames_per_s"] = cores * 1e6 / others_us
 
             baseline = _sustained_messages(
                 ids, args.baseline_frames, args.frame_samples, json_only=True
