@@ -240,9 +240,16 @@ class RuleBook:
             )  # fmt: skip
         k = est.k_inst_n_per_mm
         if est.kind == "probe":
-            # A probe on the soft regenerate answers within the noise: only a fit that
-            # converged and explains the relaxation measures a stiffness.
-            if est.fit_status != "ok" or not est.fit_r2 >= th.probe_min_fit_r2:
+            # A probe's 0.02 mm answer is k_inst x 0.02 mm: a few N until the regenerate is
+            # stiff, where the fitted peak's error (~40 N/mm at 10 Hz) is as large as the
+            # value. Only a converged fit that explains the relaxation and whose k_inst the
+            # DSP does not flag `low_snr` (standard error > 20 % of it) measures a stiffness.
+            # R^2 alone is no guard: two normal probes with R^2 0.96 read half the truth.
+            if (
+                est.fit_status != "ok"
+                or not est.fit_r2 >= th.probe_min_fit_r2
+                or "low_snr" in est.flags
+            ):
                 return out
             out += self._drop(
                 d, "stiffness_drop", est.t_ns, k, list(track.probes), th, 0.0,

@@ -46,7 +46,8 @@ SF_DELTA_MM = 1  # step displacement (mm)
 SF_PRE = 2  # PRE_N rows of (sum_n, count, min_n, max_n)
 SF_PEND_DELTA = SF_PRE + 4 * PRE_N  # pending step displacements (mm)
 PEND_N = 4
-STEP_FLOAT_LEN = SF_PEND_DELTA + PEND_N
+SF_N_BEFORE = SF_PEND_DELTA + PEND_N  # samples in the force before the step (its trimmed count)
+STEP_FLOAT_LEN = SF_N_BEFORE + 1
 
 SI_MODE = 0  # 0 idle, 1 window open, 2 window complete (waits for its fit)
 SI_T_STEP = 1  # ns
@@ -78,7 +79,9 @@ R_N_BINS = 9
 R_T_PEAK = 10
 R_SPAN = 11
 R_STATUS = 12
-STEP_RESULT_LEN = 13
+R_NOISE_VAR = 13  # per-sample noise variance from the fit's residuals (N^2)
+R_PEAK_VAR = 14  # variance of the fitted peak a_inf + a_f + a_s at the fitted taus (N^2)
+STEP_RESULT_LEN = 15
 
 FIT_OK = 0
 FIT_SHORT = 1  # the relaxation was observed for less than min_span_s
@@ -180,6 +183,7 @@ def _step_open(
             total += s
             count += n
     fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
+    fs[SF_N_BEFORE] = count
     fs[SF_DELTA_MM] = delta_mm
     for i in range(STEP_BINS_LEN):
         wb[i] = 0.0
@@ -261,6 +265,41 @@ def _prony_rss(
         )
         rss += w[i] * e * e
     return rss
+
+
+@njit(cache=True)
+def _prony_peak_var(
+    t_s: np.ndarray,
+    w: np.ndarray,
+    tau_fast_s: float,
+    tau_slow_s: float,
+    c_fast: float,
+    c_slow: float,
+    noise_var: float,
+) -> float:
+    """Variance of a_inf + c_fast a_f + c_slow a_s from the weighted least squares at fixed
+    time constants: noise_var c' G^-1 c, G = sum w phi phi' (w = samples per bin, so a bin
+    mean's variance is noise_var / w); NaN if G is singular."""
+    g = np.zeros((3, 3))
+    for i in range(t_s.shape[0]):
+        ef = math.exp(-t_s[i] / tau_fast_s)
+        es = math.exp(-t_s[i] / tau_slow_s)
+        wi = w[i]
+        g[0, 0] += wi
+        g[0, 1] += wi * ef
+        g[0, 2] += wi * es
+        g[1, 1] += wi * ef * ef
+        g[1, 2] += wi * ef * es
+        g[2, 2] += wi * es * es
+    g[1, 0] = g[0, 1]
+    g[2, 0] = g[0, 2]
+    g[2, 1] = g[1, 2]
+    c = np.array([1.0, c_fast, c_slow])
+    x = np.zeros(3)
+    if not _solve3(g, c, x):
+        return math.nan
+    quad: float = c_fast * x[1] + c_slow * x[2] + x[0]
+    return noise_var * quad
 
 
 @njit(cache=True)
@@ -401,6 +440,9 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, peak, fit, quality
         tss += w_fit[i] * (y_fit[i] - y_mean) ** 2
     out[R_RMSE] = math.sqrt(res[5] / w_sum)
     out[R_R2] = 1.0 - res[5] / tss if tss > 0.0 else np.nan
+    # Five parameters are fitted (three amplitudes, two taus); at least 6 bins are, so m > 5.
+    out[R_NOISE_VAR] = res[5] / (m - 5)
+    out[R_PEAK_VAR] = _prony_peak_var(t_fit, w_fit, res[3], res[4], 1.0, 1.0, out[R_NOISE_VAR])
     if res[6] != 0.0:
         out[R_STATUS] = FIT_TAU_AT_BOUND
     elif out[R_SPAN] < min_span_s:

@@ -94,6 +94,13 @@ class EstimatorConfig:
             the weight-bearing test) falls by more than this fraction below the median of the
             previous days (DOMAIN.md: loosening shows as a stiffness drop).
         quality_every_s: while a signal problem lasts, one quality record per this many s.
+        max_k_inst_rel_std: flag `low_snr` on a step or probe whose k_inst standard error
+            (`StepEstimate.k_inst_std_n_per_mm`) is unknown or above this fraction of
+            |k_inst|. At 0.2 an estimate that passes and reads below half the true value is
+            off by more than 1 / 0.2 = 5 of its standard errors (the error is Gaussian with
+            that spread: over 1,500 emulated steps and probes the z-scores have sd 1.0). A
+            0.02 mm probe at 10 Hz with 0.5 N noise has an error of ~40 N/mm: probes count
+            from ~200 N/mm on.
     """
 
     step: StepConfig = field(default_factory=lambda: StepConfig(ramp_s=2.0))
@@ -110,6 +117,7 @@ class EstimatorConfig:
     separation_min_n: float = 5.0
     loosening_drop: float = 0.02
     quality_every_s: float = 60.0
+    max_k_inst_rel_std: float = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,11 +151,14 @@ class EstimateRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class StepRecord(EstimateRecord):
-    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`.
+    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`,
+    but its k_inst standard error, which only sets the `low_snr` flag (stored fields unchanged).
 
     Attributes:
         number: the device's count of distraction steps (probes: of probes), 1-based.
-        flags: anomalies this step shows ("separation").
+        flags: anomalies this step shows ("separation"), and "low_snr" when its k_inst is
+            not a measurement: its standard error is unknown or above
+            `EstimatorConfig.max_k_inst_rel_std` of it.
     """
 
     number: int
@@ -1017,6 +1028,10 @@ class FleetEstimator:
                 ei[DI_N_PROBES_TODAY] = n + 1
             else:
                 self._probes_extra.setdefault(i, []).append(probe)
+        k_std = est.k_inst_std_n_per_mm
+        if not k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm):
+            # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
+            flags = (*flags, "low_snr")
         return StepRecord(
             device=self._ids[i],
             t_ns=est.t_step_ns,

@@ -138,6 +138,10 @@ class StepEstimate:
         t_step_ns: time of the step event (UTC epoch ns).
         delta_mm: step displacement (mm), as announced by the event.
         k_inst_n_per_mm: step stiffness, (peak force - force before) / delta_mm (N/mm).
+        k_inst_std_n_per_mm: standard error of k_inst_n_per_mm (N/mm): the peak's, from the
+            fit's covariance at the fitted time constants with the noise taken from its
+            residuals, and the force before's, that noise over its sample count; NaN when
+            there is no fit.
         k_eq_n_per_mm: equilibrium stiffness, (settled force - force before) / delta_mm (N/mm).
         tau_fast_s: fast relaxation time constant (s).
         tau_slow_s: slow relaxation time constant (s).
@@ -159,6 +163,7 @@ class StepEstimate:
     t_step_ns: int
     delta_mm: float
     k_inst_n_per_mm: float
+    k_inst_std_n_per_mm: float
     k_eq_n_per_mm: float
     tau_fast_s: float
     tau_slow_s: float
@@ -197,7 +202,7 @@ class StepTracker:
     arrive before the frame that contains it; an event older than samples already processed
     opens its window late (the samples in between are lost for that step).
 
-    State: two fixed-size rows per device (`float_state`, `int_state`), 784 bytes together,
+    State: two fixed-size rows per device (`float_state`, `int_state`), 792 bytes together,
     plus a window slot (a row of `bins`, 2.5 KiB) held only while the device's window is open.
     The pool of slots doubles when full and halves when three quarters of it are free.
     """
@@ -424,15 +429,22 @@ class StepTracker:
         f_settled = float(res[kern.R_A_INF])
         pre_start = (t_step // _PRE_BIN_NS - self._pre_bins) * _PRE_BIN_NS
         k_inst = (f_peak - f_before) / delta
+        noise_var, peak_var = float(res[kern.R_NOISE_VAR]), float(res[kern.R_PEAK_VAR])
         if cfg.ramp_s > 0.0 and math.isfinite(f_settled):
             fit = _ramp_fit(wb, cfg, self._c_s, self._h)
             if fit is not None:
                 k_inst = (_sudden_peak_n(fit, cfg.ramp_s) - f_before) / delta
+                noise_var, peak_var = float(fit[7]), float(fit[8])
+        # The force before the step is a mean of n_before samples with the same noise.
+        n_before = float(fs[kern.SF_N_BEFORE])
+        var = peak_var + noise_var / n_before if n_before > 0.0 else math.nan
+        k_inst_std = math.sqrt(var) / abs(delta) if var >= 0.0 else math.nan
         self._release(device)
         return StepEstimate(
             t_step_ns=t_step,
             delta_mm=delta,
             k_inst_n_per_mm=k_inst,
+            k_inst_std_n_per_mm=k_inst_std,
             k_eq_n_per_mm=(f_settled - f_before) / delta,
             tau_fast_s=float(res[kern.R_TAU_FAST]),
             tau_slow_s=float(res[kern.R_TAU_SLOW]),
@@ -452,7 +464,8 @@ class StepTracker:
 def _ramp_fit(
     wb: NDArray[np.float64], config: StepConfig, c_s: float, h: float
 ) -> NDArray[np.float64] | None:
-    """Refit the relaxation from the end of the ramp on: [a_inf, a_f, a_s, tau_f, tau_s, ...].
+    """Refit the relaxation from the end of the ramp on: [a_inf, a_f, a_s, tau_f, tau_s, rss,
+    at_bound, noise variance (N^2), variance of the sudden-step peak (N^2)].
 
     Only bins that start after the ramp are used (a bin holding the ramp's end mixes rising
     and falling force), with the ramp's end as the time origin. None if too few bins remain.
@@ -470,18 +483,33 @@ def _ramp_fit(
     _, log_slow = config.log_tau_grids()
     # Two points 1 % apart: the grid search needs two, and the refinement stays between them.
     log_fast = math.log(config.ramp_tau_fast_s) + np.array([-0.005, 0.005])
-    out = np.empty(7)
+    out = np.empty(9)
+    time_s = np.ascontiguousarray(time_s)
+    weight = np.ascontiguousarray(n[keep])
     kern._prony_fit(
-        np.ascontiguousarray(time_s),
+        time_s,
         np.ascontiguousarray(mean_n),
-        np.ascontiguousarray(n[keep]),
+        weight,
         log_fast,
         log_slow,
         config.min_tau_ratio,
         config.refine_rounds,
         out,
     )
+    # Four parameters are fitted here (three amplitudes and tau_slow; tau_fast is held).
+    out[7] = out[5] / (time_s.shape[0] - 4)
+    tau_f, tau_s = float(out[3]), float(out[4])
+    out[8] = kern._prony_peak_var(
+        time_s, weight, tau_f, tau_s, 1.0 / _ramp_kept(tau_f, config.ramp_s),
+        1.0 / _ramp_kept(tau_s, config.ramp_s), float(out[7]),
+    )  # fmt: skip
     return out
+
+
+def _ramp_kept(tau_s: float, ramp_s: float) -> float:
+    """The share of a relaxation term's sudden-step amplitude a linear ramp of ramp_s leaves
+    at its end: (tau / T)(1 - e^(-T / tau))."""
+    return tau_s / ramp_s * -math.expm1(-ramp_s / tau_s)
 
 
 def _sudden_peak_n(fit: NDArray[np.float64], ramp_s: float) -> float:
@@ -492,7 +520,7 @@ def _sudden_peak_n(fit: NDArray[np.float64], ramp_s: float) -> float:
     """
     peak_n = float(fit[0])
     for amp, tau in ((fit[1], fit[3]), (fit[2], fit[4])):
-        peak_n += float(amp) / (float(tau) / ramp_s * -math.expm1(-ramp_s / float(tau)))
+        peak_n += float(amp) / _ramp_kept(float(tau), ramp_s)
     return peak_n
 
 

@@ -14,9 +14,12 @@ from numpy.typing import NDArray
 
 __all__ = [
     "prony_curve",
+    "prony_ramp_curve",
     "ref_loadshare",
+    "ref_pre_count",
     "ref_pre_mean",
     "ref_prony_fit",
+    "ref_prony_peak_var",
     "ref_prony_rss",
     "ref_quality",
     "ref_rls",
@@ -39,6 +42,19 @@ def prony_curve(t_s: F64, a_inf: float, a_f: float, a_s: float, tau_f: float, ta
     return a_inf + a_f * np.exp(-t_s / tau_f) + a_s * np.exp(-t_s / tau_s)
 
 
+def prony_ramp_curve(
+    t_s: F64, ramp_s: float, a_inf: float, a_f: float, a_s: float, tau_f: float, tau_s: float
+) -> F64:
+    """Response to a unit elongation spread linearly over ramp_s from t = 0: the Prony step
+    response integrated over the ramp, term by term (0 before the ramp, 1 x the sudden step's
+    curve shape a ramp later)."""
+    during = np.clip(t_s, 0.0, ramp_s)
+    out = a_inf * during
+    for amp, tau in ((a_f, tau_f), (a_s, tau_s)):
+        out = out + amp * tau * (np.exp(-(t_s - during) / tau) - np.exp(-t_s / tau))
+    return np.where(t_s > 0.0, out / ramp_s, 0.0)
+
+
 def _trimmed_mean_parts(values: F64) -> tuple[float, float]:
     """(sum, count) of values without their min and max once there are at least four."""
     if values.size >= 4:
@@ -59,6 +75,22 @@ def ref_pre_mean(
         total += s
         count += n
     return total / count if count else math.nan
+
+
+def ref_pre_count(
+    force_n: F64, t_ns: NDArray[np.int64], t_step_ns: int, pre_bin_ns: int, pre_bins: int
+) -> float:
+    """Samples behind the force before a step: each bin's count less its min and max once it
+    has four or more."""
+    ok = np.isfinite(force_n)
+    key = t_ns // pre_bin_ns
+    key_step = t_step_ns // pre_bin_ns
+    return float(
+        sum(
+            _trimmed_mean_parts(force_n[ok & (key == b)])[1]
+            for b in range(key_step - pre_bins, key_step)
+        )
+    )
 
 
 def ref_step_bins(
@@ -97,6 +129,16 @@ def ref_prony_rss(t_s: F64, y_n: F64, w: F64, tau_f: float, tau_s: float) -> tup
     coef, *_ = np.linalg.lstsq(design * sw[:, None], y_n * sw, rcond=None)
     resid = y_n - design @ coef
     return float(np.sum(w * resid**2)), coef
+
+
+def ref_prony_peak_var(
+    t_s: F64, w: F64, tau_f: float, tau_s: float, c: F64, noise_var: float
+) -> float:
+    """Variance of c . (a_inf, a_f, a_s) at fixed time constants: the weighted least-squares
+    covariance noise_var (X' W X)^-1, a bin mean of w samples having variance noise_var / w."""
+    design = np.column_stack([np.ones_like(t_s), np.exp(-t_s / tau_f), np.exp(-t_s / tau_s)])
+    cov = noise_var * np.linalg.inv(design.T @ (design * w[:, None]))
+    return float(c @ cov @ c)
 
 
 def ref_prony_fit(
@@ -166,6 +208,11 @@ def ref_step_fit(
     fit["f_peak"] = fit["a_inf"] + fit["a_f"] + fit["a_s"]
     fit["rmse"] = math.sqrt(fit["rss"] / w.sum())
     fit["r2"] = 1 - fit["rss"] / float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
+    # Residual variance per sample over the bins' degrees of freedom (5 parameters fitted).
+    fit["noise_var"] = fit["rss"] / (t.size - 5)
+    fit["peak_var"] = ref_prony_peak_var(
+        t, w, fit["tau_f"], fit["tau_s"], np.ones(3), fit["noise_var"]
+    )
     return fit
 
 

@@ -298,6 +298,22 @@ def test_probe_stiffness_drop_needs_a_fit_that_explains_the_probe(r2: float, fir
     assert bool(fired(out, "stiffness_drop")) is fires
 
 
+@pytest.mark.parametrize(
+    ("flags", "fires"), [([], True), (["low_snr"], False)], ids=["measured", "low_snr"]
+)
+def test_probe_stiffness_drop_ignores_a_probe_within_its_own_noise(
+    flags: list[str], fires: bool
+) -> None:
+    """A probe reading half the last probes' fires only when the DSP did not flag it low_snr,
+    even with R2 0.96 (the two false drops of normal healing: 56 and 50 N/mm, truth ~120)."""
+    rules = book()
+    probes(rules, [112.0, 118.0, 108.0], 0.99)
+    low = est(
+        "probe", T0 + 3 * DAY, k_inst_n_per_mm=50.0, fit_r2=0.96, fit_status="ok", flags=flags
+    )
+    assert bool(fired(rules.estimate(low), "stiffness_drop")) is fires
+
+
 def test_device_loosening_flag_raises_stiffness_drop_until_a_day_without_it() -> None:
     """The daily loosening flag fires stiffness_drop; probes do not clear it, a clean day does."""
     rules = book()

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from reference import prony_ramp_curve
 
 from devices.emulator.generator import DeviceConfig
 from dsp.estimator import DailyRecord, DeviceEstimator, FleetEstimator, StepRecord
@@ -83,3 +84,38 @@ def test_numeric_state_per_device_fits_in_four_kib() -> None:
     parts = fleet.state_parts_per_device()
     assert set(parts) == {"trackers", "windows", "histories"}
     assert fleet.state_bytes_per_device() == sum(parts.values()) <= 4096
+
+
+def _probe_record(k_inst_n_per_mm: float, seed: int) -> StepRecord:
+    """A 0.02 mm probe ramped over 2 s at 10 Hz with 0.5 N noise (the emulator's probe on the
+    step-40 Prony coefficients, docs/emulator.md), through the estimator."""
+    a_f = 0.71 - 0.016 * 40  # Bachmeier 2022 at step 40 (DOMAIN.md), as the emulator holds
+    a_inf = 0.058 * np.log(40) + 0.0034
+    rate_hz, pre_s = 10.0, 30.0
+    t_s = np.arange(int((pre_s + 610.0) * rate_hz)) / rate_hz - pre_s
+    shape = prony_ramp_curve(t_s, 2.0, a_inf, a_f, 1.0 - a_f - a_inf, 0.97, 7.42 * 40 + 60.2)
+    rng = np.random.default_rng(seed)
+    force = 150.0 + k_inst_n_per_mm * 0.02 * shape + rng.normal(0.0, 0.5, t_s.size)
+    disp = 20.0 + 0.02 * np.clip(t_s / 2.0, 0.0, 1.0) + rng.normal(0.0, 0.002, t_s.size)
+    t0 = START_NS + 13 * 3600 * 1_000_000_000
+    fleet = FleetEstimator(capacity=1)
+    fleet.step("DX-0001", t0 + round(pre_s * 1e9), 0.02, kind="probe")
+    records = fleet.frame("DX-0001", force, np.round(disp, 3), None, t0, rate_hz)
+    [probe] = [r for r in records + fleet.flush() if r.kind == "probe"]
+    assert isinstance(probe, StepRecord)
+    return probe
+
+
+@pytest.mark.parametrize(
+    ("k_inst_n_per_mm", "low_snr"),
+    [(116.0, True), (2000.0, False)],
+    ids=["soft_regenerate", "stiff_regenerate"],
+)
+def test_a_probe_within_its_own_noise_is_flagged_low_snr(
+    k_inst_n_per_mm: float, low_snr: bool
+) -> None:
+    """A probe whose k_inst error exceeds 20 % of it (2.3 N answer, 10 Hz) is flagged low_snr,
+    though its fit explains the relaxation (R^2 >= 0.9); a stiff regenerate's probe is not."""
+    probe = _probe_record(k_inst_n_per_mm, seed=5)
+    assert probe.fit_r2 >= 0.9
+    assert ("low_snr" in probe.flags) is low_snr

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     prony_curve,
+    prony_ramp_curve,
+    ref_pre_count,
     ref_pre_mean,
+    ref_prony_peak_var,
     ref_prony_rss,
     ref_step_bins,
     ref_step_fit,
@@ -221,6 +224,7 @@ def _reference_estimate(force: np.ndarray, t_step: int, cfg: StepConfig) -> dict
     lf, ls = cfg.log_tau_grids()
     fit = ref_step_fit(bins, c_s, h, cfg.peak_search_s, lf, ls, cfg.min_tau_ratio, 1)
     fit["f_before"] = ref_pre_mean(force, t_ns, t_step, 250_000_000, 8)
+    fit["n_before"] = ref_pre_count(force, t_ns, t_step, 250_000_000, 8)
     return fit
 
 
@@ -258,6 +262,60 @@ def test_kernels_match_the_reference(where: str | None, value: float) -> None:
     assert_allclose(est.f_peak_n, ref["f_peak"], rtol=1e-7)
     assert_allclose(est.fit_rmse_n, ref["rmse"], rtol=1e-5)
     assert_allclose(est.fit_r2, ref["r2"], rtol=1e-7)
+    k_std = math.sqrt(ref["peak_var"] + ref["noise_var"] / ref["n_before"]) / 0.25
+    assert_allclose(est.k_inst_std_n_per_mm, k_std, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    t_s=st.lists(st.floats(0.0, 900.0), min_size=6, max_size=40, unique=True),
+    log_tau_f=st.floats(math.log(0.05), math.log(20.0)),
+    log_ratio=st.floats(math.log(3.0), math.log(1000.0)),
+    c=st.tuples(st.floats(0.5, 5.0), st.floats(0.5, 5.0)),
+    weight_seed=st.integers(0, 2**32 - 1),
+)
+def test_peak_variance_kernel_matches_reference(
+    t_s: list[float],
+    log_tau_f: float,
+    log_ratio: float,
+    c: tuple[float, float],
+    weight_seed: int,
+) -> None:
+    """The peak's variance from the kernel equals numpy's weighted least-squares covariance."""
+    t = np.sort(np.array(t_s))
+    tau_f, tau_s = math.exp(log_tau_f), math.exp(log_tau_f + log_ratio)
+    w = np.random.default_rng(weight_seed).uniform(1.0, 50.0, t.size)
+    design = np.column_stack([np.ones_like(t), np.exp(-t / tau_f), np.exp(-t / tau_s)])
+    # Columns that are numerically dependent make both inverses arbitrary: not a comparison.
+    if np.linalg.cond(design * np.sqrt(w)[:, None]) > 1e5:
+        return
+    var = kern._prony_peak_var(t, w, tau_f, tau_s, c[0], c[1], 0.25)
+    ref = ref_prony_peak_var(t, w, tau_f, tau_s, np.array([1.0, *c]), 0.25)
+    assert_allclose(var, ref, rtol=1e-6)
+
+
+def ramped_probe(
+    rng: np.random.Generator, k_inst: float, *, rate_hz: float = 10.0, ramp_s: float = 2.0
+) -> tuple[np.ndarray, int]:
+    """Force (N) of a 0.02 mm probe ramped over ramp_s at T0_NS + 30 s on the step-40 Prony
+    coefficients (the emulator's probe, docs/emulator.md), 0.5 N noise; and the probe's time."""
+    a_inf, a_f, a_s, tau_f, tau_s = bachmeier(40)
+    t_s = np.arange(int((PRE_S + 600.0) * rate_hz)) / rate_hz - PRE_S
+    shape = prony_ramp_curve(t_s, ramp_s, a_inf, a_f, a_s, tau_f, tau_s)
+    force = 80.0 + k_inst * 0.02 * shape
+    return force + rng.normal(0.0, NOISE_N, t_s.size), T0_NS + int(PRE_S * 1e9)
+
+
+def test_k_inst_standard_error_matches_the_scatter_of_ramped_probes() -> None:
+    """Over 40 noisy 10 Hz probes, (k_inst - truth) / k_inst_std has a spread of about 1."""
+    cfg = StepConfig(ramp_s=2.0)
+    z = []
+    for seed in range(40):
+        force, t_step = ramped_probe(np.random.default_rng(seed), 150.0)
+        est = step_response(force, T0_NS, 10.0, t_step, 0.02, config=cfg)
+        z.append((est.k_inst_n_per_mm - 150.0) / est.k_inst_std_n_per_mm)
+    assert 0.7 < float(np.std(z)) < 1.4
+    assert abs(float(np.mean(z))) < 0.5
 
 
 @settings(max_examples=60, deadline=None)
