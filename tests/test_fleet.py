@@ -1,6 +1,7 @@
 """The emulated fleet publishes over a real Mosquitto; everything it sends obeys the contract."""
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -10,8 +11,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.contract import SUBSCRIPTIONS, MessageKind, parse_topic
+from devices.codec import decode_status
+from devices.contract import SUBSCRIPTIONS, MessageKind, parse_topic, status_topic
 from devices.emulator.fleet import FleetPlan, hub_stream, run_fleet
+from devices.emulator.hub import EmulatedHub
 from devices.registry import Registry
 from devices.validation import Limits, accept
 from osteotel.services import Mosquitto
@@ -87,3 +90,23 @@ def test_the_same_seed_gives_the_same_capture_and_ground_truth(tmp_path: Path) -
     assert outputs[0] == outputs[1]
     assert len(outputs[0][0]) > 1000
     assert all(b'"type":"step"' in truth for truth in outputs[0][1:])
+
+
+def test_a_hub_that_dies_is_announced_offline_by_its_will(mosquitto: Mosquitto) -> None:
+    """A hub whose session ends without DISCONNECT leaves the retained status `online: false`."""
+    hub_id = "HUB-WILL"
+
+    async def die_while_online() -> None:
+        mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+        async with EmulatedHub(hub=hub_id, mqtt=mqtt):
+            raise ConnectionAbortedError("the gateway loses power")
+
+    with contextlib.suppress(ConnectionAbortedError):
+        asyncio.run(die_while_online())
+    retained = subprocess.run(
+        ["mosquitto_sub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1",
+         "-t", status_topic(hub_id), "-C", "1", "-W", "10"],
+        capture_output=True, check=True, timeout=20,
+    ).stdout  # fmt: skip
+    status = decode_status(retained.strip(), topic_hub=hub_id)
+    assert (status.hub, status.online) == (hub_id, False)

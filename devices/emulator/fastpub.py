@@ -3,9 +3,9 @@
 paho-mqtt spends about 250 us of Python per QoS 1 message (docs/capture.md); a day of ten
 devices at 100 Hz is 864 k messages. This client does the least a publisher needs, written from
 the MQTT 3.1.1 OASIS standard: CONNECT/CONNACK, PUBLISH at QoS 0, 1 or 2 with retain, the
-QoS 1 (PUBACK) and QoS 2 (PUBREC/PUBREL/PUBCOMP) acknowledgements, PINGREQ when idle, and
-DISCONNECT. Packets are built with `bytes` and `struct`, gathered in a buffer and handed to the
-transport many at a time; one reader task parses whatever the broker sends back.
+QoS 1 (PUBACK) and QoS 2 (PUBREC/PUBREL/PUBCOMP) acknowledgements, a will, PINGREQ when idle,
+and DISCONNECT. Packets are built with `bytes` and `struct`, gathered in a buffer and handed to
+the transport many at a time; one reader task parses whatever the broker sends back.
 
 Every message is written in call order on one connection, so the broker receives (and, per
 topic, delivers) them in that order. At most `window` QoS 1/2 publishes wait for their
@@ -21,6 +21,7 @@ import contextlib
 import ssl
 import struct
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "FastPublisher",
     "PublishError",
+    "Will",
     "encode_remaining_length",
 ]
 
@@ -143,11 +145,39 @@ def _topic_bytes(topic: str) -> bytes:
     return _string(topic, "topic")
 
 
+@dataclass(frozen=True, slots=True)
+class Will:
+    """What the broker publishes for the client if its connection ends without DISCONNECT.
+
+    Attributes:
+        topic: the will's topic name.
+        payload: the will's payload.
+        qos: 0, 1 or 2.
+        retain: whether the broker keeps it as the topic's retained message.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
 def _connect_packet(
-    client_id: str, keepalive_s: int, username: str | None, password: str | None
+    client_id: str,
+    keepalive_s: int,
+    username: str | None,
+    password: str | None,
+    will: Will | None,
 ) -> bytes:
     flags = 0x02  # clean session: a replay leaves no state behind on the broker
     payload = _string(client_id, "client id")
+    if will is not None:
+        if will.qos not in (0, 1, 2):
+            raise ValueError(f"will qos is {will.qos!r}, must be 0, 1 or 2")
+        # Will flag, its QoS and retain bits (section 3.1.2.5-7); topic and message follow
+        # the client id in the payload (section 3.1.3).
+        flags |= 0x04 | will.qos << 3 | will.retain << 5
+        payload += _topic_bytes(will.topic) + _string(will.payload, "will message")
     if username is not None:
         flags |= 0x80
         payload += _string(username, "user name")
@@ -168,6 +198,8 @@ class FastPublisher:
     Args:
         mqtt: broker address, credentials (`password_text()`), TLS CA file and keep-alive.
         client_id: the MQTT client id (clean session).
+        will: published by the broker if the connection ends without DISCONNECT (leaving
+            the `async with` block on an exception, a lost connection, a killed process).
         window: most QoS 1/2 publishes awaiting acknowledgement, 1 to 65,535.
         qos2_window: most QoS 2 publishes awaiting their PUBCOMP (at most `window` apply).
         keepalive_s: the keep-alive sent in CONNECT, seconds; `mqtt.keepalive_s` when None.
@@ -181,6 +213,7 @@ class FastPublisher:
         mqtt: MqttSettings,
         *,
         client_id: str,
+        will: Will | None = None,
         window: int = DEFAULT_WINDOW,
         qos2_window: int = DEFAULT_QOS2_WINDOW,
         keepalive_s: int | None = None,
@@ -199,7 +232,7 @@ class FastPublisher:
             # Section 3.1.2.9: the password flag needs the user name flag.
             raise ConfigError("an MQTT password is set without a user name")
         self._mqtt = mqtt
-        self._connect = _connect_packet(client_id, keepalive, mqtt.username, password)
+        self._connect = _connect_packet(client_id, keepalive, mqtt.username, password, will)
         self._window = window
         self._qos2_window = min(qos2_window, window)
         self._qos2_in_flight = 0

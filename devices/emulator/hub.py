@@ -2,14 +2,14 @@
 
 This is what a vendor's gateway does (docs/contract.md): it announces itself online with a
 retained status, registers a will that announces it offline if the connection dies, and
-publishes its devices' frames and events with QoS 1.
+publishes its devices' frames and events with QoS 1. It publishes through `FastPublisher`,
+which keeps up to a window of publishes in flight instead of awaiting each PUBACK, so a
+compressed treatment is paced by its simulated clock, not by round trips to the broker.
 """
 
 import time
 from types import TracebackType
 from typing import Self
-
-import aiomqtt
 
 from devices.codec import (
     Encoding,
@@ -19,6 +19,7 @@ from devices.codec import (
     encode_status,
 )
 from devices.contract import Event, Frame, HubStatus, events_topic, status_topic, telemetry_topic
+from devices.emulator.fastpub import FastPublisher, Will
 from osteotel.settings import MqttSettings
 
 __all__ = ["EmulatedHub"]
@@ -37,13 +38,10 @@ class EmulatedHub:
         self.hub = hub
         self.encoding: Encoding = encoding
         offline = HubStatus(hub=hub, online=False, t_ns=time.time_ns())
-        self._client = aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password_text(),
-            identifier=f"osteotel-hub-{hub}",
-            will=aiomqtt.Will(status_topic(hub), encode_status(offline), qos=1, retain=True),
+        self._client = FastPublisher(
+            mqtt,
+            client_id=f"osteotel-hub-{hub}",
+            will=Will(status_topic(hub), encode_status(offline), qos=1, retain=True),
         )
 
     async def __aenter__(self) -> Self:
