@@ -4,9 +4,9 @@ Every child subscribes to all hubs with its own persistent session (`{client_id}
 only the devices whose CRC-32 modulo N is k (`partition_of`), and acknowledges the rest
 without storing them, so each device's state — sequence tracking, and the DSP estimators —
 lives in exactly one process. The broker sends every message to every child; on a site that
-outgrows one broker, a clustered broker's shared subscription with a hash strategy (EMQX:
-`$share/osteotel/...` with `shared_subscription_strategy = hash_topic`) gives each child only
-its share instead (docs/ingest.md).
+outgrows one broker, a clustered broker's shared subscription hashed by the publishing hub
+(EMQX: `$share/osteotel/...` with `shared_subscription_strategy = hash_clientid`) would give
+each instance only its share instead (docs/ingest.md).
 """
 
 import os
