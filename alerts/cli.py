@@ -19,14 +19,17 @@ import signal
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from alerts.engine import AlertEngine, AlertError, iso_time
-from alerts.model import AlertState
-from alerts.rules import RULES
+from alerts.model import RULES, AlertState
 from alerts.settings import AlertSettings
 from alerts.store import AlertStore
 from osteotel.settings import InfluxSettings, MqttSettings
+
+if TYPE_CHECKING:
+    # The engine pulls in numpy, numba and the InfluxDB client: `osteotel --help` builds
+    # these parsers and must not wait for them, so the commands import it when they run.
+    from alerts.engine import AlertEngine
 
 __all__ = ["add_parsers", "parse_until", "run_command"]
 
@@ -63,8 +66,9 @@ def parse_until(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-def _engine(settings: AlertSettings) -> AlertEngine:
+def _engine(settings: AlertSettings) -> "AlertEngine":
     # Acks from the CLI notify every configured channel through the service's outbox.
+    from alerts.engine import AlertEngine  # noqa: PLC0415 - see TYPE_CHECKING above
     from alerts.service import build_notifiers  # noqa: PLC0415 - loads MQTT and HTTP clients
 
     channels = [
@@ -83,6 +87,8 @@ def _engine(settings: AlertSettings) -> AlertEngine:
 
 
 def _list(settings: AlertSettings, *, everything: bool, as_json: bool, out: TextIO) -> int:
+    from alerts.engine import iso_time  # noqa: PLC0415 - see TYPE_CHECKING above
+
     states = None if everything else [AlertState.PENDING, AlertState.FIRING]
     with AlertStore(settings.db_path) as store:
         alerts = store.alerts(states=states)
@@ -139,6 +145,8 @@ def run_command(
         return 0
     if action == "list":
         return _list(settings, everything=args.all, as_json=args.json, out=out)
+    from alerts.engine import AlertError, iso_time  # noqa: PLC0415 - see TYPE_CHECKING above
+
     engine = _engine(settings)
     try:
         if action == "ack":

@@ -3,7 +3,34 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Alert", "AlertState", "AuditEntry", "Observation", "Severity", "Silence"]
+__all__ = [
+    "RULES",
+    "Alert",
+    "AlertState",
+    "AuditEntry",
+    "Observation",
+    "Severity",
+    "Silence",
+]
+
+RULES = (
+    "distraction_force",
+    "premature_consolidation",
+    "delayed_consolidation",
+    "stiffness_drop",
+    "force_drop",
+    "overload",
+    "missed_steps",
+    "extra_steps",
+    "sensor_fault",
+    "data_gap",
+    "device_fault",
+    "device_silent",
+    "hub_offline",
+    "battery_low",
+    "readiness",
+)
+"""Every rule id, as used in alerts, silences and the CLI."""
 
 
 class Severity(StrEnum):

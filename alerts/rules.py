@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from alerts.inputs import DailyInput, Estimate, LoadShareInput, QualityInput, StepInput, finite
-from alerts.model import Observation, Severity
+from alerts.model import RULES, Observation, Severity
 from alerts.thresholds import AlertOverrides, Thresholds
 from devices.contract import Battery, Event, Fault, Frame, HubStatus, Reboot
 from devices.registry import Device, Registry
@@ -43,25 +43,6 @@ _DAY_NS = 86_400 * _NS
 _HOUR_NS = 3_600 * _NS
 _SLOPE_CLEAR = 0.75  # a slope rule resolves below 3/4 of its limit (hysteresis)
 _HISTORY = 200  # steps, daily records and gap entries kept per device
-
-RULES = (
-    "distraction_force",
-    "premature_consolidation",
-    "delayed_consolidation",
-    "stiffness_drop",
-    "force_drop",
-    "overload",
-    "missed_steps",
-    "extra_steps",
-    "sensor_fault",
-    "data_gap",
-    "device_fault",
-    "device_silent",
-    "hub_offline",
-    "battery_low",
-    "readiness",
-)
-"""Every rule id, as used in alerts, silences and the CLI."""
 
 
 class UnknownDeviceError(LookupError):
