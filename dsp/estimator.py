@@ -15,8 +15,9 @@ day, emitted when the device's data pass into the next day, with phase, adherenc
 consolidation and anomaly `flags`). docs/dsp.md lists every field.
 """
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +58,8 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 Phase = Literal["latency", "distraction", "consolidation", "ready"]
 StepKind = Literal["step", "probe"]
 
+# Bumped whenever the meaning of a state array changes while its shape does not.
+_SNAPSHOT_FORMAT = 1
 _STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
 _SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
 _KDEV_HISTORY = 8  # daily device stiffnesses remembered for the loosening rule
@@ -508,19 +511,24 @@ class FleetEstimator:
         step windows' pool (pool bytes over the devices seen). Python objects not included."""
         return sum(self.state_parts_per_device().values())
 
+    def _trackers(
+        self,
+    ) -> dict[str, StepTracker | StiffnessTracker | LoadShareTracker | QualityMonitor]:
+        return {
+            "steps": self._steps,
+            "tracking": self._tracking,
+            "share": self._share,
+            "k_device": self._k_device,
+            "force_q": self._force_q,
+            "disp_q": self._disp_q,
+        }
+
     def state_parts_per_device(self) -> dict[str, int]:
         """The parts of `state_bytes_per_device` (bytes): "trackers" (the trackers' rows),
         "windows" (share of the step windows' pool, which holds one 2.5 KiB slot per open
         window) and "histories" (the estimator's own rows: histories and the day's tallies)."""
         trackers = 0
-        for tracker in (
-            self._steps,
-            self._tracking,
-            self._share,
-            self._k_device,
-            self._force_q,
-            self._disp_q,
-        ):
+        for tracker in self._trackers().values():
             trackers += tracker.float_state[0].nbytes + tracker.int_state[0].nbytes
         trackers += 2 * 2 * 8  # the load-test bounds of the two load-share trackers
         pool = self._steps.bins.nbytes + self._steps._slot_owner.nbytes
@@ -529,6 +537,91 @@ class FleetEstimator:
             "windows": round(pool / max(len(self._ids), 1)),
             "histories": int(self._ei[0].nbytes + self._df[0].nbytes),
         }
+
+    def snapshot(self) -> dict[str, NDArray[Any]]:
+        """The fleet's whole state as named arrays, for `restore` (e.g. through `numpy.savez`).
+
+        Everything a later estimate depends on is in it: each tracker's rows, the open step
+        windows, the histories and the day's tallies, and, as JSON bytes under `meta`, the
+        device ids, calibrations, prescriptions and the configuration it was made with.
+        """
+        meta = {
+            "format": _SNAPSHOT_FORMAT,
+            "config": repr(self.config),
+            "ids": self._ids,
+            "calibration": self._calibration,
+            "protocols": {i: asdict(protocol) for i, protocol in self._protocols.items()},
+            "today_extra": self._today_extra,
+            "probes_extra": self._probes_extra,
+        }
+        arrays: dict[str, NDArray[Any]] = {
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            "ei": self._ei,
+            "df": self._df,
+            "step_bins": self._steps.bins,
+            "step_slot_owner": self._steps._slot_owner,
+            "step_free": np.array(self._steps._free, dtype=np.int64),
+        }
+        for name, tracker in self._trackers().items():
+            arrays[f"{name}_float"] = tracker.float_state
+            arrays[f"{name}_int"] = tracker.int_state
+        for name, bounds in (("share", self._share), ("k_device", self._k_device)):
+            arrays[f"{name}_begin_ns"] = bounds._begin_ns
+            arrays[f"{name}_end_ns"] = bounds._end_ns
+        return arrays
+
+    @classmethod
+    def restore(
+        cls, arrays: Mapping[str, NDArray[Any]], config: EstimatorConfig | None = None
+    ) -> "FleetEstimator":
+        """A fleet in the state a `snapshot` captured.
+
+        Args:
+            arrays: what `snapshot` returned (or `numpy.load` read back).
+            config: the settings to run with; they must be the ones the snapshot was made with.
+
+        Raises:
+            ValueError: the snapshot is of another format, was made with other settings, or
+                its arrays do not have this build's layout.
+        """
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        fleet = cls(config, capacity=int(arrays["ei"].shape[0]))
+        if meta.get("format") != _SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {meta.get('format')!r}, not {_SNAPSHOT_FORMAT}")
+        if meta.get("config") != repr(fleet.config):
+            raise ValueError("the snapshot was made with other estimator settings")
+        targets = {"ei": fleet._ei, "df": fleet._df}
+        for name, tracker in fleet._trackers().items():
+            targets[f"{name}_float"] = tracker.float_state
+            targets[f"{name}_int"] = tracker.int_state
+        for name, bounds in (("share", fleet._share), ("k_device", fleet._k_device)):
+            targets[f"{name}_begin_ns"] = bounds._begin_ns
+            targets[f"{name}_end_ns"] = bounds._end_ns
+        for name, target in targets.items():
+            source = arrays[name]
+            if source.shape != target.shape or source.dtype != target.dtype:
+                raise ValueError(f"snapshot array {name!r} is {source.dtype}{source.shape}, "
+                                 f"this build's is {target.dtype}{target.shape}")  # fmt: skip
+            target[...] = source  # in place: the kernels' argument tuples hold these arrays
+        bins, owners = arrays["step_bins"], arrays["step_slot_owner"]
+        bins_len = kern.STEP_BINS_LEN
+        if bins.ndim != 2 or bins.shape[1:] != fleet._steps.bins.shape[1:]:
+            raise ValueError(f"snapshot step windows are {bins.shape}, not (n, {bins_len})")
+        fleet._steps.bins = np.array(bins, dtype=np.float64)
+        fleet._steps._slot_owner = np.array(owners, dtype=np.int64)
+        fleet._steps._free = [int(slot) for slot in arrays["step_free"]]
+        fleet._ids = list(meta["ids"])
+        fleet._index = {device: i for i, device in enumerate(fleet._ids)}
+        # JSON keys are strings; the rows are ints.
+        fleet._calibration = {int(i): c for i, c in meta["calibration"].items()}
+        fleet._protocols = {int(i): Protocol(**p) for i, p in meta["protocols"].items()}
+        fleet._today_extra = {
+            int(i): [(a, b, c) for a, b, c in rows] for i, rows in meta["today_extra"].items()
+        }
+        fleet._probes_extra = {
+            int(i): [(a, b) for a, b in rows] for i, rows in meta["probes_extra"].items()
+        }
+        return fleet
 
     def _device(self, device: str) -> int:
         index = self._index.get(device)

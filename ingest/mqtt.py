@@ -34,6 +34,9 @@ log = logging.getLogger("osteotel.ingest.mqtt")
 
 _RECONNECT_MIN_S = 1
 _RECONNECT_MAX_S = 30
+_SETTLE_TIMEOUT_S = 5.0
+# Never subscribed: only its UNSUBACK matters (see MqttSource._settle).
+_SETTLE_FILTER = "osteotel/v1/ingest/settle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,9 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._settled = asyncio.Event()
+        self._settle_mid: int | None = None
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
@@ -95,9 +101,28 @@ class MqttSource:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.connected:
+            await self._settle()
         # Disconnect without unsubscribing: the broker keeps the session and queues for us.
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
+
+    async def _settle(self) -> None:
+        """Return once the broker has read every acknowledgement sent so far (bounded).
+
+        Closing the connection while the broker's newer messages sit unread here makes the
+        kernel reset it, and the broker then loses what it had not read yet — the last
+        PUBACKs included — and delivers those messages again after the restart. MQTT
+        answers packets in order, so the UNSUBACK to an UNSUBSCRIBE sent after the PUBACKs
+        means they are in. The filter is one nothing subscribes to: the broker answers an
+        UNSUBSCRIBE whether or not it removed anything (MQTT 3.1.1, section 3.10.4).
+        """
+        self._settled.clear()
+        _, self._settle_mid = self._client.unsubscribe(_SETTLE_FILTER)
+        try:
+            await asyncio.wait_for(self._settled.wait(), _SETTLE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(kv("mqtt_unsettled", timeout_s=_SETTLE_TIMEOUT_S))
 
     @property
     def connected(self) -> bool:
@@ -165,6 +190,17 @@ class MqttSource:
         log.warning(kv("mqtt_disconnected", reason=str(reason)))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_unsubscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        assert self._loop is not None
+        # Compared on the loop: `_settle` learns the mid only when `unsubscribe` returns.
+        self._loop.call_soon_threadsafe(self._unsubscribed, mid)
+
+    def _unsubscribed(self, mid: int) -> None:
+        if mid == self._settle_mid:
+            self._settled.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         received = Received(

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ from .records import (
     status_lines,
 )
 from .spool import Spool, SpoolFull
+from .state import load_estimator, save_estimator
 
 __all__ = ["IngestService", "partition_of"]
 
@@ -125,6 +127,8 @@ class IngestService:
         self._spooled = asyncio.Event()
         self._spool_full = False
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
+        # Work made from received messages and not in the queue yet (the queue was full).
+        self._handed: deque[_Work] = deque()
         self._last_rejection_ns = 0
         self.accounting = Accounting()
         self._estimator = FleetEstimator()
@@ -138,6 +142,10 @@ class IngestService:
         store = InfluxStore(self._settings.influx)
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
+        state_dir = self._settings.ingest.state_dir
+        restored = await asyncio.to_thread(load_estimator, state_dir)
+        if restored is not None:
+            self._estimator = restored
         try:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
@@ -155,11 +163,18 @@ class IngestService:
                 await stop.wait()
                 receive.cancel()
                 registry.cancel()
+                await asyncio.wait([receive])  # returns once it has stopped, raises nothing
                 try:
-                    await asyncio.wait_for(self._queue.join(), _DRAIN_TIMEOUT_S)
+                    await asyncio.wait_for(self._drain(), _DRAIN_TIMEOUT_S)
                 except TimeoutError:
-                    # Not acknowledged, so the broker delivers it again to the next ingest.
+                    # Not acknowledged, so the broker delivers it again to the next ingest;
+                    # the estimator has seen it, so its state is not saved (ingest/state.py).
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
+                else:
+                    path = await asyncio.to_thread(save_estimator, self._estimator, state_dir)
+                    log.info(
+                        kv("estimator_state_saved", devices=len(self._estimator.devices), path=path)
+                    )
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
@@ -216,8 +231,17 @@ class IngestService:
 
     async def _receive(self, source: MqttSource) -> None:
         async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
-            for work in self._handle_batch(messages):
-                await self._queue.put(work)
+            self._handed.extend(self._handle_batch(messages))
+            while self._handed:
+                await self._queue.put(self._handed[0])
+                self._handed.popleft()
+
+    async def _drain(self) -> None:
+        """Store and acknowledge everything received: the work a cancelled `_receive` had not
+        queued yet included, as the estimator has already seen those messages."""
+        while self._handed:
+            await self._queue.put(self._handed.popleft())
+        await self._queue.join()
 
     def _handle_batch(self, messages: list[Received]) -> list[_Work]:
         """Turn a batch of messages into work, in order; the DSP runs frames in runs."""

@@ -29,6 +29,7 @@ def child_environment(settings: Settings, partition: int, processes: int) -> dic
         "OSTEOTEL_INGEST__PARTITION": str(partition),
         "OSTEOTEL_MQTT__CLIENT_ID": f"{settings.mqtt.client_id}-{partition}",
         "OSTEOTEL_INGEST__SPOOL_DIR": str(ingest.spool_dir / f"partition-{partition}"),
+        "OSTEOTEL_INGEST__STATE_DIR": str(ingest.state_dir / f"partition-{partition}"),
     }
     if ingest.http_port:
         env["OSTEOTEL_INGEST__HTTP_PORT"] = str(ingest.http_port + partition)

@@ -68,6 +68,9 @@ def _ingest_process(root: Path, broker: Mosquitto, influx: InfluxDB) -> subproce
         "OSTEOTEL_INFLUX__DATABASE": "osteotel",
         "OSTEOTEL_INGEST__REGISTRY": str(EXAMPLE_REGISTRY),
         "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(root / "dead-letter"),
+        # The demo's own spool and estimator state: nothing carries over from an earlier run.
+        "OSTEOTEL_INGEST__SPOOL_DIR": str(root / "spool"),
+        "OSTEOTEL_INGEST__STATE_DIR": str(root / "state"),
     }
     log = (root / "ingest.log").open("ab")
     return subprocess.Popen(

@@ -96,6 +96,8 @@ class IngestSettings(_Section):
     http_port: int = Field(9310, ge=0, le=65535)
     stats_interval_s: float = Field(10.0, gt=0)
     spool_dir: Path = Path("var/spool")
+    # The DSP estimator's state between a graceful stop and the next start (ingest/state.py).
+    state_dir: Path = Path("var/state")
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
     batch_max_lines: int = Field(20_000, ge=1)

@@ -118,6 +118,7 @@ def ingest_env(
         "OSTEOTEL_INGEST__REGISTRY": str(EXAMPLE_REGISTRY),
         "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(workdir / "dead-letter"),
         "OSTEOTEL_INGEST__SPOOL_DIR": str(workdir / "spool"),
+        "OSTEOTEL_INGEST__STATE_DIR": str(workdir / "state"),
         "OSTEOTEL_INGEST__BATCH_MAX_DELAY_S": "0.05",
         "OSTEOTEL_INGEST__HTTP_PORT": str(free_port()),
         **{f"OSTEOTEL_INGEST__{key.upper()}": value for key, value in extra.items()},

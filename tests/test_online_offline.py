@@ -11,7 +11,8 @@ registry protocol (`--steps-per-day`, `--step-mm`, `--target-mm`), since analyze
 registry. Two differences are by design and asserted as such: ingest stamps each record with
 the registry calibration id (analyze has none to give), and ingest never flushes its
 estimator, so the records `fleet.flush()` closes at the end of a capture (the last, partial
-day and a step window still open) exist offline only.
+day and a step window still open) exist offline only. A graceful stop and start of ingest in
+the middle (its estimator saved and restored) changes none of it.
 """
 
 import asyncio
@@ -29,7 +30,7 @@ from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.contract import status_topic
-from devices.emulator.capture import capture_fleet, replay
+from devices.emulator.capture import CaptureWriter, capture_fleet, read_capture, replay
 from devices.emulator.fleet import FleetPlan
 from devices.registry import Registry
 from dsp.adherence import Protocol
@@ -136,10 +137,31 @@ def _flushed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _split_in_a_step_window(capture: Path, directory: Path) -> tuple[Path, Path]:
+    """The capture cut in two a few messages after its middle distraction step, so that the
+    step's relaxation window is open where the first part ends."""
+    messages = list(read_capture(capture))
+    steps = [
+        number
+        for number, message in enumerate(messages)
+        if message.topic.endswith("/events")
+        and json.loads(message.payload).get("type") == "distraction_step"
+    ]
+    cut = steps[len(steps) // 2] + 5
+    parts = (directory / "first.jsonl", directory / "second.jsonl")
+    for path, part in zip(parts, (messages[:cut], messages[cut:]), strict=True):
+        with CaptureWriter(path) as writer:
+            writer.write_many(part)
+    return parts
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["uninterrupted", "restarted-midway"])
 def test_a_capture_gives_the_same_estimates_offline_and_online(
-    ingest: IngestProcess, mosquitto: Mosquitto, unique_id: str, tmp_path: Path
+    ingest: IngestProcess, mosquitto: Mosquitto, unique_id: str, tmp_path: Path, restart: bool
 ) -> None:
-    """Every estimate ingest publishes for a replayed capture equals analyze's, bit for bit."""
+    """Every estimate ingest publishes for a replayed capture equals analyze's, bit for bit,
+    also when ingest is stopped and started again inside a step's window (its estimator
+    state saved and restored)."""
     registry = Registry.load(EXAMPLE_REGISTRY)
     end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
     plan = FleetPlan.from_registry(
@@ -158,8 +180,20 @@ def test_a_capture_gives_the_same_estimates_offline_and_online(
     recorder = _Recorder(mosquitto, f"estimates-{unique_id}")
     try:
         mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-        sent = asyncio.run(replay(capture, mqtt, speed=None, client_id=f"replay-{unique_id}"))
+        parts = _split_in_a_step_window(capture, tmp_path) if restart else (capture,)
+        sent = 0
+        for number, part in enumerate(parts):
+            if number:
+                # A graceful stop: what ingest received is stored and acknowledged, the rest
+                # waits at the broker in ingest's session; the estimator state goes to disk.
+                assert ingest.stop() == 0
+                ingest.start()
+            sent += asyncio.run(replay(part, mqtt, speed=None, client_id=f"replay-{unique_id}"))
         assert sent == written
+        if restart:
+            log = ingest.log()
+            assert "estimator_state_saved devices=3" in log
+            assert "estimator_state_restored devices=3" in log
         wait_for(
             lambda: recorder.count() >= len(expected), "every online estimate", ingest,
             deadline_s=180.0,

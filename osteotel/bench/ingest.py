@@ -342,6 +342,7 @@ class _Ingest(_Child):
             "OSTEOTEL_INGEST__REGISTRY": str(registry),
             "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(workdir / "dead-letter"),
             "OSTEOTEL_INGEST__SPOOL_DIR": str(workdir / "spool"),
+            "OSTEOTEL_INGEST__STATE_DIR": str(workdir / "state"),
             "OSTEOTEL_INGEST__HTTP_PORT": str(self.http_port),
             "OSTEOTEL_LOG_LEVEL": "WARNING",
         }
