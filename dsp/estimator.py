@@ -556,19 +556,22 @@ class FleetEstimator:
         }
         arrays: dict[str, NDArray[Any]] = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            "ei": self._ei,
-            "df": self._df,
             "step_bins": self._steps.bins,
             "step_slot_owner": self._steps._slot_owner,
             "step_free": np.array(self._steps._free, dtype=np.int64),
         }
+        return arrays | self._rows()
+
+    def _rows(self) -> dict[str, NDArray[Any]]:
+        """The state arrays with one row per device, by their names in a snapshot."""
+        rows: dict[str, NDArray[Any]] = {"ei": self._ei, "df": self._df}
         for name, tracker in self._trackers().items():
-            arrays[f"{name}_float"] = tracker.float_state
-            arrays[f"{name}_int"] = tracker.int_state
+            rows[f"{name}_float"] = tracker.float_state
+            rows[f"{name}_int"] = tracker.int_state
         for name, bounds in (("share", self._share), ("k_device", self._k_device)):
-            arrays[f"{name}_begin_ns"] = bounds._begin_ns
-            arrays[f"{name}_end_ns"] = bounds._end_ns
-        return arrays
+            rows[f"{name}_begin_ns"] = bounds._begin_ns
+            rows[f"{name}_end_ns"] = bounds._end_ns
+        return rows
 
     @classmethod
     def restore(
@@ -590,14 +593,7 @@ class FleetEstimator:
             raise ValueError(f"snapshot format {meta.get('format')!r}, not {_SNAPSHOT_FORMAT}")
         if meta.get("config") != repr(fleet.config):
             raise ValueError("the snapshot was made with other estimator settings")
-        targets = {"ei": fleet._ei, "df": fleet._df}
-        for name, tracker in fleet._trackers().items():
-            targets[f"{name}_float"] = tracker.float_state
-            targets[f"{name}_int"] = tracker.int_state
-        for name, bounds in (("share", fleet._share), ("k_device", fleet._k_device)):
-            targets[f"{name}_begin_ns"] = bounds._begin_ns
-            targets[f"{name}_end_ns"] = bounds._end_ns
-        for name, target in targets.items():
+        for name, target in fleet._rows().items():
             source = arrays[name]
             if source.shape != target.shape or source.dtype != target.dtype:
                 raise ValueError(f"snapshot array {name!r} is {source.dtype}{source.shape}, "
