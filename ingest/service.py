@@ -171,10 +171,7 @@ class IngestService:
                     # the estimator has seen it, so its state is not saved (ingest/state.py).
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
-                    path = await asyncio.to_thread(save_estimator, self._estimator, state_dir)
-                    log.info(
-                        kv("estimator_state_saved", devices=len(self._estimator.devices), path=path)
-                    )
+                    await asyncio.to_thread(save_estimator, self._estimator, state_dir)
                 write.cancel()
                 drain.cancel()
                 stats.cancel()

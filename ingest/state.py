@@ -10,6 +10,7 @@ there is no snapshot and the estimator starts afresh, as before this module: the
 redelivers what was not acknowledged, and a snapshot taken mid-stream would count it twice.
 """
 
+import contextlib
 import logging
 import os
 import zipfile
@@ -28,24 +29,34 @@ log = logging.getLogger("osteotel.ingest.state")
 STATE_FILE = "estimator.npz"
 
 
-def save_estimator(fleet: FleetEstimator, directory: Path) -> Path:
-    """Write the fleet's state durably to `directory/estimator.npz`; returns the path."""
-    directory.mkdir(parents=True, exist_ok=True)
+def save_estimator(fleet: FleetEstimator, directory: Path) -> bool:
+    """Write the fleet's state durably to `directory/estimator.npz`; logs either way.
+
+    Returns:
+        Whether it was written. A failure (disk full, no permission) is logged, not raised:
+        the stop goes on, and the next start begins with a fresh estimator.
+    """
     path = directory / STATE_FILE
     temporary = directory / f"{STATE_FILE}.tmp"
     # Typed loosely: numpy's stubs would match the arrays against savez's own keywords.
     arrays: dict[str, Any] = fleet.snapshot()
-    with temporary.open("wb") as file:
-        np.savez(file, **arrays)
-        file.flush()
-        os.fsync(file.fileno())
-    temporary.rename(path)
-    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return path
+        directory.mkdir(parents=True, exist_ok=True)
+        with temporary.open("wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.rename(path)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as exc:
+        log.error(kv("estimator_state_not_saved", path=path, detail=str(exc)))
+        return False
+    log.info(kv("estimator_state_saved", devices=len(fleet.devices), path=path))
+    return True
 
 
 def load_estimator(directory: Path) -> FleetEstimator | None:
@@ -59,13 +70,20 @@ def load_estimator(directory: Path) -> FleetEstimator | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        # The file opened here, not by numpy: numpy leaves it open when the archive is bad.
+        with path.open("rb") as file, np.load(file, allow_pickle=False) as saved:
             fleet = FleetEstimator.restore(saved)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         refused = path.with_name(f"{STATE_FILE}.refused")
-        path.rename(refused)
+        with contextlib.suppress(OSError):  # if it stays, it is refused again next time
+            path.rename(refused)
         log.warning(kv("estimator_state_refused", path=refused, detail=str(exc)))
         return None
-    path.unlink()  # used once: a later crash must not bring this older state back
+    try:
+        path.unlink()  # used once: a later crash must not bring this older state back
+    except OSError as exc:
+        # Used now but still there, it could be restored again after a crash: start afresh.
+        log.error(kv("estimator_state_not_removed", path=path, detail=str(exc)))
+        return None
     log.info(kv("estimator_state_restored", devices=len(fleet.devices)))
     return fleet
