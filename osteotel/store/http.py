@@ -205,7 +205,8 @@ class HttpClient:
         """
         try:
             parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            host = parts.hostname
+            if parts.scheme not in ("http", "https") or not host:
                 raise StoreRejected(f"{action} failed: not an http(s) URL: {url!r}")
             key = (parts.scheme, parts.netloc)
             request = _Request(
@@ -221,18 +222,18 @@ class HttpClient:
                     return self._exchange(idle, key, request)
                 except (ConnectionError, http.client.BadStatusLine):
                     pass  # closed by the server while idle: once more on a new connection
-            return self._exchange(self._connect(parts, timeout_s), key, request)
+            fresh = self._connect(parts.scheme, host, parts.port, timeout_s)
+            return self._exchange(fresh, key, request)
         except LIBRARY_ERRORS as exc:
             raise store_error(exc, action=action) from exc
 
     def _connect(
-        self, parts: urllib.parse.SplitResult, timeout_s: float
+        self, scheme: str, host: str, port: int | None, timeout_s: float
     ) -> http.client.HTTPConnection:
-        host, port = parts.hostname, parts.port
         connection = (
-            http.client.HTTPSConnection(host, port, timeout=timeout_s)  # type: ignore[arg-type]
-            if parts.scheme == "https"
-            else http.client.HTTPConnection(host, port, timeout=timeout_s)  # type: ignore[arg-type]
+            http.client.HTTPSConnection(host, port, timeout=timeout_s)
+            if scheme == "https"
+            else http.client.HTTPConnection(host, port, timeout=timeout_s)
         )
         with self._lock:
             self._open.add(connection)
