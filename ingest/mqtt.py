@@ -9,7 +9,8 @@ the backpressure: a slow store stops the broker sending instead of memory growin
 paho runs its network loop in its own thread; messages cross to the event loop in batches: the
 paho thread appends to a deque and schedules one wake-up (`call_soon_threadsafe`) for however
 many messages arrive before the loop runs it, so a burst costs one hop, not one per message.
-The rest of ingest never sees paho.
+On leaving, the source waits until the broker has read its last acknowledgements (`_settle`)
+before it disconnects. The rest of ingest never sees paho.
 """
 
 import asyncio
