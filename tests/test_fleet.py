@@ -101,12 +101,21 @@ def test_a_hub_that_dies_is_announced_offline_by_its_will(mosquitto: Mosquitto) 
         async with EmulatedHub(hub=hub_id, mqtt=mqtt):
             raise ConnectionAbortedError("the gateway loses power")
 
+    address = ["-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1"]
     with contextlib.suppress(ConnectionAbortedError):
         asyncio.run(die_while_online())
-    retained = subprocess.run(
-        ["mosquitto_sub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1",
-         "-t", status_topic(hub_id), "-C", "1", "-W", "10"],
-        capture_output=True, check=True, timeout=20,
-    ).stdout  # fmt: skip
+    try:
+        retained = subprocess.run(
+            ["mosquitto_sub", *address, "-t", status_topic(hub_id), "-C", "1", "-W", "10"],
+            capture_output=True, check=True, timeout=20,
+        ).stdout  # fmt: skip
+    finally:
+        # The session broker is shared: a retained status of an unknown hub would reach (and
+        # be rejected by) every later ingest.
+        subprocess.run(
+            ["mosquitto_pub", *address, "-r", "-n", "-t", status_topic(hub_id)],
+            check=True,
+            timeout=20,
+        )
     status = decode_status(retained.strip(), topic_hub=hub_id)
     assert (status.hub, status.online) == (hub_id, False)
