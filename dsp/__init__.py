@@ -57,8 +57,8 @@ def warm_up() -> None:
     t_s = np.arange(n) / rate_hz
     force_n = 10.0 + np.where(t_s >= 0.5, 5.0 * np.exp(-(t_s - 0.5)), 0.0)
     disp_mm = np.where(t_s >= 0.5, 0.25, 0.0)
-    config = StepConfig(window_s=1.0, first_bin_s=0.01, n_bins=16, pre_s=0.25)
-    step_response(force_n, t0_ns, rate_hz, 500_000_000, 0.25, config=config)
+    config = StepConfig(window_s=1.0, n_bins=18, pre_s=0.25, lead_s=0.25)
+    step_response(force_n, disp_mm, t0_ns, rate_hz, 500_000_000, 0.25, config=config)
     track_stiffness(force_n, disp_mm, t0_ns, rate_hz, config=TrackingConfig(block_s=0.05))
     load_share(force_n, disp_mm)
     signal_quality(force_n, t0_ns, rate_hz)

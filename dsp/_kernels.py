@@ -31,23 +31,34 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Step response state.
 # Pre-step history: a ring of short bins keyed by absolute bin number (t_ns // pre_bin_ns), each
-# holding sum, count, min and max so a trimmed mean drops one spike per bin.
+# holding the force's sum, count, min and max (so a trimmed mean drops one spike per bin), the
+# displacement's sum and the sum of the samples' times within the bin (s).
 PRE_N = 16
-# Relaxation curve after the step: at most STEP_MAX_BINS bins, narrow just after the step and
-# wider later (edges c * (exp(b * h) - 1) seconds), each with sum, time sum, count, min and max.
-# The bins live in a separate row of a shared pool ("window slot"), held only while a window is
-# open: a device spends ~40 min a day in windows (4 steps x 10 min), so most devices need none.
-STEP_MAX_BINS = 64
-STEP_BINS_LEN = 5 * STEP_MAX_BINS  # one window slot: STEP_MAX_BINS rows of
-# (sum_n, sum_t_s, count, min_n, max_n)
+PRE_LEN = 6
+PR_SUM_F, PR_COUNT, PR_MIN_F, PR_MAX_F, PR_SUM_D, PR_SUM_T = 0, 1, 2, 3, 4, 5
+# Window after the step opens: at most STEP_MAX_BINS bins. The first LIN_N are the pre-step
+# ring's own bins (pre_bin_ns wide), from the bin lead_s before the event on: they hold the
+# onset, which the event's time only hints at, and are copied from the ring when the window
+# opens, so samples that came before the event still count. The rest widen geometrically
+# (edges c * (exp(b * h) - 1) seconds after the linear bins) to the window's end. Each bin holds
+# the force's sum, the sum of times since the event (s), the count, the force's min and max and
+# the displacement's sum. The bins live in a separate row of a shared pool ("window slot"),
+# held only while a window is open: a device spends ~40 min a day in windows (4 steps x 10 min).
+STEP_MAX_BINS = 60
+LIN_N = 16
+BIN_LEN = 6
+B_SUM_F, B_SUM_T, B_COUNT, B_MIN_F, B_MAX_F, B_SUM_D = 0, 1, 2, 3, 4, 5
+STEP_BINS_LEN = BIN_LEN * STEP_MAX_BINS  # one window slot
 
-SF_F_BEFORE = 0  # force before the step (N), set when the step opens
-SF_DELTA_MM = 1  # step displacement (mm)
-SF_PRE = 2  # PRE_N rows of (sum_n, count, min_n, max_n)
-SF_PEND_DELTA = SF_PRE + 4 * PRE_N  # pending step displacements (mm)
+SF_F_BEFORE = 0  # force before the step (N), set when the window opens
+SF_DELTA_MM = 1  # the event's step displacement (mm)
+SF_PRE = 2  # PRE_N ring bins of PRE_LEN
+SF_PEND_DELTA = SF_PRE + PRE_LEN * PRE_N  # pending step displacements (mm)
 PEND_N = 4
 SF_N_BEFORE = SF_PEND_DELTA + PEND_N  # samples in the force before the step (its trimmed count)
-STEP_FLOAT_LEN = SF_N_BEFORE + 1
+SF_D_BEFORE = SF_N_BEFORE + 1  # displacement before the step (mm)
+SF_DT_S = SF_D_BEFORE + 1  # sample spacing in the window (s); NaN before its first sample
+STEP_FLOAT_LEN = SF_DT_S + 1
 
 SI_MODE = 0  # 0 idle, 1 window open, 2 window complete (waits for its fit)
 SI_T_STEP = 1  # ns
@@ -59,36 +70,50 @@ SI_PRE_KEY = SI_PEND_T + PEND_N  # PRE_N bin numbers of the ring slots
 SI_DROPPED = SI_PRE_KEY + PRE_N  # step events dropped because the pending slots were full
 SI_T_WIN_LAST = SI_DROPPED + 1  # time of the last sample that went into the window (ns)
 SI_SLOT = SI_T_WIN_LAST + 1  # window slot (row of the bins pool) held; -1 if none
-STEP_INT_LEN = SI_SLOT + 1
+SI_KEY_W = SI_SLOT + 1  # ring bin number of the window's first (linear) bin
+SI_T_WIN_FIRST = SI_KEY_W + 1  # time of the first sample in the window (ns); -1 if none
+STEP_INT_LEN = SI_T_WIN_FIRST + 1
 
 MODE_IDLE = 0
 MODE_OPEN = 1
 MODE_COMPLETE = 2
 
-# Results of _step_fit, in this order.
-R_F_BEFORE = 0
-R_F_PEAK = 1
-R_A_INF = 2
-R_A_FAST = 3
-R_A_SLOW = 4
-R_TAU_FAST = 5
-R_TAU_SLOW = 6
-R_RMSE = 7
-R_R2 = 8
-R_N_BINS = 9
-R_T_PEAK = 10
-R_SPAN = 11
+# Results of _step_fit, in this order. Times are seconds after the event.
+R_F_BEFORE = 0  # force before the step (N)
+R_F_PEAK = 1  # the fitted curve at the ramp's end (N)
+R_F_SETTLED = 2  # f_before + A_inf (N)
+R_F_INST = 3  # f_before + A_inf + A_f + A_s: the sudden step's peak (N)
+R_A_FAST = 4  # sudden-step amplitude of the fast term (N)
+R_A_SLOW = 5
+R_TAU_FAST = 6
+R_TAU_SLOW = 7
+R_RMSE = 8
+R_R2 = 9
+R_N_BINS = 10  # bins in the force fit
+R_SPAN = 11  # observed time after the ramp's end (s)
 R_STATUS = 12
 R_NOISE_VAR = 13  # per-sample noise variance from the fit's residuals (N^2)
-R_PEAK_VAR = 14  # variance of the fitted peak a_inf + a_f + a_s at the fitted taus (N^2)
-STEP_RESULT_LEN = 15
+R_SUM_VAR = 14  # variance of A_inf + A_f + A_s, time-constant uncertainty included (N^2)
+R_T_ON = 15  # onset (s after the event)
+R_RAMP = 16  # ramp duration (s)
+R_DELTA = 17  # step size measured from the displacement (mm)
+R_FLAGS = 18  # GEOM_* bits
+STEP_RESULT_LEN = 19
 
 FIT_OK = 0
-FIT_SHORT = 1  # the relaxation was observed for less than min_span_s
-FIT_TAU_AT_BOUND = 2  # a time constant sits on the edge of its search grid
-FIT_NO_DATA = 3  # too few bins after the peak to fit three amplitudes and two time constants
+FIT_SHORT = 1  # the relaxation was observed for less than min_span_s after the ramp
+FIT_TAU_AT_BOUND = 2  # a fitted time constant sits on the edge of its search grid
+FIT_NO_DATA = 3  # too few bins after the onset to fit three amplitudes and two time constants
+
+GEOM_ONSET_UNCERTAIN = 1  # the displacement did not place the onset (or no sample before it)
+GEOM_TAU_FAST_HELD = 2  # tau_fast not identifiable: held at the configured value
 
 MIN_FIT_BINS = 6
+_CHI2_2SE = 4.0  # a profile point within 2 standard errors: delta chi^2 <= 2^2
+_GEOM_POINTS = 24  # grid points per coordinate of the onset/ramp-end search
+_GEOM_ROUNDS = 3  # refinements of that search (each a finer grid around the best point)
+_FINE_STEPS = 24  # the fine tau_fast profile scans at most this many eighths of a grid step
+_SPAN_RAMPS = 5  # ramp durations tried for a ramp shorter than its bin: 0, 1/4, ... 1 bin
 
 
 @njit(cache=True)
@@ -100,11 +125,26 @@ def _trimmed(total: float, count: float, lo: float, hi: float) -> tuple[float, f
 
 
 @njit(cache=True)
+def _bin_add(row: np.ndarray, at: int, f: float, d: float, t_s: float) -> None:
+    """Add one sample to the bin at row[at:at + BIN_LEN]."""
+    if row[at + B_COUNT] == 0.0:
+        row[at + B_MIN_F] = f
+        row[at + B_MAX_F] = f
+    row[at + B_SUM_F] += f
+    row[at + B_SUM_T] += t_s
+    row[at + B_COUNT] += 1.0
+    row[at + B_MIN_F] = min(row[at + B_MIN_F], f)
+    row[at + B_MAX_F] = max(row[at + B_MAX_F], f)
+    row[at + B_SUM_D] += d
+
+
+@njit(cache=True)
 def _step_push(
     fs: np.ndarray,
     si: np.ndarray,
     bins: np.ndarray,
     force_n: np.ndarray,
+    disp_mm: np.ndarray,
     t0_ns: int,
     dt_ns: float,
     pre_bin_ns: int,
@@ -114,49 +154,56 @@ def _step_push(
     window_ns: int,
 ) -> None:
     """Add a run of samples to the pre-step ring and, while a window is open, to its bins
-    (row si[SI_SLOT] of the pool `bins`)."""
+    (row si[SI_SLOT] of the pool `bins`). A sample counts where its force is finite; a
+    non-finite displacement beside it counts as the ring's or bin's last mean (none: 0)."""
     # Only an open window holds a slot; otherwise any row stands in and is never written.
     wb = bins[max(si[SI_SLOT], 0)]
     for k in range(force_n.shape[0]):
         f = force_n[k]
         if not math.isfinite(f):
             continue
+        d = disp_mm[k]
         t = t0_ns + np.int64(round(k * dt_ns))
         si[SI_T_LAST] = t
         key = t // pre_bin_ns
         slot = key % PRE_N
-        base = SF_PRE + 4 * slot
+        base = SF_PRE + PRE_LEN * slot
         if si[SI_PRE_KEY + slot] != key:
             si[SI_PRE_KEY + slot] = key
-            fs[base] = 0.0
-            fs[base + 1] = 0.0
-            fs[base + 2] = f
-            fs[base + 3] = f
-        fs[base] += f
-        fs[base + 1] += 1.0
-        fs[base + 2] = min(fs[base + 2], f)
-        fs[base + 3] = max(fs[base + 3], f)
+            for j in range(PRE_LEN):
+                fs[base + j] = 0.0
+            fs[base + PR_MIN_F] = f
+            fs[base + PR_MAX_F] = f
+        if not math.isfinite(d):
+            n_ring = fs[base + PR_COUNT]
+            d = fs[base + PR_SUM_D] / n_ring if n_ring > 0.0 else 0.0
+        fs[base + PR_SUM_F] += f
+        fs[base + PR_COUNT] += 1.0
+        fs[base + PR_MIN_F] = min(fs[base + PR_MIN_F], f)
+        fs[base + PR_MAX_F] = max(fs[base + PR_MAX_F], f)
+        fs[base + PR_SUM_D] += d
+        fs[base + PR_SUM_T] += (t - key * pre_bin_ns) * 1e-9
         if si[SI_MODE] != MODE_OPEN:
             continue
         rel_ns = t - si[SI_T_STEP]
-        if rel_ns < 0:
-            continue
         if rel_ns >= window_ns:
             si[SI_MODE] = MODE_COMPLETE
             continue
-        tau_s = rel_ns * 1e-9
-        b = min(int(math.log1p(tau_s / c_s) / h), n_bins - 1)
-        row = 5 * b
-        if wb[row + 2] == 0.0:
-            wb[row + 3] = f
-            wb[row + 4] = f
-        wb[row] += f
-        wb[row + 1] += tau_s
-        wb[row + 2] += 1.0
-        wb[row + 3] = min(wb[row + 3], f)
-        wb[row + 4] = max(wb[row + 4], f)
+        lin = key - si[SI_KEY_W]
+        if lin < 0:
+            continue
+        if lin < LIN_N:
+            b = lin
+        else:
+            after_s = (t - (si[SI_KEY_W] + LIN_N) * pre_bin_ns) * 1e-9
+            b = LIN_N + int(math.log1p(after_s / c_s) / h)
+        b = min(b, n_bins - 1)
+        _bin_add(wb, BIN_LEN * b, f, d, rel_ns * 1e-9)
         si[SI_N_SAMPLES] += 1
+        if si[SI_T_WIN_FIRST] < 0:
+            si[SI_T_WIN_FIRST] = t
         si[SI_T_WIN_LAST] = t
+        fs[SF_DT_S] = dt_ns * 1e-9
 
 
 @njit(cache=True)
@@ -168,29 +215,112 @@ def _step_open(
     delta_mm: float,
     pre_bin_ns: int,
     pre_bins: int,
+    lead_bins: int,
+    n_bins: int,
 ) -> None:
-    """Open a window: take the force before the step from the ring and clear its bins `wb`
-    (the window slot the caller gave the device)."""
-    key_step = t_step_ns // pre_bin_ns
-    total = 0.0
-    count = 0.0
-    for slot in range(PRE_N):
-        key = si[SI_PRE_KEY + slot]
-        # The bin holding the step itself is left out: part of it may already be after the step.
-        if key_step - pre_bins <= key < key_step:
-            base = SF_PRE + 4 * slot
-            s, n = _trimmed(fs[base], fs[base + 1], fs[base + 2], fs[base + 3])
-            total += s
-            count += n
-    fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
-    fs[SF_N_BEFORE] = count
-    fs[SF_DELTA_MM] = delta_mm
+    """Open a window: clear its bins `wb` (the window slot the caller gave the device), copy
+    into its linear bins the ring bins from lead_bins before the event's bin on, and take the
+    force and displacement before the step from the pre_bins ring bins before those."""
+    key_w = t_step_ns // pre_bin_ns - lead_bins
     for i in range(STEP_BINS_LEN):
         wb[i] = 0.0
-    si[SI_MODE] = MODE_OPEN
-    si[SI_T_STEP] = t_step_ns
+    total = 0.0
+    count = 0.0
+    d_total = 0.0
+    d_count = 0.0
+    si[SI_T_WIN_FIRST] = -1
     si[SI_N_SAMPLES] = 0
     si[SI_T_WIN_LAST] = -1
+    for slot in range(PRE_N):
+        key = si[SI_PRE_KEY + slot]
+        base = SF_PRE + PRE_LEN * slot
+        n = fs[base + PR_COUNT]
+        if key < 0 or n == 0.0:
+            continue
+        if key_w - pre_bins <= key < key_w:
+            s, m = _trimmed(fs[base + PR_SUM_F], n, fs[base + PR_MIN_F], fs[base + PR_MAX_F])
+            total += s
+            count += m
+            d_total += fs[base + PR_SUM_D]
+            d_count += n
+        elif key >= key_w and key - key_w < min(LIN_N, n_bins):
+            at = BIN_LEN * (key - key_w)
+            offset_s = (key * pre_bin_ns - t_step_ns) * 1e-9
+            wb[at + B_SUM_F] = fs[base + PR_SUM_F]
+            wb[at + B_SUM_T] = fs[base + PR_SUM_T] + n * offset_s
+            wb[at + B_COUNT] = n
+            wb[at + B_MIN_F] = fs[base + PR_MIN_F]
+            wb[at + B_MAX_F] = fs[base + PR_MAX_F]
+            wb[at + B_SUM_D] = fs[base + PR_SUM_D]
+            si[SI_N_SAMPLES] += np.int64(n)
+            first = key * pre_bin_ns
+            if si[SI_T_WIN_FIRST] < 0 or first < si[SI_T_WIN_FIRST]:
+                si[SI_T_WIN_FIRST] = first
+            if si[SI_T_LAST] > si[SI_T_WIN_LAST]:
+                si[SI_T_WIN_LAST] = si[SI_T_LAST]
+    fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
+    fs[SF_N_BEFORE] = count
+    fs[SF_D_BEFORE] = d_total / d_count if d_count > 0.0 else np.nan
+    fs[SF_DELTA_MM] = delta_mm
+    si[SI_MODE] = MODE_OPEN
+    si[SI_T_STEP] = t_step_ns
+    si[SI_KEY_W] = key_w
+
+
+@njit(cache=True)
+def _geo_sum(m: int, dt: float, tau: float) -> float:
+    """sum_{j < m} e^(-j dt / tau), the geometric series of m samples dt apart."""
+    if m <= 0:
+        return 0.0
+    return math.expm1(-m * dt / tau) / math.expm1(-dt / tau)
+
+
+@njit(cache=True)
+def _ramp_avg(t_first: float, n: int, dt: float, t_on: float, ramp: float) -> float:
+    """Mean of clip((t - t_on) / ramp, 0, 1) over the n samples t_first + k dt (ramp 0: the
+    unit step at t_on)."""
+    k1 = min(max(math.ceil((t_on - t_first) / dt), 0), n)
+    k2 = min(max(math.ceil((t_on + ramp - t_first) / dt), k1), n)
+    total = float(n - k2)
+    m = k2 - k1
+    if m > 0:
+        total += m * (t_first + dt * 0.5 * (k1 + k2 - 1) - t_on) / ramp
+    return total / n
+
+
+@njit(cache=True)
+def _relax_avg(t_first: float, n: int, dt: float, t_on: float, ramp: float, tau: float) -> float:
+    """Mean over the n samples t_first + k dt of the response of a relaxation term e^(-t/tau)
+    to a unit elongation spread linearly over `ramp` from t_on (ramp 0: a sudden step), by the
+    superposition integral: (tau/ramp)(1 - e^(-(t - t_on)/tau)) during the ramp and
+    (tau/ramp)(1 - e^(-ramp/tau)) e^(-(t - t_on - ramp)/tau) after it."""
+    k1 = min(max(math.ceil((t_on - t_first) / dt), 0), n)
+    k2 = min(max(math.ceil((t_on + ramp - t_first) / dt), k1), n)
+    total = 0.0
+    if ramp > 0.0:
+        scale = tau / ramp
+        m = k2 - k1
+        if m > 0:
+            first = math.exp(-(t_first + k1 * dt - t_on) / tau)
+            total += scale * (m - first * _geo_sum(m, dt, tau))
+        top = -scale * math.expm1(-ramp / tau)
+    else:
+        top = 1.0
+    if n > k2:
+        total += top * math.exp(-(t_first + k2 * dt - t_on - ramp) / tau) * _geo_sum(n - k2, dt, tau)
+    return total / n
+
+
+@njit(cache=True)
+def _relax_at(t: float, ramp: float, tau: float) -> float:
+    """The relaxation term's response `t` after the onset of a unit elongation ramp."""
+    if t < 0.0:
+        return 0.0
+    if ramp <= 0.0:
+        return math.exp(-t / tau)
+    if t < ramp:
+        return -tau / ramp * math.expm1(-t / tau)
+    return -tau / ramp * math.expm1(-ramp / tau) * math.exp(-(t - ramp) / tau)
 
 
 @njit(cache=True)
@@ -226,224 +356,600 @@ def _solve3(g: np.ndarray, r: np.ndarray, x: np.ndarray) -> bool:
 
 
 @njit(cache=True)
-def _prony_rss(
-    t_s: np.ndarray,
-    y_n: np.ndarray,
-    w: np.ndarray,
-    tau_fast_s: float,
-    tau_slow_s: float,
-    coef: np.ndarray,
+def _amp_fit(
+    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, y: np.ndarray, w: np.ndarray, coef: np.ndarray
 ) -> float:
-    """Weighted residual sum of squares of y = a_inf + a_f e^(-t/tau_f) + a_s e^(-t/tau_s)
-    with the amplitudes solved by linear least squares (variable projection); inf if singular."""
+    """Weighted least squares of y on the columns (u, bf, bs): the amplitudes (A_inf, A_f, A_s)
+    into coef, and the weighted residual sum of squares (inf if singular)."""
     g = np.zeros((3, 3))
     r = np.zeros(3)
-    for i in range(t_s.shape[0]):
-        ef = math.exp(-t_s[i] / tau_fast_s)
-        es = math.exp(-t_s[i] / tau_slow_s)
+    for i in range(y.shape[0]):
         wi = w[i]
-        g[0, 0] += wi
-        g[0, 1] += wi * ef
-        g[0, 2] += wi * es
-        g[1, 1] += wi * ef * ef
-        g[1, 2] += wi * ef * es
-        g[2, 2] += wi * es * es
-        r[0] += wi * y_n[i]
-        r[1] += wi * ef * y_n[i]
-        r[2] += wi * es * y_n[i]
+        g[0, 0] += wi * u[i] * u[i]
+        g[0, 1] += wi * u[i] * bf[i]
+        g[0, 2] += wi * u[i] * bs[i]
+        g[1, 1] += wi * bf[i] * bf[i]
+        g[1, 2] += wi * bf[i] * bs[i]
+        g[2, 2] += wi * bs[i] * bs[i]
+        r[0] += wi * u[i] * y[i]
+        r[1] += wi * bf[i] * y[i]
+        r[2] += wi * bs[i] * y[i]
     g[1, 0] = g[0, 1]
     g[2, 0] = g[0, 2]
     g[2, 1] = g[1, 2]
     if not _solve3(g, r, coef):
         return np.inf
     rss = 0.0
-    for i in range(t_s.shape[0]):
-        e = y_n[i] - (
-            coef[0]
-            + coef[1] * math.exp(-t_s[i] / tau_fast_s)
-            + coef[2] * math.exp(-t_s[i] / tau_slow_s)
-        )
+    for i in range(y.shape[0]):
+        e = y[i] - coef[0] * u[i] - coef[1] * bf[i] - coef[2] * bs[i]
         rss += w[i] * e * e
     return rss
 
 
 @njit(cache=True)
-def _prony_peak_var(
-    t_s: np.ndarray,
-    w: np.ndarray,
-    tau_fast_s: float,
-    tau_slow_s: float,
-    c_fast: float,
-    c_slow: float,
-    noise_var: float,
+def _sum_var(
+    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray, noise_var: float
 ) -> float:
-    """Variance of a_inf + c_fast a_f + c_slow a_s from the weighted least squares at fixed
-    time constants: noise_var c' G^-1 c, G = sum w phi phi' (w = samples per bin, so a bin
-    mean's variance is noise_var / w); NaN if G is singular."""
+    """Variance of A_inf + A_f + A_s at fixed time constants: noise_var 1' G^-1 1 with
+    G = sum w phi phi' (a bin mean of w samples has variance noise_var / w); NaN if singular."""
     g = np.zeros((3, 3))
-    for i in range(t_s.shape[0]):
-        ef = math.exp(-t_s[i] / tau_fast_s)
-        es = math.exp(-t_s[i] / tau_slow_s)
+    for i in range(u.shape[0]):
         wi = w[i]
-        g[0, 0] += wi
-        g[0, 1] += wi * ef
-        g[0, 2] += wi * es
-        g[1, 1] += wi * ef * ef
-        g[1, 2] += wi * ef * es
-        g[2, 2] += wi * es * es
+        g[0, 0] += wi * u[i] * u[i]
+        g[0, 1] += wi * u[i] * bf[i]
+        g[0, 2] += wi * u[i] * bs[i]
+        g[1, 1] += wi * bf[i] * bf[i]
+        g[1, 2] += wi * bf[i] * bs[i]
+        g[2, 2] += wi * bs[i] * bs[i]
     g[1, 0] = g[0, 1]
     g[2, 0] = g[0, 2]
     g[2, 1] = g[1, 2]
-    c = np.array([1.0, c_fast, c_slow])
     x = np.zeros(3)
-    if not _solve3(g, c, x):
+    if not _solve3(g, np.ones(3), x):
         return math.nan
-    quad: float = c_fast * x[1] + c_slow * x[2] + x[0]
-    return noise_var * quad
+    return noise_var * (x[0] + x[1] + x[2])
 
 
 @njit(cache=True)
-def _prony_fit(
-    t_s: np.ndarray,
-    y_n: np.ndarray,
+def _relax_cols(
+    t_first: np.ndarray, cnt: np.ndarray, dt: float, t_on: float, ramp: float, tau: float,
+    out: np.ndarray,
+) -> None:  # fmt: skip
+    """The bin means of one relaxation term's response, for every fit bin."""
+    for i in range(t_first.shape[0]):
+        out[i] = _relax_avg(t_first[i], cnt[i], dt, t_on, ramp, tau)
+
+
+@njit(cache=True)
+def _best_slow(  # noqa: PLR0913 - the fit's arrays and the ramp it is fitted with
+    u: np.ndarray,
+    bf: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    log_tau_f: float,
+    log_tau_slow: np.ndarray,
+    cols_s: np.ndarray,
+    min_ratio: float,
+    refine_rounds: int,
+    t_first: np.ndarray,
+    cnt: np.ndarray,
+    dt: float,
+    t_on: float,
+    ramp: float,
+    coef: np.ndarray,
+    bs: np.ndarray,
+    best: np.ndarray,
+) -> None:
+    """The best tau_slow at a fixed tau_fast (whose column is bf): the grid (columns cols_s
+    precomputed), then refine_rounds of 9 points at a quarter of the previous spacing.
+    best = [rss, ln tau_slow, A_inf + A_f + A_s]."""
+    log_ratio = math.log(min_ratio)
+    n_s = log_tau_slow.shape[0]
+    best[0] = np.inf
+    best[1] = log_tau_slow[-1]
+    best[2] = np.nan
+    for j in range(n_s):
+        if log_tau_slow[j] - log_tau_f < log_ratio:
+            continue
+        rss = _amp_fit(u, bf, cols_s[j], y, w, coef)
+        if rss < best[0]:
+            best[0] = rss
+            best[1] = log_tau_slow[j]
+            best[2] = coef[0] + coef[1] + coef[2]
+    step = (log_tau_slow[-1] - log_tau_slow[0]) / max(n_s - 1, 1)
+    for _ in range(refine_rounds):
+        center = best[1]
+        step /= 4.0
+        for j in range(-4, 5):
+            ls = min(max(center + j * step, log_tau_slow[0]), log_tau_slow[-1])
+            if j == 0 or ls - log_tau_f < log_ratio:
+                continue
+            _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(ls), bs)
+            rss = _amp_fit(u, bf, bs, y, w, coef)
+            if rss < best[0]:
+                best[0] = rss
+                best[1] = ls
+                best[2] = coef[0] + coef[1] + coef[2]
+
+
+@njit(cache=True)
+def _alternative(
+    c: int, mid: float, ramp: float, span: float, sub_sample: bool, dt: float
+) -> tuple[float, float]:
+    """(onset, ramp) of alternative c of _SPAN_RAMPS for a step the displacement did not
+    resolve: a sudden step at half-interval steps up to a sample interval either side
+    (sub_sample), else a ramp of c quarters of its bin about the same midpoint; with span 0
+    the step itself."""
+    if span <= 0.0:
+        return mid - 0.5 * ramp, ramp
+    frac = c / (_SPAN_RAMPS - 1)
+    if sub_sample:  # a sample either way: the midpoint itself may sit one interval off
+        return mid + (2.0 * frac - 1.0) * 0.999 * dt, 0.0
+    return mid - 0.5 * frac * span, frac * span
+
+
+@njit(cache=True)
+def _geometry_rss(  # noqa: PLR0913 - the fit's arrays and one geometry
+    t_first: np.ndarray,
+    cnt: np.ndarray,
+    dt: float,
+    t_on: float,
+    ramp: float,
+    tau_f: float,
+    tau_s: float,
+    y: np.ndarray,
+    w: np.ndarray,
+    u: np.ndarray,
+    bf: np.ndarray,
+    bs: np.ndarray,
+    coef: np.ndarray,
+) -> float:
+    """The residual of a step of this geometry at fixed time constants; its amplitudes in
+    coef (u, bf and bs are scratch)."""
+    for i in range(y.shape[0]):
+        u[i] = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
+    _relax_cols(t_first, cnt, dt, t_on, ramp, tau_f, bf)
+    _relax_cols(t_first, cnt, dt, t_on, ramp, tau_s, bs)
+    return _amp_fit(u, bf, bs, y, w, coef)
+
+
+@njit(cache=True)
+def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids and scratch
+    t_first: np.ndarray,
+    cnt: np.ndarray,
+    dt: float,
+    t_on: float,
+    ramp: float,
+    y: np.ndarray,
     w: np.ndarray,
     log_tau_fast: np.ndarray,
     log_tau_slow: np.ndarray,
     min_ratio: float,
     refine_rounds: int,
-    out: np.ndarray,
-) -> None:
-    """Fit the two-term Prony curve: a grid over (ln tau_f, ln tau_s), then `refine_rounds`
-    finer 9x9 grids around the best point. out = [a_inf, a_f, a_s, tau_f, tau_s, rss, at_bound].
+    u: np.ndarray,
+    cols_f: np.ndarray,
+    cols_s: np.ndarray,
+    bf: np.ndarray,
+    bs: np.ndarray,
+    coef: np.ndarray,
+    best: np.ndarray,
+    prof_rss: np.ndarray,
+    prof_sum: np.ndarray,
+) -> tuple[float, float, float]:
+    """The time constants of a step of this geometry: (rss, ln tau_f, ln tau_s).
+
+    The profile over the tau_fast grid first -- at each point the best tau_slow
+    (`_best_slow`), its RSS into prof_rss and its A_inf + A_f + A_s into prof_sum -- then
+    refine_rounds of 9x9 grids at a quarter of the previous spacing around the best point.
     """
-    coef = np.zeros(3)
-    best_rss = np.inf
-    best_lf = log_tau_fast[0]
+    n_f = log_tau_fast.shape[0]
+    n_s = log_tau_slow.shape[0]
+    for i in range(y.shape[0]):
+        u[i] = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
+    for i in range(n_f):
+        _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(log_tau_fast[i]), cols_f[i])
+    for j in range(n_s):
+        _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(log_tau_slow[j]), cols_s[j])
+    i_best = 0
     best_ls = log_tau_slow[-1]
+    for i in range(n_f):
+        _best_slow(
+            u, cols_f[i], y, w, log_tau_fast[i], log_tau_slow, cols_s, min_ratio,
+            refine_rounds, t_first, cnt, dt, t_on, ramp, coef, bs, best,
+        )  # fmt: skip
+        prof_rss[i] = best[0]
+        prof_sum[i] = best[2]
+        if best[0] < prof_rss[i_best] or i == 0:
+            i_best = i
+            best_ls = best[1]
+    best_rss = prof_rss[i_best]
+    best_lf = log_tau_fast[i_best]
     log_ratio = math.log(min_ratio)
-    for i in range(log_tau_fast.shape[0]):
-        for j in range(log_tau_slow.shape[0]):
-            if log_tau_slow[j] - log_tau_fast[i] < log_ratio:
-                continue
-            rss = _prony_rss(
-                t_s, y_n, w, math.exp(log_tau_fast[i]), math.exp(log_tau_slow[j]), coef
-            )
-            if rss < best_rss:
-                best_rss = rss
-                best_lf = log_tau_fast[i]
-                best_ls = log_tau_slow[j]
-    step_f = (log_tau_fast[-1] - log_tau_fast[0]) / max(log_tau_fast.shape[0] - 1, 1)
-    step_s = (log_tau_slow[-1] - log_tau_slow[0]) / max(log_tau_slow.shape[0] - 1, 1)
+    step_f = (log_tau_fast[-1] - log_tau_fast[0]) / max(n_f - 1, 1)
+    step_s = (log_tau_slow[-1] - log_tau_slow[0]) / max(n_s - 1, 1) / 4.0**refine_rounds
     for _ in range(refine_rounds):
         center_f = best_lf
         center_s = best_ls
         for i in range(-4, 5):
             lf = min(max(center_f + i * step_f / 4.0, log_tau_fast[0]), log_tau_fast[-1])
+            _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(lf), bf)
             for j in range(-4, 5):
-                ls = min(max(center_s + j * step_s / 4.0, log_tau_slow[0]), log_tau_slow[-1])
+                ls = min(max(center_s + j * step_s, log_tau_slow[0]), log_tau_slow[-1])
                 if ls - lf < log_ratio:
                     continue
-                rss = _prony_rss(t_s, y_n, w, math.exp(lf), math.exp(ls), coef)
+                _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(ls), bs)
+                rss = _amp_fit(u, bf, bs, y, w, coef)
                 if rss < best_rss:
                     best_rss = rss
                     best_lf = lf
                     best_ls = ls
         step_f /= 4.0
-        step_s /= 4.0
-    out[5] = _prony_rss(t_s, y_n, w, math.exp(best_lf), math.exp(best_ls), coef)
-    out[0] = coef[0]
-    out[1] = coef[1]
-    out[2] = coef[2]
-    out[3] = math.exp(best_lf)
-    out[4] = math.exp(best_ls)
-    # A time constant on the edge of its grid means the true one may lie beyond it.
-    tol = 1e-9
-    at_bound = (
-        best_lf <= log_tau_fast[0] + tol
-        or best_lf >= log_tau_fast[-1] - tol
-        or best_ls <= log_tau_slow[0] + tol
-        or best_ls >= log_tau_slow[-1] - tol
-    )
-    out[6] = 1.0 if at_bound else 0.0
+    return best_rss, best_lf, best_ls
 
 
 @njit(cache=True)
-def _step_fit(  # noqa: PLR0915 - one straight pass: bins, peak, fit, quality
+def _geometry(
+    t_first: np.ndarray,
+    cnt: np.ndarray,
+    d_mean: np.ndarray,
+    dt: float,
+    d_before: float,
+    delta_event: float,
+    out: np.ndarray,
+) -> bool:
+    """Onset, ramp duration and size of the step from the bins' mean displacement: the linear
+    ramp d_before + delta clip((t - t_on) / ramp, 0, 1) whose bin means fit best, by a grid
+    search over (t_on, t_on + ramp) -- the onset before the bin where the displacement passes
+    half its largest excursion, the end after it and within two bins of 98 % -- refined
+    around the best point; delta by least squares. out = [t_on, ramp, delta, the span of the
+    bin holding the whole ramp or 0 if it spans bins, 1 if it took less than a sample
+    interval]. False if the displacement does not move by 30 % of the announced step in its
+    direction."""
+    n = t_first.shape[0]
+    if n == 0 or not math.isfinite(d_before):
+        return False
+    # Progress of each bin towards the step's largest excursion in the announced direction:
+    # 0 before, 1 at the top. The announced size only gives the direction.
+    sign = 1.0 if delta_event > 0.0 else -1.0
+    top = 0.0
+    for i in range(n):
+        top = max(top, sign * (d_mean[i] - d_before))
+    if not top >= 0.3 * abs(delta_event):
+        return False
+    i_half = 0
+    while sign * (d_mean[i_half] - d_before) < 0.5 * top:
+        i_half += 1
+    i_top = i_half  # the first bin at 98 % of the top: the ramp ends within two bins of it
+    while sign * (d_mean[i_top] - d_before) < 0.98 * top:
+        i_top += 1
+    i_b = min(i_top + 2, n - 1)
+    on_lo = t_first[0] - dt
+    on_hi = t_first[i_half] + cnt[i_half] * dt
+    end_lo = t_first[i_half]
+    end_hi = t_first[i_b] + cnt[i_b] * dt
+    # The displacement is fitted up to a little after the latest possible end of the ramp, so
+    # later loading (the device shortens under weight) does not pull on the geometry.
+    fit_end = end_hi + max(2.0, 0.5 * (end_hi - on_lo))
+    m = 0
+    while m < n and t_first[m] <= fit_end:
+        m += 1
+    y = np.empty(m)
+    for i in range(m):
+        y[i] = d_mean[i] - d_before
+    best = np.inf
+    best_on = on_lo
+    best_end = end_hi
+    step_on = (on_hi - on_lo) / (_GEOM_POINTS - 1)
+    step_end = (end_hi - end_lo) / (_GEOM_POINTS - 1)
+    lo_on, lo_end = on_lo, end_lo
+    for _ in range(_GEOM_ROUNDS + 1):
+        for a in range(_GEOM_POINTS):
+            t_on = lo_on + a * step_on
+            for b in range(_GEOM_POINTS):
+                t_end = max(lo_end + b * step_end, t_on)
+                ramp = t_end - t_on
+                if ramp < 0.5 * dt:
+                    ramp = 0.0
+                suu = 0.0
+                suy = 0.0
+                syy = 0.0
+                for i in range(m):
+                    ui = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
+                    suu += cnt[i] * ui * ui
+                    suy += cnt[i] * ui * y[i]
+                    syy += cnt[i] * y[i] * y[i]
+                if suu <= 0.0:
+                    continue
+                rss = syy - suy * suy / suu
+                if rss < best:
+                    best = rss
+                    best_on = t_on
+                    best_end = t_end
+        lo_on = best_on - step_on
+        lo_end = best_end - step_end
+        step_on *= 2.0 / (_GEOM_POINTS - 1)
+        step_end *= 2.0 / (_GEOM_POINTS - 1)
+    ramp = best_end - best_on
+    ramp_fit = ramp
+    out[3] = 0.0
+    out[4] = 0.0
+    # A bin's mean tells only the area of a ramp inside it, not its duration: a ramp shorter
+    # than the bin around its midpoint is taken as the sudden step at that midpoint (to first order the same force after
+    # it), and one shorter than a sample interval as the sudden step midway between the two
+    # samples it fell between. out[3] is then the bin's span, for the caller's uncertainty.
+    mid = best_on + 0.5 * ramp
+    j = 0
+    while j < n - 1 and t_first[j] + cnt[j] * dt <= mid:
+        j += 1
+    span = cnt[j] * dt
+    if ramp < span or ramp < dt:
+        best_on += 0.5 * ramp
+        if ramp < dt:
+            best_on = t_first[0] + (math.ceil((best_on - t_first[0]) / dt) - 0.5) * dt
+        ramp = 0.0
+        out[3] = span
+        out[4] = 1.0 if ramp_fit < dt else 0.0
+    suu = 0.0
+    suy = 0.0
+    for i in range(m):
+        ui = _ramp_avg(t_first[i], cnt[i], dt, best_on, ramp)
+        suu += cnt[i] * ui * ui
+        suy += cnt[i] * ui * y[i]
+    out[0] = best_on
+    out[1] = ramp
+    out[2] = suy / suu
+    return True
+
+
+@njit(cache=True)
+def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fit, uncertainty
     fs: np.ndarray,
     wb: np.ndarray,
-    c_s: float,
-    h: float,
     n_bins: int,
-    peak_search_s: float,
     min_span_s: float,
     log_tau_fast: np.ndarray,
     log_tau_slow: np.ndarray,
     min_ratio: float,
     refine_rounds: int,
+    tau_fast_held_s: float,
+    log_tau_fast_plausible: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Fit the relaxation held in the bins `wb` of a closed window; results at the R_* offsets."""
+    """Fit the window held in the bins `wb`; results at the R_* offsets.
+
+    The step's geometry comes from the displacement (`_geometry`; the event's time and size
+    when it does not show the step). The force after the onset, less the force before, is
+    fitted with A_inf u + A_f r_f + A_s r_s, the bin means of the ramp and of each relaxation
+    term's ramp response (`_ramp_avg`, `_relax_avg`): amplitudes by least squares, time
+    constants by a grid search and `refine_rounds` finer grids. The profile over the tau_fast
+    grid gives the sum's uncertainty from the time constants (the spread of A_inf + A_f + A_s
+    over the points within 2 standard errors); when that set reaches an end of the grid,
+    tau_fast is not identifiable and is held at tau_fast_held_s (moved into the set if the
+    data exclude it), the spread then taken over the plausible range the data allow.
+    """
     for i in range(STEP_RESULT_LEN):
         out[i] = np.nan
-    out[R_F_BEFORE] = fs[SF_F_BEFORE]
+    f0 = fs[SF_F_BEFORE]
+    out[R_F_BEFORE] = f0
     out[R_N_BINS] = 0.0
     out[R_STATUS] = FIT_NO_DATA
-    mean_n = np.empty(n_bins)
-    weight = np.empty(n_bins)
-    time_s = np.empty(n_bins)
+    out[R_FLAGS] = 0.0
+    dt = fs[SF_DT_S]
+    delta_event = fs[SF_DELTA_MM]
+    # The bins' samples: count, first sample time (they are dt apart), force and displacement.
+    cnt_all = np.empty(n_bins, dtype=np.int64)
+    first_all = np.empty(n_bins)
+    f_all = np.empty(n_bins)  # trimmed means: one spike per bin does not count ...
+    f_plain = np.empty(n_bins)  # ... but a bin the ramp crosses keeps both of its sides
+    d_all = np.empty(n_bins)
     used = 0
-    peak = -1
     for b in range(n_bins):
-        base = 5 * b
-        count = wb[base + 2]
+        at = BIN_LEN * b
+        count = wb[at + B_COUNT]
         if count == 0.0:
             continue
-        s, n = _trimmed(wb[base], count, wb[base + 3], wb[base + 4])
-        mean_n[used] = s / n
-        weight[used] = n
-        time_s[used] = wb[base + 1] / count
-        # The peak is the largest bin mean early after the step (the step may be a ramp).
-        if time_s[used] <= peak_search_s and (peak < 0 or mean_n[used] > mean_n[peak]):
-            peak = used
+        s, c = _trimmed(wb[at + B_SUM_F], count, wb[at + B_MIN_F], wb[at + B_MAX_F])
+        cnt_all[used] = np.int64(count)
+        first_all[used] = wb[at + B_SUM_T] / count - 0.5 * (count - 1.0) * dt
+        f_all[used] = s / c
+        f_plain[used] = wb[at + B_SUM_F] / count
+        d_all[used] = wb[at + B_SUM_D] / count
         used += 1
-    if peak < 0:
+    if used == 0 or not math.isfinite(dt):
+        out[R_T_ON] = 0.0
+        out[R_RAMP] = 0.0
+        out[R_DELTA] = delta_event
+        out[R_FLAGS] = GEOM_ONSET_UNCERTAIN
         return
-    # The fit's time origin is the left edge of the peak bin, where the force is highest.
-    b_peak = int(math.log1p(time_s[peak] / c_s) / h)
-    t_origin_s = c_s * math.expm1(b_peak * h)
-    out[R_T_PEAK] = t_origin_s
-    out[R_F_PEAK] = mean_n[peak]
-    m = used - peak
+    geo = np.zeros(5)
+    flags = 0
+    if not _geometry(
+        first_all[:used], cnt_all[:used], d_all[:used], dt, fs[SF_D_BEFORE], delta_event, geo
+    ):
+        geo[0] = 0.0
+        geo[1] = 0.0
+        geo[2] = delta_event
+        flags |= GEOM_ONSET_UNCERTAIN
+    elif first_all[0] >= geo[0]:
+        flags |= GEOM_ONSET_UNCERTAIN  # no sample before the onset: it may lie earlier
+    t_on, ramp, span = geo[0], geo[1], geo[3]
+    # An unresolved ramp (span > 0) lies somewhere in [t_on - span / 2, t_on + span / 2].
+    earliest = t_on - 0.5 * span
+    latest = t_on + ramp + 0.5 * span
+    # Bins with a sample at or after the earliest onset take part in the fit.
+    lo = 0
+    while lo < used and first_all[lo] + (cnt_all[lo] - 1) * dt < earliest:
+        lo += 1
+    m = used - lo
     out[R_N_BINS] = m
-    out[R_SPAN] = time_s[used - 1] - t_origin_s
-    if m < MIN_FIT_BINS:
+    out[R_T_ON] = t_on
+    out[R_RAMP] = ramp
+    out[R_DELTA] = geo[2]
+    out[R_FLAGS] = flags
+    if m == 0:
         return
-    t_fit = time_s[peak:used] - t_origin_s
-    y_fit = mean_n[peak:used]
-    w_fit = weight[peak:used]
-    res = np.empty(7)
-    _prony_fit(t_fit, y_fit, w_fit, log_tau_fast, log_tau_slow, min_ratio, refine_rounds, res)
-    out[R_A_INF] = res[0]
-    out[R_A_FAST] = res[1]
-    out[R_A_SLOW] = res[2]
-    out[R_TAU_FAST] = res[3]
-    out[R_TAU_SLOW] = res[4]
-    out[R_F_PEAK] = res[0] + res[1] + res[2]
+    last = used - 1
+    out[R_SPAN] = first_all[last] + (cnt_all[last] - 1) * dt - latest
+    if m < MIN_FIT_BINS or not math.isfinite(f0):
+        return
+    t_first = first_all[lo:used].copy()
+    cnt = cnt_all[lo:used].copy()
+    w = np.empty(m)
+    y = np.empty(m)
+    u = np.empty(m)
+    for i in range(m):
+        w[i] = cnt[i]
+        t_last = t_first[i] + (cnt[i] - 1) * dt
+        crossed = t_first[i] <= latest + dt and t_last >= earliest - dt
+        y[i] = (f_plain[lo + i] if crossed else f_all[lo + i]) - f0
+    n_f = log_tau_fast.shape[0]
+    n_s = log_tau_slow.shape[0]
+    cols_f = np.empty((n_f, m))
+    cols_s = np.empty((n_s, m))
+    coef = np.zeros(3)
+    bf = np.empty(m)
+    bs = np.empty(m)
+    best = np.empty(3)
+    prof_rss = np.empty(n_f)
+    prof_sum = np.empty(n_f)
+    # The force tells the ramp's duration or the onset within its sample interval where the
+    # displacement could not (span > 0): of _SPAN_RAMPS alternatives (`_alternative`), the
+    # one whose fit leaves the least residual.
+    mid = t_on + 0.5 * ramp
+    n_alt = _SPAN_RAMPS if span > 0.0 else 1
+    best_rss = np.inf
+    best_lf = 0.0
+    best_ls = 0.0
+    for c in range(n_alt):
+        alt_on, r = _alternative(c, mid, ramp, span, geo[4] != 0.0, dt)
+        fit = _tau_search(
+            t_first, cnt, dt, alt_on, r, y, w, log_tau_fast, log_tau_slow, min_ratio,
+            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum,
+        )  # fmt: skip
+        if fit[0] < best_rss:
+            best_rss, best_lf, best_ls = fit
+            t_on, ramp = alt_on, r
+    if n_alt > 1:  # the columns and the profile of the chosen one
+        _tau_search(
+            t_first, cnt, dt, t_on, ramp, y, w, log_tau_fast, log_tau_slow, min_ratio,
+            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum,
+        )  # fmt: skip
+    out[R_T_ON] = t_on
+    out[R_RAMP] = ramp
+    for i in range(m):
+        u[i] = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
+    step_f0 = (log_tau_fast[-1] - log_tau_fast[0]) / max(n_f - 1, 1)
+    # Five parameters are fitted (three amplitudes, two taus); at least 6 bins are, so m > 5.
+    noise_var = best_rss / (m - 5)
+    # The tau_fast grid points the data cannot tell from the best one (within 2 SE): their
+    # A_inf + A_f + A_s span the sum's uncertainty from the time constants.
+    i_lo = n_f
+    i_hi = -1
+    for i in range(n_f):
+        if prof_rss[i] - best_rss <= _CHI2_2SE * noise_var:
+            i_lo = min(i_lo, i)
+            i_hi = max(i_hi, i)
+    lo_sum = np.inf
+    hi_sum = -np.inf
+    for i in range(i_lo, i_hi + 1):
+        lo_sum = min(lo_sum, prof_sum[i])
+        hi_sum = max(hi_sum, prof_sum[i])
+    held = i_lo == 0 or i_hi == n_f - 1
+    if held:
+        # Not identifiable: hold tau_fast at the configured value, moved into the range the
+        # data allow; the spread is over the plausible values among those (all if none).
+        flags |= GEOM_TAU_FAST_HELD
+        best_lf = min(max(math.log(tau_fast_held_s), log_tau_fast[i_lo]), log_tau_fast[i_hi])
+        _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(best_lf), bf)
+        _best_slow(
+            u, bf, y, w, best_lf, log_tau_slow, cols_s, min_ratio, refine_rounds, t_first, cnt,
+            dt, t_on, ramp, coef, bs, best,
+        )  # fmt: skip
+        best_ls = best[1]
+        p_lo = np.inf
+        p_hi = -np.inf
+        for i in range(i_lo, i_hi + 1):
+            if log_tau_fast_plausible[0] <= log_tau_fast[i] <= log_tau_fast_plausible[1]:
+                p_lo = min(p_lo, prof_sum[i])
+                p_hi = max(p_hi, prof_sum[i])
+        if p_lo <= p_hi:
+            lo_sum, hi_sum = p_lo, p_hi
+    else:
+        # The coarse grid is wider than a well-determined tau_fast's interval: scan it finely
+        # from the best point outwards while the data allow it.
+        fine = step_f0 / 8.0
+        for side in (-1.0, 1.0):
+            for k in range(1, _FINE_STEPS + 1):
+                lf = best_lf + side * k * fine
+                if lf < log_tau_fast[0] or lf > log_tau_fast[-1]:
+                    break
+                _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(lf), bf)
+                _best_slow(
+                    u, bf, y, w, lf, log_tau_slow, cols_s, min_ratio, refine_rounds, t_first,
+                    cnt, dt, t_on, ramp, coef, bs, best,
+                )  # fmt: skip
+                if best[0] - best_rss > _CHI2_2SE * noise_var:
+                    break
+                lo_sum = min(lo_sum, best[2])
+                hi_sum = max(hi_sum, best[2])
+    at_bound = (
+        (not held and (best_lf <= log_tau_fast[0] + 1e-9 or best_lf >= log_tau_fast[-1] - 1e-9))
+        or best_ls <= log_tau_slow[0] + 1e-9
+        or best_ls >= log_tau_slow[-1] - 1e-9
+    )
+    out[R_FLAGS] = flags
+    tau_f = math.exp(best_lf)
+    tau_s = math.exp(best_ls)
+    _relax_cols(t_first, cnt, dt, t_on, ramp, tau_f, bf)
+    _relax_cols(t_first, cnt, dt, t_on, ramp, tau_s, bs)
+    rss = _amp_fit(u, bf, bs, y, w, coef)
+    a_inf, a_f, a_s = coef[0], coef[1], coef[2]
+    total = a_inf + a_f + a_s
+    out[R_TAU_FAST] = tau_f
+    out[R_TAU_SLOW] = tau_s
+    out[R_A_FAST] = a_f
+    out[R_A_SLOW] = a_s
+    out[R_F_SETTLED] = f0 + a_inf
+    out[R_F_INST] = f0 + total
+    out[R_F_PEAK] = out[R_F_INST]
+    if ramp > 0.0:
+        out[R_F_PEAK] = f0 + a_inf + a_f * _relax_at(ramp, ramp, tau_f) + a_s * _relax_at(
+            ramp, ramp, tau_s
+        )
     w_sum = 0.0
     y_mean = 0.0
     for i in range(m):
-        w_sum += w_fit[i]
-        y_mean += w_fit[i] * y_fit[i]
+        w_sum += w[i]
+        y_mean += w[i] * y[i]
     y_mean /= w_sum
     tss = 0.0
     for i in range(m):
-        tss += w_fit[i] * (y_fit[i] - y_mean) ** 2
-    out[R_RMSE] = math.sqrt(res[5] / w_sum)
-    out[R_R2] = 1.0 - res[5] / tss if tss > 0.0 else np.nan
-    # Five parameters are fitted (three amplitudes, two taus); at least 6 bins are, so m > 5.
-    out[R_NOISE_VAR] = res[5] / (m - 5)
-    out[R_PEAK_VAR] = _prony_peak_var(t_fit, w_fit, res[3], res[4], 1.0, 1.0, out[R_NOISE_VAR])
-    if res[6] != 0.0:
+        tss += w[i] * (y[i] - y_mean) ** 2
+    out[R_RMSE] = math.sqrt(rss / w_sum)
+    out[R_R2] = 1.0 - rss / tss if tss > 0.0 else np.nan
+    noise_var = rss / (m - 5)
+    out[R_NOISE_VAR] = noise_var
+    # The points within 2 SE span about +/- 2 standard deviations around the estimate; a held
+    # tau_fast's estimate may sit anywhere in its span, so its farther end counts.
+    if held:
+        spread = max(hi_sum - total, total - lo_sum, 0.0) / 2.0
+    else:
+        spread = (max(hi_sum, total) - min(lo_sum, total)) / 4.0
+    var = _sum_var(u, bf, bs, w, noise_var) + spread * spread
+    if span > 0.0:
+        # The other durations the force cannot exclude (within 2 SE at these time constants):
+        # the farthest of their sums is the half-width of a uniform spread.
+        far = 0.0
+        for c in range(_SPAN_RAMPS):
+            alt_on, r = _alternative(c, mid, ramp, span, geo[4] != 0.0, dt)
+            alt_rss = _geometry_rss(
+                t_first, cnt, dt, alt_on, r, tau_f, tau_s, y, w, u, bf, bs, coef
+            )
+            if alt_rss - rss <= _CHI2_2SE * noise_var:
+                far = max(far, abs(coef[0] + coef[1] + coef[2] - total))
+        var += far * far / 3.0
+    out[R_SUM_VAR] = var
+    if at_bound:
         out[R_STATUS] = FIT_TAU_AT_BOUND
     elif out[R_SPAN] < min_span_s:
         out[R_STATUS] = FIT_SHORT
@@ -853,6 +1359,7 @@ def _fleet_frames(
             step_si[i],
             step_bins,
             force,
+            disp,
             t0,
             dt,
             ip[PI_PRE_BIN_NS],

@@ -70,8 +70,7 @@ class EstimatorConfig:
     """Settings of the complete estimator.
 
     Attributes:
-        step: step-response settings; by default steps are taken as 2 s motor ramps
-            ("0.25 mm over a few seconds", DOMAIN.md).
+        step: step-response settings (each step's ramp is measured from the displacement).
         tracking: continuous stiffness tracker settings.
         force_quality, disp_quality: signal-quality settings per channel.
         consolidation: trend settings, including the removal criterion (load share < 10 %).
@@ -106,7 +105,7 @@ class EstimatorConfig:
             from ~200 N/mm on.
     """
 
-    step: StepConfig = field(default_factory=lambda: StepConfig(ramp_s=2.0))
+    step: StepConfig = field(default_factory=StepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     force_quality: QualityConfig = field(default_factory=QualityConfig)
     disp_quality: QualityConfig = field(default_factory=lambda: QualityConfig(full_scale=1e3))
@@ -154,24 +153,31 @@ class EstimateRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class StepRecord(EstimateRecord):
-    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`,
-    but its k_inst standard error, which only sets the `low_snr` flag (stored fields unchanged).
+    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`
+    (its identities hold on every record), t_ns being the event's time.
 
     Attributes:
         number: the device's count of distraction steps (probes: of probes), 1-based.
-        flags: anomalies this step shows ("separation"), and "low_snr" when its k_inst is
-            not a measurement: its standard error is unknown or above
-            `EstimatorConfig.max_k_inst_rel_std` of it.
+        t_onset_ns: onset measured from the displacement (ns).
+        flags: the estimate's own (`dsp.StepEstimate.flags`), "separation" when the step shows
+            one, and "low_snr" when its k_inst is not a measurement: its standard error is
+            unknown or above `EstimatorConfig.max_k_inst_rel_std` of it. Sorted.
     """
 
     number: int
+    t_onset_ns: int
+    ramp_s: float
     delta_mm: float
+    delta_event_mm: float
     k_inst_n_per_mm: float
+    k_inst_std_n_per_mm: float
+    k_peak_n_per_mm: float
     k_eq_n_per_mm: float
     tau_fast_s: float
     tau_slow_s: float
     f_residual_n: float
     f_peak_n: float
+    f_inst_n: float
     f_settled_n: float
     fit_rmse_n: float
     fit_r2: float
@@ -272,6 +278,15 @@ class DailyRecord(EstimateRecord):
     projected_ready_lo_ns: int
     projected_ready_hi_ns: int
     flags: tuple[str, ...]
+
+
+# The step record restates these fields of the estimate as they are.
+_STEP_FIELDS = (
+    "t_onset_ns", "ramp_s", "delta_mm", "delta_event_mm", "k_inst_n_per_mm",
+    "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "tau_fast_s", "tau_slow_s",
+    "f_residual_n", "f_peak_n", "f_inst_n", "f_settled_n", "fit_rmse_n", "fit_r2",
+    "fit_status", "closed_by", "n_samples",
+)  # fmt: skip
 
 
 def _median(values: list[float]) -> float:
@@ -907,7 +922,7 @@ class FleetEstimator:
         out = self._advance_day(i, t0_ns)
         t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
         self._touch(i, t0_ns, t_end_ns)
-        for est in self._steps.frame(i, force, t0_ns, rate_hz):
+        for est in self._steps.frame(i, force, disp, t0_ns, rate_hz):
             out.append(self._step_record(i, est))
         if force.size:
             tc = self.config.tracking
@@ -1090,10 +1105,10 @@ class FleetEstimator:
         for j in range(int(ei[DI_N_KINDS])):
             if ei[DI_KIND_T + j] == est.t_step_ns:
                 kind = "probe" if probe_bits >> j & 1 else "step"
-        flags: tuple[str, ...] = ()
+        flags = set(est.flags)
         if kind == "step":
             if self._separation_rule(i, est.f_residual_n):
-                flags = ("separation",)
+                flags.add("separation")
                 ei[DI_FLAGS] |= _FLAG_BITS["separation"]
             if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
@@ -1120,7 +1135,7 @@ class FleetEstimator:
         k_std = est.k_inst_std_n_per_mm
         if not k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm):
             # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
-            flags = (*flags, "low_snr")
+            flags.add("low_snr")
         return StepRecord(
             device=self._ids[i],
             t_ns=est.t_step_ns,
@@ -1130,20 +1145,8 @@ class FleetEstimator:
             t_start_ns=est.t_start_ns,
             t_end_ns=est.t_end_ns,
             number=int(ei[DI_N_STEPS] if kind == "step" else ei[DI_N_PROBES]),
-            delta_mm=est.delta_mm,
-            k_inst_n_per_mm=est.k_inst_n_per_mm,
-            k_eq_n_per_mm=est.k_eq_n_per_mm,
-            tau_fast_s=est.tau_fast_s,
-            tau_slow_s=est.tau_slow_s,
-            f_residual_n=est.f_residual_n,
-            f_peak_n=est.f_peak_n,
-            f_settled_n=est.f_settled_n,
-            fit_rmse_n=est.fit_rmse_n,
-            fit_r2=est.fit_r2,
-            fit_status=est.fit_status,
-            closed_by=est.closed_by,
-            n_samples=est.n_samples,
-            flags=flags,
+            **{name: getattr(est, name) for name in _STEP_FIELDS},
+            flags=tuple(sorted(flags)),
         )
 
     # ---- anomaly rules (documented in docs/dsp.md) ---------------------------------------

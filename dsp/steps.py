@@ -1,11 +1,15 @@
-"""Step response: stiffness, relaxation time constants and residual force of every distraction
-step or probe, estimated in streaming from frames of force samples.
+"""Step response: the step's geometry, stiffness, relaxation time constants and residual force
+of every distraction step or probe, estimated in streaming from frames of force and displacement.
 
-For each step the tracker keeps, per device and in fixed-size state, a trimmed-mean force of
-the seconds before the step and a relaxation curve reduced to at most 64 bins (narrow just after
-the step, wide minutes later). When the window closes (its end, the next step, a data gap, or a
-flush) the curve is fitted with the two-term Prony series of Bachmeier 2022 (J Mech Behav Biomed
-Mater 105133; see /work/shared/DOMAIN.md): F(t) = a_inf + a_f e^(-t/tau_f) + a_s e^(-t/tau_s).
+For each step the tracker keeps, per device and in fixed-size state, a ring of 0.25 s bins of
+the last seconds (force and displacement) and, while the step's window is open, at most 60 bins
+of the window: the ring's bins from `lead_s` before the event on, then bins that widen
+geometrically to `window_s` after it. When the window closes (its end, the next step, a data
+gap, or a flush) the step's onset, ramp time and size are measured from the displacement (the
+event's time and size are hints), and the force is fitted with the two-term Prony relaxation of
+Bachmeier 2022 (J Mech Behav Biomed Mater 105133) convolved with the ramp the step really had:
+G(t) = k (a_inf + a_f e^(-t/tau_f) + a_s e^(-t/tau_s)) per mm, by Boltzmann superposition.
+docs/dsp.md defines every reported quantity.
 """
 
 import math
@@ -25,7 +29,7 @@ __all__ = [
     "step_response",
 ]
 
-STEP_VERSION = "dsp.steps/1"
+STEP_VERSION = "dsp.steps/2"
 
 CloseReason = Literal["window", "next_step", "gap", "flush"]
 FitStatus = Literal["ok", "short", "tau_at_bound", "no_data"]
@@ -37,7 +41,8 @@ _STATUS: dict[int, FitStatus] = {
     kern.FIT_NO_DATA: "no_data",
 }
 
-_PRE_BIN_NS = 250_000_000  # the ring before a step holds 16 bins of 0.25 s: 4 s of history
+_PRE_BIN_NS = 250_000_000  # the ring's bins: 16 of 0.25 s, 4 s of history
+_MODEL_FLOOR = 0.005  # relative standard error of k_inst never below this (see _close)
 
 
 def _bin_shape(n_bins: int, first_bin_s: float, window_s: float) -> tuple[float, float]:
@@ -59,51 +64,66 @@ class StepConfig:
     """Settings of the step-response estimator.
 
     Attributes:
-        window_s: how long after a step the relaxation is followed (s); the recordings keep
-            10 min after a step.
-        pre_s: length of the force average before the step (s), at most 3.75 s.
-        n_bins: bins of the relaxation curve (at most 64).
-        first_bin_s: width of the first bin after the step (s); later bins widen
-            geometrically so that n_bins reach window_s.
-        peak_search_s: the peak is looked for in this time after the step (s), which covers a
-            motorised step's ramp of a few seconds.
+        window_s: how long after the step's event the relaxation is followed (s); the
+            recordings keep 10 min after a step.
+        pre_s: length of the force average before the window (s).
+        lead_s: the window starts this long before the event's time (s), so that an onset
+            the hub stamped late (up to `onset_tolerance_s`) is inside it; pre_s + lead_s
+            leaves the ring about 0.75 s for an event that arrives after its samples.
+        n_bins: bins of the window (at most 60), of which the first 16 are the ring's 0.25 s
+            bins; the rest widen geometrically to window_s.
         max_gap_s: a gap in the samples longer than this closes an open window (s).
-        min_span_s: a relaxation observed for less than this is reported with status "short".
+        min_span_s: a relaxation observed for less than this after the ramp's end is reported
+            with status "short".
         tau_fast_grid_s: (min, max, points) of the log-spaced grid for tau_fast (s).
         tau_slow_grid_s: (min, max, points) of the log-spaced grid for tau_slow (s).
         min_tau_ratio: tau_slow is at least this multiple of tau_fast.
         refine_rounds: finer 9x9 grids searched around the best grid point.
-        ramp_s: duration of the step's elongation ramp (s); 0 is a sudden step. A motor
-            spreads a step over a few seconds (DOMAIN.md), during which the tissue already
-            relaxes, so the observed peak is below k_inst * delta; with ramp_s > 0 k_inst is
-            taken from a refit from the ramp's end, carried back to an instantaneous step.
-        ramp_tau_fast_s: tau_fast held fixed in that refit (s): a ramp of a few tau_fast
-            leaves too little of the fast term to estimate its time constant, so the
-            published 0.97 s (Bachmeier 2022, DOMAIN.md) is used.
+        tau_fast_held_s: tau_fast when the data cannot tell it (a ramp of many tau_fast, or a
+            rate too low): 0.97 s, Bachmeier 2022's fit.
+        tau_fast_plausible_s: the tau_fast range real gap tissue shows, about 0.3 s to several
+            seconds across patients and devices (Bachmeier 2022's model, with the spread seen
+            across devices): the standard error of a held tau_fast's k_inst spans it.
+        onset_tolerance_s: hubs stamp a step within this of its onset (s); a measured onset
+            further from the event's time is flagged `ramp_mismatch`.
+        delta_tolerance: a measured step size further than this fraction from the announced
+            one is flagged `ramp_mismatch`.
+        min_fit_r2: a fit explaining less of the window's variance than this is flagged
+            `poor_fit`.
     """
 
     window_s: float = 600.0
     pre_s: float = 2.0
-    n_bins: int = 64
-    first_bin_s: float = 0.05
-    peak_search_s: float = 10.0
+    lead_s: float = 1.0
+    n_bins: int = 60
     max_gap_s: float = 60.0
     min_span_s: float = 60.0
-    # tau_f ~ 0.97 s and tau_s ~ 68-283 s (Bachmeier 2022, DOMAIN.md): grids with wide margins.
+    # tau_f ~ 0.97 s and tau_s ~ 68-283 s (Bachmeier 2022): grids with wide margins.
     tau_fast_grid_s: tuple[float, float, int] = (0.05, 20.0, 24)
     tau_slow_grid_s: tuple[float, float, int] = (5.0, 3000.0, 32)
     min_tau_ratio: float = 3.0
     refine_rounds: int = 3
-    ramp_s: float = 0.0
-    ramp_tau_fast_s: float = 0.97
+    tau_fast_held_s: float = 0.97
+    tau_fast_plausible_s: tuple[float, float] = (0.3, 5.0)
+    onset_tolerance_s: float = 0.5
+    delta_tolerance: float = 0.25
+    min_fit_r2: float = 0.8
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.pre_s <= (kern.PRE_N - 1) * _PRE_BIN_NS * 1e-9:
-            raise ValueError(f"pre_s={self.pre_s} must be in (0, 3.75]")
-        if not 2 <= self.n_bins <= kern.STEP_MAX_BINS:
-            raise ValueError(f"n_bins={self.n_bins} must be in [2, {kern.STEP_MAX_BINS}]")
-        if not 0.0 < self.first_bin_s * self.n_bins < self.window_s:
-            raise ValueError(f"first_bin_s={self.first_bin_s} times n_bins must be below window_s")
+        pre_bin_s = _PRE_BIN_NS * 1e-9
+        if not (self.pre_s > 0.0 and self.lead_s >= 0.0):
+            raise ValueError(f"pre_s={self.pre_s} must be > 0 and lead_s={self.lead_s} >= 0")
+        if self.pre_bins + self.lead_bins + 1 > kern.PRE_N:
+            raise ValueError(
+                f"pre_s + lead_s = {self.pre_s + self.lead_s} s must leave a ring bin free "
+                f"(at most {(kern.PRE_N - 1) * pre_bin_s:g} s)"
+            )
+        if not kern.LIN_N + 2 <= self.n_bins <= kern.STEP_MAX_BINS:
+            raise ValueError(
+                f"n_bins={self.n_bins} must be in [{kern.LIN_N + 2}, {kern.STEP_MAX_BINS}]"
+            )
+        if not pre_bin_s * (self.n_bins - kern.LIN_N) < self.window_s:
+            raise ValueError(f"window_s={self.window_s} is too short for {self.n_bins} bins")
         for name, (lo, hi, n) in (
             ("tau_fast_grid_s", self.tau_fast_grid_s),
             ("tau_slow_grid_s", self.tau_slow_grid_s),
@@ -112,13 +132,25 @@ class StepConfig:
                 raise ValueError(f"{name}={(lo, hi, n)} must be 0 < min < max with >= 2 points")
         if self.min_tau_ratio < 1.0 or self.refine_rounds < 0 or self.max_gap_s <= 0.0:
             raise ValueError("min_tau_ratio >= 1, refine_rounds >= 0 and max_gap_s > 0")
-        if not (math.isfinite(self.ramp_s) and 0.0 <= self.ramp_s < self.peak_search_s):
-            raise ValueError(f"ramp_s={self.ramp_s} must be in [0, peak_search_s)")
+        p_lo, p_hi = self.tau_fast_plausible_s
+        if not 0.0 < p_lo <= self.tau_fast_held_s <= p_hi:
+            raise ValueError("tau_fast_held_s must lie in tau_fast_plausible_s")
+
+    @property
+    def pre_bins(self) -> int:
+        """Ring bins in the force before the window."""
+        return math.ceil(self.pre_s * 1e9 / _PRE_BIN_NS)
+
+    @property
+    def lead_bins(self) -> int:
+        """Ring bins the window starts before the event's bin."""
+        return math.ceil(self.lead_s * 1e9 / _PRE_BIN_NS)
 
     @property
     def bin_shape(self) -> tuple[float, float]:
-        """(c_s, h): the bin edges are c_s * (exp(b * h) - 1) seconds after the step."""
-        return _bin_shape(self.n_bins, self.first_bin_s, self.window_s)
+        """(c_s, h): the widening bins' edges are c_s * (exp(b * h) - 1) seconds after the
+        linear bins."""
+        return _bin_shape(self.n_bins - kern.LIN_N, _PRE_BIN_NS * 1e-9, self.window_s)
 
     def log_tau_grids(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Natural logs of the tau_fast and tau_slow grid points (ln s)."""
@@ -134,46 +166,73 @@ class StepConfig:
 class StepEstimate:
     """What one distraction step or probe tells about the regenerate.
 
+    The fitted force is F(t) = f_residual_n + A_inf u(t) + A_f r_f(t) + A_s r_s(t): u the
+    ramp (0 before the onset, 1 after the ramp), r the ramp response of each relaxation term.
+    Every estimate satisfies, to rounding:
+    k_inst_n_per_mm * delta_mm = f_inst_n - f_residual_n,
+    k_peak_n_per_mm * delta_mm = f_peak_n - f_residual_n,
+    k_eq_n_per_mm * delta_mm = f_settled_n - f_residual_n.
+
     Attributes:
-        t_step_ns: time of the step event (UTC epoch ns).
-        delta_mm: step displacement (mm), as announced by the event.
-        k_inst_n_per_mm: step stiffness, (peak force - force before) / delta_mm (N/mm).
-        k_inst_std_n_per_mm: standard error of k_inst_n_per_mm (N/mm): the peak's, from the
-            fit's covariance at the fitted time constants with the noise taken from its
-            residuals, and the force before's, that noise over its sample count; NaN when
-            there is no fit.
-        k_eq_n_per_mm: equilibrium stiffness, (settled force - force before) / delta_mm (N/mm).
-        tau_fast_s: fast relaxation time constant (s).
-        tau_slow_s: slow relaxation time constant (s).
-        f_residual_n: force just before the step (N): trimmed mean of the last pre_s seconds.
-        f_peak_n: peak force (N): the fitted curve at the start of the peak bin.
-        f_settled_n: settled force (N): the fitted a_inf, which a long tau_slow may put
+        t_step_ns: time of the step event (UTC epoch ns): the estimate's identity.
+        t_onset_ns: onset of the elongation, measured from the displacement (ns).
+        ramp_s: duration of the elongation ramp, measured (s); 0 is a sudden step.
+        delta_mm: step size measured from the displacement (mm).
+        delta_event_mm: step size the event announced (mm).
+        k_inst_n_per_mm: sudden-step-equivalent stiffness (N/mm): the force a sudden step of
+            delta_mm would have raised at once, (A_inf + A_f + A_s) / delta_mm; independent
+            of how fast the device moved.
+        k_inst_std_n_per_mm: standard error of k_inst_n_per_mm (N/mm): the fit's, the force
+            before's, and the spread the time constants the data cannot exclude give; NaN
+            when there is no fit.
+        k_peak_n_per_mm: observed-peak stiffness (N/mm), (f_peak_n - f_residual_n) / delta_mm:
+            what the tissue answered at the end of this ramp (lower for slower ramps).
+        k_eq_n_per_mm: equilibrium stiffness (N/mm), A_inf / delta_mm.
+        tau_fast_s, tau_slow_s: relaxation time constants (s).
+        f_residual_n: force before the step (N): trimmed mean of pre_s seconds before the
+            window.
+        f_peak_n: observed peak (N): the fitted curve at the ramp's end.
+        f_inst_n: sudden-step-equivalent peak (N): f_residual_n + A_inf + A_f + A_s.
+        f_settled_n: settled force (N): f_residual_n + A_inf, which a long tau_slow may put
             beyond the window.
         fit_rmse_n: RMS residual of the bin means about the fitted curve, sample-weighted (N).
-        fit_r2: share of the relaxation's variance the fit explains (1 is perfect).
-        fit_status: "ok", "short" (observed for less than min_span_s), "tau_at_bound" (a time
-            constant on its grid edge) or "no_data" (too few bins; fitted fields are NaN).
+        fit_r2: share of the window's variance after the onset the fit explains.
+        fit_status: "ok", "short" (observed for less than min_span_s after the ramp),
+            "tau_at_bound" (a fitted time constant on its grid edge) or "no_data" (too few bins;
+            fitted fields are NaN).
         closed_by: what ended the window: "window", "next_step", "gap" or "flush".
-        n_samples: finite samples in the window.
-        t_start_ns: start of the input used: the force average before the step (ns).
+        flags: sorted; "tau_fast_held" (tau_fast not identifiable at this rate and ramp: held
+            at tau_fast_held_s, the standard error widened over the plausible range),
+            "onset_uncertain" (the displacement did not show the step, or no sample came
+            before its onset: the event's time and size stand in), "ramp_mismatch" (the
+            measured onset or size disagrees with the event), "poor_fit" (R^2 below
+            min_fit_r2), "cut_short" (closed early and observed for less than min_span_s).
+        n_samples: samples in the window.
+        t_start_ns: start of the input used: the force average before the window (ns).
         t_end_ns: time of the last sample in the window (ns); -1 if it got none.
         version: estimator version.
     """
 
     t_step_ns: int
+    t_onset_ns: int
+    ramp_s: float
     delta_mm: float
+    delta_event_mm: float
     k_inst_n_per_mm: float
     k_inst_std_n_per_mm: float
+    k_peak_n_per_mm: float
     k_eq_n_per_mm: float
     tau_fast_s: float
     tau_slow_s: float
     f_residual_n: float
     f_peak_n: float
+    f_inst_n: float
     f_settled_n: float
     fit_rmse_n: float
     fit_r2: float
     fit_status: FitStatus
     closed_by: CloseReason
+    flags: tuple[str, ...]
     n_samples: int
     t_start_ns: int
     t_end_ns: int
@@ -202,8 +261,8 @@ class StepTracker:
     arrive before the frame that contains it; an event older than samples already processed
     opens its window late (the samples in between are lost for that step).
 
-    State: two fixed-size rows per device (`float_state`, `int_state`), 792 bytes together,
-    plus a window slot (a row of `bins`, 2.5 KiB) held only while the device's window is open.
+    State: two fixed-size rows per device (`float_state`, `int_state`), 1,080 bytes together,
+    plus a window slot (a row of `bins`, 2.8 KiB) held only while the device's window is open.
     The pool of slots doubles when full and halves when three quarters of it are free.
     """
 
@@ -224,17 +283,21 @@ class StepTracker:
         self.bins = np.zeros((1, kern.STEP_BINS_LEN))
         self._slot_owner = np.full(1, -1, dtype=np.int64)  # device holding each slot, -1 free
         self._free = [0]  # free slots, the lowest last
+        self.int_state[:, kern.SI_T_WIN_FIRST] = -1
+        self.float_state[:, kern.SF_DT_S] = np.nan
         self._c_s, self._h = self.config.bin_shape
         self._log_tau_fast, self._log_tau_slow = self.config.log_tau_grids()
-        self._pre_bins = math.ceil(self.config.pre_s * 1e9 / _PRE_BIN_NS)
+        self._log_plausible = np.log(np.array(self.config.tau_fast_plausible_s))
 
     def window_bins(self, device: int) -> NDArray[np.float64] | None:
         """The bins of the device's open window, one row per bin of (sum_n, sum_t_s, count,
-        min_n, max_n) (N, s, samples, N, N); None if it holds no window."""
+        min_n, max_n, sum_mm) (N, s after the event, samples, N, N, mm); None if it holds no
+        window."""
         slot = int(self.int_state[device, kern.SI_SLOT])
         if slot < 0:
             return None
-        return self.bins[slot, : 5 * self.config.n_bins].reshape(self.config.n_bins, 5)
+        n_bins = self.config.n_bins
+        return self.bins[slot, : kern.BIN_LEN * n_bins].reshape(n_bins, kern.BIN_LEN)
 
     def _acquire(self, device: int) -> int:
         """Give the device a window slot (the one it holds, if any)."""
@@ -311,14 +374,16 @@ class StepTracker:
         self,
         device: int,
         force_n: NDArray[np.floating] | list[float],
+        disp_mm: NDArray[np.floating] | list[float],
         t0_ns: int,
         rate_hz: float,
     ) -> list[StepEstimate]:
-        """Process one frame of force samples.
+        """Process one frame of force and displacement samples.
 
         Args:
             device: device index.
             force_n: force samples (N); non-finite samples are skipped.
+            disp_mm: displacement samples (mm), same length.
             t0_ns: time of the first sample (UTC epoch ns).
             rate_hz: sample rate (Hz).
 
@@ -326,6 +391,9 @@ class StepTracker:
             The estimates of the windows this frame closed, oldest first.
         """
         force = _as_float_array("force_n", force_n)
+        disp = _as_float_array("disp_mm", disp_mm)
+        if force.shape != disp.shape:
+            raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
         dt_ns = _check_rate(rate_hz)
         fs, si = self.float_state[device], self.int_state[device]
         out: list[StepEstimate] = []
@@ -344,7 +412,9 @@ class StepTracker:
             if si[kern.SI_N_PEND] > 0:
                 t_ev = int(si[kern.SI_PEND_T])
                 k_ev = min(max(math.ceil((t_ev - t0_ns) / dt_ns), start), n)
-            self._push(fs, si, force[start:k_ev], t0_ns + round(start * dt_ns), dt_ns)
+            self._push(
+                fs, si, force[start:k_ev], disp[start:k_ev], t0_ns + round(start * dt_ns), dt_ns
+            )
             if si[kern.SI_MODE] == kern.MODE_COMPLETE:
                 out.append(self._close(device, "window"))
             if k_ev >= n:
@@ -370,6 +440,7 @@ class StepTracker:
         fs: NDArray[np.float64],
         si: NDArray[np.int64],
         force: NDArray[np.float64],
+        disp: NDArray[np.float64],
         t0_ns: int,
         dt_ns: float,
     ) -> None:
@@ -380,6 +451,7 @@ class StepTracker:
             si,
             self.bins,
             force,
+            disp,
             t0_ns,
             dt_ns,
             _PRE_BIN_NS,
@@ -400,132 +472,91 @@ class StepTracker:
         ]
         si[kern.SI_N_PEND] = n - 1
         slot = self._acquire(device)
-        kern._step_open(fs, si, self.bins[slot], t_ev, delta, _PRE_BIN_NS, self._pre_bins)
+        cfg = self.config
+        kern._step_open(
+            fs, si, self.bins[slot], t_ev, delta, _PRE_BIN_NS, cfg.pre_bins, cfg.lead_bins,
+            cfg.n_bins,
+        )  # fmt: skip
 
     def _close(self, device: int, reason: CloseReason) -> StepEstimate:
         fs, si = self.float_state[device], self.int_state[device]
         cfg = self.config
         res = np.empty(kern.STEP_RESULT_LEN)
-        wb = self.bins[int(si[kern.SI_SLOT])]
         kern._step_fit(
             fs,
-            wb,
-            self._c_s,
-            self._h,
+            self.bins[int(si[kern.SI_SLOT])],
             cfg.n_bins,
-            cfg.peak_search_s,
             cfg.min_span_s,
             self._log_tau_fast,
             self._log_tau_slow,
             cfg.min_tau_ratio,
             cfg.refine_rounds,
+            cfg.tau_fast_held_s,
+            self._log_plausible,
             res,
         )
         si[kern.SI_MODE] = kern.MODE_IDLE
-        t_step = int(si[kern.SI_T_STEP])
-        delta = float(fs[kern.SF_DELTA_MM])
-        f_before = float(res[kern.R_F_BEFORE])
-        f_peak = float(res[kern.R_F_PEAK])
-        f_settled = float(res[kern.R_A_INF])
-        pre_start = (t_step // _PRE_BIN_NS - self._pre_bins) * _PRE_BIN_NS
-        k_inst = (f_peak - f_before) / delta
-        noise_var, peak_var = float(res[kern.R_NOISE_VAR]), float(res[kern.R_PEAK_VAR])
-        if cfg.ramp_s > 0.0 and math.isfinite(f_settled):
-            fit = _ramp_fit(wb, cfg, self._c_s, self._h)
-            if fit is not None:
-                k_inst = (_sudden_peak_n(fit, cfg.ramp_s) - f_before) / delta
-                noise_var, peak_var = float(fit[7]), float(fit[8])
-        # The force before the step is a mean of n_before samples with the same noise.
-        n_before = float(fs[kern.SF_N_BEFORE])
-        var = peak_var + noise_var / n_before if n_before > 0.0 else math.nan
-        k_inst_std = math.sqrt(var) / abs(delta) if var >= 0.0 else math.nan
         self._release(device)
+        t_step = int(si[kern.SI_T_STEP])
+        delta_event = float(fs[kern.SF_DELTA_MM])
+        delta = float(res[kern.R_DELTA])
+        f_before = float(res[kern.R_F_BEFORE])
+        f_peak, f_inst = float(res[kern.R_F_PEAK]), float(res[kern.R_F_INST])
+        f_settled = float(res[kern.R_F_SETTLED])
+        t_on_s, ramp_s = float(res[kern.R_T_ON]), float(res[kern.R_RAMP])
+        status = _STATUS[int(res[kern.R_STATUS])]
+        # The force before the step is a mean of n_before samples with the fit's noise.
+        n_before = float(fs[kern.SF_N_BEFORE])
+        noise_var = float(res[kern.R_NOISE_VAR])
+        var = float(res[kern.R_SUM_VAR]) + noise_var / n_before if n_before > 0.0 else math.nan
+        # The binned fit's own approximations (trimmed means on curved bins, a step placed on
+        # the sample grid) are worth up to ~0.5 % of the sum on noise-free steps: the floor.
+        var = max(var, (_MODEL_FLOOR * (f_inst - f_before)) ** 2)
+        geometry = int(res[kern.R_FLAGS])
+        flags: set[str] = set()
+        if geometry & kern.GEOM_TAU_FAST_HELD:
+            flags.add("tau_fast_held")
+        if geometry & kern.GEOM_ONSET_UNCERTAIN:
+            flags.add("onset_uncertain")
+        elif abs(t_on_s) > cfg.onset_tolerance_s or abs(delta - delta_event) > (
+            cfg.delta_tolerance * abs(delta_event)
+        ):
+            flags.add("ramp_mismatch")
+        if status != "no_data" and not float(res[kern.R_R2]) >= cfg.min_fit_r2:
+            flags.add("poor_fit")
+        if reason != "window" and status == "short":
+            flags.add("cut_short")
+        key_w = int(si[kern.SI_KEY_W])
         return StepEstimate(
             t_step_ns=t_step,
+            t_onset_ns=t_step + round(t_on_s * 1e9),
+            ramp_s=ramp_s,
             delta_mm=delta,
-            k_inst_n_per_mm=k_inst,
-            k_inst_std_n_per_mm=k_inst_std,
+            delta_event_mm=delta_event,
+            k_inst_n_per_mm=(f_inst - f_before) / delta,
+            k_inst_std_n_per_mm=math.sqrt(var) / abs(delta) if var >= 0.0 else math.nan,
+            k_peak_n_per_mm=(f_peak - f_before) / delta,
             k_eq_n_per_mm=(f_settled - f_before) / delta,
             tau_fast_s=float(res[kern.R_TAU_FAST]),
             tau_slow_s=float(res[kern.R_TAU_SLOW]),
             f_residual_n=f_before,
             f_peak_n=f_peak,
+            f_inst_n=f_inst,
             f_settled_n=f_settled,
             fit_rmse_n=float(res[kern.R_RMSE]),
             fit_r2=float(res[kern.R_R2]),
-            fit_status=_STATUS[int(res[kern.R_STATUS])],
+            fit_status=status,
             closed_by=reason,
+            flags=tuple(sorted(flags)),
             n_samples=int(si[kern.SI_N_SAMPLES]),
-            t_start_ns=int(pre_start),
+            t_start_ns=(key_w - cfg.pre_bins) * _PRE_BIN_NS,
             t_end_ns=int(si[kern.SI_T_WIN_LAST]),
         )
 
 
-def _ramp_fit(
-    wb: NDArray[np.float64], config: StepConfig, c_s: float, h: float
-) -> NDArray[np.float64] | None:
-    """Refit the relaxation from the end of the ramp on: [a_inf, a_f, a_s, tau_f, tau_s, rss,
-    at_bound, noise variance (N^2), variance of the sudden-step peak (N^2)].
-
-    Only bins that start after the ramp are used (a bin holding the ramp's end mixes rising
-    and falling force), with the ramp's end as the time origin. None if too few bins remain.
-    """
-    edges_s = c_s * np.expm1(np.arange(config.n_bins) * h)
-    bins = wb[: 5 * config.n_bins].reshape(config.n_bins, 5)
-    total, t_sum, count, lo, hi = bins.T
-    trim = count >= 4.0  # the kernel's trimmed mean: drop one min and one max per full bin
-    n = np.where(trim, count - 2.0, count)
-    keep = (count > 0.0) & (edges_s >= config.ramp_s)
-    if int(np.count_nonzero(keep)) < kern.MIN_FIT_BINS:
-        return None
-    mean_n = (np.where(trim, total - lo - hi, total) / np.where(n > 0, n, 1.0))[keep]
-    time_s = (t_sum / np.where(count > 0, count, 1.0))[keep] - config.ramp_s
-    _, log_slow = config.log_tau_grids()
-    # Two points 1 % apart: the grid search needs two, and the refinement stays between them.
-    log_fast = math.log(config.ramp_tau_fast_s) + np.array([-0.005, 0.005])
-    out = np.empty(9)
-    time_s = np.ascontiguousarray(time_s)
-    weight = np.ascontiguousarray(n[keep])
-    kern._prony_fit(
-        time_s,
-        np.ascontiguousarray(mean_n),
-        weight,
-        log_fast,
-        log_slow,
-        config.min_tau_ratio,
-        config.refine_rounds,
-        out,
-    )
-    # Four parameters are fitted here (three amplitudes and tau_slow; tau_fast is held).
-    out[7] = out[5] / (time_s.shape[0] - 4)
-    tau_f, tau_s = float(out[3]), float(out[4])
-    out[8] = kern._prony_peak_var(
-        time_s, weight, tau_f, tau_s, 1.0 / _ramp_kept(tau_f, config.ramp_s),
-        1.0 / _ramp_kept(tau_s, config.ramp_s), float(out[7]),
-    )  # fmt: skip
-    return out
-
-
-def _ramp_kept(tau_s: float, ramp_s: float) -> float:
-    """The share of a relaxation term's sudden-step amplitude a linear ramp of ramp_s leaves
-    at its end: (tau / T)(1 - e^(-T / tau))."""
-    return tau_s / ramp_s * -math.expm1(-ramp_s / tau_s)
-
-
-def _sudden_peak_n(fit: NDArray[np.float64], ramp_s: float) -> float:
-    """The peak force a sudden step would have given (N), from a fit made from a ramp's end.
-
-    A linear ramp of duration T leaves each relaxation term with amplitude
-    A (tau / T) (1 - e^(-T / tau)) at its end, A being the sudden-step amplitude.
-    """
-    peak_n = float(fit[0])
-    for amp, tau in ((fit[1], fit[3]), (fit[2], fit[4])):
-        peak_n += float(amp) / _ramp_kept(float(tau), ramp_s)
-    return peak_n
-
-
-def step_response(
+def step_response(  # noqa: PLR0913 - a recording's columns and its step
     force_n: NDArray[np.floating] | list[float],
+    disp_mm: NDArray[np.floating] | list[float],
     t0_ns: int,
     rate_hz: float,
     t_step_ns: int,
@@ -540,10 +571,11 @@ def step_response(
 
     Args:
         force_n: force samples (N), from before the step to the end of its window.
+        disp_mm: displacement samples (mm), same length.
         t0_ns: time of the first sample (UTC epoch ns).
         rate_hz: sample rate (Hz).
-        t_step_ns: time the step starts (UTC epoch ns).
-        delta_mm: step displacement (mm).
+        t_step_ns: the step event's time (UTC epoch ns).
+        delta_mm: the step displacement the event announced (mm).
         config: estimator settings; defaults if None.
 
     Returns:
@@ -552,7 +584,7 @@ def step_response(
     """
     tracker = StepTracker(1, config or StepConfig())
     tracker.event(0, t_step_ns, delta_mm)
-    found = tracker.frame(0, force_n, t0_ns, rate_hz)
+    found = tracker.frame(0, force_n, disp_mm, t0_ns, rate_hz)
     if found:
         return found[0]
     last = tracker.flush(0)

@@ -197,9 +197,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-per-day", type=int, default=4, help="prescribed rhythm")
     parser.add_argument("--step-mm", type=float, default=0.25, help="prescribed step (mm)")
     parser.add_argument("--target-mm", type=float, default=None, help="prescribed gain (mm)")
-    parser.add_argument(
-        "--step-ramp-s", type=float, default=2.0, help="duration of a motor step (s); 0: sudden"
-    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -213,7 +210,6 @@ def main(args: argparse.Namespace) -> int:
     base = EstimatorConfig()
     config = replace(
         base,
-        step=replace(base.step, ramp_s=args.step_ramp_s),
         protocol=Protocol(
             steps_per_day=args.steps_per_day, step_mm=args.step_mm, target_mm=args.target_mm
         ),

@@ -15,16 +15,15 @@ from numpy.typing import NDArray
 __all__ = [
     "prony_curve",
     "prony_ramp_curve",
+    "ref_amp_fit",
     "ref_loadshare",
-    "ref_pre_count",
     "ref_pre_mean",
-    "ref_prony_fit",
-    "ref_prony_peak_var",
-    "ref_prony_rss",
     "ref_quality",
+    "ref_ramp",
+    "ref_relax",
     "ref_rls",
-    "ref_step_bins",
-    "ref_step_fit",
+    "ref_sum_var",
+    "ref_window_bins",
     "sample_times_ns",
 ]
 
@@ -63,157 +62,93 @@ def _trimmed_mean_parts(values: F64) -> tuple[float, float]:
 
 
 def ref_pre_mean(
-    force_n: F64, t_ns: NDArray[np.int64], t_step_ns: int, pre_bin_ns: int, pre_bins: int
+    force_n: F64, t_ns: NDArray[np.int64], key_w: int, pre_bin_ns: int, pre_bins: int
 ) -> float:
-    """Force before a step: trimmed means of the pre_bins whole bins before the step's bin."""
+    """Force before a window starting at bin key_w: trimmed means of the pre_bins whole bins
+    before it."""
     ok = np.isfinite(force_n)
     key = t_ns // pre_bin_ns
-    key_step = t_step_ns // pre_bin_ns
     total, count = 0.0, 0.0
-    for b in range(key_step - pre_bins, key_step):
+    for b in range(key_w - pre_bins, key_w):
         s, n = _trimmed_mean_parts(force_n[ok & (key == b)])
         total += s
         count += n
     return total / count if count else math.nan
 
 
-def ref_pre_count(
-    force_n: F64, t_ns: NDArray[np.int64], t_step_ns: int, pre_bin_ns: int, pre_bins: int
-) -> float:
-    """Samples behind the force before a step: each bin's count less its min and max once it
-    has four or more."""
-    ok = np.isfinite(force_n)
-    key = t_ns // pre_bin_ns
-    key_step = t_step_ns // pre_bin_ns
-    return float(
-        sum(
-            _trimmed_mean_parts(force_n[ok & (key == b)])[1]
-            for b in range(key_step - pre_bins, key_step)
-        )
-    )
-
-
-def ref_step_bins(
+def ref_window_bins(
     force_n: F64,
+    disp_mm: F64,
     t_ns: NDArray[np.int64],
     t_step_ns: int,
+    key_w: int,
+    lin_n: int,
+    pre_bin_ns: int,
     c_s: float,
     h: float,
     n_bins: int,
     window_s: float,
 ) -> dict[str, F64]:
-    """Relaxation bins after a step: per bin the trimmed mean, its sample count and the mean
-    time since the step (s) of all its samples; empty bins are left out."""
-    rel_s = (t_ns - t_step_ns) * 1e-9
-    ok = np.isfinite(force_n) & (rel_s >= 0) & (t_ns - t_step_ns < round(window_s * 1e9))
-    b_of = np.minimum(np.floor(np.log1p(rel_s[ok] / c_s) / h).astype(int), n_bins - 1)
-    f_ok = force_n[ok]
-    t_ok = rel_s[ok]
-    means, weights, times = [], [], []
+    """A step's window: every sample with a finite force from bin key_w on and before
+    window_s after the step; lin_n bins of pre_bin_ns, then edges c_s (e^(b h) - 1) s after
+    them. Per non-empty bin: count, the force's trimmed and plain means, the mean time since
+    the step (s) and the displacement's mean."""
+    ok = np.isfinite(force_n) & (t_ns // pre_bin_ns >= key_w)
+    ok &= t_ns - t_step_ns < round(window_s * 1e9)
+    lin = t_ns // pre_bin_ns - key_w
+    after_s = (t_ns - (key_w + lin_n) * pre_bin_ns) * 1e-9
+    log_b = lin_n + np.floor(np.log1p(np.maximum(after_s, 0.0) / c_s) / h).astype(int)
+    b_of = np.minimum(np.where(lin < lin_n, lin, log_b), n_bins - 1)
+    out: dict[str, list[float]] = {k: [] for k in ("count", "trim", "plain", "time_s", "disp")}
     for b in range(n_bins):
-        sel = b_of == b
+        sel = ok & (b_of == b)
         if not sel.any():
             continue
-        s, n = _trimmed_mean_parts(f_ok[sel])
-        means.append(s / n)
-        weights.append(n)
-        times.append(float(t_ok[sel].mean()))
-    return {"mean_n": np.array(means), "weight": np.array(weights), "time_s": np.array(times)}
+        s, n = _trimmed_mean_parts(force_n[sel])
+        out["count"].append(float(sel.sum()))
+        out["trim"].append(s / n)
+        out["plain"].append(float(force_n[sel].mean()))
+        out["time_s"].append(float(((t_ns[sel] - t_step_ns) * 1e-9).mean()))
+        out["disp"].append(float(disp_mm[sel].mean()))
+    return {k: np.array(v) for k, v in out.items()}
 
 
-def ref_prony_rss(t_s: F64, y_n: F64, w: F64, tau_f: float, tau_s: float) -> tuple[float, F64]:
-    """Weighted RSS and amplitudes (a_inf, a_f, a_s) of the Prony curve at fixed time constants,
-    from numpy's least squares on the sqrt(w)-scaled design."""
-    design = np.column_stack([np.ones_like(t_s), np.exp(-t_s / tau_f), np.exp(-t_s / tau_s)])
+def ref_ramp(t_s: F64, t_on: float, ramp: float) -> F64:
+    """clip((t - t_on) / ramp, 0, 1); with ramp 0 the unit step at t_on (1 from t_on on)."""
+    if ramp == 0.0:
+        return np.where(t_s >= t_on, 1.0, 0.0)
+    return np.clip((t_s - t_on) / ramp, 0.0, 1.0)
+
+
+def ref_relax(t_s: F64, t_on: float, ramp: float, tau: float) -> F64:
+    """A relaxation term's response to a unit elongation ramped from t_on, by numerical
+    superposition: the ramp cut into 2,000 equal sudden sub-steps, each e^(-(t - t_k)/tau)."""
+    if ramp == 0.0:
+        return np.where(t_s >= t_on, np.exp(-np.maximum(t_s - t_on, 0.0) / tau), 0.0)
+    n_sub = 2000
+    t_k = t_on + (np.arange(n_sub) + 0.5) * ramp / n_sub
+    out = np.zeros_like(t_s)
+    for t_sub in t_k:
+        out += np.where(t_s >= t_sub, np.exp(-np.maximum(t_s - t_sub, 0.0) / tau), 0.0)
+    return out / n_sub
+
+
+def ref_amp_fit(u: F64, bf: F64, bs: F64, y: F64, w: F64) -> tuple[float, F64]:
+    """Weighted RSS and amplitudes (A_inf, A_f, A_s) of y on the columns (u, bf, bs), from
+    numpy's least squares on the sqrt(w)-scaled design."""
+    design = np.column_stack([u, bf, bs])
     sw = np.sqrt(w)
-    coef, *_ = np.linalg.lstsq(design * sw[:, None], y_n * sw, rcond=None)
-    resid = y_n - design @ coef
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+    resid = y - design @ coef
     return float(np.sum(w * resid**2)), coef
 
 
-def ref_prony_peak_var(
-    t_s: F64, w: F64, tau_f: float, tau_s: float, c: F64, noise_var: float
-) -> float:
-    """Variance of c . (a_inf, a_f, a_s) at fixed time constants: the weighted least-squares
-    covariance noise_var (X' W X)^-1, a bin mean of w samples having variance noise_var / w."""
-    design = np.column_stack([np.ones_like(t_s), np.exp(-t_s / tau_f), np.exp(-t_s / tau_s)])
+def ref_sum_var(u: F64, bf: F64, bs: F64, w: F64, noise_var: float) -> float:
+    """Variance of A_inf + A_f + A_s: the weighted least-squares covariance
+    noise_var (X' W X)^-1 summed over all its entries."""
+    design = np.column_stack([u, bf, bs])
     cov = noise_var * np.linalg.inv(design.T @ (design * w[:, None]))
-    return float(c @ cov @ c)
-
-
-def ref_prony_fit(
-    t_s: F64,
-    y_n: F64,
-    w: F64,
-    log_tau_fast: F64,
-    log_tau_slow: F64,
-    min_ratio: float,
-    refine_rounds: int,
-) -> dict[str, float]:
-    """Grid search over (ln tau_f, ln tau_s) with tau_s >= min_ratio tau_f, then refine_rounds
-    9x9 grids at a quarter of the previous spacing around the best point, clipped to the grid."""
-    log_ratio = math.log(min_ratio)
-    best = (math.inf, log_tau_fast[0], log_tau_slow[-1])
-    for lf in log_tau_fast:
-        for ls in log_tau_slow:
-            if ls - lf >= log_ratio:
-                rss, _ = ref_prony_rss(t_s, y_n, w, math.exp(lf), math.exp(ls))
-                if rss < best[0]:
-                    best = (rss, lf, ls)
-    step_f = (log_tau_fast[-1] - log_tau_fast[0]) / (len(log_tau_fast) - 1)
-    step_s = (log_tau_slow[-1] - log_tau_slow[0]) / (len(log_tau_slow) - 1)
-    for _ in range(refine_rounds):
-        _, cf, cs = best
-        for i in range(-4, 5):
-            lf = min(max(cf + i * step_f / 4, log_tau_fast[0]), log_tau_fast[-1])
-            for j in range(-4, 5):
-                ls = min(max(cs + j * step_s / 4, log_tau_slow[0]), log_tau_slow[-1])
-                if ls - lf >= log_ratio:
-                    rss, _ = ref_prony_rss(t_s, y_n, w, math.exp(lf), math.exp(ls))
-                    if rss < best[0]:
-                        best = (rss, lf, ls)
-        step_f /= 4
-        step_s /= 4
-    rss, coef = ref_prony_rss(t_s, y_n, w, math.exp(best[1]), math.exp(best[2]))
-    return {
-        "a_inf": coef[0],
-        "a_f": coef[1],
-        "a_s": coef[2],
-        "tau_f": math.exp(best[1]),
-        "tau_s": math.exp(best[2]),
-        "rss": rss,
-    }
-
-
-def ref_step_fit(
-    bins: dict[str, F64],
-    c_s: float,
-    h: float,
-    peak_search_s: float,
-    log_tau_fast: F64,
-    log_tau_slow: F64,
-    min_ratio: float,
-    refine_rounds: int,
-) -> dict[str, float]:
-    """Peak bin (largest mean within peak_search_s), then the Prony fit of that bin and the
-    later ones, in time from the peak bin's left edge."""
-    early = np.flatnonzero(bins["time_s"] <= peak_search_s)
-    peak = int(early[np.argmax(bins["mean_n"][early])])
-    b_peak = math.floor(math.log1p(bins["time_s"][peak] / c_s) / h)
-    origin = c_s * math.expm1(b_peak * h)
-    t = bins["time_s"][peak:] - origin
-    y = bins["mean_n"][peak:]
-    w = bins["weight"][peak:]
-    fit = ref_prony_fit(t, y, w, log_tau_fast, log_tau_slow, min_ratio, refine_rounds)
-    fit["f_peak"] = fit["a_inf"] + fit["a_f"] + fit["a_s"]
-    fit["rmse"] = math.sqrt(fit["rss"] / w.sum())
-    fit["r2"] = 1 - fit["rss"] / float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
-    # Residual variance per sample over the bins' degrees of freedom (5 parameters fitted).
-    fit["noise_var"] = fit["rss"] / (t.size - 5)
-    fit["peak_var"] = ref_prony_peak_var(
-        t, w, fit["tau_f"], fit["tau_s"], np.ones(3), fit["noise_var"]
-    )
-    return fit
+    return float(cov.sum())
 
 
 def ref_rls(
