@@ -106,7 +106,7 @@ FIT_TAU_AT_BOUND = 2  # a fitted time constant sits on the edge of its search gr
 FIT_NO_DATA = 3  # too few bins after the onset to fit three amplitudes and two time constants
 
 GEOM_ONSET_UNCERTAIN = 1  # the displacement did not place the onset (or no sample before it)
-GEOM_TAU_FAST_HELD = 2  # tau_fast not identifiable: held at the configured value
+GEOM_TAU_FAST_HELD = 2  # the data do not bound tau_fast: the prior holds it
 
 MIN_FIT_BINS = 6
 _CHI2_2SE = 4.0  # a profile point within 2 standard errors: delta chi^2 <= 2^2
@@ -256,8 +256,7 @@ def _step_open(
             first = key * pre_bin_ns
             if si[SI_T_WIN_FIRST] < 0 or first < si[SI_T_WIN_FIRST]:
                 si[SI_T_WIN_FIRST] = first
-            if si[SI_T_LAST] > si[SI_T_WIN_LAST]:
-                si[SI_T_WIN_LAST] = si[SI_T_LAST]
+            si[SI_T_WIN_LAST] = max(si[SI_T_WIN_LAST], si[SI_T_LAST])
     fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
     fs[SF_N_BEFORE] = count
     fs[SF_D_BEFORE] = d_total / d_count if d_count > 0.0 else np.nan
@@ -307,7 +306,9 @@ def _relax_avg(t_first: float, n: int, dt: float, t_on: float, ramp: float, tau:
     else:
         top = 1.0
     if n > k2:
-        total += top * math.exp(-(t_first + k2 * dt - t_on - ramp) / tau) * _geo_sum(n - k2, dt, tau)
+        total += (
+            top * math.exp(-(t_first + k2 * dt - t_on - ramp) / tau) * _geo_sum(n - k2, dt, tau)
+        )
     return total / n
 
 
@@ -407,7 +408,8 @@ def _sum_var(
     x = np.zeros(3)
     if not _solve3(g, np.ones(3), x):
         return math.nan
-    return noise_var * (x[0] + x[1] + x[2])
+    total: float = x[0] + x[1] + x[2]
+    return noise_var * total
 
 
 @njit(cache=True)
@@ -421,7 +423,7 @@ def _relax_cols(
 
 
 @njit(cache=True)
-def _best_slow(  # noqa: PLR0913 - the fit's arrays and the ramp it is fitted with
+def _best_slow(
     u: np.ndarray,
     bf: np.ndarray,
     y: np.ndarray,
@@ -489,7 +491,7 @@ def _alternative(
 
 
 @njit(cache=True)
-def _geometry_rss(  # noqa: PLR0913 - the fit's arrays and one geometry
+def _geometry_rss(
     t_first: np.ndarray,
     cnt: np.ndarray,
     dt: float,
@@ -514,7 +516,7 @@ def _geometry_rss(  # noqa: PLR0913 - the fit's arrays and one geometry
 
 
 @njit(cache=True)
-def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids and scratch
+def _tau_search(
     t_first: np.ndarray,
     cnt: np.ndarray,
     dt: float,
@@ -535,12 +537,16 @@ def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids an
     best: np.ndarray,
     prof_rss: np.ndarray,
     prof_sum: np.ndarray,
+    prior_mu: float,
+    prior_weight: float,
 ) -> tuple[float, float, float]:
-    """The time constants of a step of this geometry: (rss, ln tau_f, ln tau_s).
+    """The time constants of a step of this geometry: (objective, ln tau_f, ln tau_s).
 
-    The profile over the tau_fast grid first -- at each point the best tau_slow
-    (`_best_slow`), its RSS into prof_rss and its A_inf + A_f + A_s into prof_sum -- then
-    refine_rounds of 9x9 grids at a quarter of the previous spacing around the best point.
+    The objective is the RSS plus prior_weight (ln tau_f - prior_mu)^2 (`prior_weight` 0:
+    the RSS alone). The profile over the tau_fast grid first -- at each point the best
+    tau_slow (`_best_slow`), its objective into prof_rss and its A_inf + A_f + A_s into
+    prof_sum -- then refine_rounds of 9x9 grids at a quarter of the previous spacing around
+    the best point.
     """
     n_f = log_tau_fast.shape[0]
     n_s = log_tau_slow.shape[0]
@@ -557,9 +563,9 @@ def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids an
             u, cols_f[i], y, w, log_tau_fast[i], log_tau_slow, cols_s, min_ratio,
             refine_rounds, t_first, cnt, dt, t_on, ramp, coef, bs, best,
         )  # fmt: skip
-        prof_rss[i] = best[0]
+        prof_rss[i] = best[0] + prior_weight * (log_tau_fast[i] - prior_mu) ** 2
         prof_sum[i] = best[2]
-        if best[0] < prof_rss[i_best] or i == 0:
+        if prof_rss[i] < prof_rss[i_best] or i == 0:
             i_best = i
             best_ls = best[1]
     best_rss = prof_rss[i_best]
@@ -573,12 +579,13 @@ def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids an
         for i in range(-4, 5):
             lf = min(max(center_f + i * step_f / 4.0, log_tau_fast[0]), log_tau_fast[-1])
             _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(lf), bf)
+            penalty = prior_weight * (lf - prior_mu) ** 2
             for j in range(-4, 5):
                 ls = min(max(center_s + j * step_s, log_tau_slow[0]), log_tau_slow[-1])
                 if ls - lf < log_ratio:
                     continue
                 _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(ls), bs)
-                rss = _amp_fit(u, bf, bs, y, w, coef)
+                rss = _amp_fit(u, bf, bs, y, w, coef) + penalty
                 if rss < best_rss:
                     best_rss = rss
                     best_lf = lf
@@ -588,7 +595,7 @@ def _tau_search(  # noqa: PLR0913 - the fit's arrays, its geometry, its grids an
 
 
 @njit(cache=True)
-def _geometry(
+def _geometry(  # noqa: PLR0915 - a bracket, a refined grid search and the unresolved cases
     t_first: np.ndarray,
     cnt: np.ndarray,
     d_mean: np.ndarray,
@@ -674,9 +681,9 @@ def _geometry(
     out[3] = 0.0
     out[4] = 0.0
     # A bin's mean tells only the area of a ramp inside it, not its duration: a ramp shorter
-    # than the bin around its midpoint is taken as the sudden step at that midpoint (to first order the same force after
-    # it), and one shorter than a sample interval as the sudden step midway between the two
-    # samples it fell between. out[3] is then the bin's span, for the caller's uncertainty.
+    # than the bin around its midpoint is taken as the sudden step at that midpoint, and one
+    # shorter than a sample interval as the sudden step midway between the two samples it
+    # fell between; out[3] is then the bin's span and the caller tries the alternatives.
     mid = best_on + 0.5 * ramp
     j = 0
     while j < n - 1 and t_first[j] + cnt[j] * dt <= mid:
@@ -702,7 +709,7 @@ def _geometry(
 
 
 @njit(cache=True)
-def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fit, uncertainty
+def _step_fit(  # noqa: PLR0915 - one straight pass: bins, geometry, fit, uncertainty
     fs: np.ndarray,
     wb: np.ndarray,
     n_bins: int,
@@ -718,14 +725,15 @@ def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fi
     """Fit the window held in the bins `wb`; results at the R_* offsets.
 
     The step's geometry comes from the displacement (`_geometry`; the event's time and size
-    when it does not show the step). The force after the onset, less the force before, is
-    fitted with A_inf u + A_f r_f + A_s r_s, the bin means of the ramp and of each relaxation
-    term's ramp response (`_ramp_avg`, `_relax_avg`): amplitudes by least squares, time
-    constants by a grid search and `refine_rounds` finer grids. The profile over the tau_fast
-    grid gives the sum's uncertainty from the time constants (the spread of A_inf + A_f + A_s
-    over the points within 2 standard errors); when that set reaches an end of the grid,
-    tau_fast is not identifiable and is held at tau_fast_held_s (moved into the set if the
-    data exclude it), the spread then taken over the plausible range the data allow.
+    when it does not show the step; for a step shorter than its bin, the alternative the
+    force fits best). The force after the onset, less the force before, is fitted with
+    A_inf u + A_f r_f + A_s r_s, the bin means of the ramp and of each relaxation term's ramp
+    response (`_ramp_avg`, `_relax_avg`): amplitudes by least squares, time constants by
+    `_tau_search`, with a prior on ln tau_fast about tau_fast_held_s whose +/- 2 standard
+    deviations are the plausible range. When the data alone do not bound tau_fast (the grid
+    points within 2 standard errors reach an end of the grid) the flag GEOM_TAU_FAST_HELD is
+    set. The spread of A_inf + A_f + A_s over the tau_fast within 2 standard errors of the
+    estimate enters its variance beside the fit's own.
     """
     for i in range(STEP_RESULT_LEN):
         out[i] = np.nan
@@ -818,82 +826,76 @@ def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fi
     mid = t_on + 0.5 * ramp
     n_alt = _SPAN_RAMPS if span > 0.0 else 1
     best_rss = np.inf
-    best_lf = 0.0
-    best_ls = 0.0
     for c in range(n_alt):
         alt_on, r = _alternative(c, mid, ramp, span, geo[4] != 0.0, dt)
         fit = _tau_search(
             t_first, cnt, dt, alt_on, r, y, w, log_tau_fast, log_tau_slow, min_ratio,
-            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum,
+            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum, 0.0, 0.0,
         )  # fmt: skip
         if fit[0] < best_rss:
-            best_rss, best_lf, best_ls = fit
+            best_rss = fit[0]
             t_on, ramp = alt_on, r
-    if n_alt > 1:  # the columns and the profile of the chosen one
-        _tau_search(
+    if n_alt > 1:  # the profile of the chosen one
+        fit = _tau_search(
             t_first, cnt, dt, t_on, ramp, y, w, log_tau_fast, log_tau_slow, min_ratio,
-            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum,
+            refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum, 0.0, 0.0,
         )  # fmt: skip
     out[R_T_ON] = t_on
     out[R_RAMP] = ramp
-    for i in range(m):
-        u[i] = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
-    step_f0 = (log_tau_fast[-1] - log_tau_fast[0]) / max(n_f - 1, 1)
     # Five parameters are fitted (three amplitudes, two taus); at least 6 bins are, so m > 5.
     noise_var = best_rss / (m - 5)
-    # The tau_fast grid points the data cannot tell from the best one (within 2 SE): their
-    # A_inf + A_f + A_s span the sum's uncertainty from the time constants.
+    # What the data alone say of tau_fast: when the grid points within 2 standard errors of
+    # the best reach an end of the grid, they do not bound it.
     i_lo = n_f
     i_hi = -1
     for i in range(n_f):
         if prof_rss[i] - best_rss <= _CHI2_2SE * noise_var:
             i_lo = min(i_lo, i)
             i_hi = max(i_hi, i)
+    if i_lo == 0 or i_hi == n_f - 1:
+        flags |= GEOM_TAU_FAST_HELD
+    # The estimate adds what is known of tau_fast beforehand: ln tau_fast normal about
+    # ln tau_fast_held_s with the plausible range as +/- 2 standard deviations. Where the data
+    # bound tau_fast this moves nothing; where they do not, it holds tau_fast near the
+    # published value and the spread below spans the plausible range.
+    prior_mu = math.log(tau_fast_held_s)
+    prior_sd = 0.25 * (log_tau_fast_plausible[1] - log_tau_fast_plausible[0])
+    prior_weight = noise_var / (prior_sd * prior_sd)
+    fit = _tau_search(
+        t_first, cnt, dt, t_on, ramp, y, w, log_tau_fast, log_tau_slow, min_ratio,
+        refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss, prof_sum, prior_mu,
+        prior_weight,
+    )  # fmt: skip
+    best_obj, best_lf, best_ls = fit
+    # The grid points within 2 standard errors of the estimate: their A_inf + A_f + A_s span
+    # the sum's uncertainty from the time constants; a fine scan outwards from the estimate
+    # resolves an interval narrower than the grid's spacing.
     lo_sum = np.inf
     hi_sum = -np.inf
-    for i in range(i_lo, i_hi + 1):
-        lo_sum = min(lo_sum, prof_sum[i])
-        hi_sum = max(hi_sum, prof_sum[i])
-    held = i_lo == 0 or i_hi == n_f - 1
-    if held:
-        # Not identifiable: hold tau_fast at the configured value, moved into the range the
-        # data allow; the spread is over the plausible values among those (all if none).
-        flags |= GEOM_TAU_FAST_HELD
-        best_lf = min(max(math.log(tau_fast_held_s), log_tau_fast[i_lo]), log_tau_fast[i_hi])
-        _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(best_lf), bf)
-        _best_slow(
-            u, bf, y, w, best_lf, log_tau_slow, cols_s, min_ratio, refine_rounds, t_first, cnt,
-            dt, t_on, ramp, coef, bs, best,
-        )  # fmt: skip
-        best_ls = best[1]
-        p_lo = np.inf
-        p_hi = -np.inf
-        for i in range(i_lo, i_hi + 1):
-            if log_tau_fast_plausible[0] <= log_tau_fast[i] <= log_tau_fast_plausible[1]:
-                p_lo = min(p_lo, prof_sum[i])
-                p_hi = max(p_hi, prof_sum[i])
-        if p_lo <= p_hi:
-            lo_sum, hi_sum = p_lo, p_hi
-    else:
-        # The coarse grid is wider than a well-determined tau_fast's interval: scan it finely
-        # from the best point outwards while the data allow it.
-        fine = step_f0 / 8.0
-        for side in (-1.0, 1.0):
-            for k in range(1, _FINE_STEPS + 1):
-                lf = best_lf + side * k * fine
-                if lf < log_tau_fast[0] or lf > log_tau_fast[-1]:
-                    break
-                _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(lf), bf)
-                _best_slow(
-                    u, bf, y, w, lf, log_tau_slow, cols_s, min_ratio, refine_rounds, t_first,
-                    cnt, dt, t_on, ramp, coef, bs, best,
-                )  # fmt: skip
-                if best[0] - best_rss > _CHI2_2SE * noise_var:
-                    break
-                lo_sum = min(lo_sum, best[2])
-                hi_sum = max(hi_sum, best[2])
+    for i in range(n_f):
+        if prof_rss[i] - best_obj <= _CHI2_2SE * noise_var:
+            lo_sum = min(lo_sum, prof_sum[i])
+            hi_sum = max(hi_sum, prof_sum[i])
+    fine = (log_tau_fast[-1] - log_tau_fast[0]) / max(n_f - 1, 1) / 8.0
+    for side in (-1.0, 1.0):
+        for k in range(1, _FINE_STEPS + 1):
+            lf = best_lf + side * k * fine
+            if lf < log_tau_fast[0] or lf > log_tau_fast[-1]:
+                break
+            _relax_cols(t_first, cnt, dt, t_on, ramp, math.exp(lf), bf)
+            _best_slow(
+                u, bf, y, w, lf, log_tau_slow, cols_s, min_ratio, refine_rounds, t_first, cnt,
+                dt, t_on, ramp, coef, bs, best,
+            )  # fmt: skip
+            if best[0] + prior_weight * (lf - prior_mu) ** 2 - best_obj > _CHI2_2SE * noise_var:
+                break
+            lo_sum = min(lo_sum, best[2])
+            hi_sum = max(hi_sum, best[2])
+    for i in range(m):
+        u[i] = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
     at_bound = (
-        (not held and (best_lf <= log_tau_fast[0] + 1e-9 or best_lf >= log_tau_fast[-1] - 1e-9))
+        best_lf <= log_tau_fast[0] + 1e-9
+        or best_lf >= log_tau_fast[-1] - 1e-9
         or best_ls <= log_tau_slow[0] + 1e-9
         or best_ls >= log_tau_slow[-1] - 1e-9
     )
@@ -913,8 +915,8 @@ def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fi
     out[R_F_INST] = f0 + total
     out[R_F_PEAK] = out[R_F_INST]
     if ramp > 0.0:
-        out[R_F_PEAK] = f0 + a_inf + a_f * _relax_at(ramp, ramp, tau_f) + a_s * _relax_at(
-            ramp, ramp, tau_s
+        out[R_F_PEAK] = (
+            f0 + a_inf + a_f * _relax_at(ramp, ramp, tau_f) + a_s * _relax_at(ramp, ramp, tau_s)
         )
     w_sum = 0.0
     y_mean = 0.0
@@ -929,12 +931,10 @@ def _step_fit(  # noqa: PLR0912, PLR0915 - one straight pass: bins, geometry, fi
     out[R_R2] = 1.0 - rss / tss if tss > 0.0 else np.nan
     noise_var = rss / (m - 5)
     out[R_NOISE_VAR] = noise_var
-    # The points within 2 SE span about +/- 2 standard deviations around the estimate; a held
-    # tau_fast's estimate may sit anywhere in its span, so its farther end counts.
-    if held:
-        spread = max(hi_sum - total, total - lo_sum, 0.0) / 2.0
-    else:
-        spread = (max(hi_sum, total) - min(lo_sum, total)) / 4.0
+    # The points within 2 SE reach about 2 standard deviations from the estimate; the far
+    # side counts, as the sum is far from linear in tau_fast (A_f ~ 1 / tau_fast on a long
+    # ramp).
+    spread = max(hi_sum - total, total - lo_sum, 0.0) / 2.0
     var = _sum_var(u, bf, bs, w, noise_var) + spread * spread
     if span > 0.0:
         # The other durations the force cannot exclude (within 2 SE at these time constants):

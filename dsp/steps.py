@@ -435,7 +435,7 @@ class StepTracker:
             return None
         return self._close(device, "flush")
 
-    def _push(
+    def _push(  # noqa: PLR0917 - a run's columns and its clock
         self,
         fs: NDArray[np.float64],
         si: NDArray[np.int64],
@@ -554,7 +554,7 @@ class StepTracker:
         )
 
 
-def step_response(  # noqa: PLR0913 - a recording's columns and its step
+def step_response(  # noqa: PLR0917 - a recording's columns and its step
     force_n: NDArray[np.floating] | list[float],
     disp_mm: NDArray[np.floating] | list[float],
     t0_ns: int,

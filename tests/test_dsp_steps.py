@@ -61,7 +61,9 @@ def synth_step(
     if ramp_s > 0.0:
         shape = prony_ramp_curve(t_s, ramp_s, a_inf, a_f, a_s, tau_f, tau_s)
     else:
-        shape = np.where(t_s >= 0.0, a_inf + a_f * np.exp(-t_s / tau_f) + a_s * np.exp(-t_s / tau_s), 0.0)
+        shape = np.where(
+            t_s >= 0.0, a_inf + a_f * np.exp(-t_s / tau_f) + a_s * np.exp(-t_s / tau_s), 0.0
+        )
     force = f_pre_n + k_inst * delta_mm * shape + rng.normal(0.0, noise_n, n)
     disp = 20.0 + delta_mm * ref_ramp(t_s, 0.0, ramp_s) + rng.normal(0.0, DISP_NOISE_MM, n)
     return force, disp, T0_NS + int(PRE_S * 1e9)
@@ -75,15 +77,13 @@ def assert_identities(est: StepEstimate) -> None:
     assert_allclose(est.k_eq_n_per_mm * d, est.f_settled_n - est.f_residual_n, rtol=1e-12)
 
 
-GRID = [
-    (rate, ramp)
-    for rate in (10.0, 50.0, 200.0)
-    for ramp in (0.0, 0.6, 2.0, 8.0)
-]
+GRID = [(rate, ramp) for rate in (10.0, 50.0, 200.0) for ramp in (0.0, 0.6, 2.0, 8.0)]
 
 
 @pytest.mark.parametrize(("rate_hz", "ramp_s"), GRID, ids=[f"{r:g}Hz-{m:g}s" for r, m in GRID])
-def test_k_inst_is_the_sudden_step_stiffness_whatever_the_ramp(rate_hz: float, ramp_s: float) -> None:
+def test_k_inst_is_the_sudden_step_stiffness_whatever_the_ramp(
+    rate_hz: float, ramp_s: float
+) -> None:
     """Over step numbers 2-30 the median k_inst error is within 3 % (5 % at 10 Hz, where a
     ramp of several tau_fast leaves the fast term few samples) and k_eq within 5 %, at any
     rate and ramp, with the onset stamped 0.4 s early; every k_inst is within 3 of its
@@ -164,15 +164,16 @@ def test_a_step_the_displacement_does_not_show_falls_back_to_the_event() -> None
 
 
 def test_a_long_ramp_holds_tau_fast_and_widens_its_error() -> None:
-    """On a 60 s ramp at 10 Hz the fast term cannot be told: tau_fast is held and flagged, and
-    the standard error covers the truth."""
+    """On a 60 s ramp at 10 Hz the data do not bound tau_fast: it is flagged, held within the
+    plausible range by the prior, and the standard error covers the truth."""
     prony = (0.1, 0.6, 0.3, 0.4, 150.0)
     force, disp, t_ev = synth_step(
         np.random.default_rng(7), ramp_s=60.0, rate_hz=10.0, prony=prony, noise_n=0.3
     )
     est = step_response(force, disp, T0_NS, 10.0, t_ev, 0.25)
     assert "tau_fast_held" in est.flags
-    assert est.tau_fast_s == pytest.approx(0.97, rel=0.3)
+    assert 0.3 <= est.tau_fast_s <= 5.0
+    assert est.k_inst_std_n_per_mm > 0.1 * est.k_inst_n_per_mm
     assert abs(est.k_inst_n_per_mm - 150.0) <= 2.0 * est.k_inst_std_n_per_mm
     assert abs(est.k_eq_n_per_mm / 15.0 - 1.0) < 0.03
     assert abs(est.tau_slow_s / 150.0 - 1.0) < 0.1
@@ -308,7 +309,7 @@ def test_window_slots_are_shared_and_returned(n_devices: int) -> None:
 )  # fmt: skip
 def test_bad_settings_are_rejected(kwargs: dict[str, object]) -> None:
     """Settings the state cannot hold or the fit cannot use are rejected."""
-    with pytest.raises(ValueError, match="must|too short"):
+    with pytest.raises(ValueError, match=r"must|too short"):
         StepConfig(**kwargs)  # type: ignore[arg-type]
 
 
@@ -321,7 +322,7 @@ def test_bad_settings_are_rejected(kwargs: dict[str, object]) -> None:
     ramp=st.one_of(st.just(0.0), st.floats(0.001, 4.0)),
     tau=st.floats(0.05, 3000.0),
 )
-def test_bin_means_of_the_ramp_and_its_response_match_the_superposition(
+def test_bin_means_of_the_ramp_and_its_response_match_the_superposition(  # noqa: PLR0917
     n: int, rate_hz: float, start_s: float, t_on: float, ramp: float, tau: float
 ) -> None:
     """The kernels' closed-form bin means of the ramp and of a relaxation term's ramp response
@@ -407,8 +408,12 @@ def test_streaming_state_equals_batch_on_every_prefix(
     full = raw[raw[:, kern.B_COUNT] > 0]
     count = full[:, kern.B_COUNT]
     assert_allclose(count, ref["count"])
-    trim = full[:, kern.B_SUM_F] - np.where(count >= 4, full[:, kern.B_MIN_F] + full[:, kern.B_MAX_F], 0.0)
-    assert_allclose(trim / np.where(count >= 4, count - 2, count), ref["trim"], rtol=1e-12, atol=1e-9)
+    trim = full[:, kern.B_SUM_F] - np.where(
+        count >= 4, full[:, kern.B_MIN_F] + full[:, kern.B_MAX_F], 0.0
+    )
+    assert_allclose(
+        trim / np.where(count >= 4, count - 2, count), ref["trim"], rtol=1e-12, atol=1e-9
+    )
     assert_allclose(full[:, kern.B_SUM_F] / count, ref["plain"], rtol=1e-12, atol=1e-9)
     assert_allclose(full[:, kern.B_SUM_T] / count, ref["time_s"], rtol=1e-9, atol=1e-9)
     assert_allclose(full[:, kern.B_SUM_D] / count, ref["disp"], rtol=1e-12)

@@ -89,7 +89,7 @@ def _kernels(n: int) -> dict[str, object]:
     def steps() -> None:
         tracker = StepTracker(1)
         tracker.event(0, 1_000_000_000, 0.25)
-        tracker.frame(0, force, 0, 100.0)
+        tracker.frame(0, force, disp, 0, 100.0)
 
     def rls() -> None:
         tr = StiffnessTracker(1)
