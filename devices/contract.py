@@ -245,7 +245,8 @@ class Frame:
         seq: per-device frame counter, 0..2**32-1, +1 per frame.
         t0_ns: UTC epoch nanoseconds of sample 0.
         rate_hz: sample rate, Hz.
-        force_n: force through the distractor, N, tension positive.
+        force_n: force through the distractor, N, compression positive (steps and
+            weight-bearing raise it); raw on the wire, calibrated by ingest.
         disp_mm: distractor elongation, mm.
         ref_load_n: external reference load during a weight-bearing test, N, when measured.
         temp_c: device temperature, degrees Celsius, when reported.

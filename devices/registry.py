@@ -58,14 +58,21 @@ class Hub(_Config):
 
 
 class Calibration(_Config):
-    """How a device's raw readings map to physical units: value = raw * gain + offset.
+    """How a device's raw readings map to physical units: value = gain * raw + offset.
+
+    Ingest applies it to every accepted frame before anything else (storage, the DSP, the
+    estimates, the alerts): stored samples are calibrated values (ingest/calibration.py,
+    docs/registry.md). The force is compression positive: a force sensor mounted the other
+    way round (its reading falls when the device is loaded) is corrected by a negative
+    `force_gain`, which is the polarity. A gain of 0 is refused.
 
     Attributes:
-        id: the calibration record, so stored data can say which calibration it used.
-        force_gain: dimensionless.
-        force_offset_n: N.
+        id: the calibration record, so stored data can say which calibration it used (a new id
+            also clears the DSP's sign_inconsistent flag for the device).
+        force_gain: dimensionless; negative for a sensor mounted the other way round.
+        force_offset_n: N, added after the gain.
         disp_gain: dimensionless.
-        disp_offset_mm: mm.
+        disp_offset_mm: mm, added after the gain.
     """
 
     id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -83,6 +90,16 @@ class Calibration(_Config):
             raise ValueError("a gain of 0 would erase the signal")
         return self
 
+    @property
+    def is_identity(self) -> bool:
+        """True when applying the calibration changes nothing (gains 1, offsets 0)."""
+        return (
+            self.force_gain == 1.0
+            and self.force_offset_n == 0.0
+            and self.disp_gain == 1.0
+            and self.disp_offset_mm == 0.0
+        )
+
 
 Bounds = Annotated[tuple[float, float], Field(strict=False)]  # lax only to take a TOML list
 
@@ -96,10 +113,13 @@ def _check_bounds(name: str, bounds: tuple[float, float] | None) -> None:
 
 
 class SensorRange(_Config):
-    """The calibrated range of each sensor, inclusive bounds, in the units on the wire.
+    """The range of each sensor's raw reading, inclusive bounds, in the units on the wire.
 
-    A sample outside it is rejected as `out_of_range`. `ref_load_n` is the external reference
-    load (a scale); leave it out to accept any finite reference load.
+    Checked on the raw frame, before the calibration is applied (docs/registry.md): a sample
+    outside it is rejected as `out_of_range`, and the rejection names the value the device
+    sent. So the range is the sensor's own, in its own sign: a force sensor mounted the other
+    way round reads negative under compression, and its range must allow that. `ref_load_n`
+    is the external reference load (a scale); leave it out to accept any finite reference load.
     """
 
     force_n: Bounds

@@ -11,7 +11,8 @@ Rules are checked in this order; the first broken rule is the reason given:
     7. schema            a field is missing, unknown, mistyped or out of bounds
     8. topic_mismatch    the payload's device or hub differs from the topic's
     9. non_finite        NaN or inf in an array or a float field
-   10. out_of_range      a sample outside the device's calibrated range  (telemetry)
+   10. out_of_range      a raw sample outside the device's sensor range  (telemetry; the
+                         registry's calibration is applied after, by ingest)
    11. future_timestamp  the last sample, or the event or status time, is more than
                          `Limits.future_skew_ns` ahead of the server clock
 

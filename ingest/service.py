@@ -1,8 +1,13 @@
 """The ingest service: MQTT in, validation, InfluxDB out, nothing lost and nothing silent.
 
-    MqttSource ──receive──▶ bounded queue ──write──▶ InfluxDB ──▶ ack to the broker
-                   │                          │
-                   └ rejections ─▶ dead letters (fsync'd) + `rejection` points + counters + log
+    MqttSource ──receive──▶ validate ─▶ calibrate ─▶ DSP ─▶ bounded queue ──write──▶ InfluxDB
+                               │                                                      │
+                               │                                    ack to the broker ◀┘
+                               └ rejections ─▶ dead letters (fsync'd) + `rejection` points
+                                               + counters + log
+
+Frames are checked raw, as they came on the wire, then calibrated with the registry's
+calibration (ingest/calibration.py): storage and the DSP only ever see calibrated values.
 
 A message is acknowledged to the broker only after its points are in InfluxDB (and, for a
 rejection, its dead letter is on disk): a crash before that makes the broker deliver it again,
@@ -40,6 +45,7 @@ from osteotel.settings import Settings
 from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
+from .calibration import calibrate
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
@@ -342,7 +348,10 @@ class IngestService:
             if not self.accounting.frame(item.device, item.seq, item.t0_ns):
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
                 return _Work(message, b"")
-            self._know(registry.devices[item.device])
+            device = registry.devices[item.device]
+            self._know(device)
+            # Calibrated before anything else: stored samples and the DSP see physical units.
+            item = calibrate(item, device.calibration)
             work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
             pending.frames.append(item)

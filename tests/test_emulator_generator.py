@@ -91,7 +91,8 @@ def _window(t_ns: np.ndarray, values: np.ndarray, lo_ns: int, hi_ns: int) -> np.
 
 
 def _test_slopes(r: Run, channel: str) -> list[tuple[float, float]]:
-    """Per load test: (day, -d channel / d ref_load), the load share for force."""
+    """Per load test: (day, slope): +d force / d ref_load (the load share) for "force_n", and
+    -d disp / d ref_load (the device's compliance times the share, mm/N) for "disp_mm"."""
     by_test: dict[int, list[Frame]] = {}
     for f in r.frames():
         if f.ref_load_n is not None:
@@ -100,8 +101,8 @@ def _test_slopes(r: Run, channel: str) -> list[tuple[float, float]]:
     for day, frames in sorted(by_test.items()):
         ref = np.concatenate([f.ref_load_n for f in frames if f.ref_load_n is not None])
         y = np.concatenate([getattr(f, channel) for f in frames])
-        slope = np.polyfit(ref, y, 1)[0]
-        out.append((float(day), -float(slope)))
+        slope = float(np.polyfit(ref, y, 1)[0])
+        out.append((float(day), slope if channel == "force_n" else -slope))
     return out
 
 
@@ -278,12 +279,46 @@ def test_delayed_union_shares_more_load_than_normal_late_on() -> None:
     assert delayed[day] > 0.25
 
 
+def _unloaded_force(r: Run) -> np.ndarray:
+    """Force samples outside walking bouts and weight-bearing tests: the distraction force."""
+    t_ns, force, _ = r.samples()
+    loaded = np.zeros(len(t_ns), dtype=bool)
+    for start_s, span_s in [(t, 60.0) for t in r.timeline.gait_s] + [
+        (t, 26.0) for t in r.timeline.tests_s
+    ]:
+        start_ns = r.timeline.wall_ns(float(start_s))
+        loaded |= (t_ns >= start_ns) & (t_ns < start_ns + round(span_s * S))
+    return force[~loaded]
+
+
 def test_premature_consolidation_passes_200_n_within_two_weeks() -> None:
     """Premature consolidation drives the force above 200 N by week 2 of distraction; normal not."""
-    premature = run("premature_consolidation", target_mm=50.0, days=21.0).samples()[1]
-    normal = run("normal", target_mm=50.0, days=21.0).samples()[1]
+    premature = _unloaded_force(run("premature_consolidation", target_mm=50.0, days=21.0))
+    normal = _unloaded_force(run("normal", target_mm=50.0, days=21.0))
     assert premature.max() > 200.0
     assert normal.max() < 120.0
+
+
+def test_weight_bearing_adds_to_the_force_and_shortens_the_device() -> None:
+    """In every load test force rises by share x load and disp falls by share x load / k_device."""
+    r = run("normal", target_mm=20.0, days=46.0)
+    truth = {(x["t_ns"] - START_NS) // DAY_NS: x for x in r.truth if x["type"] == "load_share"}
+    shares = _test_slopes(r, "force_n")
+    compliance = dict(_test_slopes(r, "disp_mm"))
+    assert len(shares) > 30
+    for day, share in shares:
+        expected = truth[int(day)]
+        assert share == pytest.approx(expected["load_share"], abs=0.03)
+        k_dev = expected["k_device_n_per_mm"]
+        assert compliance[day] == pytest.approx(expected["load_share"] / k_dev, abs=1e-4)
+
+
+def test_force_never_goes_below_zero_in_normal_healing() -> None:
+    """Along a normal 20 mm lengthening the force stays above zero but for sensor noise."""
+    r = run("normal", target_mm=20.0, days=46.0)
+    _, force, _ = r.samples()
+    # Before the first step the device carries nothing: noise (0.5 N), drift and temperature.
+    assert force.min() > -4.0
 
 
 # --- each scenario is visible in its stream -----------------------------------------------------
@@ -324,9 +359,21 @@ def _gait_loop_area(r: Run, day: float) -> float:
 def _overload(r: Run) -> None:
     t_ns, force, _ = r.samples()
     onset = r.anomaly("overload")["onset_ns"]
-    assert abs(int(t_ns[np.argmin(force)]) - onset) < S
-    assert force.min() < -1500.0
-    assert run("normal", target_mm=20.0, days=46.0).samples()[1].min() > -700.0
+    assert abs(int(t_ns[np.argmax(force)]) - onset) < S
+    assert force.max() > 1500.0
+    assert run("normal", target_mm=20.0, days=46.0).samples()[1].max() < 700.0
+
+
+def _reversed(r: Run) -> None:
+    header = r.truth[0]
+    assert header["force_polarity"] == -1.0
+    assert header["expected_flags"] == ["sign_inconsistent"]
+    normal = run("normal", target_mm=20.0, days=46.0)
+    # The same device mounted the other way: steps and weight-bearing both lower the force.
+    shares = [share for _, share in _test_slopes(r, "force_n")]
+    assert max(shares) < 0.0
+    assert _unloaded_force(r).max() < 4.0
+    assert _unloaded_force(r).min() == pytest.approx(-_unloaded_force(normal).max(), rel=0.05)
 
 
 def _missed(r: Run) -> None:
@@ -454,6 +501,7 @@ _CHECKS: dict[str, tuple[Callable[[Run], None], float, float]] = {
     "transport_late": (_late, 5.0, 30.0),
     "clock_jump": (_clock_jump, 5.0, 30.0),
     "hub_offline": (_hub_offline, 5.0, 30.0),
+    "reversed_force_sensor": (_reversed, 20.0, 46.0),
 }
 
 
@@ -471,7 +519,9 @@ def test_every_scenario_is_covered_and_recorded() -> None:
     for name in _CHECKS:
         r = run(name, target_mm=_CHECKS[name][1], days=_CHECKS[name][2])
         kinds = {x["kind"] for x in r.truth if x["type"] == "anomaly"}
-        assert SCENARIOS[name].anomaly in kinds
+        anomaly = SCENARIOS[name].anomaly
+        assert anomaly is None or anomaly in kinds
+        assert r.truth[0]["expected_flags"] == list(SCENARIOS[name].expected_flags)
 
 
 def test_ground_truth_is_sorted_json_lines() -> None:
@@ -481,3 +531,25 @@ def test_ground_truth_is_sorted_json_lines() -> None:
     assert times == sorted(times)
     assert truth[0]["type"] == "device"
     assert all("\n" not in dumps(x) for x in truth)
+
+
+@pytest.mark.parametrize("seed", [7, 3], ids=["ramp-1s", "ramp-65s"])
+def test_steps_ramp_over_the_drawn_time_and_ground_truth_records_it(seed: int) -> None:
+    """disp_mm ramps each step over the device's drawn ramp, which the ground truth records."""
+    r = run("normal", seed=seed)
+    header = r.truth[0]
+    ramp_s = header["step_ramp_s"]
+    assert ramp_s == pytest.approx(r.timeline.physics.step_ramp_s, abs=1e-6)
+    steps = [x for x in r.truth if x["type"] == "step"]
+    assert {x["ramp_s"] for x in steps} == {round(ramp_s, 6)}
+    assert header["tau_fast_s"] == pytest.approx(steps[0]["tau_fast_s"])
+    t_ns, _, disp = r.samples()
+    t0 = steps[10]["t_ns"]
+    before = float(np.mean(_window(t_ns, disp, t0 - 20 * S, t0)))
+    t_rel_s = (t_ns - t0) / 1e9
+    moving = (t_rel_s > -1.0) & (t_rel_s < ramp_s + 5.0)
+    rose = disp[moving] - before
+    # Time from 10 % to 90 % of the step, against 80 % of the ramp (0.1 s samples, 2 um noise).
+    t_10 = t_rel_s[moving][np.argmax(rose > 0.1 * 0.25)]
+    t_90 = t_rel_s[moving][np.argmax(rose > 0.9 * 0.25)]
+    assert t_90 - t_10 == pytest.approx(0.8 * ramp_s, rel=0.03, abs=0.25)

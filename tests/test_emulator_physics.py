@@ -8,6 +8,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
+from devices.emulator.draws import (
+    A_FAST_SCALE_RANGE,
+    MANUAL_RAMP_S,
+    MOTOR_RAMP_S,
+    TAU_FAST_S,
+    DevicePhysics,
+    draw_physics,
+)
 from devices.emulator.physics import (
     FIT_MAX_STEP,
     HEALED_RATIO,
@@ -178,3 +186,80 @@ def test_gait_loads_only_in_stance_within_the_bout() -> None:
     load = gait_load_n(t_s, 0.0, duration_s=60.0, peak_n=600.0)
     assert load[1] == pytest.approx(600.0 * math.sin(math.pi * 0.3 / 0.6), rel=1e-6)
     assert load[0] == load[2] == load[3] == 0.0
+
+
+# --- per-device draws ---------------------------------------------------------------------------
+
+
+def _drawn(seed: int, **fixed: float) -> DevicePhysics:
+    kwargs: dict[str, float | None] = {
+        "step_ramp_s": None,
+        "tau_fast_s": None,
+        "a_fast_scale": None,
+    }
+    kwargs.update(fixed)
+    return draw_physics(seed=seed, step_source="motor", force_polarity=1.0, **kwargs)
+
+
+def test_device_physics_is_reproducible_by_seed_and_differs_between_seeds() -> None:
+    """The same seed draws the same physics; another seed draws other values."""
+    assert _drawn(5) == _drawn(5)
+    assert _drawn(5) != _drawn(6)
+
+
+def test_device_physics_spans_the_ranges() -> None:
+    """Over many devices the draws stay inside their ranges and cover most of each."""
+    drawn = [_drawn(seed) for seed in range(400)]
+    ramps = np.array([p.step_ramp_s for p in drawn])
+    manual = np.array([p.manual_ramp_s for p in drawn])
+    taus = np.array([p.tau_fast_s for p in drawn])
+    scales = np.array([p.a_fast_scale for p in drawn])
+    for values, (lo, hi) in [
+        (ramps, MOTOR_RAMP_S),
+        (manual, MANUAL_RAMP_S),
+        (taus, TAU_FAST_S),
+        (scales, A_FAST_SCALE_RANGE),
+    ]:
+        assert lo <= values.min() < lo * 1.3
+        assert hi / 1.3 < values.max() <= hi
+    # Log-uniform: as many drives under 6 s as above (the geometric middle of 0.3 .. 120 s).
+    assert 0.4 < np.mean(ramps < math.sqrt(0.3 * 120.0)) < 0.6
+    # Bachmeier 2022's a_f at step 1, scaled: from about 0.1 to about 0.7.
+    a_fast_1 = np.array([bachmeier_coefficients([1], a_fast_scale=s)[1][0] for s in scales])
+    assert a_fast_1.min() < 0.12
+    assert a_fast_1.max() > 0.65
+
+
+def test_configured_physics_is_taken_and_moves_no_other_draw() -> None:
+    """A value set in the config replaces its draw and leaves the other draws as they were."""
+    fixed = _drawn(9, step_ramp_s=2.0)
+    assert fixed.step_ramp_s == 2.0
+    assert (fixed.tau_fast_s, fixed.a_fast_scale) == (_drawn(9).tau_fast_s, _drawn(9).a_fast_scale)
+
+
+def test_manual_devices_turn_in_a_fraction_of_a_second() -> None:
+    """A manually turned device's steps ramp within the manual range."""
+    physics = draw_physics(
+        seed=3,
+        step_source="manual",
+        step_ramp_s=None,
+        tau_fast_s=None,
+        a_fast_scale=None,
+        force_polarity=1.0,
+    )
+    assert MANUAL_RAMP_S[0] <= physics.step_ramp_s <= MANUAL_RAMP_S[1]
+
+
+def test_scaled_coefficients_keep_the_published_trends() -> None:
+    """Scaling a_f and setting tau_f keep a_inf, tau_s and the weights' sum of Bachmeier 2022."""
+    i = np.arange(1, 41)
+    a_inf, a_fast, a_slow, tau_f, tau_s = bachmeier_coefficients(
+        i, tau_fast_s=2.5, a_fast_scale=0.2
+    )
+    p_inf, p_fast, _, _, p_tau_s = bachmeier_coefficients(i)
+    assert_allclose(a_inf, p_inf)
+    assert_allclose(tau_s, p_tau_s)
+    assert_allclose(a_fast, 0.2 * p_fast)
+    assert_allclose(a_inf + a_fast + a_slow, 1.0)
+    assert_allclose(tau_f, 2.5)
+    assert np.all(np.diff(a_fast) < 0)

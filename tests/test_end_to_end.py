@@ -19,6 +19,8 @@ from devices.contract import (
     DistractionStep,
     Frame,
     HubStatus,
+    LoadTestEnd,
+    LoadTestStart,
     Reason,
     Reboot,
     events_topic,
@@ -311,3 +313,128 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
         return rows[0][1:] == [5, 1] and len(rejections) == len(invalid) if rows else False
 
     wait_for(stats_current, "ingest_stats to show DX-0001's frames and every rejection", ingest)
+
+
+# DX-0001: a force sensor mounted the other way round, with gains and offsets; DX-0002: gains
+# and offsets; DX-0003 keeps the identity.
+CALIBRATIONS = {
+    "DX-0001": (-2.0, 15.0, 0.5, 3.0),
+    "DX-0002": (1.5, -4.0, 2.0, -0.25),
+    "DX-0003": (1.0, 0.0, 1.0, 0.0),
+}
+
+
+def _calibrated_registry(tmp_path: Path) -> Path:
+    text = EXAMPLE_REGISTRY.read_text(encoding="utf-8")
+    for device, (f_gain, f_offset, d_gain, d_offset) in CALIBRATIONS.items():
+        old = (
+            f'calibration = {{ id = "CAL-{device}-01", force_gain = 1.0, force_offset_n = 0.0, '
+            "disp_gain = 1.0, disp_offset_mm = 0.0 }"
+        )
+        assert old in text
+        text = text.replace(
+            old,
+            f'calibration = {{ id = "CAL-{device}-02", force_gain = {f_gain}, '
+            f"force_offset_n = {f_offset}, disp_gain = {d_gain}, disp_offset_mm = {d_offset} }}",
+        )
+    path = tmp_path / "registry.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _expected(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    f_gain, f_offset, d_gain, d_offset = CALIBRATIONS[frame.device]
+    return f_gain * frame.force_n + f_offset, d_gain * frame.disp_mm + d_offset
+
+
+def test_calibration_is_applied_to_stored_samples_and_estimates(
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    influx_db_name: str,
+    unique_id: str,
+    tmp_path: Path,
+) -> None:
+    """InfluxDB holds gain x raw + offset per device; a negative force gain rights a load test."""
+    env = ingest_env(
+        mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
+        registry=str(_calibrated_registry(tmp_path)),
+    )  # fmt: skip
+    now_ns = time.time_ns()
+    t0_ns = now_ns - 3_600_000_000_000
+    rng = np.random.default_rng(20261204)
+    published: list[Published] = []
+    for hub, device, encoding in DEVICES:
+        for seq in range(3):
+            n = 100
+            force_n = rng.normal(120.0, 40.0, n)
+            disp_mm = np.cumsum(rng.uniform(0.0, 0.01, n)) + seq
+            ref_load_n = None
+            if device == "DX-0001":
+                # A weight-bearing test read by a reversed sensor: raw force falls with the load.
+                ref_load_n = np.linspace(0.0, 600.0, 3 * n)[seq * n : (seq + 1) * n]
+                force_n = 100.0 - 0.3 * ref_load_n
+                disp_mm = 20.0 - 0.0005 * ref_load_n
+            if encoding == "binary":
+                force_n, disp_mm = force_n.astype(np.float32), disp_mm.astype(np.float32)
+            frame = Frame(device, seq, t0_ns + seq * 10**9, 100.0, force_n, disp_mm, ref_load_n)
+            published.append(Published(hub, frame, encoding))
+    with running_ingest(env, tmp_path) as running:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hubs-{influx_db_name}")
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        try:
+            start = LoadTestStart(device="DX-0001", t_ns=t0_ns - 10**8)
+            end = LoadTestEnd(device="DX-0001", t_ns=t0_ns + 3 * 10**9)
+            topic = events_topic("HUB-A", "DX-0001")
+            client.publish(topic, encode_event(start), qos=1).wait_for_publish(10)
+            for item in published:
+                encode = encode_frame_binary if item.encoding == "binary" else encode_frame_json
+                topic = telemetry_topic(item.hub, item.frame.device)
+                client.publish(topic, encode(item.frame), qos=1).wait_for_publish(10)
+            topic = events_topic("HUB-A", "DX-0001")
+            client.publish(topic, encode_event(end), qos=1).wait_for_publish(10)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+        expected_samples = sum(item.frame.n for item in published)
+
+        def all_landed() -> bool:
+            raw = query(influxdb, influx_db_name, "SELECT count(force_n) FROM raw")
+            share = query(influxdb, influx_db_name, "SELECT count(n_samples) FROM load_share")
+            return bool(raw and raw[0][1] == expected_samples and share and share[0][1] == 1)
+
+        wait_for(all_landed, "every calibrated sample and the load share to land", running)
+
+    for _, device, _ in DEVICES:
+        mine = [item.frame for item in published if item.frame.device == device]
+        rows = query(
+            influxdb,
+            influx_db_name,
+            f"SELECT force_n, disp_mm, ref_load_n FROM raw WHERE device = '{device}'",
+        )
+        expected = [_expected(frame) for frame in mine]
+        assert len(rows) == sum(frame.n for frame in mine)
+        np.testing.assert_array_equal(
+            [row[1] for row in rows], np.concatenate([f for f, _ in expected])
+        )
+        np.testing.assert_array_equal(
+            [row[2] for row in rows], np.concatenate([d for _, d in expected])
+        )
+        if device == "DX-0001":  # the scale is its own instrument: not calibrated
+            np.testing.assert_array_equal(
+                [row[3] for row in rows],
+                np.concatenate([f.ref_load_n for f in mine if f.ref_load_n is not None]),
+            )
+    # The DSP saw calibrated values: force = -2 (100 - 0.3 load) + 15 = -185 + 0.6 load, a
+    # slope twice the raw one, in the compression-positive sense.
+    (estimate,) = query(
+        influxdb,
+        influx_db_name,
+        "SELECT share, f_offset_n, n_samples, status FROM load_share WHERE device = 'DX-0001'",
+    )
+    assert estimate[4] == "ok"
+    assert estimate[3] == 300
+    assert estimate[2] == pytest.approx(-185.0, abs=1e-6)
+    # The sign of the share follows the DSP's convention (dsp/, issue 12): its size is 0.6.
+    assert abs(estimate[1]) == pytest.approx(0.6, abs=1e-9)

@@ -210,3 +210,14 @@ def test_alert_overrides_are_part_of_the_registry() -> None:
     registry = Registry.from_toml("[alerts]\nbattery_warning_pct = 30.0\n" + text)
     assert registry.devices["DX-0001"].alerts == {"force_critical_n": 800.0}
     assert registry.devices["DX-0002"].alerts == {}
+
+
+def test_a_negative_force_gain_is_the_polarity_of_a_reversed_sensor() -> None:
+    """force_gain = -1 loads (a sensor mounted the other way); the default is the identity."""
+    reversed_sensor = HUB + DEVICE.replace(
+        '{ id = "CAL-1" }', '{ id = "CAL-2", force_gain = -1.0 }'
+    )
+    calibration = Registry.from_toml(reversed_sensor).devices["DX-0001"].calibration
+    assert calibration.force_gain == -1.0
+    assert not calibration.is_identity
+    assert Registry.from_toml(HUB + DEVICE).devices["DX-0001"].calibration.is_identity

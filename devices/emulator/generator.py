@@ -266,7 +266,9 @@ class _Sensor:
         offset = np.interp(self.tl.calendar_day(ends), self.drift_days, self.drift_n)
         offset += cfg.temp_coeff_n_per_c * (self.temp_c(ends) - cfg.body_temp_c)
         reading = rng.standard_normal(len(t_s)) * cfg.force_noise_n
-        reading += true_n
+        # A sensor mounted the other way round reports the force negated; its offset, drift
+        # and noise are its own and keep their sign.
+        reading += self.tl.physics.force_polarity * true_n
         reading += _between_ends(t_s, float(offset[0]), float(offset[1]))
         fault = self.faults.get("sensor_drift")
         if fault is not None:
@@ -372,14 +374,16 @@ def _batch_samples(
     p_settled, p_active = probes.split(t_lo, t_hi)
     force += probes.cum_force_n[p_settled] + prony_force_n(t_s, p_active)
     disp += probes.cum_disp_mm[p_settled] + ramp_disp_mm(t_s, p_active)
-    # External load, shared between device and regenerate; a loose device lags in displacement.
+    # External load, shared between device and regenerate. The device carries compression, as
+    # the distraction force is: its share of the load adds to the force, and the device shortens
+    # under it by share * load / k_device. A loose device lags in displacement (hysteresis).
     share = float(tl.load_share(t_mid))
     k_dev = float(tl.device_stiffness_n_per_mm(t_mid))
     load, on_scale = _external_load(tl, t_s, share)
     lag_s = _LOOSENING_LAG_S * float(tl.loosening(t_mid))
     lagged = _external_load(tl, t_s - lag_s, share)[0] if lag_s > 0 else load
     return {
-        "force_n": sensor.force_n(t_s, force - share * load, rng),
+        "force_n": sensor.force_n(t_s, force + share * load, rng),
         "disp_mm": sensor.disp_mm(disp - share * lagged / k_dev, rng),
         "ref_load_n": sensor.ref_load_n(on_scale, rng) if on_scale.any() else on_scale,
     }

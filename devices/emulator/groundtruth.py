@@ -36,6 +36,7 @@ def _step_records(tl: Timeline, table: StepTable, kind: str) -> Iterator[Record]
             "type": kind,
             "t_ns": tl.wall_ns(t_s),
             "delta_mm": _num(table.delta_mm[j]),
+            "ramp_s": _num(table.ramp_s[j]),
             "k_inst_n_per_mm": _num(table.k_inst_n_per_mm[j]),
             "k_eq_n_per_mm": _num(table.k_eq_n_per_mm[j]),
             "a_inf": _num(table.a_inf[j]),
@@ -130,6 +131,13 @@ def ground_truth(config: DeviceConfig, *, start_ns: int, end_ns: int) -> Iterato
         "consolidation_day": _num(tl.consolidation_day),
         "healed_day": _num(tl.healed_day),
         "device_stiffness_n_per_mm": config.device_stiffness_n_per_mm,
+        # What the device was drawn to be (devices/emulator/draws.py) and what the DSP should say.
+        "step_ramp_s": _num(tl.physics.step_ramp_s),
+        "manual_ramp_s": _num(tl.physics.manual_ramp_s),
+        "tau_fast_s": _num(tl.physics.tau_fast_s),
+        "a_fast_scale": _num(tl.physics.a_fast_scale),
+        "force_polarity": _num(tl.physics.force_polarity),
+        "expected_flags": list(sc.expected_flags),
     }
     phases = ({"type": "phase", "t_ns": tl.wall_ns(t_s), "phase": name} for name, t_s in tl.phases)
     streams: list[Iterable[Record]] = [

@@ -19,6 +19,7 @@ import numpy.typing as npt
 __all__ = [
     "FIT_MAX_STEP",
     "HEALED_RATIO",
+    "TAU_FAST_PUBLISHED_S",
     "HealingCurve",
     "StepTable",
     "bachmeier_coefficients",
@@ -60,13 +61,26 @@ HealingCurve = Literal["sigmoid", "slow", "plateau_then_heal", "non_healing"]
 """Stiffening shapes seen in instrumented plates (Seide 2012, DOMAIN.md "Stiffening shape")."""
 
 
+TAU_FAST_PUBLISHED_S = _TAU_FAST_S
+"""Bachmeier 2022's fast time constant, s: one fit of one model, the default of a device."""
+
+
 def bachmeier_coefficients(
     step_index: npt.ArrayLike,
+    *,
+    tau_fast_s: float = _TAU_FAST_S,
+    a_fast_scale: float = 1.0,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Return the Prony coefficients of the published relaxation model for each step number.
 
+    The published trends in the step number are kept; a device may have its own fast time
+    constant and its own fast share, the published a_fast times `a_fast_scale` (the part taken
+    from the fast term goes to the slow one, so a_inf and its trend are unchanged).
+
     Args:
         step_index: step numbers, 1-based (the first distraction step is 1).
+        tau_fast_s: the fast time constant, s (Bachmeier 2022: 0.97 s).
+        a_fast_scale: multiplies the published a_fast, 0..1.
 
     Returns:
         `(a_inf, a_fast, a_slow, tau_fast_s, tau_slow_s)`, arrays shaped like `step_index`;
@@ -74,11 +88,11 @@ def bachmeier_coefficients(
     """
     i = np.clip(np.asarray(step_index, dtype=np.float64), 1.0, FIT_MAX_STEP)
     a_inf = _A_INF_PER_LN_STEP * np.log(i) + _A_INF_AT_ONE
-    a_fast = _A_FAST_AT_ZERO - _A_FAST_PER_STEP * i
+    a_fast = a_fast_scale * (_A_FAST_AT_ZERO - _A_FAST_PER_STEP * i)
     a_slow = 1.0 - a_inf - a_fast
-    tau_fast_s = np.full_like(i, _TAU_FAST_S)
+    tau_fast = np.full_like(i, tau_fast_s)
     tau_slow_s = _TAU_SLOW_PER_STEP_S * i + _TAU_SLOW_AT_ZERO_S
-    return a_inf, a_fast, a_slow, tau_fast_s, tau_slow_s
+    return a_inf, a_fast, a_slow, tau_fast, tau_slow_s
 
 
 @dataclass(frozen=True)

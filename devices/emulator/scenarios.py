@@ -4,6 +4,10 @@ A scenario changes the biology (how fast the regenerate stiffens, how stiff the 
 tissue is) and/or injects one kind of anomaly at a place in the treatment chosen relative to
 its phases, so that the same scenario shows up in a 20-day test run and in a 200-day treatment.
 Every injected anomaly is written to the ground truth with its onset and end.
+
+A scenario may also mount the force sensor the other way (`force_polarity = -1`: the hub
+reports -force) and name what the DSP is expected to conclude (`expected_flags`), which the
+ground truth's device header carries for tests and reports.
 """
 
 from dataclasses import dataclass
@@ -53,6 +57,11 @@ class Scenario:
         duration_days: how long the anomaly lasts, calendar days (0 = instantaneous).
         magnitude: the anomaly's size; its meaning and unit depend on `anomaly` (see docs).
         probability: per-frame or per-step probability for anomalies that hit at random.
+        force_polarity: +1, or -1 when the force sensor is mounted the other way round (every
+            force the hub reports is negated; the registry can correct it with a negative
+            force_gain, docs/registry.md).
+        expected_flags: LoadShareRecord/DailyRecord flags the DSP must raise for this device
+            when ingest applies the registry's calibration unchanged (docs/emulator.md).
     """
 
     name: str
@@ -67,6 +76,8 @@ class Scenario:
     duration_days: float = 0.0
     magnitude: float = 0.0
     probability: float = 0.0
+    force_polarity: float = 1.0
+    expected_flags: tuple[str, ...] = ()
 
 
 def _scenarios(*items: Scenario) -> dict[str, Scenario]:
@@ -213,6 +224,14 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         onset_fraction=0.4,
         duration_days=0.5,
         magnitude=-3600.0,
+    ),
+    # A sensor mounted the other way round (a wrong polarity in the field): steps then lower the
+    # reported force and so does weight-bearing. Uncorrected, the DSP must flag the device.
+    Scenario(
+        "reversed_force_sensor",
+        "Normal healing, force sensor mounted the other way: the hub reports -force.",
+        force_polarity=-1.0,
+        expected_flags=("sign_inconsistent",),
     ),
     Scenario(
         "hub_offline",

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.contract import is_valid_id
+from devices.emulator.draws import DevicePhysics, draw_physics
 from devices.emulator.physics import (
     FIT_MAX_STEP,
     StepTable,
@@ -75,7 +76,8 @@ class DeviceConfig:
     Protocol defaults follow DOMAIN.md "The treatment": latency 5-7 days (limb) -> 7; 1 mm/day
     as 4 x 0.25 mm; tibia gain 7.7 +/- 2.9 cm -> a 50 mm target; healing index 30-50 days/cm
     -> 40. Everything marked "emulator choice" in docs/emulator.md is a plausible value, not a
-    published one.
+    published one. `step_ramp_s`, `tau_fast_s` and `a_fast_scale` are drawn per device from the
+    seed unless set (devices/emulator/draws.py).
 
     Raises:
         ValueError: from construction, when a value is outside its range.
@@ -93,7 +95,9 @@ class DeviceConfig:
     steps_per_day: int = 4
     target_mm: float = 50.0
     step_source: Literal["motor", "manual"] = "motor"
-    step_ramp_s: float = 2.0
+    step_ramp_s: float | None = None
+    tau_fast_s: float | None = None
+    a_fast_scale: float | None = None
     healing_index_days_per_cm: float = 40.0
     k_inst_first_n_per_mm: float | None = None
     k_inst_at_50mm_n_per_mm: float | None = None
@@ -133,7 +137,9 @@ class DeviceConfig:
             "latency_days": self.latency_days >= 0,
             "seed": self.seed >= 0,
             "time_scale": self.time_scale >= 1.0,
-            "step_ramp_s": self.step_ramp_s > 0,
+            "step_ramp_s": self.step_ramp_s is None or self.step_ramp_s > 0,
+            "tau_fast_s": self.tau_fast_s is None or self.tau_fast_s > 0,
+            "a_fast_scale": self.a_fast_scale is None or 0.0 <= self.a_fast_scale <= 1.0,
             "periodic_every_s": self.periodic_every_s > 0,
         }
         for name, ok in checks.items():
@@ -184,6 +190,7 @@ class Timeline:
 
     Attributes:
         config, scenario: what was asked for.
+        physics: what the device was drawn to be (ramp times, relaxation, polarity).
         start_ns: the osteotomy, UTC epoch ns; end_s: the last instant recorded.
         steps: distraction steps actually done; step_source and step_prescribed per step.
         missed_s: prescribed step times that were not done.
@@ -198,6 +205,7 @@ class Timeline:
 
     config: DeviceConfig
     scenario: Scenario
+    physics: DevicePhysics
     start_ns: int
     end_s: float
     steps: StepTable
@@ -317,7 +325,11 @@ def _prescribed_s(config: DeviceConfig, cal: _Calendar) -> FloatArray:
 
 
 def _distraction(
-    config: DeviceConfig, sc: Scenario, cal: _Calendar, rng: np.random.Generator
+    config: DeviceConfig,
+    sc: Scenario,
+    physics: DevicePhysics,
+    cal: _Calendar,
+    rng: np.random.Generator,
 ) -> tuple[StepTable, FloatArray, FloatArray, FloatArray]:
     """Return the steps done, whether each was prescribed, missed step times, extra step times."""
     prescribed_s = _prescribed_s(config, cal)
@@ -337,14 +349,23 @@ def _distraction(
     k_first, k_50 = config.tissue_n_per_mm
     k_inst = k_first + (k_50 - k_first) * gained_mm / _REFERENCE_GAIN_MM
     k_inst = k_inst * sc.tissue_factor * (1.0 + sc.premature_growth_per_day * days_in)
-    coefficients = bachmeier_coefficients(np.arange(1, len(step_s) + 1))
-    ramp_s = np.full(len(step_s), config.step_ramp_s)
+    coefficients = bachmeier_coefficients(
+        np.arange(1, len(step_s) + 1),
+        tau_fast_s=physics.tau_fast_s,
+        a_fast_scale=physics.a_fast_scale,
+    )
+    # The device's drive turns the prescribed steps; an extra step is a manual turn.
+    ramp_s = np.where(is_prescribed > 0, physics.step_ramp_s, physics.manual_ramp_s)
     steps = StepTable(step_s, delta_mm, ramp_s, k_inst, *coefficients)
     return steps, is_prescribed, prescribed_s[missed], extra_s
 
 
 def _probes(
-    config: DeviceConfig, sc: Scenario, probe_s: FloatArray, days: tuple[float, float, float]
+    config: DeviceConfig,
+    sc: Scenario,
+    physics: DevicePhysics,
+    probe_s: FloatArray,
+    days: tuple[float, float, float],
 ) -> StepTable:
     """Each probe elongates by `probe_mm`, holds, and shortens back: two rows per probe."""
     consolidation_day, healed_day, scale = days
@@ -355,7 +376,9 @@ def _probes(
         healed_day=healed_day,
     )
     a_inf, a_fast, a_slow, tau_f, tau_s = bachmeier_coefficients(
-        np.full(len(probe_s), FIT_MAX_STEP)
+        np.full(len(probe_s), FIT_MAX_STEP),
+        tau_fast_s=physics.tau_fast_s,
+        a_fast_scale=physics.a_fast_scale,
     )
     # A probe loads the mature regenerate: its equilibrium stiffness is the regenerate's.
     k_inst = ratio * config.device_stiffness_n_per_mm / a_inf
@@ -363,7 +386,7 @@ def _probes(
     return StepTable(
         t_s=np.ravel(np.column_stack([probe_s, probe_s + _PROBE_HOLD_S])),
         delta_mm=np.tile([config.probe_mm, -config.probe_mm], n),
-        ramp_s=np.full(2 * n, config.step_ramp_s),
+        ramp_s=np.full(2 * n, physics.step_ramp_s),
         k_inst_n_per_mm=np.repeat(k_inst, 2),
         a_inf=np.repeat(a_inf, 2),
         a_fast=np.repeat(a_fast, 2),
@@ -419,7 +442,15 @@ def build_timeline(config: DeviceConfig, *, start_ns: int, end_ns: int) -> Timel
     rng = np.random.default_rng([config.seed, 0])
     cal = _Calendar(tod_s=(start_ns % (86_400 * NS_PER_S)) / NS_PER_S, scale=config.time_scale)
 
-    steps, is_prescribed, missed_s, extra_s = _distraction(config, sc, cal, rng)
+    physics = draw_physics(
+        seed=config.seed,
+        step_source=config.step_source,
+        step_ramp_s=config.step_ramp_s,
+        tau_fast_s=config.tau_fast_s,
+        a_fast_scale=config.a_fast_scale,
+        force_polarity=sc.force_polarity,
+    )
+    steps, is_prescribed, missed_s, extra_s = _distraction(config, sc, physics, cal, rng)
     distraction_day = float(cal.day(steps.t_s[0]))
     consolidation_day = float(cal.day(steps.t_s[-1]))
     gain_cm = float(np.sum(steps.delta_mm)) / 10.0
@@ -444,7 +475,7 @@ def build_timeline(config: DeviceConfig, *, start_ns: int, end_ns: int) -> Timel
         np.repeat(probe_days, len(probe_hours)), np.tile(probe_hours, len(probe_days))
     )
     probe_s = probe_s[probe_s > steps.t_s[-1] + config.window_after_s]
-    probes = _probes(config, sc, probe_s, (consolidation_day, healed_day, cal.scale))
+    probes = _probes(config, sc, physics, probe_s, (consolidation_day, healed_day, cal.scale))
 
     tests_s = cal.wall(days, 11.0)
     gait_hours = _daily_hours(config.gait_bouts_per_day, 9.5, 17.5)
@@ -475,11 +506,12 @@ def build_timeline(config: DeviceConfig, *, start_ns: int, end_ns: int) -> Timel
         grid_days, sc.healing_curve, consolidation_day=consolidation_day, healed_day=healed_day
     )
     phases = [("osteotomy", 0.0), ("latency", 0.0), ("distraction", float(steps.t_s[0]))]
-    phases.append(("consolidation", float(steps.t_s[-1]) + config.step_ramp_s))
+    phases.append(("consolidation", float(steps.t_s[-1] + steps.ramp_s[-1])))
     phases.append(("removal", removal_s))
     timeline = Timeline(
         config=config,
         scenario=sc,
+        physics=physics,
         start_ns=start_ns,
         end_s=horizon_s,
         steps=steps,
