@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from dsp import _kernels as kern
 from dsp.adherence import Protocol, daily_adherence
 from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
-from dsp.loadshare import LoadShareTracker
+from dsp.loadshare import LoadShareEstimate, LoadShareTracker
 from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
 from dsp.steps import (
     _PRE_BIN_NS,
@@ -59,7 +59,7 @@ Phase = Literal["latency", "distraction", "consolidation", "ready"]
 StepKind = Literal["step", "probe"]
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
-_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_FORMAT = 2
 _STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
 _SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
 _KDEV_HISTORY = 8  # daily device stiffnesses remembered for the loosening rule
@@ -75,16 +75,17 @@ class EstimatorConfig:
         force_quality, disp_quality: signal-quality settings per channel.
         consolidation: trend settings, including the removal criterion (load share < 10 %).
         protocol: the prescription used when none is set per device.
-        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it;
-            -1 by default: a distractor holds the regenerate in tension, which the patient's
-            weight relieves (so the emulator's devices, docs/emulator.md).
         consolidation_after_s: without a protocol target, distraction is over once no step
             came for this long (s) and a whole UTC day passed without one.
-        premature_growth_per_day: flag `premature_consolidation` when the step stiffness
-            grows faster than this (relative, per day) over the last two days of steps. A
-            normal limb lengthening grows it ~3 %/day (16 -> 42 N/mm over 50 mm, emulator
-            calibration to Simpson 1996); premature consolidation shows as force per step
-            climbing too fast (DOMAIN.md).
+        share_min_load_range_n: a load test whose reference load varied by less than this (N)
+            is flagged `low_load_variation`: the clinical test has the patient step onto a
+            scale with a known part of the body weight, hundreds of N (Aarnes 2005, J Orthop
+            Res); 100 N keeps the share's leverage to within a few times the scale's noise.
+        share_max_resid_fraction: a load test whose force scatters about its line by more
+            than this fraction of the reference load's range is flagged `poor_fit` (the
+            patient moved, walked or leaned during the test). Not R^2: a healed bone's share
+            near 0 explains no variance with a perfect test.
+        sign_min_steps: distraction steps with a fit that the sign check waits for.
         poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
             last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
             force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, DOMAIN.md);
@@ -111,9 +112,10 @@ class EstimatorConfig:
     disp_quality: QualityConfig = field(default_factory=lambda: QualityConfig(full_scale=1e3))
     consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
     protocol: Protocol = field(default_factory=Protocol)
-    force_sign: float = -1.0
     consolidation_after_s: float = 86_400.0
-    premature_growth_per_day: float = 0.15
+    share_min_load_range_n: float = 100.0
+    share_max_resid_fraction: float = 0.05
+    sign_min_steps: int = 3
     poor_k_inst_n_per_mm: float = 10.0
     separation_drop: float = 0.5
     separation_min_n: float = 5.0
@@ -189,21 +191,37 @@ class StepRecord(EstimateRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class LoadShareRecord(EstimateRecord):
-    """One weight-bearing test (kind "load_share"); fields as `dsp.LoadShareEstimate`, plus:
+    """One weight-bearing test (kind "load_share"); fields as `dsp.LoadShareEstimate`
+    (share = d(force) / d(reference load), 1 = all the load), plus:
 
     Attributes:
-        k_device_n_per_mm: the device's own axial stiffness (N/mm), the slope of its force
-            on its displacement during the test; NaN if it could not be measured.
+        k_device_n_per_mm: the device's own axial stiffness (N/mm): the device shortens under
+            the load, so minus the slope of its force on its displacement; NaN if it could
+            not be measured.
+        flags: why the share may not be used, sorted: "implausible" (outside [0, 1] by more
+            than 2 standard errors), "poor_fit" (the force scatters about its line by more than
+            `share_max_resid_fraction` of the load's range), "low_load_variation" (the
+            reference load varied by less than `share_min_load_range_n`), "sign_inconsistent"
+            (this device's steps and loading disagree in sign).
+        usable: the share counts for anything clinical (phase, index, trend, readiness): its
+            status is "ok" and it has no flag. The one definition every consumer uses.
+        removal_criterion_met: the readiness rule after this test: in consolidation, and the
+            last usable test of each of the last two days with one put the share within
+            [0, removal_share) by 2 standard errors.
     """
 
     share: float
     share_std: float
     f_offset_n: float
     r2: float
+    resid_sd_n: float
     ref_range_n: float
     status: str
     n_samples: int
     k_device_n_per_mm: float
+    flags: tuple[str, ...]
+    usable: bool
+    removal_criterion_met: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,15 +262,24 @@ class DailyRecord(EstimateRecord):
         probe_k_inst_n_per_mm, probe_k_eq_n_per_mm: medians over the day's probes that
             lengthen (NaN if none).
         k_track_n_per_mm: equilibrium stiffness of the continuous tracker at the day's end.
-        load_share: the day's last load share (NaN if no test).
+        load_share, load_share_std: the day's last usable load share and its standard
+            error (NaN if none).
+        n_load_tests, n_load_tests_usable: the day's weight-bearing tests, and how many of
+            them gave a usable share.
         k_device_n_per_mm: the day's last device stiffness from a test (NaN if none).
         consolidation_index: 0 (device carries all) to 1 (removal criterion met), from the
-            trend's load share (the last load share while there is no trend).
-        trend_slope_per_day: d ln(k_regenerate / k_device) / dt (1/day).
-        projected_ready_ns: when the trend reaches the removal criterion (-1 if unknown).
-        projected_ready_lo_ns, projected_ready_hi_ns: its uncertainty band (-1 if unknown).
-        flags: anomalies seen that day, sorted: "premature_consolidation", "poor_regenerate",
-            "separation", "loosening", "missed_steps", "extra_steps", "signal_quality".
+            trend's load share (the last usable share while there is no trend); NaN without
+            a usable share.
+        trend_slope_per_day, trend_slope_std_per_day: d ln(k_regenerate / k_device) / dt and
+            its standard error (1/day); NaN without a trend.
+        projected_ready_ns: when the trend reaches the removal criterion (-1 if not projected).
+        projected_ready_lo_ns, projected_ready_hi_ns: its band of +/- 2 SE (-1 if none).
+        projection_status: "ok" (projected), "insufficient_days", "not_significant",
+            "too_far" (`dsp.consolidation.Trend.status`), or "none" (not in consolidation).
+        flags: anomalies seen that day, sorted: "poor_regenerate", "separation", "loosening",
+            "missed_steps", "extra_steps", "signal_quality", "sign_inconsistent" (the device's
+            steps and loading disagree in sign), "unusable_share" (a test gave no usable
+            share).
     """
 
     phase: Phase
@@ -271,12 +298,17 @@ class DailyRecord(EstimateRecord):
     probe_k_eq_n_per_mm: float
     k_track_n_per_mm: float
     load_share: float
+    load_share_std: float
+    n_load_tests: int
+    n_load_tests_usable: int
     k_device_n_per_mm: float
     consolidation_index: float
     trend_slope_per_day: float
+    trend_slope_std_per_day: float
     projected_ready_ns: int
     projected_ready_lo_ns: int
     projected_ready_hi_ns: int
+    projection_status: str
     flags: tuple[str, ...]
 
 
@@ -323,18 +355,24 @@ DI_KIND_PROBE = DI_N_KINDS + 1  # bit j set: recent step event j is a probe
 DI_KIND_T = DI_KIND_PROBE + 1  # _STEP_KINDS times of recent step events (ns)
 DI_Q = DI_KIND_T + _STEP_KINDS  # per channel (force, disp), an open quality stretch:
 Q_T_START, Q_T_END, Q_COUNTS, Q_N_SAMPLES, Q_N_FRAMES, Q_LEN = 0, 1, 2, 6, 7, 8
-DI_LEN = DI_Q + 2 * Q_LEN
+DI_SIGN_BAD = DI_Q + 2 * Q_LEN  # 1 once the device's steps and loading disagree in sign
+DI_N_TESTS_TODAY = DI_SIGN_BAD + 1  # the day's weight-bearing tests ...
+DI_N_USABLE_TODAY = DI_N_TESTS_TODAY + 1  # ... and those with a usable share
+DI_READY = DI_N_USABLE_TODAY + 1  # the last two days with a usable test: (day, qualified) x 2
+DI_LEN = DI_READY + 4
 
 DF_GAINED_MM = 0
 DF_MM_TODAY = 1
-DF_SHARE_TODAY = 2  # NaN if no test today
+DF_SHARE_TODAY = 2  # the day's last usable share; NaN if none
 DF_K_DEVICE_TODAY = 3  # NaN if none today
 DF_RECENT_T = 4  # _STEP_HISTORY step times (days) ...
 DF_RECENT_K = DF_RECENT_T + _STEP_HISTORY  # ... and their k_inst (N/mm)
 DF_RESIDUAL = DF_RECENT_K + _STEP_HISTORY  # 4 recent residual forces (N)
 DF_SHARE_DAY = DF_RESIDUAL + 4  # _SHARE_HISTORY load-share times (days) ...
-DF_SHARE = DF_SHARE_DAY + _SHARE_HISTORY  # ... and the shares
-DF_K_DEVICE = DF_SHARE + _SHARE_HISTORY  # _KDEV_HISTORY device stiffnesses (N/mm)
+DF_SHARE = DF_SHARE_DAY + _SHARE_HISTORY  # ... the shares ...
+DF_SHARE_STD = DF_SHARE + _SHARE_HISTORY  # ... and their standard errors (usable ones only)
+DF_SHARE_STD_TODAY = DF_SHARE_STD + _SHARE_HISTORY  # NaN if no usable test today
+DF_K_DEVICE = DF_SHARE_STD_TODAY + 1  # _KDEV_HISTORY device stiffnesses (N/mm)
 DF_TODAY = DF_K_DEVICE + _KDEV_HISTORY  # _TODAY_STEPS rows of (k_inst, k_eq, residual)
 DF_PROBES_TODAY = DF_TODAY + 3 * _TODAY_STEPS  # _TODAY_PROBES rows of (k_inst, k_eq)
 DF_LEN = DF_PROBES_TODAY + 2 * _TODAY_PROBES
@@ -342,11 +380,11 @@ DF_LEN = DF_PROBES_TODAY + 2 * _TODAY_PROBES
 _PHASES: tuple[Phase, ...] = ("latency", "distraction", "consolidation", "ready")
 _PHASE_CODE = {name: code for code, name in enumerate(_PHASES)}
 _FLAG_BITS = {
-    "premature_consolidation": 1,
     "poor_regenerate": 2,
     "separation": 4,
     "loosening": 8,
     "signal_quality": 16,
+    "unusable_share": 32,
 }
 
 
@@ -437,14 +475,15 @@ class FleetEstimator:
         cfg = self.config
         steps = StepTracker(n, cfg.step)
         tracking = StiffnessTracker(n, cfg.tracking)
-        share = LoadShareTracker(n, cfg.force_sign)
-        k_device = LoadShareTracker(n, 1.0)
+        share = LoadShareTracker(n)
+        k_device = LoadShareTracker(n)
         force_q = QualityMonitor(n, cfg.force_quality)
         disp_q = QualityMonitor(n, cfg.disp_quality)
         ei = np.zeros((n, DI_LEN), dtype=np.int64)
         ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST, DI_LAST_STEP_NS]] = -1
+        ei[:, [DI_READY, DI_READY + 2]] = -1
         df = np.zeros((n, DF_LEN))
-        df[:, [DF_SHARE_TODAY, DF_K_DEVICE_TODAY]] = math.nan
+        df[:, [DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
         old: StepTracker | None = getattr(self, "_steps", None)
         if old is not None:
             m = old.n_devices
@@ -648,9 +687,12 @@ class FleetEstimator:
         """Record the calibration in force for a device; later records carry its id."""
         i = self._device(device)
         current = self._calibration.get(i)
-        if current is not None and calibration_id != current:
-            # Old stiffness estimates were made in other units of force: start afresh.
+        if calibration_id != current:
+            # Old stiffness estimates were made in other units of force, and perhaps the other
+            # polarity: start afresh, the sign check too.
             self._tracking.reset(i)
+            self._ei[i, DI_SIGN_BAD] = 0
+            self._ei[i, DI_N_RECENT_K] = 0
         if calibration_id is None:
             self._calibration.pop(i, None)
         else:
@@ -726,16 +768,29 @@ class FleetEstimator:
         est = self._share.end(i, t_ns)
         k_est = self._k_device.end(i, t_ns)
         k_dev = self._device_stiffness(i) if k_est.status == "ok" else math.nan
-        if est.status == "ok":
-            df[DF_SHARE_TODAY] = est.share
-            n = int(ei[DI_N_SHARES])
-            _ring_push(df, DF_SHARE_DAY, _SHARE_HISTORY, n, t_ns / NS_PER_DAY)
-            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, _SHARE_HISTORY, n, est.share)
         if math.isfinite(k_dev) and k_dev > 0.0:
             self._loosening_rule(i, k_dev)
             df[DF_K_DEVICE_TODAY] = k_dev
             n = int(ei[DI_N_K_DEVICE])
             ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, _KDEV_HISTORY, n, k_dev)
+        flags = self._share_flags(i, est)
+        usable = est.status == "ok" and not flags
+        ei[DI_N_TESTS_TODAY] += 1
+        if usable:
+            ei[DI_N_USABLE_TODAY] += 1
+            df[DF_SHARE_TODAY] = est.share
+            df[DF_SHARE_STD_TODAY] = est.share_std
+            n = int(ei[DI_N_SHARES])
+            _ring_push(df, DF_SHARE_DAY, _SHARE_HISTORY, n, t_ns / NS_PER_DAY)
+            _ring_push(df, DF_SHARE_STD, _SHARE_HISTORY, n, est.share_std)
+            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, _SHARE_HISTORY, n, est.share)
+            self._readiness_test(i, t_ns // NS_PER_DAY, est.share, est.share_std)
+        else:
+            ei[DI_FLAGS] |= _FLAG_BITS["unusable_share"]
+        in_consolidation = _PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
+        met = in_consolidation and self._removal_criterion_met(i)
+        if in_consolidation:  # re-evaluated on every test: readiness can be lost again
+            ei[DI_PHASE] = _PHASE_CODE["ready" if met else "consolidation"]
         out.append(
             LoadShareRecord(
                 device=self._ids[i],
@@ -749,25 +804,73 @@ class FleetEstimator:
                 share_std=est.share_std,
                 f_offset_n=est.f_offset_n,
                 r2=est.r2,
+                resid_sd_n=est.resid_sd_n,
                 ref_range_n=est.ref_range_n,
                 status=est.status,
                 n_samples=est.n_samples,
                 k_device_n_per_mm=k_dev,
+                flags=tuple(sorted(flags)),
+                usable=usable,
+                removal_criterion_met=met,
             )
         )
         return out
 
+    def _share_flags(self, i: int, est: LoadShareEstimate) -> set[str]:
+        """Why a test's share may not be used (empty: it may), and the sign check it feeds."""
+        cfg = self.config
+        flags: set[str] = set()
+        if est.status != "ok":
+            return flags
+        if est.share - 2.0 * est.share_std > 1.0 or est.share + 2.0 * est.share_std < 0.0:
+            flags.add("implausible")
+        if est.resid_sd_n > cfg.share_max_resid_fraction * est.ref_range_n:
+            flags.add("poor_fit")
+        if est.ref_range_n < cfg.share_min_load_range_n:
+            flags.add("low_load_variation")
+        # Loading that lowers the force while the steps raise it: the two disagree in sign.
+        if est.share + 2.0 * est.share_std < 0.0 and self._steps_sign(i) > 0:
+            self._ei[i, DI_SIGN_BAD] = 1
+        if self._ei[i, DI_SIGN_BAD]:
+            flags.add("sign_inconsistent")
+        return flags
+
+    def _steps_sign(self, i: int) -> int:
+        """+1 if the device's recent distraction steps raised its force, -1 if they lowered it
+        (median k_inst), 0 before `sign_min_steps` of them."""
+        n = int(self._ei[i, DI_N_RECENT_K])
+        if n < self.config.sign_min_steps:
+            return 0
+        median = float(np.median(self._df[i, DF_RECENT_K : DF_RECENT_K + n]))
+        return 1 if median > 0.0 else -1 if median < 0.0 else 0
+
+    def _readiness_test(self, i: int, day: int, share: float, share_std: float) -> None:
+        """Note a usable test for the readiness rule: per UTC day its last test counts."""
+        ei = self._ei[i]
+        removal = self.config.consolidation.removal_share
+        qualified = int(share - 2.0 * share_std >= 0.0 and share + 2.0 * share_std < removal)
+        if ei[DI_READY] != day:
+            ei[DI_READY + 2], ei[DI_READY + 3] = ei[DI_READY], ei[DI_READY + 1]
+            ei[DI_READY] = day
+        ei[DI_READY + 1] = qualified
+
+    def _removal_criterion_met(self, i: int) -> bool:
+        """The last usable test of each of the last two days that had one qualified."""
+        ei = self._ei[i]
+        return bool(ei[DI_READY + 2] >= 0 and ei[DI_READY + 1] and ei[DI_READY + 3])
+
     def _device_stiffness(self, index: int) -> float:
-        """Slope of force on displacement over the test (N/mm), corrected for the noise on
-        the displacement, which would bias it down by var(noise) / var(displacement): late
-        in consolidation the device moves only hundredths of a mm under the test load."""
+        """Minus the slope of force on displacement over the test (N/mm): the load raises the
+        force and shortens the device. Corrected for the noise on the displacement, which
+        would bias it towards 0 by var(noise) / var(displacement): late in consolidation the
+        device moves only hundredths of a mm under the test load."""
         lf = self._k_device.float_state[index]
         n = float(lf[kern.LF_N])
         noise_var = float(self._disp_q.float_state[index, kern.QF_NOISE_VAR]) / 2.0
         c_xx = float(lf[kern.LF_C_RR])
         if math.isfinite(noise_var):
             c_xx -= n * noise_var
-        return float(lf[kern.LF_C_RF]) / c_xx if c_xx > 0.0 else math.nan
+        return -float(lf[kern.LF_C_RF]) / c_xx if c_xx > 0.0 else math.nan
 
     # ---- frames ------------------------------------------------------------------------
 
@@ -1118,11 +1221,14 @@ class FleetEstimator:
                     ei[DI_N_TODAY] = n + 1
                 else:
                     self._today_extra.setdefault(i, []).append(values)
-            if est.fit_status in ("ok", "short") and est.k_inst_n_per_mm > 0.0:
+            if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
                 n = int(ei[DI_N_RECENT_K])
                 _ring_push(df, DF_RECENT_T, _STEP_HISTORY, n, est.t_step_ns / NS_PER_DAY)
                 n = _ring_push(df, DF_RECENT_K, _STEP_HISTORY, n, est.k_inst_n_per_mm)
                 ei[DI_N_RECENT_K] = n
+                # Steps that lower the force: the polarity is wrong (or the channel).
+                if self._steps_sign(i) < 0:
+                    ei[DI_SIGN_BAD] = 1
                 self._stiffness_rules(i)
         elif est.delta_mm > 0.0:
             probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
@@ -1167,26 +1273,13 @@ class FleetEstimator:
         return hit
 
     def _stiffness_rules(self, i: int) -> None:
-        cfg = self.config
         ei, df = self._ei[i], self._df[i]
         n = int(ei[DI_N_RECENT_K])
-        if n < 4:
+        if n < 4 or ei[DI_SIGN_BAD]:
             return
         ks = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
-        ts = df[DF_RECENT_T : DF_RECENT_T + n].tolist()
-        if float(np.median(ks[-4:])) < cfg.poor_k_inst_n_per_mm:
+        if float(np.median(ks[-4:])) < self.config.poor_k_inst_n_per_mm:
             ei[DI_FLAGS] |= _FLAG_BITS["poor_regenerate"]
-        t_last = ts[-1]
-        pts = [(t, k) for t, k in zip(ts, ks, strict=True) if t >= t_last - 2.0]
-        if len(pts) < 6:
-            return
-        t = np.array([p[0] for p in pts])
-        y = np.log(np.array([p[1] for p in pts]))
-        if float(np.ptp(t)) < 0.75:  # a day's spread of steps at least, to see a growth rate
-            return
-        slope = float(np.polyfit(t - t[-1], y, 1)[0])
-        if slope > math.log1p(cfg.premature_growth_per_day):
-            ei[DI_FLAGS] |= _FLAG_BITS["premature_consolidation"]
 
     def _loosening_rule(self, i: int, k_dev: float) -> None:
         n = int(self._ei[i, DI_N_K_DEVICE])
@@ -1198,11 +1291,16 @@ class FleetEstimator:
 
     # ---- the day's record ----------------------------------------------------------------
 
-    def _shares(self, i: int) -> tuple[list[float], list[float]]:
-        """The remembered load shares: their times (days) and values, oldest first."""
+    def _shares(self, i: int) -> tuple[list[float], list[float], list[float]]:
+        """The remembered usable load shares: their times (days), values and standard
+        errors, oldest first."""
         n = int(self._ei[i, DI_N_SHARES])
         df = self._df[i]
-        return df[DF_SHARE_DAY : DF_SHARE_DAY + n].tolist(), df[DF_SHARE : DF_SHARE + n].tolist()
+        return (
+            df[DF_SHARE_DAY : DF_SHARE_DAY + n].tolist(),
+            df[DF_SHARE : DF_SHARE + n].tolist(),
+            df[DF_SHARE_STD : DF_SHARE_STD + n].tolist(),
+        )
 
     def _phase(self, i: int, protocol: Protocol, day_end_ns: int) -> Phase:
         ei = self._ei[i]
@@ -1218,11 +1316,9 @@ class FleetEstimator:
                 )
             if done:
                 phase = "consolidation"
-        if phase == "consolidation":
-            removal = self.config.consolidation.removal_share
-            last_two = self._shares(i)[1][-2:]
-            if len(last_two) == 2 and all(s < removal for s in last_two):
-                phase = "ready"  # sticky: only a new step leaves it
+        if phase in ("consolidation", "ready"):
+            # The readiness rule, as the last test left it (a new step leaves it too).
+            phase = "ready" if self._removal_criterion_met(i) else "consolidation"
         return phase
 
     def _close_day(self, i: int) -> DailyRecord:
@@ -1252,16 +1348,23 @@ class FleetEstimator:
             flags.add("missed_steps")
         if adh.extra_steps:
             flags.add("extra_steps")
-        days, shares = self._shares(i)
-        trend = fit_trend(days, shares, config=cfg.consolidation)
+        if ei[DI_SIGN_BAD]:
+            flags.add("sign_inconsistent")
+        days, shares, share_stds = self._shares(i)
+        trend = fit_trend(days, shares, share_stds, config=cfg.consolidation)
         removal = cfg.consolidation.removal_share
-        if trend is not None:
+        if trend is not None and trend.n_days >= cfg.consolidation.min_days:
             index = consolidation_index(trend.share_now, removal_share=removal)
         else:
             last = shares[-1] if shares else math.nan
             index = consolidation_index(last, removal_share=removal)
+        projection = "none"
         if phase in ("latency", "distraction"):
             index = 0.0 if math.isfinite(index) else index
+            trend = None
+        else:
+            projection = trend.status if trend is not None else "insufficient_days"
+        shown = trend if trend is not None and trend.status == "ok" else None
         track_k = self._tracking.estimate(i).k_eq_n_per_mm
         k_today, k_eq_today, residual_today = self._today(i)
         probe_k_today, probe_k_eq_today = self._probes_today(i)
@@ -1289,17 +1392,23 @@ class FleetEstimator:
             probe_k_eq_n_per_mm=_median(probe_k_eq_today),
             k_track_n_per_mm=track_k,
             load_share=float(df[DF_SHARE_TODAY]),
+            load_share_std=float(df[DF_SHARE_STD_TODAY]),
+            n_load_tests=int(ei[DI_N_TESTS_TODAY]),
+            n_load_tests_usable=int(ei[DI_N_USABLE_TODAY]),
             k_device_n_per_mm=float(df[DF_K_DEVICE_TODAY]),
             consolidation_index=index,
             trend_slope_per_day=trend.slope_per_day if trend is not None else math.nan,
-            projected_ready_ns=_day_ns(trend.projected_day) if trend is not None else -1,
-            projected_ready_lo_ns=_day_ns(trend.projected_lo_day) if trend is not None else -1,
-            projected_ready_hi_ns=_day_ns(trend.projected_hi_day) if trend is not None else -1,
+            trend_slope_std_per_day=trend.slope_std_per_day if trend is not None else math.nan,
+            projected_ready_ns=_day_ns(shown.projected_day) if shown else -1,
+            projected_ready_lo_ns=_day_ns(shown.projected_lo_day) if shown else -1,
+            projected_ready_hi_ns=_day_ns(shown.projected_hi_day) if shown else -1,
+            projection_status=projection,
             flags=tuple(sorted(flags)),
         )
         ei[[DI_STEPS_TODAY, DI_FLAGS, DI_N_TODAY, DI_N_PROBES_TODAY]] = 0
+        ei[[DI_N_TESTS_TODAY, DI_N_USABLE_TODAY]] = 0
         df[DF_MM_TODAY] = 0.0
-        df[[DF_SHARE_TODAY, DF_K_DEVICE_TODAY]] = math.nan
+        df[[DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
         self._today_extra.pop(i, None)
         self._probes_extra.pop(i, None)
         ei[kern.EI_T_FIRST] = ei[kern.EI_T_LAST] = -1

@@ -3,8 +3,11 @@ standing on a scale) that goes through the device.
 
 Between load_test_start and load_test_end the tracker keeps running co-moments of the reference
 load and the device force; the share is the least-squares slope of force on reference load, so
-the force the device carries at rest (its intercept) does not count. Clinically the frame comes
-off when the share is below 10 % (Aarnes 2005, J Orthop Res; see /work/shared/DOMAIN.md).
+the force the device carries at rest (its intercept) does not count. The device carries
+compression, and weight-bearing adds to it as the distraction steps do: the share lies between
+0 and 1 (springs in parallel); a share outside that is a wrong sign, a wrong channel or a bad
+test, never a healed bone. Clinically the frame comes off when the share is below 10 % (Aarnes
+2005, J Orthop Res).
 """
 
 import math
@@ -24,7 +27,7 @@ __all__ = [
     "load_share",
 ]
 
-LOADSHARE_VERSION = "dsp.loadshare/1"
+LOADSHARE_VERSION = "dsp.loadshare/2"
 
 LoadShareStatus = Literal["ok", "too_few_samples", "no_load_variation"]
 
@@ -36,10 +39,12 @@ class LoadShareEstimate:
     """The share of a reference load the device carried during one test.
 
     Attributes:
-        share: force_sign * d(force_n) / d(ref_load_n), dimensionless (1 = all of the load).
+        share: d(force_n) / d(ref_load_n), dimensionless (1 = all of the load).
         share_std: standard error of the share, from the regression residuals.
-        f_offset_n: device force at zero reference load (N), in the device's own sign.
+        f_offset_n: device force at zero reference load (N).
         r2: share of the force variance the load explains.
+        resid_sd_n: standard deviation of the force about the fitted line (N): what the load
+            does not explain (noise, and anything else the patient did during the test).
         ref_range_n: max - min of the reference load during the test (N).
         status: "ok", "too_few_samples" (fewer than 3 pairs) or "no_load_variation" (the
             reference load did not vary, so no slope exists); share is NaN unless "ok".
@@ -53,6 +58,7 @@ class LoadShareEstimate:
     share_std: float
     f_offset_n: float
     r2: float
+    resid_sd_n: float
     ref_range_n: float
     status: LoadShareStatus
     n_samples: int
@@ -61,9 +67,7 @@ class LoadShareEstimate:
     version: str = LOADSHARE_VERSION
 
 
-def _estimate(
-    lf: NDArray[np.float64], li: NDArray[np.int64], force_sign: float
-) -> LoadShareEstimate:
+def _estimate(lf: NDArray[np.float64], li: NDArray[np.int64]) -> LoadShareEstimate:
     n = float(lf[kern.LF_N])
     c_rr, c_rf, c_ff = (float(v) for v in lf[kern.LF_C_RR : kern.LF_C_FF + 1])
     ref_range = float(lf[kern.LF_MAX_REF] - lf[kern.LF_MIN_REF]) if n else math.nan
@@ -73,12 +77,13 @@ def _estimate(
     # A reference load flat to within rounding carries no slope.
     elif not c_rr > 1e-12 * max(1.0, n * float(lf[kern.LF_MEAN_REF]) ** 2):
         status = "no_load_variation"
-    share = share_std = offset = r2 = math.nan
+    share = share_std = offset = r2 = resid_sd = math.nan
     if status == "ok":
         slope = c_rf / c_rr
         ss_res = max(c_ff - c_rf * c_rf / c_rr, 0.0)
-        share = force_sign * slope
-        share_std = math.sqrt(ss_res / (n - 2.0) / c_rr)
+        share = slope
+        resid_sd = math.sqrt(ss_res / (n - 2.0))
+        share_std = resid_sd / math.sqrt(c_rr)
         offset = float(lf[kern.LF_MEAN_F]) - slope * float(lf[kern.LF_MEAN_REF])
         r2 = 1.0 - ss_res / c_ff if c_ff > 0.0 else math.nan
     return LoadShareEstimate(
@@ -86,6 +91,7 @@ def _estimate(
         share_std=share_std,
         f_offset_n=offset,
         r2=r2,
+        resid_sd_n=resid_sd,
         ref_range_n=ref_range,
         status=status,
         n_samples=int(n),
@@ -100,13 +106,9 @@ class LoadShareTracker:
 
     Call `start` at load_test_start, `frame` for each frame (samples outside a test are
     ignored), and `end` at load_test_end to get the estimate.
-
-    Attributes:
-        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it.
     """
 
     n_devices: int
-    force_sign: float = 1.0
     float_state: NDArray[np.float64] = field(init=False, repr=False)
     int_state: NDArray[np.int64] = field(init=False, repr=False)
     _begin_ns: NDArray[np.int64] = field(init=False, repr=False)
@@ -115,8 +117,6 @@ class LoadShareTracker:
     def __post_init__(self) -> None:
         if self.n_devices < 1:
             raise ValueError(f"n_devices={self.n_devices} must be >= 1")
-        if self.force_sign not in (1.0, -1.0):
-            raise ValueError(f"force_sign={self.force_sign} must be +1 or -1")
         self.float_state = np.zeros((self.n_devices, kern.LS_FLOAT_LEN))
         self.int_state = np.full((self.n_devices, kern.LS_INT_LEN), -1, dtype=np.int64)
         # No test open: an empty interval.
@@ -167,7 +167,7 @@ class LoadShareTracker:
 
     def estimate(self, device: int) -> LoadShareEstimate:
         """The estimate over the test so far (or the last finished test)."""
-        return _estimate(self.float_state[device], self.int_state[device], self.force_sign)
+        return _estimate(self.float_state[device], self.int_state[device])
 
     def end(self, device: int, t_ns: int) -> LoadShareEstimate:
         """End the load test at t_ns (UTC epoch ns); later samples no longer count.
@@ -182,20 +182,17 @@ class LoadShareTracker:
 def load_share(
     force_n: NDArray[np.floating] | list[float],
     ref_load_n: NDArray[np.floating] | list[float],
-    *,
-    force_sign: float = 1.0,
 ) -> LoadShareEstimate:
     """Load share over whole arrays at once (the batch form; every pair is in the test).
 
     Args:
         force_n: device force (N).
         ref_load_n: reference load (N).
-        force_sign: +1 if weight bearing raises the device's force reading, -1 if it lowers it.
 
     Returns:
         The estimate; t_start_ns/t_end_ns count sample indices from 0 in ns at 1 GHz.
     """
-    tracker = LoadShareTracker(1, force_sign)
+    tracker = LoadShareTracker(1)
     tracker.start(0, 0)
     tracker.frame(0, force_n, ref_load_n, 0, 1e9)
     return tracker.end(0, _NO_END)

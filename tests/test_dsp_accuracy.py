@@ -37,12 +37,11 @@ def test_normal_healing_has_no_false_phase_change_or_flag(normal: dict[str, floa
 @pytest.mark.parametrize(
     ("scenario", "days"),
     [
-        ("premature_consolidation", 10.0),
         ("nonunion", 9.0),
         ("separation", 14.0),
         ("loosening", 22.0),
     ],
-    ids=["premature", "nonunion", "separation", "loosening"],
+    ids=["nonunion", "separation", "loosening"],
 )
 def test_anomaly_is_recognised_within_two_days(scenario: str, days: float) -> None:
     """The scenario's anomaly flag appears within 2 days of onset and not before."""

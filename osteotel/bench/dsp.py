@@ -44,7 +44,6 @@ _SCENARIOS: dict[str, tuple[float, float]] = {
     "loosening": (10.0, 23.0),
 }
 _FLAG_OF = {
-    "premature_consolidation": "premature_consolidation",
     "nonunion": "poor_regenerate",
     "separation": "separation",
     "loosening": "loosening",
