@@ -89,6 +89,9 @@ class Trend:
             removal criterion; NaN unless status is "ok".
         projected_lo_day, projected_hi_day: the band of +/- 2 standard errors around it (NaN
             unless status is "ok").
+        horizon_day: the furthest day a projection may reach (the last share's day plus
+            max_horizon_factor times the shares' span); with status "too_far" the line
+            reaches the criterion only after it.
         n_points: shares in the fit.
         n_days: different UTC days among them.
         status: "ok" (projected), "insufficient_days" (fewer than min_days), "not_significant"
@@ -101,6 +104,7 @@ class Trend:
     projected_day: float
     projected_lo_day: float
     projected_hi_day: float
+    horizon_day: float
     n_points: int
     n_days: int
     status: ProjectionStatus
@@ -179,11 +183,12 @@ def fit_trend(
     projected = lo = hi = math.nan
     status: ProjectionStatus = "ok"
     ahead = (y_goal - y_now) / slope if slope > 0.0 else math.inf
+    horizon = min(cfg.max_horizon_factor * float(np.ptp(d)), cfg.max_projection_days)
     if n_days < cfg.min_days:
         status = "insufficient_days"
     elif not slope > _Z_BAND * slope_std:
         status = "not_significant"
-    elif ahead > min(cfg.max_horizon_factor * float(np.ptp(d)), cfg.max_projection_days):
+    elif ahead > horizon:
         status = "too_far"
     else:
         projected = float(d[-1]) + max(ahead, 0.0)
@@ -198,6 +203,7 @@ def fit_trend(
         projected_day=projected,
         projected_lo_day=lo,
         projected_hi_day=hi,
+        horizon_day=float(d[-1]) + horizon,
         n_points=int(d.size),
         n_days=n_days,
         status=status,

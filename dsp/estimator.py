@@ -276,6 +276,8 @@ class DailyRecord(EstimateRecord):
         projected_ready_lo_ns, projected_ready_hi_ns: its band of +/- 2 SE (-1 if none).
         projection_status: "ok" (projected), "insufficient_days", "not_significant",
             "too_far" (`dsp.consolidation.Trend.status`), or "none" (not in consolidation).
+        projection_horizon_ns: the furthest date the trend's data support a projection to
+            (-1 without a trend): with "too_far" the criterion is reached only after it.
         flags: anomalies seen that day, sorted: "poor_regenerate", "separation", "loosening",
             "missed_steps", "extra_steps", "signal_quality", "sign_inconsistent" (the device's
             steps and loading disagree in sign), "unusable_share" (a test gave no usable
@@ -309,6 +311,7 @@ class DailyRecord(EstimateRecord):
     projected_ready_lo_ns: int
     projected_ready_hi_ns: int
     projection_status: str
+    projection_horizon_ns: int
     flags: tuple[str, ...]
 
 
@@ -1403,6 +1406,7 @@ class FleetEstimator:
             projected_ready_lo_ns=_day_ns(shown.projected_lo_day) if shown else -1,
             projected_ready_hi_ns=_day_ns(shown.projected_hi_day) if shown else -1,
             projection_status=projection,
+            projection_horizon_ns=_day_ns(trend.horizon_day) if trend is not None else -1,
             flags=tuple(sorted(flags)),
         )
         ei[[DI_STEPS_TODAY, DI_FLAGS, DI_N_TODAY, DI_N_PROBES_TODAY]] = 0
