@@ -98,7 +98,8 @@ R_T_ON = 15  # onset (s after the event)
 R_RAMP = 16  # ramp duration (s)
 R_DELTA = 17  # step size measured from the displacement (mm)
 R_FLAGS = 18  # GEOM_* bits
-STEP_RESULT_LEN = 19
+R_A_INF_VAR = 19  # variance of A_inf at the fitted time constants (N^2)
+STEP_RESULT_LEN = 20
 
 FIT_OK = 0
 FIT_SHORT = 1  # the relaxation was observed for less than min_span_s after the ramp
@@ -388,10 +389,10 @@ def _amp_fit(
 
 
 @njit(cache=True)
-def _sum_var(
-    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray, noise_var: float
+def _amp_var(
+    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray, noise_var: float, c: np.ndarray
 ) -> float:
-    """Variance of A_inf + A_f + A_s at fixed time constants: noise_var 1' G^-1 1 with
+    """Variance of c . (A_inf, A_f, A_s) at fixed time constants: noise_var c' G^-1 c with
     G = sum w phi phi' (a bin mean of w samples has variance noise_var / w); NaN if singular."""
     g = np.zeros((3, 3))
     for i in range(u.shape[0]):
@@ -406,10 +407,10 @@ def _sum_var(
     g[2, 0] = g[0, 2]
     g[2, 1] = g[1, 2]
     x = np.zeros(3)
-    if not _solve3(g, np.ones(3), x):
+    if not _solve3(g, c, x):
         return math.nan
-    total: float = x[0] + x[1] + x[2]
-    return noise_var * total
+    quad: float = c[0] * x[0] + c[1] * x[1] + c[2] * x[2]
+    return noise_var * quad
 
 
 @njit(cache=True)
@@ -935,7 +936,8 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, geometry, fit, uncert
     # side counts, as the sum is far from linear in tau_fast (A_f ~ 1 / tau_fast on a long
     # ramp).
     spread = max(hi_sum - total, total - lo_sum, 0.0) / 2.0
-    var = _sum_var(u, bf, bs, w, noise_var) + spread * spread
+    var = _amp_var(u, bf, bs, w, noise_var, np.ones(3)) + spread * spread
+    out[R_A_INF_VAR] = _amp_var(u, bf, bs, w, noise_var, np.array([1.0, 0.0, 0.0]))
     if span > 0.0:
         # The other durations the force cannot exclude (within 2 SE at these time constants):
         # the farthest of their sums is the half-width of a uniform spread.

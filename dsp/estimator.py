@@ -175,6 +175,7 @@ class StepRecord(EstimateRecord):
     k_inst_std_n_per_mm: float
     k_peak_n_per_mm: float
     k_eq_n_per_mm: float
+    k_eq_std_n_per_mm: float
     tau_fast_s: float
     tau_slow_s: float
     f_residual_n: float
@@ -318,7 +319,8 @@ class DailyRecord(EstimateRecord):
 # The step record restates these fields of the estimate as they are.
 _STEP_FIELDS = (
     "t_onset_ns", "ramp_s", "delta_mm", "delta_event_mm", "k_inst_n_per_mm",
-    "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "tau_fast_s", "tau_slow_s",
+    "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "k_eq_std_n_per_mm",
+    "tau_fast_s", "tau_slow_s",
     "f_residual_n", "f_peak_n", "f_inst_n", "f_settled_n", "fit_rmse_n", "fit_r2",
     "fit_status", "closed_by", "n_samples",
 )  # fmt: skip

@@ -188,6 +188,9 @@ class StepEstimate:
         k_peak_n_per_mm: observed-peak stiffness (N/mm), (f_peak_n - f_residual_n) / delta_mm:
             what the tissue answered at the end of this ramp (lower for slower ramps).
         k_eq_n_per_mm: equilibrium stiffness (N/mm), A_inf / delta_mm.
+        k_eq_std_n_per_mm: its standard error (N/mm): the fit's at the fitted time constants
+            and the force before's; NaN when there is no fit. A regenerate that keeps little
+            force after relaxing (a_inf ~ 0.003 at the first steps) has a k_eq within it.
         tau_fast_s, tau_slow_s: relaxation time constants (s).
         f_residual_n: force before the step (N): trimmed mean of pre_s seconds before the
             window.
@@ -222,6 +225,7 @@ class StepEstimate:
     k_inst_std_n_per_mm: float
     k_peak_n_per_mm: float
     k_eq_n_per_mm: float
+    k_eq_std_n_per_mm: float
     tau_fast_s: float
     tau_slow_s: float
     f_residual_n: float
@@ -512,6 +516,7 @@ class StepTracker:
         # The binned fit's own approximations (trimmed means on curved bins, a step placed on
         # the sample grid) are worth up to ~0.5 % of the sum on noise-free steps: the floor.
         var = max(var, (_MODEL_FLOOR * (f_inst - f_before)) ** 2)
+        eq_var = float(res[kern.R_A_INF_VAR]) + noise_var / n_before if n_before > 0.0 else math.nan
         geometry = int(res[kern.R_FLAGS])
         flags: set[str] = set()
         if geometry & kern.GEOM_TAU_FAST_HELD:
@@ -537,6 +542,7 @@ class StepTracker:
             k_inst_std_n_per_mm=math.sqrt(var) / abs(delta) if var >= 0.0 else math.nan,
             k_peak_n_per_mm=(f_peak - f_before) / delta,
             k_eq_n_per_mm=(f_settled - f_before) / delta,
+            k_eq_std_n_per_mm=math.sqrt(eq_var) / abs(delta) if eq_var >= 0.0 else math.nan,
             tau_fast_s=float(res[kern.R_TAU_FAST]),
             tau_slow_s=float(res[kern.R_TAU_SLOW]),
             f_residual_n=f_before,

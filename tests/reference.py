@@ -16,13 +16,13 @@ __all__ = [
     "prony_curve",
     "prony_ramp_curve",
     "ref_amp_fit",
+    "ref_amp_var",
     "ref_loadshare",
     "ref_pre_mean",
     "ref_quality",
     "ref_ramp",
     "ref_relax",
     "ref_rls",
-    "ref_sum_var",
     "ref_window_bins",
     "sample_times_ns",
 ]
@@ -143,12 +143,12 @@ def ref_amp_fit(u: F64, bf: F64, bs: F64, y: F64, w: F64) -> tuple[float, F64]:
     return float(np.sum(w * resid**2)), coef
 
 
-def ref_sum_var(u: F64, bf: F64, bs: F64, w: F64, noise_var: float) -> float:
-    """Variance of A_inf + A_f + A_s: the weighted least-squares covariance
-    noise_var (X' W X)^-1 summed over all its entries."""
+def ref_amp_var(u: F64, bf: F64, bs: F64, w: F64, noise_var: float, c: F64) -> float:
+    """Variance of c . (A_inf, A_f, A_s): c' C c with C the weighted least-squares covariance
+    noise_var (X' W X)^-1."""
     design = np.column_stack([u, bf, bs])
     cov = noise_var * np.linalg.inv(design.T @ (design * w[:, None]))
-    return float(cov.sum())
+    return float(c @ cov @ c)
 
 
 def ref_rls(

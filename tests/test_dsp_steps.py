@@ -13,10 +13,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     prony_ramp_curve,
     ref_amp_fit,
+    ref_amp_var,
     ref_pre_mean,
     ref_ramp,
     ref_relax,
-    ref_sum_var,
     ref_window_bins,
     sample_times_ns,
 )
@@ -346,8 +346,8 @@ def test_bin_means_of_the_ramp_and_its_response_match_the_superposition(  # noqa
 def test_amplitude_fit_and_its_variance_match_numpy(
     m: int, amps: tuple[float, float, float], seed: int
 ) -> None:
-    """The kernels' weighted least squares and the variance of the amplitudes' sum equal
-    numpy's."""
+    """The kernels' weighted least squares and the variances of the amplitudes' sum and of
+    A_inf equal numpy's."""
     rng = np.random.default_rng(seed)
     u, bf, bs = rng.uniform(0.0, 1.0, (3, m))
     w = rng.uniform(1.0, 50.0, m)
@@ -360,7 +360,9 @@ def test_amplitude_fit_and_its_variance_match_numpy(
     ref_rss, ref_coef = ref_amp_fit(u, bf, bs, y, w)
     assert_allclose(coef, ref_coef, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(ref_coef).max()))
     assert_allclose(rss, ref_rss, rtol=1e-6, atol=1e-9 * float(np.sum(w * y**2)))
-    assert_allclose(kern._sum_var(u, bf, bs, w, 0.3), ref_sum_var(u, bf, bs, w, 0.3), rtol=1e-6)
+    for c in (np.ones(3), np.array([1.0, 0.0, 0.0])):
+        var = kern._amp_var(u, bf, bs, w, 0.3, c)
+        assert_allclose(var, ref_amp_var(u, bf, bs, w, 0.3, c), rtol=1e-6)
 
 
 finite_or_not = st.one_of(

@@ -39,6 +39,7 @@ _START_NS = 1_699_920_000_000_000_000  # a UTC midnight (2023-11-14): the osteot
 _SCENARIOS: dict[str, tuple[float, float]] = {
     "normal": (10.0, 45.0),
     "premature_consolidation": (10.0, 12.0),
+    "reversed_force_sensor": (10.0, 20.0),
     "nonunion": (10.0, 10.0),
     "separation": (10.0, 15.0),
     "loosening": (10.0, 23.0),
@@ -242,7 +243,11 @@ def accuracy(scenario: str, *, target_mm: float, days: float, seed: int = 1) -> 
 
     Returns:
         Figures: `k_inst_median_rel_err`, `k_eq_median_rel_err`, `tau_slow_median_rel_err`
-        (steps with a good fit), `load_share_max_abs_err`, `projection_err_days` (projected
+        (steps with a good fit whose k_inst is a measurement, i.e. not `low_snr`),
+        `steps_fitted`, `steps_low_snr_fraction`, `k_inst_within_2_5_se_fraction` (of all
+        fitted steps: the estimate within 2.5 standard errors of the truth),
+        `load_share_max_abs_err`, `load_share_usable_fraction`, `ready_days` (daily records
+        in phase ready), `projection_err_days` (projected
         readiness made 14 days before the true healed day, minus that day; NaN if not
         reached), `detect_delay_days` (first daily flag of the scenario's anomaly after its
         onset; NaN if never or if the scenario has none), `phase_changes` (phase transitions
@@ -265,9 +270,16 @@ def _compare(scenario: str, records: list[Any], truth: list[dict[str, Any]]) -> 
     header = truth[0]
     steps = {r.t_ns: r for r in records if r.kind == "step" and r.fit_status == "ok"}
     errors: dict[str, list[float]] = {"k_inst": [], "k_eq": [], "tau_slow": []}
+    within, n_flagged = [], 0
     for g in truth:
         est = steps.get(g["t_ns"]) if g["type"] == "step" else None
         if est is None:
+            continue
+        # Within 2.5 of its standard errors: right, or visibly uncertain.
+        within.append(abs(est.k_inst_n_per_mm - g["k_inst_n_per_mm"])
+                      <= 2.5 * est.k_inst_std_n_per_mm)  # fmt: skip
+        if "low_snr" in est.flags:  # not a measurement: no rule reads it
+            n_flagged += 1
             continue
         errors["k_inst"].append(abs(est.k_inst_n_per_mm / g["k_inst_n_per_mm"] - 1.0))
         errors["k_eq"].append(abs(est.k_eq_n_per_mm / g["k_eq_n_per_mm"] - 1.0))
@@ -276,13 +288,19 @@ def _compare(scenario: str, records: list[Any], truth: list[dict[str, Any]]) -> 
         f"{name}_median_rel_err": statistics.median(v) if v else math.nan
         for name, v in errors.items()
     }
+    out["steps_fitted"] = float(len(within))
+    out["steps_low_snr_fraction"] = n_flagged / len(within) if within else math.nan
+    out["k_inst_within_2_5_se_fraction"] = sum(within) / len(within) if within else math.nan
     shares = {r.t_ns: r.share for r in records if r.kind == "load_share"}
     true_shares = {
         g["t_ns"] + 26_000_000_000: g["load_share"] for g in truth if g["type"] == "load_share"
     }
     diffs = [abs(shares[t] - s) for t, s in true_shares.items() if t in shares]
     out["load_share_max_abs_err"] = max(diffs) if diffs else math.nan
+    usable = [r.usable for r in records if r.kind == "load_share"]
+    out["load_share_usable_fraction"] = sum(usable) / len(usable) if usable else math.nan
     daily = [r for r in records if r.kind == "daily"]
+    out["ready_days"] = float(sum(r.phase == "ready" for r in daily))
     start_ns = int(header["t_ns"])
     healed_ns = start_ns + round(header["healed_day"] * _NS_PER_DAY)
     out["projection_err_days"] = math.nan
