@@ -33,6 +33,7 @@ __all__ = [
 # Pre-step history: a ring of short bins keyed by absolute bin number (t_ns // pre_bin_ns), each
 # holding the force's sum, count, min and max (so a trimmed mean drops one spike per bin), the
 # displacement's sum and the sum of the samples' times within the bin (s).
+PRE_BIN_NS = 250_000_000  # the ring's bins: 16 of 0.25 s, 4 s of history
 PRE_N = 16
 PRE_LEN = 6
 PR_SUM_F, PR_COUNT, PR_MIN_F, PR_MAX_F, PR_SUM_D, PR_SUM_T = 0, 1, 2, 3, 4, 5
@@ -41,9 +42,12 @@ PR_SUM_F, PR_COUNT, PR_MIN_F, PR_MAX_F, PR_SUM_D, PR_SUM_T = 0, 1, 2, 3, 4, 5
 # onset, which the event's time only hints at, and are copied from the ring when the window
 # opens, so samples that came before the event still count. The rest widen geometrically
 # (edges c * (exp(b * h) - 1) seconds after the linear bins) to the window's end. Each bin holds
-# the force's sum, the sum of times since the event (s), the count, the force's min and max and
-# the displacement's sum. The bins live in a separate row of a shared pool ("window slot"),
-# held only while a window is open: a device spends ~40 min a day in windows (4 steps x 10 min).
+# the force's sum, the sum of the samples' times, the count, the force's min and max and the
+# displacement's sum. Times are seconds after the bin's own start in the linear bins (as in the
+# ring, so a bin copied from the ring is bit for bit the bin its samples would have made) and
+# seconds after the event in the widening ones. The bins live in a separate row of a shared
+# pool ("window slot"), held only while a window is open: a device spends ~40 min a day in
+# windows (4 steps x 10 min).
 STEP_MAX_BINS = 60
 LIN_N = 16
 BIN_LEN = 6
@@ -58,7 +62,8 @@ PEND_N = 4
 SF_N_BEFORE = SF_PEND_DELTA + PEND_N  # samples in the force before the step (its trimmed count)
 SF_D_BEFORE = SF_N_BEFORE + 1  # displacement before the step (mm)
 SF_DT_S = SF_D_BEFORE + 1  # sample spacing in the window (s); NaN before its first sample
-STEP_FLOAT_LEN = SF_DT_S + 1
+SF_LIN_ORIGIN_S = SF_DT_S + 1  # start of the window's first linear bin, s after the event
+STEP_FLOAT_LEN = SF_LIN_ORIGIN_S + 1
 
 SI_MODE = 0  # 0 idle, 1 window open, 2 window complete (waits for its fit)
 SI_T_STEP = 1  # ns
@@ -71,8 +76,7 @@ SI_DROPPED = SI_PRE_KEY + PRE_N  # step events dropped because the pending slots
 SI_T_WIN_LAST = SI_DROPPED + 1  # time of the last sample that went into the window (ns)
 SI_SLOT = SI_T_WIN_LAST + 1  # window slot (row of the bins pool) held; -1 if none
 SI_KEY_W = SI_SLOT + 1  # ring bin number of the window's first (linear) bin
-SI_T_WIN_FIRST = SI_KEY_W + 1  # time of the first sample in the window (ns); -1 if none
-STEP_INT_LEN = SI_T_WIN_FIRST + 1
+STEP_INT_LEN = SI_KEY_W + 1
 
 MODE_IDLE = 0
 MODE_OPEN = 1
@@ -194,15 +198,12 @@ def _step_push(
         if lin < 0:
             continue
         if lin < LIN_N:
-            b = lin
+            _bin_add(wb, BIN_LEN * lin, f, d, (t - key * pre_bin_ns) * 1e-9)
         else:
             after_s = (t - (si[SI_KEY_W] + LIN_N) * pre_bin_ns) * 1e-9
-            b = LIN_N + int(math.log1p(after_s / c_s) / h)
-        b = min(b, n_bins - 1)
-        _bin_add(wb, BIN_LEN * b, f, d, rel_ns * 1e-9)
+            b = min(LIN_N + int(math.log1p(after_s / c_s) / h), n_bins - 1)
+            _bin_add(wb, BIN_LEN * b, f, d, rel_ns * 1e-9)
         si[SI_N_SAMPLES] += 1
-        if si[SI_T_WIN_FIRST] < 0:
-            si[SI_T_WIN_FIRST] = t
         si[SI_T_WIN_LAST] = t
         fs[SF_DT_S] = dt_ns * 1e-9
 
@@ -229,7 +230,6 @@ def _step_open(
     count = 0.0
     d_total = 0.0
     d_count = 0.0
-    si[SI_T_WIN_FIRST] = -1
     si[SI_N_SAMPLES] = 0
     si[SI_T_WIN_LAST] = -1
     for slot in range(PRE_N):
@@ -246,17 +246,13 @@ def _step_open(
             d_count += n
         elif key >= key_w and key - key_w < min(LIN_N, n_bins):
             at = BIN_LEN * (key - key_w)
-            offset_s = (key * pre_bin_ns - t_step_ns) * 1e-9
             wb[at + B_SUM_F] = fs[base + PR_SUM_F]
-            wb[at + B_SUM_T] = fs[base + PR_SUM_T] + n * offset_s
+            wb[at + B_SUM_T] = fs[base + PR_SUM_T]
             wb[at + B_COUNT] = n
             wb[at + B_MIN_F] = fs[base + PR_MIN_F]
             wb[at + B_MAX_F] = fs[base + PR_MAX_F]
             wb[at + B_SUM_D] = fs[base + PR_SUM_D]
             si[SI_N_SAMPLES] += np.int64(n)
-            first = key * pre_bin_ns
-            if si[SI_T_WIN_FIRST] < 0 or first < si[SI_T_WIN_FIRST]:
-                si[SI_T_WIN_FIRST] = first
             si[SI_T_WIN_LAST] = max(si[SI_T_WIN_LAST], si[SI_T_LAST])
     fs[SF_F_BEFORE] = total / count if count > 0.0 else np.nan
     fs[SF_N_BEFORE] = count
@@ -265,6 +261,7 @@ def _step_open(
     si[SI_MODE] = MODE_OPEN
     si[SI_T_STEP] = t_step_ns
     si[SI_KEY_W] = key_w
+    fs[SF_LIN_ORIGIN_S] = (key_w * pre_bin_ns - t_step_ns) * 1e-9
 
 
 @njit(cache=True)
@@ -759,7 +756,10 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, geometry, fit, uncert
             continue
         s, c = _trimmed(wb[at + B_SUM_F], count, wb[at + B_MIN_F], wb[at + B_MAX_F])
         cnt_all[used] = np.int64(count)
-        first_all[used] = wb[at + B_SUM_T] / count - 0.5 * (count - 1.0) * dt
+        mean_t = wb[at + B_SUM_T] / count
+        if b < LIN_N:  # a linear bin's times are from its own start
+            mean_t += fs[SF_LIN_ORIGIN_S] + b * PRE_BIN_NS * 1e-9
+        first_all[used] = mean_t - 0.5 * (count - 1.0) * dt
         f_all[used] = s / c
         f_plain[used] = wb[at + B_SUM_F] / count
         d_all[used] = wb[at + B_SUM_D] / count

@@ -41,7 +41,7 @@ _STATUS: dict[int, FitStatus] = {
     kern.FIT_NO_DATA: "no_data",
 }
 
-_PRE_BIN_NS = 250_000_000  # the ring's bins: 16 of 0.25 s, 4 s of history
+_PRE_BIN_NS = kern.PRE_BIN_NS
 _MODEL_FLOOR = 0.005  # relative standard error of k_inst never below this (see _close)
 
 
@@ -287,7 +287,6 @@ class StepTracker:
         self.bins = np.zeros((1, kern.STEP_BINS_LEN))
         self._slot_owner = np.full(1, -1, dtype=np.int64)  # device holding each slot, -1 free
         self._free = [0]  # free slots, the lowest last
-        self.int_state[:, kern.SI_T_WIN_FIRST] = -1
         self.float_state[:, kern.SF_DT_S] = np.nan
         self._c_s, self._h = self.config.bin_shape
         self._log_tau_fast, self._log_tau_slow = self.config.log_tau_grids()
@@ -295,8 +294,8 @@ class StepTracker:
 
     def window_bins(self, device: int) -> NDArray[np.float64] | None:
         """The bins of the device's open window, one row per bin of (sum_n, sum_t_s, count,
-        min_n, max_n, sum_mm) (N, s after the event, samples, N, N, mm); None if it holds no
-        window."""
+        min_n, max_n, sum_mm) (N, s, samples, N, N, mm; the times are from each linear bin's
+        own start, from the event in the widening bins); None if it holds no window."""
         slot = int(self.int_state[device, kern.SI_SLOT])
         if slot < 0:
             return None
