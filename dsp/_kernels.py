@@ -355,42 +355,9 @@ def _solve3(g: np.ndarray, r: np.ndarray, x: np.ndarray) -> bool:
 
 
 @njit(cache=True)
-def _amp_fit(
-    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, y: np.ndarray, w: np.ndarray, coef: np.ndarray
-) -> float:
-    """Weighted least squares of y on the columns (u, bf, bs): the amplitudes (A_inf, A_f, A_s)
-    into coef, and the weighted residual sum of squares (inf if singular)."""
-    g = np.zeros((3, 3))
-    r = np.zeros(3)
-    for i in range(y.shape[0]):
-        wi = w[i]
-        g[0, 0] += wi * u[i] * u[i]
-        g[0, 1] += wi * u[i] * bf[i]
-        g[0, 2] += wi * u[i] * bs[i]
-        g[1, 1] += wi * bf[i] * bf[i]
-        g[1, 2] += wi * bf[i] * bs[i]
-        g[2, 2] += wi * bs[i] * bs[i]
-        r[0] += wi * u[i] * y[i]
-        r[1] += wi * bf[i] * y[i]
-        r[2] += wi * bs[i] * y[i]
-    g[1, 0] = g[0, 1]
-    g[2, 0] = g[0, 2]
-    g[2, 1] = g[1, 2]
-    if not _solve3(g, r, coef):
-        return np.inf
-    rss = 0.0
-    for i in range(y.shape[0]):
-        e = y[i] - coef[0] * u[i] - coef[1] * bf[i] - coef[2] * bs[i]
-        rss += w[i] * e * e
-    return rss
-
-
-@njit(cache=True)
-def _amp_var(
-    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray, noise_var: float, c: np.ndarray
-) -> float:
-    """Variance of c . (A_inf, A_f, A_s) at fixed time constants: noise_var c' G^-1 c with
-    G = sum w phi phi' (a bin mean of w samples has variance noise_var / w); NaN if singular."""
+def _gram(u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """G = sum w phi phi' of the columns phi = (u, bf, bs) (a bin mean of w samples has
+    variance noise / w)."""
     g = np.zeros((3, 3))
     for i in range(u.shape[0]):
         wi = w[i]
@@ -403,8 +370,38 @@ def _amp_var(
     g[1, 0] = g[0, 1]
     g[2, 0] = g[0, 2]
     g[2, 1] = g[1, 2]
+    return g
+
+
+@njit(cache=True)
+def _amp_fit(
+    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, y: np.ndarray, w: np.ndarray, coef: np.ndarray
+) -> float:
+    """Weighted least squares of y on the columns (u, bf, bs): the amplitudes (A_inf, A_f, A_s)
+    into coef, and the weighted residual sum of squares (inf if singular)."""
+    r = np.zeros(3)
+    for i in range(y.shape[0]):
+        wy = w[i] * y[i]
+        r[0] += u[i] * wy
+        r[1] += bf[i] * wy
+        r[2] += bs[i] * wy
+    if not _solve3(_gram(u, bf, bs, w), r, coef):
+        return np.inf
+    rss = 0.0
+    for i in range(y.shape[0]):
+        e = y[i] - coef[0] * u[i] - coef[1] * bf[i] - coef[2] * bs[i]
+        rss += w[i] * e * e
+    return rss
+
+
+@njit(cache=True)
+def _amp_var(
+    u: np.ndarray, bf: np.ndarray, bs: np.ndarray, w: np.ndarray, noise_var: float, c: np.ndarray
+) -> float:
+    """Variance of c . (A_inf, A_f, A_s) at fixed time constants: noise_var c' G^-1 c
+    (`_gram`); NaN if singular."""
     x = np.zeros(3)
-    if not _solve3(g, c, x):
+    if not _solve3(_gram(u, bf, bs, w), c, x):
         return math.nan
     quad: float = c[0] * x[0] + c[1] * x[1] + c[2] * x[2]
     return noise_var * quad
