@@ -49,12 +49,18 @@ __all__ = [
     "Tissue",
     "bachmeier_tissue",
     "family",
+    "feed_load_test",
+    "feed_step",
     "frames",
     "load_family",
     "ramp_bucket",
     "ramp_force_n",
+    "run_load_test",
     "run_load_tests",
+    "run_step",
     "run_steps",
+    "standard_family",
+    "standard_load_family",
     "summarize",
     "superposed_force_n",
 ]
@@ -207,6 +213,7 @@ class StepCase:
         prev_age_s, prev_delta_mm: a previous step of the same tissue and ramp, prev_age_s
             before this one, still relaxing (cut short by this step); 0 mm for none.
         gap_start_s, gap_s: samples missing from gap_start_s after the onset for gap_s (0: none).
+        polarity: +1, or -1 for a force channel inverted as a whole (steps lower the reading).
         seed: noise seed.
     """
 
@@ -228,6 +235,7 @@ class StepCase:
     prev_delta_mm: float = 0.0
     gap_start_s: float = 0.0
     gap_s: float = 0.0
+    polarity: float = 1.0
     seed: int = 0
 
     def sample_times_ns(self) -> NDArray[np.int64]:
@@ -257,7 +265,7 @@ class StepCase:
         t = self.sample_times_ns()
         force, disp = self.clean(t)
         rng = np.random.default_rng(self.seed)
-        force = force + self.force_noise_n * rng.standard_normal(t.size)
+        force = self.polarity * force + self.force_noise_n * rng.standard_normal(t.size)
         disp = disp + self.disp_noise_mm * rng.standard_normal(t.size)
         return t, force, disp
 
@@ -353,6 +361,12 @@ def family(
             )
         )
     return cases
+
+
+def standard_family(n: int) -> list[StepCase]:
+    """The family the tests assert on and `osteotel bench dsp` reports: seed 2026, announced
+    deltas up to 10 % off, no previous step or gap (those have their own tests)."""
+    return family(2026, n, announce_err=0.1)
 
 
 # ---- load tests ------------------------------------------------------------------------------
@@ -456,6 +470,11 @@ def load_family(seed: int, n: int) -> list[LoadCase]:
     return cases
 
 
+def standard_load_family(n: int) -> list[LoadCase]:
+    """The load tests the tests assert on and `osteotel bench dsp` reports (seed 2027)."""
+    return load_family(2027, n)
+
+
 # ---- feeding an estimator ----------------------------------------------------------------------
 
 
@@ -541,9 +560,9 @@ def identity_violations(record: Any, *, rel_tol: float = 1e-6) -> int:
     return bad
 
 
-def run_step(case: StepCase, estimator: Estimator) -> StepResult:
-    """Feed one case through a fresh estimator, frame by frame, the event announced just
-    before the first frame that reaches the earlier of its stamp and the true onset."""
+def feed_step(case: StepCase, estimator: Estimator) -> list[Any]:
+    """Feed one step's data frame by frame, as a hub publishes it: the event just before the
+    first frame that reaches the earlier of its stamp and the true onset. Returns the records."""
     t, force, disp = case.samples()
     records: list[Any] = []
     announced = False
@@ -554,7 +573,12 @@ def run_step(case: StepCase, estimator: Estimator) -> StepResult:
             records += estimator.step(case.stamp_ns, case.delta_announced_mm, kind="step")
             announced = True
         records += estimator.frame(force[a:b], disp[a:b], None, int(t[a]), case.rate_hz)
-    records += estimator.flush()
+    return records
+
+
+def run_step(case: StepCase, estimator: Estimator) -> StepResult:
+    """Feed one case through an estimator, flush it, and compare its step record with truth."""
+    records = feed_step(case, estimator) + estimator.flush()
     steps = [r for r in records if r.kind == "step"]
     mine = [r for r in steps if getattr(r, "t_step_ns", r.t_ns) == case.stamp_ns]
     record = mine[0] if mine else None
@@ -604,16 +628,20 @@ class LoadResult:
     flags: tuple[str, ...]
 
 
-def run_load_test(case: LoadCase, estimator: Estimator) -> LoadResult:
-    """Feed one load test through an estimator: the test's start, its frames with the scale's
-    reading, its end; the load-share record it returns."""
+def feed_load_test(case: LoadCase, estimator: Estimator) -> list[Any]:
+    """Feed one load test: its start, its frames with the scale's reading, its end."""
     t, force, disp, ref = case.samples()
     records: list[Any] = []
     records += estimator.load_test_start(case.t0_ns)
     for a, b in frames(t, case.rate_hz):
         records += estimator.frame(force[a:b], disp[a:b], ref[a:b], int(t[a]), case.rate_hz)
     records += estimator.load_test_end(case.end_ns)
-    records += estimator.flush()
+    return records
+
+
+def run_load_test(case: LoadCase, estimator: Estimator) -> LoadResult:
+    """Feed one load test through an estimator, flush it, and compare its load-share record."""
+    records = feed_load_test(case, estimator) + estimator.flush()
     mine = [r for r in records if r.kind == "load_share"]
     if not mine:
         return LoadResult(case=case, record=None, share_abs_err=math.inf, usable=None, flags=())
