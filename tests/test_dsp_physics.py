@@ -141,10 +141,12 @@ def test_inverted_device_steps_then_load_test_is_sign_inconsistent() -> None:
     """A device whose force channel is inverted shows falling steps; its next load test is
     flagged sign_inconsistent (the check over >= 3 recent steps) and not usable."""
     est = _estimator()
-    base = family(31, 4)
     records: list[Any] = []
+    base = family(31, 4)
     onset = base[0].onset_ns
-    for case in base[:4]:
+    f_before_n = 50.0
+    for case in base:
+        # Consecutive steps of one device: the force left by each is the next one's start.
         case_at = dataclasses.replace(
             case,
             polarity=-1.0,
@@ -153,16 +155,21 @@ def test_inverted_device_steps_then_load_test_is_sign_inconsistent() -> None:
             onset_ns=onset,
             stamp_ns=onset,
             t0_ns=onset - 8 * NS_PER_S,
+            f_before_n=f_before_n,
         )
         records += feed_step(case_at, est)
+        f_before_n = float(case_at.clean(case_at.sample_times_ns()[-1:])[0][0])
         onset += 700 * NS_PER_S
-    load = dataclasses.replace(standard_load_family(1)[0], t0_ns=onset, rate_hz=25.0)
+    load = dataclasses.replace(
+        standard_load_family(1)[0], t0_ns=onset, rate_hz=25.0, polarity=-1.0, f_rest_n=f_before_n
+    )
     records += feed_load_test(load, est)
     records += est.flush()
     k_inst = [r.k_inst_n_per_mm for r in records if r.kind == "step"]
     assert len(k_inst) == 4
     assert np.median(k_inst) < 0
     (share,) = [r for r in records if r.kind == "load_share"]
+    assert share.share < 0
     assert "sign_inconsistent" in share.flags
     assert share.usable is False
 
