@@ -707,6 +707,15 @@ def summarize(steps: Sequence[StepResult], loads: Sequence[LoadResult] = ()) -> 
         out["load_n_cases"] = float(len(loads))
         out["load_share_median_abs_err"] = _quantile([r.share_abs_err for r in correct], 0.5)
         out["load_share_max_abs_err"] = _quantile([r.share_abs_err for r in correct], 1.0)
+        out["load_k_device_median_rel_err"] = _quantile(
+            [
+                math.inf
+                if r.record is None
+                else _rel_err(r.record.k_device_n_per_mm, r.case.k_device_n_per_mm)
+                for r in correct
+            ],
+            0.5,
+        )
         out["load_correct_positive"] = float(
             sum(r.record is not None and r.record.share > 0 for r in correct)
         )

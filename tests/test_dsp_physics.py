@@ -125,6 +125,15 @@ def test_correct_devices_load_shares_are_usable(loads: list[LoadResult]) -> None
     assert [(r.case.share, r.flags) for r in correct if r.usable is not True] == []
 
 
+def test_device_stiffness_is_positive(loads: list[LoadResult]) -> None:
+    """k_device = -d(force)/d(disp) is positive on devices that follow the contract (load
+    raises the force and shortens the device)."""
+    correct = [r.record for r in loads if r.case.measured_sign > 0]
+    k_device = [rec.k_device_n_per_mm for rec in correct]
+    assert all(k > 0 for k in k_device if math.isfinite(k))
+    assert sum(math.isfinite(k) for k in k_device) >= 0.9 * len(k_device)
+
+
 def test_wrongly_signed_devices_load_shares_are_flagged(loads: list[LoadResult]) -> None:
     """Polarity -1 and load-relieves devices get sign_inconsistent or implausible, unusable."""
     wrong = [r for r in loads if r.case.measured_sign < 0]
