@@ -20,18 +20,28 @@ Figures (`--json` keys), all measured in this run on one core:
     import_warmup_s                 `import dsp; dsp.warm_up()` in a fresh process (s)
     first_frame_s, median_frame_s   first frame after warm-up, and the median frame (s)
     <scenario>_*                    accuracy on emulator runs (see `accuracy`)
+    physics_*                       accuracy over the independent physics family of
+                                    tests/physics.py (see `physics_accuracy`): written from the
+                                    published formulas, not from the emulator, whose assumptions
+                                    the DSP shares
 """
 
 import argparse
+import importlib.util
 import itertools
 import math
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-__all__ = ["accuracy", "configure", "run"]
+__all__ = ["PHYSICS_PATH", "accuracy", "configure", "physics_accuracy", "run"]
+
+PHYSICS_PATH = Path(__file__).resolve().parents[2] / "tests" / "physics.py"
+"""The independent physics generator, in the repository's tests (not part of the package)."""
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _START_NS = 1_699_920_000_000_000_000  # a UTC midnight (2023-11-14): the osteotomy
@@ -58,6 +68,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=10_000, help="devices for the estimator")
     parser.add_argument("--frames-per-device", type=int, default=5, help="100-sample frames each")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the emulator runs")
+    parser.add_argument(
+        "--physics-steps", type=int, default=240, help="steps of the independent family (0: skip)"
+    )
+    parser.add_argument(
+        "--physics-load-tests", type=int, default=40, help="load tests of the independent family"
+    )
 
 
 def _rate(seconds: float, samples: int) -> float:
@@ -186,7 +202,7 @@ def _state_per_device(ids: list[str]) -> dict[str, float]:
     # A step: the force jumps by 5 N and relaxes over the frames that follow.
     after = [rest + 5.0 * math.exp(-k / 60.0) for k in range(4)]
     ref = 300.0 + 50.0 * np.sin(np.linspace(0.0, math.pi, 100))
-    loaded = rest - 0.2 * ref  # weight bearing relieves the distractor (force_sign -1)
+    loaded = rest + 0.2 * ref  # weight bearing adds compression: load raises the force
     day_ns = _START_NS + 8 * 3600 * s_ns
     tracemalloc.start()
     fleet = FleetEstimator(capacity=len(ids))
@@ -330,6 +346,54 @@ def _compare(scenario: str, records: list[Any], truth: list[dict[str, Any]]) -> 
     return out
 
 
+def _load_physics(path: Path) -> ModuleType | None:
+    """tests/physics.py loaded by path (tests/ is no package, and an installed osteotel has
+    no tests beside it); None if the file is absent."""
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("osteotel_bench_physics", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def physics_accuracy(
+    n_steps: int, n_load_tests: int, *, path: Path = PHYSICS_PATH
+) -> dict[str, object]:
+    """The estimator over the independent physics family: `standard_family(n_steps)` and
+    `standard_load_family(n_load_tests)` of tests/physics.py, each case through a fresh
+    `DeviceEstimator` with the default configuration.
+
+    Args:
+        n_steps: distraction steps drawn (ramps from one sample to 3 min, 10-200 Hz).
+        n_load_tests: weight-bearing tests drawn (half of them wrongly signed devices).
+        path: where tests/physics.py is.
+
+    Returns:
+        `physics_`-prefixed figures of `summarize`: n_cases, median and p95 relative errors of
+        k_inst, k_eq and tau_slow (overall, per ramp bucket and per rate), n_missing,
+        identity_violations, flag counts, the load share's median abs error on correct
+        devices and the wrong-sign devices flagged. {"physics_family": "absent"} when the
+        repository's tests are not there (an installed package).
+    """
+    physics = _load_physics(path)
+    if physics is None:
+        print(f"physics family skipped: {path} is absent (run from a checkout)", file=sys.stderr)
+        return {"physics_family": "absent"}
+    from dsp.estimator import DeviceEstimator, EstimatorConfig  # noqa: PLC0415
+
+    def make() -> DeviceEstimator:
+        return DeviceEstimator("PHY-0001", EstimatorConfig())
+
+    steps = physics.run_steps(physics.standard_family(n_steps), make)
+    loads = physics.run_load_tests(physics.standard_load_family(n_load_tests), make)
+    figures: dict[str, float] = physics.summarize(steps, loads)
+    return {f"physics_{key}": value for key, value in figures.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Measure and return the figures (see the module docstring for the keys)."""
     figures: dict[str, object] = {"import_warmup_s": _import_warmup_s()}
@@ -346,4 +410,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         for scenario, (target_mm, days) in _SCENARIOS.items():
             for key, value in accuracy(scenario, target_mm=target_mm, days=days).items():
                 figures[f"{scenario}_{key}"] = value
+    if args.physics_steps > 0:
+        figures.update(physics_accuracy(args.physics_steps, args.physics_load_tests))
     return figures
