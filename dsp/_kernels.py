@@ -116,7 +116,7 @@ GEOM_TAU_FAST_HELD = 2  # the data do not bound tau_fast: the prior holds it
 MIN_FIT_BINS = 6
 _CHI2_2SE = 4.0  # a profile point within 2 standard errors: delta chi^2 <= 2^2
 _GEOM_POINTS = 24  # grid points per coordinate of the onset/ramp-end search
-_GEOM_ROUNDS = 3  # refinements of that search (each a finer grid around the best point)
+_GEOM_ROUNDS = 6  # refinements of that search (each a finer grid around the best point)
 _FINE_STEPS = 24  # the fine tau_fast profile scans at most this many eighths of a grid step
 _SPAN_RAMPS = 5  # ramp durations tried for a ramp shorter than its bin: 0, 1/4, ... 1 bin
 
@@ -324,31 +324,35 @@ def _relax_at(t: float, ramp: float, tau: float) -> float:
 
 @njit(cache=True)
 def _solve3(g: np.ndarray, r: np.ndarray, x: np.ndarray) -> bool:
-    """Solve the 3x3 system g x = r by elimination with partial pivoting; False if singular."""
+    """Solve the n x n system g x = r (n = len(r), 3 in the fits) by elimination with partial
+    pivoting; False if singular."""
+    n = r.shape[0]
     a = g.copy()
     b = r.copy()
-    scale = max(abs(a[0, 0]), abs(a[1, 1]), abs(a[2, 2]))
+    scale = 0.0
+    for i in range(n):
+        scale = max(scale, abs(a[i, i]))
     if not scale > 0.0:
         return False
-    for col in range(3):
+    for col in range(n):
         piv = col
-        for row in range(col + 1, 3):
+        for row in range(col + 1, n):
             if abs(a[row, col]) > abs(a[piv, col]):
                 piv = row
         if abs(a[piv, col]) <= 1e-13 * scale:
             return False
         if piv != col:
-            for j in range(3):
+            for j in range(n):
                 a[col, j], a[piv, j] = a[piv, j], a[col, j]
             b[col], b[piv] = b[piv], b[col]
-        for row in range(col + 1, 3):
+        for row in range(col + 1, n):
             m = a[row, col] / a[col, col]
-            for j in range(col, 3):
+            for j in range(col, n):
                 a[row, j] -= m * a[col, j]
             b[row] -= m * b[col]
-    for row in range(2, -1, -1):
+    for row in range(n - 1, -1, -1):
         s = b[row]
-        for j in range(row + 1, 3):
+        for j in range(row + 1, n):
             s -= a[row, j] * x[j]
         x[row] = s / a[row, row]
     return True
@@ -590,23 +594,53 @@ def _tau_search(
 
 
 @njit(cache=True)
+def _ramp_ls(
+    t_first: np.ndarray, cnt: np.ndarray, dt: float, y: np.ndarray, w_before: float,
+    t_on: float, ramp: float, out: np.ndarray,
+) -> float:  # fmt: skip
+    """Least squares of the displacement (less the mean before the window) on c + delta u:
+    the bins' means, and the mean before the window as one more observation of c = 0 with
+    weight w_before (its sample count). out = [c, delta]; returns the RSS (inf if singular)."""
+    s1 = w_before
+    su = suu = sy = suy = syy = 0.0
+    for i in range(y.shape[0]):
+        ui = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
+        wi = float(cnt[i])
+        s1 += wi
+        su += wi * ui
+        suu += wi * ui * ui
+        sy += wi * y[i]
+        suy += wi * ui * y[i]
+        syy += wi * y[i] * y[i]
+    det = s1 * suu - su * su
+    if not det > 0.0:
+        return np.inf
+    out[0] = (suu * sy - su * suy) / det
+    out[1] = (s1 * suy - su * sy) / det
+    return syy - out[0] * sy - out[1] * suy
+
+
+@njit(cache=True)
 def _geometry(  # noqa: PLR0915 - a bracket, a refined grid search and the unresolved cases
     t_first: np.ndarray,
     cnt: np.ndarray,
     d_mean: np.ndarray,
     dt: float,
     d_before: float,
+    n_before: float,
     delta_event: float,
     out: np.ndarray,
 ) -> bool:
     """Onset, ramp duration and size of the step from the bins' mean displacement: the linear
-    ramp d_before + delta clip((t - t_on) / ramp, 0, 1) whose bin means fit best, by a grid
+    ramp d0 + delta clip((t - t_on) / ramp, 0, 1) whose bin means (and the mean of the n_before
+    samples before the window, d_before, as one more observation of d0) fit best, by a grid
     search over (t_on, t_on + ramp) -- the onset before the bin where the displacement passes
     half its largest excursion, the end after it and within two bins of 98 % -- refined
-    around the best point; delta by least squares. out = [t_on, ramp, delta, the span of the
+    around the best point; d0 and delta by least squares. out = [t_on, ramp, delta, the span of the
     bin holding the whole ramp or 0 if it spans bins, 1 if it took less than a sample
-    interval]. False if the displacement does not move by 30 % of the announced step in its
-    direction."""
+    interval, the onset's standard error (s; 0 if not estimated), the end's shift per
+    shift of the onset along their covariance]. False if the displacement does not move by
+    30 % of the announced step in its direction."""
     n = t_first.shape[0]
     if n == 0 or not math.isfinite(d_before):
         return False
@@ -638,6 +672,7 @@ def _geometry(  # noqa: PLR0915 - a bracket, a refined grid search and the unres
     y = np.empty(m)
     for i in range(m):
         y[i] = d_mean[i] - d_before
+    ls = np.empty(2)
     best = np.inf
     best_on = on_lo
     best_end = end_hi
@@ -652,25 +687,17 @@ def _geometry(  # noqa: PLR0915 - a bracket, a refined grid search and the unres
                 ramp = t_end - t_on
                 if ramp < 0.5 * dt:
                     ramp = 0.0
-                suu = 0.0
-                suy = 0.0
-                syy = 0.0
-                for i in range(m):
-                    ui = _ramp_avg(t_first[i], cnt[i], dt, t_on, ramp)
-                    suu += cnt[i] * ui * ui
-                    suy += cnt[i] * ui * y[i]
-                    syy += cnt[i] * y[i] * y[i]
-                if suu <= 0.0:
-                    continue
-                rss = syy - suy * suy / suu
+                rss = _ramp_ls(t_first[:m], cnt[:m], dt, y, n_before, t_on, ramp, ls)
                 if rss < best:
                     best = rss
                     best_on = t_on
                     best_end = t_end
-        lo_on = best_on - step_on
-        lo_end = best_end - step_end
-        step_on *= 2.0 / (_GEOM_POINTS - 1)
-        step_end *= 2.0 / (_GEOM_POINTS - 1)
+        # The next grid spans 4 steps about the best point: onset and end trade off along a
+        # diagonal valley, whose bottom may lie beyond the neighbouring grid points.
+        lo_on = best_on - 4.0 * step_on
+        lo_end = best_end - 4.0 * step_end
+        step_on *= 8.0 / (_GEOM_POINTS - 1)
+        step_end *= 8.0 / (_GEOM_POINTS - 1)
     ramp = best_end - best_on
     ramp_fit = ramp
     out[3] = 0.0
@@ -691,15 +718,39 @@ def _geometry(  # noqa: PLR0915 - a bracket, a refined grid search and the unres
         ramp = 0.0
         out[3] = span
         out[4] = 1.0 if ramp_fit < dt else 0.0
-    suu = 0.0
-    suy = 0.0
-    for i in range(m):
-        ui = _ramp_avg(t_first[i], cnt[i], dt, best_on, ramp)
-        suu += cnt[i] * ui * ui
-        suy += cnt[i] * ui * y[i]
+    rss = _ramp_ls(t_first[:m], cnt[:m], dt, y, n_before, best_on, ramp, ls)
+    delta = ls[1]
     out[0] = best_on
     out[1] = ramp
-    out[2] = suy / suu
+    out[2] = delta
+    out[5] = 0.0
+    out[6] = 0.0
+    if ramp > 0.0 and m > 4:
+        # The onset's standard error: the inverse of the Fisher information of (onset, end,
+        # d0, delta) in the bins' means and the mean before, the displacement's per-sample
+        # variance from the fit; and how far the end moves with the onset (they trade off).
+        noise_var = max(rss, 0.0) / (m - 3)
+        eps = 0.1 * dt
+        fisher = np.zeros((4, 4))
+        fisher[2, 2] = n_before
+        grad = np.empty(4)
+        for i in range(m):
+            on_up = _ramp_avg(t_first[i], cnt[i], dt, best_on + eps, ramp - eps)
+            on_down = _ramp_avg(t_first[i], cnt[i], dt, best_on - eps, ramp + eps)
+            end_up = _ramp_avg(t_first[i], cnt[i], dt, best_on, ramp + eps)
+            end_down = _ramp_avg(t_first[i], cnt[i], dt, best_on, ramp - eps)
+            grad[0] = delta * (on_up - on_down) / (2.0 * eps)
+            grad[1] = delta * (end_up - end_down) / (2.0 * eps)
+            grad[2] = 1.0
+            grad[3] = _ramp_avg(t_first[i], cnt[i], dt, best_on, ramp)
+            for a in range(4):
+                for b in range(4):
+                    fisher[a, b] += cnt[i] * grad[a] * grad[b]
+        col = np.zeros(4)
+        e_on = np.array([1.0, 0.0, 0.0, 0.0])
+        if noise_var > 0.0 and _solve3(fisher, e_on, col) and col[0] > 0:
+            out[5] = math.sqrt(noise_var * col[0])
+            out[6] = col[1] / col[0]
     return True
 
 
@@ -767,11 +818,12 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, geometry, fit, uncert
         out[R_DELTA] = delta_event
         out[R_FLAGS] = GEOM_ONSET_UNCERTAIN
         return
-    geo = np.zeros(5)
+    geo = np.zeros(7)
     flags = 0
     if not _geometry(
-        first_all[:used], cnt_all[:used], d_all[:used], dt, fs[SF_D_BEFORE], delta_event, geo
-    ):
+        first_all[:used], cnt_all[:used], d_all[:used], dt, fs[SF_D_BEFORE], fs[SF_N_BEFORE],
+        delta_event, geo,
+    ):  # fmt: skip
         geo[0] = 0.0
         geo[1] = 0.0
         geo[2] = delta_event
@@ -947,6 +999,25 @@ def _step_fit(  # noqa: PLR0915 - one straight pass: bins, geometry, fit, uncert
             if alt_rss - rss <= _CHI2_2SE * noise_var:
                 far = max(far, abs(coef[0] + coef[1] + coef[2] - total))
         var += far * far / 3.0
+    if geo[5] > 0.0 and ramp > 0.0:
+        # The onset is known from the displacement only to geo[5]: the sum refitted (time
+        # constants too) with the onset 2 standard errors either way and the end moved with
+        # it as they covary; the farther one is 2 standard deviations away.
+        far = 0.0
+        for side in (-2.0, 2.0):
+            alt_on = t_on + side * geo[5]
+            alt_ramp = max(ramp + side * geo[5] * (geo[6] - 1.0), 0.0)
+            fit = _tau_search(
+                t_first, cnt, dt, alt_on, alt_ramp, y, w, log_tau_fast, log_tau_slow,
+                min_ratio, refine_rounds, u, cols_f, cols_s, bf, bs, coef, best, prof_rss,
+                prof_sum, prior_mu, prior_weight,
+            )  # fmt: skip
+            _geometry_rss(
+                t_first, cnt, dt, alt_on, alt_ramp, math.exp(fit[1]), math.exp(fit[2]),
+                y, w, u, bf, bs, coef,
+            )  # fmt: skip
+            far = max(far, abs(coef[0] + coef[1] + coef[2] - total))
+        var += far * far / 4.0
     out[R_SUM_VAR] = var
     if at_bound:
         out[R_STATUS] = FIT_TAU_AT_BOUND

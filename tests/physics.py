@@ -687,6 +687,15 @@ def summarize(steps: Sequence[StepResult], loads: Sequence[LoadResult] = ()) -> 
     per ramp bucket and per rate), missing records, identity violations, flag counts, and
     the load tests' share error (correct devices) and flags."""
     out = _error_figures(steps, "")
+    # The steps a clinician may act on: k_inst is a measurement (the estimator's low_snr).
+    out.update(_error_figures([r for r in steps if "low_snr" not in r.flags], "measured_"))
+    within = [
+        abs(r.record.k_inst_n_per_mm - r.truth["k_inst_n_per_mm"])
+        <= 2.5 * r.record.k_inst_std_n_per_mm
+        for r in steps
+        if r.record is not None
+    ]
+    out["k_inst_within_2_5_se_fraction"] = sum(within) / len(within) if within else math.nan
     out["n_missing"] = float(sum(r.record is None for r in steps))
     out["n_fit_not_ok"] = float(
         sum(r.record is not None and r.record.fit_status != "ok" for r in steps)
