@@ -615,9 +615,12 @@ def _ramp_ls(
     det = s1 * suu - su * su
     if not det > 0.0:
         return np.inf
-    out[0] = (suu * sy - su * suy) / det
-    out[1] = (s1 * suy - su * sy) / det
-    return syy - out[0] * sy - out[1] * suy
+    c = (suu * sy - su * suy) / det
+    delta = (s1 * suy - su * sy) / det
+    out[0] = c
+    out[1] = delta
+    rss: float = syy - c * sy - delta * suy
+    return rss
 
 
 @njit(cache=True)
