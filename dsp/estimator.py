@@ -85,6 +85,11 @@ class EstimatorConfig:
             than this fraction of the reference load's range is flagged `poor_fit` (the
             patient moved, walked or leaned during the test). Not R^2: a healed bone's share
             near 0 explains no variance with a perfect test.
+        share_margin: a share is `implausible` when it lies outside [-margin, 1 + margin] by
+            more than 2 standard errors: 0.03, the regression's own error does not hold the
+            scale's noise and the few seconds the load takes to settle, and early in
+            consolidation a share at 1 reads a hair above it. Readiness asks for share - 2 SE
+            >= 0 in any case.
         sign_min_steps: distraction steps with a fit that the sign check waits for.
         poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
             last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
@@ -116,6 +121,7 @@ class EstimatorConfig:
     consolidation_after_s: float = 86_400.0
     share_min_load_range_n: float = 100.0
     share_max_resid_fraction: float = 0.05
+    share_margin: float = 0.03
     sign_min_steps: int = 3
     poor_k_inst_n_per_mm: float = 10.0
     separation_drop: float = 0.5
@@ -202,7 +208,7 @@ class LoadShareRecord(EstimateRecord):
             the load, so minus the slope of its force on its displacement; NaN if it could
             not be measured.
         flags: why the share may not be used, sorted: "implausible" (outside [0, 1] by more
-            than 2 standard errors), "poor_fit" (the force scatters about its line by more than
+            than `share_margin` and 2 standard errors), "poor_fit" (the force scatters about its line by more than
             `share_max_resid_fraction` of the load's range), "low_load_variation" (the
             reference load varied by less than `share_min_load_range_n`), "sign_inconsistent"
             (this device's steps and loading disagree in sign).
@@ -829,14 +835,16 @@ class FleetEstimator:
         flags: set[str] = set()
         if est.status != "ok":
             return flags
-        if est.share - 2.0 * est.share_std > 1.0 or est.share + 2.0 * est.share_std < 0.0:
+        margin = cfg.share_margin
+        low, high = est.share - 2.0 * est.share_std, est.share + 2.0 * est.share_std
+        if low > 1.0 + margin or high < -margin:
             flags.add("implausible")
         if est.resid_sd_n > cfg.share_max_resid_fraction * est.ref_range_n:
             flags.add("poor_fit")
         if est.ref_range_n < cfg.share_min_load_range_n:
             flags.add("low_load_variation")
         # Loading that lowers the force while the steps raise it: the two disagree in sign.
-        if est.share + 2.0 * est.share_std < 0.0 and self._steps_sign(i) > 0:
+        if high < -margin and self._steps_sign(i) > 0:
             self._ei[i, DI_SIGN_BAD] = 1
         if self._ei[i, DI_SIGN_BAD]:
             flags.add("sign_inconsistent")
@@ -1369,7 +1377,7 @@ class FleetEstimator:
             index = consolidation_index(last, removal_share=removal)
         projection = "none"
         if phase in ("latency", "distraction"):
-            index = 0.0 if math.isfinite(index) else index
+            index = 0.0  # the device carries the load until consolidation begins
             trend = None
         else:
             projection = trend.status if trend is not None else "insufficient_days"
