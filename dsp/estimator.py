@@ -208,8 +208,8 @@ class LoadShareRecord(EstimateRecord):
             the load, so minus the slope of its force on its displacement; NaN if it could
             not be measured.
         flags: why the share may not be used, sorted: "implausible" (outside [0, 1] by more
-            than `share_margin` and 2 standard errors), "poor_fit" (the force scatters about its line by more than
-            `share_max_resid_fraction` of the load's range), "low_load_variation" (the
+            than `share_margin` and 2 standard errors), "poor_fit" (the force scatters about
+            its line by more than `share_max_resid_fraction` of the load's range), "low_load_variation" (the
             reference load varied by less than `share_min_load_range_n`), "sign_inconsistent"
             (this device's steps and loading disagree in sign).
         usable: the share counts for anything clinical (phase, index, trend, readiness): its
