@@ -209,9 +209,10 @@ class LoadShareRecord(EstimateRecord):
             not be measured.
         flags: why the share may not be used, sorted: "implausible" (outside [0, 1] by more
             than `share_margin` and 2 standard errors), "poor_fit" (the force scatters about
-            its line by more than `share_max_resid_fraction` of the load's range), "low_load_variation" (the
-            reference load varied by less than `share_min_load_range_n`), "sign_inconsistent"
-            (this device's steps and loading disagree in sign).
+            its line by more than `share_max_resid_fraction` of the load's range),
+            "low_load_variation" (the reference load varied by less than
+            `share_min_load_range_n`), "sign_inconsistent" (this device's steps and loading
+            disagree in sign).
         usable: the share counts for anything clinical (phase, index, trend, readiness): its
             status is "ok" and it has no flag. The one definition every consumer uses.
         removal_criterion_met: the readiness rule after this test: in consolidation, and the
