@@ -95,6 +95,10 @@ class LoadShareInput(_Envelope):
     share: _Number = _NAN
     share_std: _Number = Field(_NAN, validation_alias=AliasChoices("share_std", "share_sd"))
     status: str = "ok"
+    # The DSP's verdicts (docs/dsp.md): older estimators sent none, and decided nothing.
+    usable: bool = True
+    removal_criterion_met: bool = False
+    flags: list[str] = []
 
 
 class QualityInput(_Envelope):
@@ -126,6 +130,8 @@ class DailyInput(_Envelope):
     load_share: _Number = _NAN
     consolidation_index: _Number = _NAN
     projected_ready_ns: int = -1
+    projection_status: str = "ok"
+    projection_horizon_ns: int = -1
     flags: list[str] = []
 
 

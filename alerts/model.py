@@ -29,6 +29,7 @@ RULES = (
     "hub_offline",
     "battery_low",
     "readiness",
+    "sign_inconsistent",
 )
 """Every rule id, as used in alerts, silences and the CLI."""
 

@@ -18,7 +18,8 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | device_silent | warning | clock | nothing from the device for `silent_after_s` |
 | hub_offline | warning | hub status | the hub is offline (for `hub_offline_for_s`) |
 | battery_low | warning/critical | battery event, frame | charge below the limits |
-| readiness | info | load share, daily | the removal criterion is met |
+| readiness | info | load share, daily | the DSP's readiness rule holds (it can be withdrawn) |
+| sign_inconsistent | info | load share, daily | the device's steps and loading disagree in sign |
 
 Patient-relative rules compare with the patient's own history (drops, overload, delayed).
 Everything is plain Python on small deques: per input a few dozen operations.
@@ -202,15 +203,14 @@ class RuleBook:
 
     def _step(self, d: Device, track: _Track, th: Thresholds, est: StepInput) -> list[Observation]:
         out: list[Observation] = []
-        # Distraction force is the tension lengthening puts on the tissue: the force before the
-        # step plus the step's instantaneous jump. The largest force seen in the step's window
-        # (f_peak_n) also holds whatever the patient did then: a walk overlapping a step put
-        # ~1,600 N through an emulated tibia early in normal healing, which is daily loading
-        # (the overload rule's business), not distraction. f_peak_n stands in only when the
-        # jump cannot be computed. A probe's 0.02 mm on a consolidated regenerate measures its
+        # Distraction force is the tension lengthening puts on the tissue: the peak the step
+        # really reached, f_peak_n, the fitted curve at the ramp's end (docs/dsp.md). It is a
+        # fit to the whole relaxation, so a walk overlapping the step (~1,600 N through an
+        # emulated tibia, the overload rule's business) does not set it, and it is what the
+        # drive's speed let the tissue feel, not the sudden-step equivalent f_inst_n a slow
+        # motor never applies. A probe's 0.02 mm on a consolidated regenerate measures its
         # stiffness, and says nothing of tension.
-        jump = est.f_residual_n + est.k_inst_n_per_mm * est.delta_mm
-        peak = jump if finite(jump) else est.f_peak_n
+        peak = est.f_peak_n
         if est.kind == "step" and finite(peak):
             severity = Severity.CRITICAL if peak >= th.force_critical_n else Severity.WARNING
             limit = th.force_critical_n if severity is Severity.CRITICAL else th.force_warning_n
@@ -239,18 +239,28 @@ class RuleBook:
             if finite(k):
                 track.probes.append(k)
             return out
-        # A distraction step moves the force by several N: a failed fit there is the tissue
-        # doing something else (a separation), so every step is judged.
+        # A distraction step moves the force by several N: its residual force is judged on
+        # every step (a failed fit there is the tissue doing something else, a separation).
+        # Its k_inst only where it is a measurement: the DSP marks `low_snr` a k_inst within
+        # its own error or resting on a held tau_fast (a ramp of many tau_fast).
+        measured = "low_snr" not in est.flags
         history = [s[1] for s in track.steps]
-        out += self._drop(
-            d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness", "N/mm"
-        )
+        if measured:
+            out += self._drop(
+                d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness",
+                "N/mm",
+            )  # fmt: skip
         residuals = [s[2] for s in track.steps]
+        # The DSP judges a separation on the step itself (the force before it below half of
+        # the last steps' and >= 5 N lower, docs/dsp.md): then the drop needs no absolute
+        # size here, which early in distraction, when the residual force is tens of N, the
+        # 50 N floor for limbs would never see.
+        min_drop = 0.0 if "separation" in est.flags else th.force_drop_min_n
         out += self._drop(
-            d, "force_drop", est.t_ns, est.f_residual_n, residuals, th, th.force_drop_min_n,
+            d, "force_drop", est.t_ns, est.f_residual_n, residuals, th, min_drop,
             "residual force", "N",
         )  # fmt: skip
-        track.steps.append((est.t_ns, k, est.f_residual_n))
+        track.steps.append((est.t_ns, k if measured else math.nan, est.f_residual_n))
         return out + self._premature(d, track, th, est.t_ns)
 
     def _premature(self, d: Device, track: _Track, th: Thresholds, t_ns: int) -> list[Observation]:
@@ -258,6 +268,7 @@ class RuleBook:
         # so it needs no absolute force and holds for any gain, site or tissue.
         window_ns = round(th.premature_window_days * _DAY_NS)
         recent = [(t, math.log(k)) for t, k, _ in track.steps if t > t_ns - window_ns and k > 0]
+        # (a step whose k_inst is no measurement is kept as NaN, and k > 0 leaves it out)
         if len(recent) < th.premature_min_steps:
             return []
         growth, error = slope_with_error(recent)
@@ -306,15 +317,28 @@ class RuleBook:
         )  # fmt: skip
 
     def _load_share(self, d: Device, th: Thresholds, est: LoadShareInput) -> list[Observation]:
+        # Readiness is the DSP's decision, one rule in one place (docs/dsp.md): two days of
+        # usable shares within [0, 10 %) by 2 standard errors, in consolidation, re-judged on
+        # every test. A raw share is never judged here: a wrongly signed -94 % once read as
+        # "below the removal criterion".
+        out = self._sign_rule(d, est.t_ns, "sign_inconsistent" in est.flags)
+        if not est.usable:
+            return out
+        met = est.removal_criterion_met
         share = est.share
-        if est.status != "ok" or not finite(share):
-            return []
-        upper = share + 2.0 * est.share_std if finite(est.share_std) else share
+        return out + self._obs(
+            d, "readiness", est.t_ns, met, not met, Severity.INFO, share,
+            f"load share {100 * share:.1f} % (+/- {200 * est.share_std:.1f} % at 2 SE) on the "
+            f"second day: the removal criterion of {100 * th.ready_share:g} % is met"
+            if met else f"load share {100 * share:.1f} %: the removal criterion is not met",
+        )  # fmt: skip
+
+    def _sign_rule(self, d: Device, t_ns: int, inconsistent: bool) -> list[Observation]:
         return self._obs(
-            d, "readiness", est.t_ns, upper < th.ready_share, share > th.ready_clear_share,
-            Severity.INFO, share,
-            f"load share {100 * share:.1f} % (+2 SE {100 * upper:.1f} %) is below the removal "
-            f"criterion of {100 * th.ready_share:g} %",
+            d, "sign_inconsistent", t_ns, inconsistent, not inconsistent, Severity.INFO, None,
+            "the device's force rises and falls with the wrong sign (distraction steps against "
+            "weight-bearing): check the sensor's mounting and the registry's force_gain; no "
+            "removal decision is made from its load shares",
         )  # fmt: skip
 
     def _quality(
@@ -383,10 +407,13 @@ class RuleBook:
             track.faulty_channels.clear()
             track.episodes.clear()
             out += self._sensor_fault(d, est.t_ns, [])
-        if est.phase == "ready":
+        out += self._sign_rule(d, est.t_ns, "sign_inconsistent" in est.flags)
+        if est.phase in ("ready", "consolidation"):
+            ready = est.phase == "ready"
             out += self._obs(
-                d, "readiness", est.t_ns, True, False, Severity.INFO, est.load_share,
-                "the consolidation trend has reached the removal criterion",
+                d, "readiness", est.t_ns, ready, not ready, Severity.INFO, est.load_share,
+                "the removal criterion holds (two days of load shares below it)"
+                if ready else "the removal criterion no longer holds",
             )  # fmt: skip
         if est.phase != "consolidation":
             return out
@@ -409,9 +436,15 @@ class RuleBook:
         )
         slow = finite(drop_per_week) and drop_per_week < th.delayed_min_drop_per_week
         late = False
-        if judged and finite(est.gained_mm) and est.projected_ready_ns > 0:
+        if judged and finite(est.gained_mm):
             allowed_ns = round(th.delayed_healing_index_days_per_cm * est.gained_mm / 10 * _DAY_NS)
-            late = est.projected_ready_ns > track.consolidation_start_ns + allowed_ns
+            deadline_ns = track.consolidation_start_ns + allowed_ns
+            # A projected date only where the trend supports one; "too_far" says the date lies
+            # beyond the horizon the data support, which is late if the horizon already is.
+            if est.projection_status == "ok" and est.projected_ready_ns > 0:
+                late = est.projected_ready_ns > deadline_ns
+            elif est.projection_status == "too_far" and est.projection_horizon_ns > 0:
+                late = est.projection_horizon_ns > deadline_ns
         if not (finite(drop_per_week) or late):
             return out
         recovering = (

@@ -48,17 +48,14 @@ def test_high_distraction_force_fires(peak_n: float, severity: Severity) -> None
     assert (o.severity, o.value) == (severity, peak_n)
 
 
-def test_distraction_force_is_the_force_before_plus_the_step_jump() -> None:
-    """A walk in the step's window (a 1,600 N window peak) is not distraction force; tension is."""
-    walked = est(
-        "step", T0, f_peak_n=1600.0, f_residual_n=56.0, k_inst_n_per_mm=20.0, delta_mm=0.25
-    )
-    assert fired(book().estimate(walked), "distraction_force") == []
-    tense = est(
-        "step", T0, f_peak_n=300.0, f_residual_n=960.0, k_inst_n_per_mm=240.0, delta_mm=0.25
-    )
+def test_distraction_force_is_the_peak_the_step_reached() -> None:
+    """The fitted peak at the ramp's end is the tension: 1,020 N fires critical; a slow ramp's
+    sudden-step equivalent (f_inst_n 1,200 N) over a 300 N peak it never reached does not."""
+    tense = est("step", T0, f_peak_n=1020.0, f_inst_n=1100.0, f_residual_n=960.0)
     [o] = fired(book().estimate(tense), "distraction_force")
     assert (o.severity, o.value) == (Severity.CRITICAL, 1020.0)
+    slow = est("step", T0, f_peak_n=300.0, f_inst_n=1200.0, f_residual_n=250.0)
+    assert fired(book().estimate(slow), "distraction_force") == []
 
 
 def test_normal_force_is_quiet() -> None:
@@ -227,14 +224,35 @@ def test_delayed_consolidation(drop_per_day: float, fires: bool) -> None:
     assert bool(fired(out, "delayed_consolidation")) is fires
 
 
-def test_readiness_is_info_and_needs_margin() -> None:
-    """A load share of 6 +/- 1 % is ready (info); 9 +/- 2 % is not yet."""
+def test_readiness_follows_the_dsp_and_can_be_withdrawn() -> None:
+    """A share of 6 % the DSP has not (yet) found ready raises nothing; the DSP's verdict on
+    the second day raises readiness (info); a later usable test that takes it back clears it."""
     rules = book()
-    assert not fired(rules.estimate(est("load_share", T0, share=0.09, share_std=0.02)), "readiness")
-    [o] = fired(
-        rules.estimate(est("load_share", T0 + DAY, share=0.06, share_std=0.01)), "readiness"
-    )
+    first = est("load_share", T0, share=0.06, share_std=0.01, removal_criterion_met=False)
+    assert not fired(rules.estimate(first), "readiness")
+    second = est("load_share", T0 + DAY, share=0.06, share_std=0.01, removal_criterion_met=True)
+    [o] = fired(rules.estimate(second), "readiness")
     assert o.severity is Severity.INFO
+    back = est("load_share", T0 + 2 * DAY, share=0.2, share_std=0.01)
+    [cleared] = [x for x in rules.estimate(back) if x.rule == "readiness"]
+    assert not cleared.trigger
+    assert cleared.clear
+
+
+def test_a_wrongly_signed_share_raises_no_readiness_but_tells_the_engineers() -> None:
+    """A share of -94 % the DSP flagged sign_inconsistent never raises readiness, whatever it
+    reads; it raises sign_inconsistent (info), which a usable share clears."""
+    rules = book()
+    wrong = est(
+        "load_share", T0, share=-0.94, share_std=0.01, usable=False,
+        flags=["implausible", "sign_inconsistent"], removal_criterion_met=False,
+    )  # fmt: skip
+    out = rules.estimate(wrong)
+    assert fired(out, "readiness") == []
+    [o] = fired(out, "sign_inconsistent")
+    assert o.severity is Severity.INFO
+    right = est("load_share", T0 + DAY, share=0.5, share_std=0.01)
+    assert [x.clear for x in rules.estimate(right) if x.rule == "sign_inconsistent"] == [True]
 
 
 def quality(rules: RuleBook, t_s: float, span_s: float, **fields: Any) -> list[Observation]:
