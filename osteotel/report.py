@@ -3,10 +3,16 @@
     render_report(store, [DeviceInfo(...)], start_ns=..., end_ns=..., out=Path("r.pdf"))
 
 Each page shows step stiffness, load share with its fitted trend and the projected readiness
-date (dsp.consolidation), distraction steps performed against prescribed, alerts with their
-acknowledgements, and how much data arrived. A measurement with no points in the period
-(no load-share test yet, no alert) leaves its panel saying so, never an error. Names come
-from `osteotel.grafana.MEASUREMENTS`, so the report and the boards read the same schema.
+date, distraction steps performed against prescribed, alerts with their acknowledgements, and
+how much data arrived. A measurement with no points in the period (no load-share test yet, no
+alert) leaves its panel saying so, never an error. Names come from
+`osteotel.grafana.MEASUREMENTS`, so the report and the boards read the same schema.
+
+What the DSP marks as no measurement is shown as such, never as a value (docs/dsp.md): steps
+flagged `low_snr` are left out of the stiffness plot with a count, load shares that are not
+`usable` are drawn apart with their flags and never enter the trend, the phase and the
+projected date are the DSP's own (its last daily record: "ready" only when it says so, "no
+projection" with its reason otherwise), and the axes follow the plausible range.
 """
 
 import datetime as dt
@@ -27,6 +33,13 @@ __all__ = ["DeviceInfo", "PageSummary", "render_report"]
 _NS_PER_DAY = 86_400 * 10**9
 _A4_IN = (8.27, 11.69)
 _MAX_ALERT_LINES = 10
+# What the DSP's projection_status means, for the page (docs/dsp.md).
+_NO_PROJECTION = {
+    "insufficient_days": "fewer than 3 days of usable load shares",
+    "not_significant": "the load share is not falling significantly",
+    "too_far": "beyond what the trend's data support",
+    "none": "not in consolidation",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +69,14 @@ class PageSummary:
         steps_performed: distraction steps recorded in the period.
         elongation_mm: their summed displacement, mm.
         steps_prescribed: prescribed steps from the `daily` estimates, None if none.
-        share_now: the trend's load share at its last point (1 = all load), None without one.
-        projected_ready_ns: when the trend reaches the removal criterion, UTC epoch ns.
+        share_now: the trend's load share at its last point (1 = all load), the last usable
+            share without a trend, None without one.
+        phase: the DSP's phase on its last daily record, None without one.
+        projected_ready_ns: when the DSP projects the removal criterion, UTC epoch ns; None
+            when it does not (`projection`).
+        projection: why there is a date or none: the DSP's projection_status.
+        shares_unusable: load-share tests the DSP did not find usable.
+        steps_flagged: distraction steps whose k_inst is no measurement (low_snr).
         alerts: alerts raised in the period (distinct alert ids).
         acknowledged: how many of them were acknowledged.
         frames: frames stored in the period.
@@ -71,7 +90,11 @@ class PageSummary:
     elongation_mm: float
     steps_prescribed: int | None
     share_now: float | None
+    phase: str | None
     projected_ready_ns: int | None
+    projection: str
+    shares_unusable: int
+    steps_flagged: int
     alerts: int
     acknowledged: int
     frames: int
@@ -98,8 +121,10 @@ def _select(
     *,
     where: str = "",
     aggregate: str | None = None,
+    group_by: str | None = None,
 ) -> dict[str, list[Any]]:
-    """Columns of one device's points (or per-day aggregates); empty lists when none."""
+    """Columns of one device's points (or per-day aggregates); empty lists when none. With
+    `group_by` (a tag), its value is one more column."""
     device, start_ns, end_ns = span.device, span.start_ns, span.end_ns
     known = MEASUREMENTS[measurement]
     for name in fields:
@@ -115,11 +140,22 @@ def _select(
     )
     if aggregate:
         query += " GROUP BY time(1d) fill(none)"
+    elif group_by:
+        if group_by not in known.tags:
+            raise KeyError(f"{measurement} has no tag {group_by} in the catalogue")
+        query += f' GROUP BY "{group_by}"'
     columns: dict[str, list[Any]] = {name: [] for name in ("time", *fields)}
+    if group_by:
+        columns[group_by] = []
     for series in store.query(query, epoch="ns"):
         for row in series.values:
             for name, value in zip(series.columns, row, strict=True):
                 columns.setdefault(name, []).append(value)
+            if group_by:
+                columns[group_by].append((series.tags or {}).get(group_by))
+    if group_by and columns["time"]:  # series come one tag value at a time: back in time order
+        order = np.argsort(np.array(columns["time"], dtype=np.int64), kind="stable")
+        columns = {name: [values[i] for i in order] for name, values in columns.items()}
     return columns
 
 
@@ -155,7 +191,9 @@ class _PageData:
     columns: dict[str, dict[str, list[Any]]]
     share_days: np.ndarray[Any, np.dtype[np.float64]]
     share: np.ndarray[Any, np.dtype[np.float64]]
+    usable: np.ndarray[Any, np.dtype[np.bool_]]
     trend: Trend | None
+    band_days: tuple[float, float] | None
     acked: set[int]
 
 
@@ -180,22 +218,54 @@ def _read(
     estimates = _select(
         store,
         "step",
-        ["k_inst_n_per_mm", "k_eq_n_per_mm"],
+        ["k_inst_n_per_mm", "k_inst_std_n_per_mm", "k_eq_n_per_mm", "flags"],
         span,
         where=" AND \"kind\" = 'step'",
     )
-    shares = _select(store, "load_share", ["share"], span)
-    daily = _select(store, "daily", ["steps_prescribed"], span)
+    shares = _select(store, "load_share", ["share", "share_std", "usable", "flags"], span)
+    daily = _select(
+        store,
+        "daily",
+        ["steps_prescribed", "projection_status", "projected_ready_ns", "projected_ready_lo_ns",
+         "projected_ready_hi_ns"],
+        span,
+    )  # fmt: skip
+    phases = _select(store, "daily", ["steps_prescribed"], span, group_by="phase")
     frames = _select(store, "frame", ["seq"], span, aggregate="count")
-    alerts = _select(store, "alert", ["alert_id", "event", "summary", "severity"], span)
+    alerts = _select(
+        store, "alert", ["alert_id", "event", "summary", "severity"], span, group_by="rule"
+    )
     acks = _select(store, "alert_ack", ["alert_id", "by"], span)
 
+    # A share counts only when the DSP found it usable (a record without the verdict: no).
+    usable = np.array([v is True for v in shares["usable"]], dtype=np.bool_)
     share = _floats(shares["share"])
     share_days = (np.array(shares["time"], dtype=np.float64) - start_ns) / _NS_PER_DAY
-    trend = fit_trend(share_days, share, config=config) if share.size else None
+    stds = _floats(shares["share_std"])
+    trend = None
+    if usable.any():
+        trend = fit_trend(share_days[usable], share[usable], stds[usable], config=config)
+    share_now = None
+    if trend is not None and trend.n_days >= config.min_days:
+        share_now = trend.share_now
+    elif usable.any():
+        share_now = float(share[usable][-1])
+    # The projection is the DSP's (its last daily record), not one of the report's own.
+    projection = "none"
     projected_ns = None
-    if trend is not None and math.isfinite(trend.projected_day):
-        projected_ns = start_ns + round(trend.projected_day * _NS_PER_DAY)
+    band_days = None
+    if daily["time"]:
+        projection = str(daily["projection_status"][-1] or "none")
+        ready_ns = daily["projected_ready_ns"][-1]
+        if projection == "ok" and ready_ns is not None and ready_ns > 0:
+            projected_ns = int(ready_ns)
+            lo, hi = daily["projected_ready_lo_ns"][-1], daily["projected_ready_hi_ns"][-1]
+            if lo is not None and hi is not None and lo > 0 and hi > 0:
+                band_days = ((lo - start_ns) / _NS_PER_DAY, (hi - start_ns) / _NS_PER_DAY)
+    last_phase = None
+    if phases["time"]:
+        last_phase = str(phases["phase"][int(np.argmax(phases["time"]))])
+    flagged = sum("low_snr" in (f or "") for f in estimates["flags"])
     prescribed = [int(v) for v in daily["steps_prescribed"] if v is not None]
     acked = set(acks["alert_id"])
     # An alert writes a point per change (firing, repeat, resolved...): count each alert once.
@@ -207,8 +277,12 @@ def _read(
         steps_performed=len(steps["delta_mm"]),
         elongation_mm=float(np.nansum(_floats(steps["delta_mm"]))),
         steps_prescribed=sum(prescribed) if prescribed else None,
-        share_now=trend.share_now if trend is not None else None,
+        share_now=share_now,
+        phase=last_phase,
         projected_ready_ns=projected_ns,
+        projection=projection,
+        shares_unusable=int(np.count_nonzero(~usable)),
+        steps_flagged=flagged,
         alerts=len(raised),
         acknowledged=len(raised & acked),
         frames=int(sum(frames["seq"])),
@@ -222,7 +296,7 @@ def _read(
         "frames": frames,
         "alerts": alerts,
     }
-    return _PageData(columns, share_days, share, trend, acked), summary
+    return _PageData(columns, share_days, share, usable, trend, band_days, acked), summary
 
 
 def _draw_header(
@@ -232,8 +306,13 @@ def _draw_header(
     device, days, projected_ns = info.device, summary.days, summary.projected_ready_ns
     header.axis("off")
     header.text(0, 1.0, "osteotel consolidation report", fontsize=15, weight="bold", va="top")
-    projection = _day(projected_ns) if projected_ns is not None else "not projected"
+    if projected_ns is not None:
+        projection = _day(projected_ns)
+    else:
+        projection = f"no projection ({_NO_PROJECTION.get(summary.projection, summary.projection)})"
     share_text = f"{100 * summary.share_now:.1f} %" if summary.share_now is not None else "none"
+    if summary.shares_unusable:
+        share_text += f" ({summary.shares_unusable} tests not usable, left out)"
     prescribed_text = (
         str(summary.steps_prescribed) if summary.steps_prescribed is not None else "not recorded"
     )
@@ -242,31 +321,98 @@ def _draw_header(
         f"Period {_day(start_ns)} to {_day(end_ns)} (UTC)",
         f"Distraction steps performed {summary.steps_performed} "
         f"({summary.elongation_mm:.2f} mm), prescribed {prescribed_text}",
-        f"Load share now {share_text}; projected readiness (< {REMOVAL_SHARE_PCT:g} %) "
-        f"{projection}",
+        f"Phase {summary.phase or 'not estimated'}; load share now {share_text}",
+        f"Projected readiness (< {REMOVAL_SHARE_PCT:g} %) {projection}",
         f"Alerts {summary.alerts}, acknowledged {summary.acknowledged}; frames stored "
         f"{summary.frames}, days with data {summary.days_with_data} of {days}",
     ]
-    header.text(0, 0.72, "\n".join(lines), fontsize=9, va="top", linespacing=1.5)
+    header.text(0, 0.78, "\n".join(lines), fontsize=9, va="top", linespacing=1.5)
 
 
 def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> None:
-    """The period's alerts, newest last, each marked acknowledged or open."""
+    """The period's alerts grouped by rule (a repeated alert is one line with its count, first
+    and last time), each marked by how many are acknowledged."""
     table.axis("off")
     table.set_title("Alerts and acknowledgements", fontsize=10, loc="left")
-    rows = [
-        f"{_day(t)}  {severity}  {summary}  [{'acknowledged' if aid in acked else 'open'}]"
-        for t, aid, event, summary, severity in zip(
-            alerts["time"],
-            alerts["alert_id"],
-            alerts["event"],
-            alerts["summary"],
-            alerts["severity"],
-            strict=True,
+    groups: dict[str, list[tuple[int, int, str, str]]] = {}
+    for t, aid, event, summary, severity, rule in zip(
+        alerts["time"], alerts["alert_id"], alerts["event"], alerts["summary"],
+        alerts["severity"], alerts["rule"], strict=True,
+    ):  # fmt: skip
+        if event == "firing":
+            groups.setdefault(str(rule), []).append((int(t), int(aid), str(summary), severity))
+    rows = []
+    for rule, fired in sorted(groups.items(), key=lambda item: item[1][0][0]):
+        first, last = fired[0], fired[-1]
+        ids = {aid for _, aid, _, _ in fired}
+        counted = f"{rule} x{len(fired)}, {_day(first[0])} to {_day(last[0])}"
+        if len(fired) == 1:
+            counted = f"{rule}, {_day(first[0])}"
+        rows.append(
+            f"{counted}  {last[3]}  {last[2]}  [{len(ids & acked)} of {len(ids)} acknowledged]"
         )
-        if event == "firing"
-    ][:_MAX_ALERT_LINES]
-    table.text(0, 0.9, "\n".join(rows) or "no alerts in this period", fontsize=8, va="top")
+    text = "\n".join(rows[:_MAX_ALERT_LINES]) or "no alerts in this period"
+    table.text(0, 0.9, text, fontsize=8, va="top")
+
+
+def _draw_steps(ax: Any, estimates: dict[str, list[Any]], summary: PageSummary) -> None:
+    """Step stiffness: the measured k_inst with its standard error, and k_eq; the steps the
+    DSP flags low_snr counted, not drawn."""
+    measured = [i for i, f in enumerate(estimates["flags"]) if "low_snr" not in (f or "")]
+    if measured:
+        when = _dates([estimates["time"][i] for i in measured])
+        k_inst = _floats([estimates["k_inst_n_per_mm"][i] for i in measured])
+        k_std = _floats([estimates["k_inst_std_n_per_mm"][i] for i in measured])
+        k_eq = _floats([estimates["k_eq_n_per_mm"][i] for i in measured])
+        ax.errorbar(when, k_inst, yerr=k_std, fmt=".", elinewidth=0.6, label="k_inst +/- SE")
+        ax.plot(when, k_eq, ".", label="k_eq")
+        # The plausible range: stiffness is positive; the top from what was measured.
+        top = float(np.nanmax(np.concatenate([k_inst + np.nan_to_num(k_std), k_eq])))
+        ax.set_ylim(0.0, 1.15 * top if math.isfinite(top) and top > 0 else 1.0)
+        ax.legend(fontsize=8)
+    if summary.steps_flagged:
+        ax.text(
+            0.99, 0.95, f"{summary.steps_flagged} steps flagged low_snr, not plotted",
+            ha="right", va="top", transform=ax.transAxes, fontsize=8, color="0.3",
+        )  # fmt: skip
+    if not measured and not summary.steps_flagged:
+        _empty(ax, "no step estimates in this period")
+
+
+def _draw_shares(
+    ax: Any, data: _PageData, summary: PageSummary, *, start_ns: int, config: ConsolidationConfig
+) -> None:
+    """Load share: usable tests, the unusable ones apart with their flags, the trend over the
+    usable ones and the DSP's projection with its band."""
+    shares, share_days, share, trend = (
+        data.columns["shares"],
+        data.share_days,
+        data.share,
+        data.trend,
+    )
+    usable = data.usable
+    if shares["time"]:
+        if usable.any():
+            ax.plot(share_days[usable], 100 * share[usable], "o", markersize=3,
+                    label="load share (usable)")  # fmt: skip
+        if (~usable).any():
+            # Not a measurement of the bone: drawn apart, at the edge of the range it left.
+            shown = np.clip(100 * share[~usable], -5.0, 105.0)
+            reasons = sorted({f for f in shares["flags"] if f} or {"no verdict"})
+            ax.plot(share_days[~usable], shown, "x", color="0.55", markersize=4,
+                    label=f"not usable ({', '.join(reasons)})")  # fmt: skip
+        if trend is not None and trend.n_days >= config.min_days:
+            days_line, share_line = _trend_line(trend, float(share_days[usable][-1]), config)
+            ax.plot(days_line, share_line, "-", color="tab:orange", label="trend")
+        if data.band_days is not None and summary.projected_ready_ns is not None:
+            ax.axvspan(*data.band_days, color="tab:green", alpha=0.15, label="projection +/- 2 SE")
+            ax.axvline((summary.projected_ready_ns - start_ns) / _NS_PER_DAY, color="tab:green",
+                       linewidth=1)  # fmt: skip
+        ax.set_ylim(-8.0, 108.0)
+        ax.set_xlabel(f"days since {_day(start_ns)}")
+        ax.legend(fontsize=7)
+    else:
+        _empty(ax, "no load-share tests in this period")
 
 
 def _draw(
@@ -280,37 +426,20 @@ def _draw(
     config: ConsolidationConfig,
 ) -> None:
     """Lay out one page: the header figures, four plots and the alert list."""
-    steps, estimates, shares = (data.columns[k] for k in ("steps", "estimates", "shares"))
-    frames, alerts = data.columns["frames"], data.columns["alerts"]
-    share_days, share, trend, days = data.share_days, data.share, data.trend, summary.days
+    steps, estimates = data.columns["steps"], data.columns["estimates"]
+    frames, alerts, days = data.columns["frames"], data.columns["alerts"], summary.days
     grid = figure.add_gridspec(5, 2, height_ratios=[1.3, 2, 2, 2, 1.6], hspace=0.55, wspace=0.3)
     _draw_header(figure.add_subplot(grid[0, :]), info, summary, start_ns=start_ns, end_ns=end_ns)
     ax = figure.add_subplot(grid[1, :])
     ax.set_title("Step stiffness", fontsize=10, loc="left")
     ax.set_ylabel("N/mm")
-    if estimates["time"]:
-        when = _dates(estimates["time"])
-        ax.plot(when, _floats(estimates["k_inst_n_per_mm"]), ".", label="k_inst")
-        ax.plot(when, _floats(estimates["k_eq_n_per_mm"]), ".", label="k_eq")
-        ax.legend(fontsize=8)
-    else:
-        _empty(ax, "no step estimates in this period")
+    _draw_steps(ax, estimates, summary)
 
     ax = figure.add_subplot(grid[2, :])
     ax.set_title("Load share, trend and removal criterion", fontsize=10, loc="left")
     ax.set_ylabel("%")
     ax.axhline(REMOVAL_SHARE_PCT, color="tab:red", linestyle="--", linewidth=1)
-    if shares["time"]:
-        ax.plot(share_days, 100 * share, "o", markersize=3, label="load share")
-        if trend is not None:
-            days_line, share_line = _trend_line(trend, float(share_days[-1]), config)
-            ax.plot(days_line, share_line, "-", color="tab:orange", label="trend")
-            if math.isfinite(trend.projected_day):
-                ax.axvline(trend.projected_day, color="tab:green", linewidth=1)
-        ax.set_xlabel(f"days since {_day(start_ns)}")
-        ax.legend(fontsize=8)
-    else:
-        _empty(ax, "no load-share tests in this period")
+    _draw_shares(ax, data, summary, start_ns=start_ns, config=config)
 
     ax = figure.add_subplot(grid[3, 0])
     ax.set_title("Steps per day", fontsize=10, loc="left")

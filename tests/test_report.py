@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_grafana import DEVICES, END_NS, load_emulation
 
-from dsp.estimator import LoadShareRecord
+from dsp.estimator import DailyRecord, LoadShareRecord
 from ingest.estimates import estimate_line
 from osteotel.report import DeviceInfo, PageSummary, render_report
 from osteotel.services import InfluxDB, free_port
@@ -25,22 +25,62 @@ INFOS = [DeviceInfo(device, patient, site, 4) for device, _hub, patient, site, _
 ORANGE = np.array([1.0, 0.498, 0.055])  # matplotlib's tab:orange, the trend line
 
 
-def _load_share_points(device: str, hub: str) -> bytes:
-    """Daily load shares whose log stiffness ratio is a line crossing the 10 % criterion.
+WRONG = "DX-0009"  # a device whose sensor is mounted the other way, uncorrected
+WRONG_INFO = DeviceInfo(WRONG, "P-93D0", "tibia", 4)
 
-    share = 1 / (1 + 9 e^(0.15 (d - READY_DAY))), written as ingest writes an estimate.
-    """
+
+def _share(device: str, day: int, share: float, *, flags: tuple[str, ...] = ()) -> LoadShareRecord:
+    t_ns = START_NS + day * NS_PER_DAY
+    return LoadShareRecord(
+        device=device, t_ns=t_ns, kind="load_share", version="dsp.loadshare/2",
+        calibration_id=None, t_start_ns=t_ns - 60 * 10**9, t_end_ns=t_ns, share=share,
+        share_std=0.01, f_offset_n=0.0, r2=0.99, resid_sd_n=1.0, ref_range_n=200.0,
+        status="ok", n_samples=600, k_device_n_per_mm=500.0, flags=flags, usable=not flags,
+        removal_criterion_met=False,
+    )  # fmt: skip
+
+
+def _daily(device: str, *, phase: str, projection: str, ready_day: float | None) -> DailyRecord:
+    """The DSP's last daily record of the period, with its projection."""
+    ready_ns = START_NS + round(ready_day * NS_PER_DAY) if ready_day is not None else -1
+    band = 2 * NS_PER_DAY if ready_day is not None else 0
+    return DailyRecord(
+        device=device, t_ns=END_NS, kind="daily", version="dsp.estimator/1",
+        calibration_id=None, t_start_ns=END_NS, t_end_ns=END_NS, phase=phase,  # type: ignore[arg-type]
+        steps_done=0, steps_prescribed=0, missed_steps=0, extra_steps=0, mm_done=0.0,
+        mm_prescribed=0.0, adherence=float("nan"), gained_mm=10.0, k_inst_n_per_mm=float("nan"),
+        k_eq_n_per_mm=float("nan"), f_residual_n=float("nan"),
+        probe_k_inst_n_per_mm=float("nan"), probe_k_eq_n_per_mm=float("nan"),
+        k_track_n_per_mm=float("nan"), load_share=float("nan"), load_share_std=float("nan"),
+        n_load_tests=0, n_load_tests_usable=0, k_device_n_per_mm=float("nan"),
+        consolidation_index=float("nan"), trend_slope_per_day=float("nan"),
+        trend_slope_std_per_day=float("nan"), projected_ready_ns=ready_ns,
+        projected_ready_lo_ns=ready_ns - band if ready_day is not None else -1,
+        projected_ready_hi_ns=ready_ns + band if ready_day is not None else -1,
+        projection_status=projection, projection_horizon_ns=-1,
+        flags=("sign_inconsistent",) if device == WRONG else (),
+    )  # fmt: skip
+
+
+def _load_share_points(device: str, hub: str) -> bytes:
+    """Daily usable load shares whose log stiffness ratio is a line crossing the 10 %
+    criterion, share = 1 / (1 + 9 e^(0.15 (d - READY_DAY))), and the DSP's daily record
+    projecting that day; and a wrongly signed device's flagged shares; written as ingest
+    writes estimates."""
     lines = []
     for day in range(10, 30):
-        t_ns = START_NS + day * NS_PER_DAY
-        record = LoadShareRecord(
-            device=device, t_ns=t_ns, kind="load_share", version="dsp.loadshare/1",
-            calibration_id=None, t_start_ns=t_ns - 60 * 10**9, t_end_ns=t_ns,
-            share=float(1.0 / (1.0 + 9.0 * np.exp(0.15 * (day - READY_DAY)))), share_std=0.01,
-            f_offset_n=0.0, r2=0.99, ref_range_n=200.0, status="ok", n_samples=600,
-            k_device_n_per_mm=500.0,
-        )  # fmt: skip
-        lines.append(estimate_line(hub, record))
+        share = float(1.0 / (1.0 + 9.0 * np.exp(0.15 * (day - READY_DAY))))
+        lines.append(estimate_line(hub, _share(device, day, share)))
+        wrong = _share(WRONG, day, -share, flags=("implausible", "sign_inconsistent"))
+        lines.append(estimate_line(hub, wrong))
+    lines.append(
+        estimate_line(hub, _daily(device, phase="consolidation", projection="ok",
+                                  ready_day=READY_DAY))
+    )  # fmt: skip
+    lines.append(
+        estimate_line(hub, _daily(WRONG, phase="consolidation", projection="insufficient_days",
+                                  ready_day=None))
+    )  # fmt: skip
     return b"".join(lines)
 
 
@@ -109,7 +149,7 @@ def test_pdf_has_one_page_per_device_with_its_figures(store: InfluxStore, tmp_pa
         assert "Period 2025-12-02 to 2026-01-01 (UTC)" in page
         assert f"Distraction steps performed {steps} ({elongation_mm:.2f} mm)" in page
     first = pages[0]
-    assert f"projected readiness (< 10 %) {READY_DATE}" in first
+    assert f"Projected readiness (< 10 %) {READY_DATE}" in first
     raised, acked = _alerts(store, INFOS[0].device)
     assert (summaries[0].alerts, summaries[0].acknowledged) == (raised, acked)
     assert acked == 1
@@ -119,11 +159,20 @@ def test_pdf_has_one_page_per_device_with_its_figures(store: InfluxStore, tmp_pa
         f"AND \"event\" = 'firing' AND time >= {START_NS} AND time <= {END_NS}"
     )
     assert series.values[0][1] in first
-    assert "not projected" in pages[1]
+    assert "no projection (" in pages[1]
+    # Repeated alerts are one line per rule, with their count.
+    rules = {s.tags["rule"] for s in store.query(
+        f'SELECT count("alert_id") FROM "alert" WHERE "device" = \'{INFOS[0].device}\' '
+        f"AND \"event\" = 'firing' AND time >= {START_NS} AND time <= {END_NS} GROUP BY \"rule\""
+    )}  # fmt: skip
+    lines = [line.strip() for line in first.splitlines()]
+    assert rules
+    for rule in rules:
+        assert sum(line.startswith(rule) for line in lines) == 1, rule
 
 
-def test_projection_comes_from_the_load_share_trend(store: InfluxStore, tmp_path: Path) -> None:
-    """Shares on a log-linear path to 10 % give that crossing day as the readiness date."""
+def test_projection_is_the_dsps(store: InfluxStore, tmp_path: Path) -> None:
+    """The readiness date is the one the DSP's last daily record projects."""
     summaries = render_report(
         store, INFOS[:1], start_ns=START_NS, end_ns=END_NS, out=tmp_path / "r.pdf"
     )
@@ -156,3 +205,20 @@ def test_bad_output_is_refused(store: InfluxStore, tmp_path: Path, name: str, de
     with pytest.raises(ValueError, match=r"report file|PNG holds"):
         render_report(store, INFOS[:devices], start_ns=START_NS, end_ns=END_NS, out=tmp_path / name)
     assert not (tmp_path / name).exists()
+
+
+def test_a_wrongly_signed_device_is_never_shown_ready(store: InfluxStore, tmp_path: Path) -> None:
+    """A device whose shares the DSP flags (-94 % to -3 %, sign_inconsistent) gets a page
+    without a share, a trend or a date: its tests are counted as not usable and drawn apart
+    with their flags, and the axis keeps to the plausible range."""
+    out = tmp_path / "wrong.pdf"
+    [summary] = render_report(store, [WRONG_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    assert summary.share_now is None
+    assert summary.projected_ready_ns is None
+    assert summary.shares_unusable == 20
+    assert summary.phase == "consolidation"
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert "load share now none (20 tests not usable, left out)" in page
+    assert "no projection (fewer than 3 days of usable load shares)" in page
+    assert "sign_inconsistent" in page
+    assert "ready" not in page.lower().replace("projected readiness", "")
