@@ -25,6 +25,7 @@ from devices.emulator.timeline import DeviceConfig
 from devices.registry import Registry
 from dsp.estimator import FleetEstimator
 from ingest.estimates import estimate_line, estimate_message, feed_event, register_device
+from osteotel.grafana import build_dashboards, expand
 from osteotel.report import DeviceInfo, render_report
 from osteotel.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings, MqttSettings
@@ -78,7 +79,7 @@ def _emulate(registry: Path) -> tuple[list[bytes], list[tuple[str, bytes]]]:
         register_device(estimator, reg.devices[device])
         config = DeviceConfig(
             device=device, hub="HUB-A", scenario=scenario, seed=5, rate_hz=10.0,
-            frame_samples=50, time_scale=600.0, target_mm=8.0,
+            frame_samples=100, target_mm=8.0,
         )  # fmt: skip
         for item in generate(config, start_ns=START_NS, end_ns=END_NS):
             if item.frame is not None:
@@ -148,16 +149,16 @@ def treatment(
 
 
 def _column(store: InfluxStore, query: str) -> list[Any]:
-    series = store.query(query)
-    return [row[1] for s in series for row in s.values]
+    """The last column of a query's rows (the first is the time)."""
+    return [row[-1] for s in store.query(query) for row in s.values]
 
 
 def test_the_correct_device_becomes_ready_and_the_wrong_one_never(treatment: Treatment) -> None:
     """Stored daily phases: the correctly signed device reaches ready; the reversed one stays
     in consolidation with the sign_inconsistent flag on its days."""
     store = treatment.store
-    good = _column(store, f"SELECT phase FROM daily WHERE device = '{GOOD}'")
-    wrong = _column(store, f"SELECT phase FROM daily WHERE device = '{WRONG}'")
+    good = _column(store, f"SELECT gained_mm, phase FROM daily WHERE device = '{GOOD}'")
+    wrong = _column(store, f"SELECT gained_mm, phase FROM daily WHERE device = '{WRONG}'")
     assert "ready" in good
     assert "consolidation" in wrong
     assert "ready" not in wrong
@@ -176,9 +177,11 @@ def test_no_share_index_or_projection_of_the_wrong_device_is_usable(
     assert not any(usable)
     shares = _column(store, f"SELECT share FROM load_share WHERE device = '{WRONG}'")
     assert all(s < 0 for s in shares)
+    consolidating = "phase = 'consolidation' OR phase = 'ready'"
     for field in ("load_share", "consolidation_index"):
-        assert _column(store, f"SELECT {field} FROM daily WHERE device = '{WRONG}'") == []
-        assert _column(store, f"SELECT {field} FROM daily WHERE device = '{GOOD}'")
+        query = f"SELECT {field} FROM daily WHERE device = '{{}}' AND ({consolidating})"
+        assert _column(store, query.format(WRONG)) == []
+        assert _column(store, query.format(GOOD))
     projected = _column(store, f"SELECT projected_ready_ns FROM daily WHERE device = '{WRONG}'")
     assert all(p == -1 for p in projected)
     met = _column(store, f"SELECT removal_criterion_met FROM load_share WHERE device = '{WRONG}'")
@@ -220,7 +223,39 @@ def test_the_report_never_shows_the_wrong_device_ready(treatment: Treatment) -> 
 def test_messages_are_json(treatment: Treatment) -> None:
     """(Sanity of the fixture) the database holds both devices' daily records."""
     counts = {
-        device: len(_column(treatment.store, f"SELECT phase FROM daily WHERE device = '{device}'"))
+        device: len(
+            _column(treatment.store, f"SELECT gained_mm FROM daily WHERE device = '{device}'")
+        )
         for device in DEVICES
     }
     assert all(n >= 30 for n in counts.values()), json.dumps(counts)
+
+
+@pytest.mark.parametrize(
+    "panel",
+    ["Load share (removal below 10 %)", "Consolidation index", "Projected readiness"],
+    ids=["load_share", "consolidation_index", "projected_readiness"],
+)
+def test_the_patient_board_shows_nothing_of_the_wrong_device(
+    treatment: Treatment, panel: str
+) -> None:
+    """The patient board's load share, index and projection panels, expanded as Grafana does
+    and run on the real InfluxDB, show the correct device's values and none of the reversed
+    one's (its index only the 0 of distraction, no date)."""
+    [board] = [b for b in build_dashboards() if b.uid == "osteotel-patient"]
+    [query] = [q for q in board.queries if q.panel == panel]
+    values = {}
+    for device in DEVICES:
+        text = expand(
+            query.influxql, start_ns=START_NS, end_ns=END_NS,
+            variables={"hub": ["HUB-A"], "patient": ["$__all"], "device": [device]},
+        )  # fmt: skip
+        values[device] = [
+            v
+            for s in treatment.store.query(text, epoch="ms")
+            for row in s.values
+            for v in row[1:]
+            if v is not None
+        ]
+    assert any(v > 0 for v in values[GOOD])
+    assert all(v <= 0 for v in values[WRONG])

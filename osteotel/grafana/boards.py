@@ -350,10 +350,16 @@ def _patient() -> Board:
                 ],
                 chain,
                 by_time=None,
+                # Only what the DSP found usable: a wrongly signed -94 % once sat in the band.
+                extra_where=[f"{name_of('load_share', 'usable')} = true"],
             )
         ],
         unit="percent",
-        description="Aarnes 2005 (J Orthop Res): the frame may come off below 10 %.",
+        description=(
+            "Usable load-share tests only (docs/dsp.md: flagged implausible, poor_fit, "
+            "low_load_variation or sign_inconsistent tests are left out; the report counts "
+            "them). Aarnes 2005 (J Orthop Res): the frame may come off below 10 %."
+        ),
         field_config={
             "defaults": {
                 "custom": {"thresholdsStyle": {"mode": "line+area"}},
