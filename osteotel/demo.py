@@ -3,7 +3,9 @@
 Starts a local Mosquitto and InfluxDB (the same launchers the tests use) and `osteotel ingest`
 as its own process, as in production; emulated hubs publish the example registry's devices
 with time compressed, plus one payload breaking each of a few contract rules so that the
-rejections show; then it prints what InfluxDB holds.
+rejections show; then it prints what InfluxDB holds and writes each device's consolidation
+report (PDF) into the work folder's `reports/` (a folder of its own when the work folder is
+temporary), printing where.
 """
 
 import asyncio
@@ -36,6 +38,7 @@ _SETTLE_TIMEOUT_S = 120.0
 
 def run_demo(*, duration_s: float, workdir: str | None) -> int:
     """Run the demo for about `duration_s` seconds of publishing; returns the exit status."""
+    keep = workdir is not None
     with ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="osteotel-demo-"))
@@ -56,7 +59,28 @@ def run_demo(*, duration_s: float, workdir: str | None) -> int:
             ingest.wait(timeout=30)
         _print_summary(influx_settings)
         print(f"  ingest log: {root / 'ingest.log'}\n  dead letters: {root / 'dead-letter'}")
+        # The reports outlive a temporary work folder: a folder of their own unless one is given.
+        reports = root / "reports" if keep else Path(tempfile.mkdtemp(prefix="osteotel-demo-"))
+        for path in _write_reports(influx_settings, reports):
+            print(f"  report: {path}")
     return 0
+
+
+def _write_reports(settings: InfluxSettings, folder: Path) -> list[Path]:
+    """Each example device's consolidation report over the emulated days, one PDF each."""
+    from osteotel.report import DeviceInfo, render_report  # noqa: PLC0415 - matplotlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    end_ns = time.time_ns() + 86_400 * 10**9
+    start_ns = end_ns - round((_DEMO_DAYS + 2) * 86_400 * 10**9)
+    paths = []
+    with InfluxStore(settings) as store:
+        for device in Registry.load(EXAMPLE_REGISTRY).devices.values():
+            info = DeviceInfo(device.id, device.patient, device.site, device.protocol.steps_per_day)
+            path = folder / f"report-{device.id}.pdf"
+            render_report(store, [info], start_ns=start_ns, end_ns=end_ns, out=path)
+            paths.append(path)
+    return paths
 
 
 def _ingest_process(root: Path, broker: Mosquitto, influx: InfluxDB) -> subprocess.Popen[bytes]:

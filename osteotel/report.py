@@ -77,6 +77,7 @@ class PageSummary:
         projection: why there is a date or none: the DSP's projection_status.
         shares_unusable: load-share tests the DSP did not find usable.
         steps_flagged: distraction steps whose k_inst is no measurement (low_snr).
+        sign_inconsistent: the DSP found the device's steps and loading disagree in sign.
         alerts: alerts raised in the period (distinct alert ids).
         acknowledged: how many of them were acknowledged.
         frames: frames stored in the period.
@@ -95,6 +96,7 @@ class PageSummary:
     projection: str
     shares_unusable: int
     steps_flagged: int
+    sign_inconsistent: bool
     alerts: int
     acknowledged: int
     frames: int
@@ -172,6 +174,8 @@ def _floats(values: Sequence[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
 
 
 def _empty(ax: Any, text: str) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
@@ -218,7 +222,7 @@ def _read(
     estimates = _select(
         store,
         "step",
-        ["k_inst_n_per_mm", "k_inst_std_n_per_mm", "k_eq_n_per_mm", "flags"],
+        ["k_inst_n_per_mm", "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "flags"],
         span,
         where=" AND \"kind\" = 'step'",
     )
@@ -227,7 +231,7 @@ def _read(
         store,
         "daily",
         ["steps_prescribed", "projection_status", "projected_ready_ns", "projected_ready_lo_ns",
-         "projected_ready_hi_ns"],
+         "projected_ready_hi_ns", "flags"],
         span,
     )  # fmt: skip
     phases = _select(store, "daily", ["steps_prescribed"], span, group_by="phase")
@@ -282,6 +286,7 @@ def _read(
         projected_ready_ns=projected_ns,
         projection=projection,
         shares_unusable=int(np.count_nonzero(~usable)),
+        sign_inconsistent=any("sign_inconsistent" in (f or "") for f in daily["flags"]),
         steps_flagged=flagged,
         alerts=len(raised),
         acknowledged=len(raised & acked),
@@ -323,10 +328,18 @@ def _draw_header(
         f"({summary.elongation_mm:.2f} mm), prescribed {prescribed_text}",
         f"Phase {summary.phase or 'not estimated'}; load share now {share_text}",
         f"Projected readiness (< {REMOVAL_SHARE_PCT:g} %) {projection}",
+        *(
+            [
+                "Signs disagree (sign_inconsistent): check the sensor's mounting and force_gain;",
+                "no removal decision is made from its load shares",
+            ]
+            if summary.sign_inconsistent
+            else []
+        ),
         f"Alerts {summary.alerts}, acknowledged {summary.acknowledged}; frames stored "
         f"{summary.frames}, days with data {summary.days_with_data} of {days}",
     ]
-    header.text(0, 0.78, "\n".join(lines), fontsize=9, va="top", linespacing=1.5)
+    header.text(0, 0.78, "\n".join(lines), fontsize=9, va="top", linespacing=1.4)
 
 
 def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> None:
@@ -356,27 +369,39 @@ def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> N
 
 
 def _draw_steps(ax: Any, estimates: dict[str, list[Any]], summary: PageSummary) -> None:
-    """Step stiffness: the measured k_inst with its standard error, and k_eq; the steps the
-    DSP flags low_snr counted, not drawn."""
+    """Step stiffness: k_peak, what each step raised by its ramp's end, for every fitted step
+    (it does not depend on the fast relaxation's extrapolation); k_inst with its standard
+    error and k_eq for the steps whose k_inst is a measurement; the rest counted."""
+    if not estimates["time"]:
+        _empty(ax, "no step estimates in this period")
+        return
+    when = _dates(estimates["time"])
+    k_peak = _floats(estimates["k_peak_n_per_mm"])
+    shown = [np.nan_to_num(k_peak, nan=0.0)]
+    ax.plot(when, k_peak, ".", color="0.6", markersize=4, label="k_peak (at the ramp's end)")
     measured = [i for i, f in enumerate(estimates["flags"]) if "low_snr" not in (f or "")]
     if measured:
-        when = _dates([estimates["time"][i] for i in measured])
+        at = [when[i] for i in measured]
         k_inst = _floats([estimates["k_inst_n_per_mm"][i] for i in measured])
         k_std = _floats([estimates["k_inst_std_n_per_mm"][i] for i in measured])
         k_eq = _floats([estimates["k_eq_n_per_mm"][i] for i in measured])
-        ax.errorbar(when, k_inst, yerr=k_std, fmt=".", elinewidth=0.6, label="k_inst +/- SE")
-        ax.plot(when, k_eq, ".", label="k_eq")
-        # The plausible range: stiffness is positive; the top from what was measured.
-        top = float(np.nanmax(np.concatenate([k_inst + np.nan_to_num(k_std), k_eq])))
-        ax.set_ylim(0.0, 1.15 * top if math.isfinite(top) and top > 0 else 1.0)
-        ax.legend(fontsize=8)
+        ax.errorbar(at, k_inst, yerr=k_std, fmt=".", elinewidth=0.6, label="k_inst +/- SE")
+        ax.plot(at, k_eq, ".", label="k_eq")
+        shown += [np.nan_to_num(k_inst + k_std, nan=0.0), np.nan_to_num(k_eq, nan=0.0)]
+    # The plausible range: a stiffness is positive; the top from what is shown.
+    top = float(np.max(np.concatenate(shown)))
+    ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    notes = []
     if summary.steps_flagged:
-        ax.text(
-            0.99, 0.95, f"{summary.steps_flagged} steps flagged low_snr, not plotted",
-            ha="right", va="top", transform=ax.transAxes, fontsize=8, color="0.3",
-        )  # fmt: skip
-    if not measured and not summary.steps_flagged:
-        _empty(ax, "no step estimates in this period")
+        notes.append(f"k_inst of {summary.steps_flagged} steps flagged low_snr, not plotted")
+    falling = int(np.count_nonzero(k_peak < 0))
+    if falling:
+        notes.append(f"{falling} steps lowered the force (sign), not plotted")
+    if notes:
+        ax.text(0.99, 0.95, "\n".join(notes), ha="right", va="top", transform=ax.transAxes,
+                fontsize=8, color="0.3")  # fmt: skip
 
 
 def _draw_shares(
@@ -398,7 +423,9 @@ def _draw_shares(
         if (~usable).any():
             # Not a measurement of the bone: drawn apart, at the edge of the range it left.
             shown = np.clip(100 * share[~usable], -5.0, 105.0)
-            reasons = sorted({f for f in shares["flags"] if f} or {"no verdict"})
+            reasons = sorted(
+                {flag for f in shares["flags"] if f for flag in str(f).split(",")} or {"no verdict"}
+            )
             ax.plot(share_days[~usable], shown, "x", color="0.55", markersize=4,
                     label=f"not usable ({', '.join(reasons)})")  # fmt: skip
         if trend is not None and trend.n_days >= config.min_days:
@@ -428,7 +455,7 @@ def _draw(
     """Lay out one page: the header figures, four plots and the alert list."""
     steps, estimates = data.columns["steps"], data.columns["estimates"]
     frames, alerts, days = data.columns["frames"], data.columns["alerts"], summary.days
-    grid = figure.add_gridspec(5, 2, height_ratios=[1.3, 2, 2, 2, 1.6], hspace=0.55, wspace=0.3)
+    grid = figure.add_gridspec(5, 2, height_ratios=[2.1, 2, 2, 2, 1.6], hspace=0.55, wspace=0.3)
     _draw_header(figure.add_subplot(grid[0, :]), info, summary, start_ns=start_ns, end_ns=end_ns)
     ax = figure.add_subplot(grid[1, :])
     ax.set_title("Step stiffness", fontsize=10, loc="left")
