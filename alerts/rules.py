@@ -224,7 +224,7 @@ class RuleBook:
             # A probe's 0.02 mm answer is k_inst x 0.02 mm: a few N until the regenerate is
             # stiff, where the fitted peak's error (~40 N/mm at 10 Hz) is as large as the
             # value. Only a converged fit that explains the relaxation and whose k_inst the
-            # DSP does not flag `low_snr` (standard error > 20 % of it) measures a stiffness.
+            # DSP does not flag `low_snr` (standard error > 8 % of it) measures a stiffness.
             # R^2 alone is no guard: two normal probes with R^2 0.96 read half the truth.
             if (
                 est.fit_status != "ok"

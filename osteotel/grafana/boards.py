@@ -40,9 +40,9 @@ def _treatment_day() -> tuple[str, str]:
     return f"floor((${{__to}} * 1000000 - {osteotomy}) / {_NS_PER_DAY})", "treatment_day"
 
 
-def _projected_ready_ms() -> tuple[str, str]:
+def _projected_ready_ms(field: str = "projected_ready_ns") -> tuple[str, str]:
     # Nanoseconds to milliseconds: Grafana's dateTime units take epoch ms.
-    return f"last({name_of('daily', 'projected_ready_ns')}) / 1000000", "projected_ready_ms"
+    return f"last({name_of('daily', field)}) / 1000000", field.replace("_ns", "_ms")
 
 
 def _fleet() -> Board:
@@ -391,7 +391,13 @@ def _patient() -> Board:
         [
             series_query(
                 "daily",
-                [_projected_ready_ms()],
+                # The DSP's date and its band of +/- 2 SE; -1 ("not projected") when its data
+                # do not support one (docs/dsp.md, projection_status).
+                [
+                    _projected_ready_ms(),
+                    _projected_ready_ms("projected_ready_lo_ns"),
+                    _projected_ready_ms("projected_ready_hi_ns"),
+                ],
                 chain,
                 by_time=None,
             )
