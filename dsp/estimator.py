@@ -335,6 +335,12 @@ _STEP_FIELDS = (
 )  # fmt: skip
 
 
+# ... and the load-share record these of its estimate.
+_SHARE_FIELDS = (
+    "share", "share_std", "f_offset_n", "r2", "resid_sd_n", "ref_range_n", "status", "n_samples",
+)  # fmt: skip
+
+
 def _median(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.median(finite)) if finite else math.nan
@@ -814,14 +820,7 @@ class FleetEstimator:
                 calibration_id=self._calibration.get(i),
                 t_start_ns=est.t_start_ns,
                 t_end_ns=est.t_end_ns,
-                share=est.share,
-                share_std=est.share_std,
-                f_offset_n=est.f_offset_n,
-                r2=est.r2,
-                resid_sd_n=est.resid_sd_n,
-                ref_range_n=est.ref_range_n,
-                status=est.status,
-                n_samples=est.n_samples,
+                **{name: getattr(est, name) for name in _SHARE_FIELDS},
                 k_device_n_per_mm=k_dev,
                 flags=tuple(sorted(flags)),
                 usable=usable,
