@@ -1,6 +1,6 @@
 """`osteotel alerts run | list | ack | silence`: the parsers and the functions they call.
 
-osteotel/cli.py wires it (the lead's file):
+apps/cli.py wires it (the lead's file):
 
     alerts_parser = add("alerts", _alerts, "evaluate alert rules, notify, acknowledge, silence")
     alerts.cli.add_parsers(alerts_parser)

@@ -40,7 +40,7 @@ def supervise(settings: Settings, processes: int) -> int:
     """Run `processes` ingest children until a signal stops them; returns the worst exit code."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "osteotel.cli", "ingest"],
+            [sys.executable, "-m", "ingest"],
             env=child_environment(settings, partition, processes),
         )
         for partition in range(processes)

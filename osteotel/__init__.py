@@ -1,4 +1,5 @@
-"""Shared code of the osteotel services: settings, the InfluxDB store, logging, the CLI."""
+"""The core every osteotel service shares: settings, errors, logs, float formatting and the
+InfluxDB store (docs/architecture.md: it imports nothing else of ours)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

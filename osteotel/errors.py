@@ -10,7 +10,7 @@
     ├── PublishError         devices.emulator.fastpub: the broker refused or dropped a publisher
     ├── AlertError           alerts.engine: an acknowledgement or silence was refused
     ├── NotifyError          alerts.notify: a notification channel failed (retried later)
-    └── GrafanaPushError     osteotel.grafana.push: Grafana refused or could not be reached
+    └── GrafanaPushError     apps.grafana.push: Grafana refused or could not be reached
 
 The first five live here; the others next to the one boundary that raises them. Library
 exceptions are mapped to these in one place per outside system (InfluxDB: `osteotel.store.http`;

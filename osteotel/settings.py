@@ -42,7 +42,7 @@ class MqttSettings(_Section):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
-    # A file holding the password (mode 0600, e.g. made by `python -m osteotel.brokerconf`);
+    # A file holding the password (mode 0600, e.g. made by `python -m apps.brokerconf`);
     # used when `password` is not set, so the secret need not sit in the environment.
     password_file: Path | None = None
     client_id: str = "osteotel-ingest"

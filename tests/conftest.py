@@ -2,7 +2,7 @@
 
 One broker, one InfluxDB, one VictoriaMetrics and one Alertmanager serve every test that asks
 for them; each test isolates itself by a unique MQTT topic prefix and a fresh database name.
-A test that restarts, kills or reconfigures a server starts its own from `osteotel.services`
+A test that restarts, kills or reconfigures a server starts its own from `apps.services`
 in its `tmp_path` rather than disturbing the shared one.
 
 A missing binary fails the run with the apt-get command that installs it: never a skip.
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from osteotel.services import Alertmanager, InfluxDB, Mosquitto, VictoriaMetrics
+from apps.services import Alertmanager, InfluxDB, Mosquitto, VictoriaMetrics
 
 # Loopback only: ignore *_proxy variables for the fixtures' own HTTP calls.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from osteotel.services import InfluxDB, Mosquitto, free_port
+from apps.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore, Series
 
@@ -67,7 +67,7 @@ class IngestProcess:
         self.starts += self.processes
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "osteotel.cli", "ingest", *self.args],
+                [sys.executable, "-m", "apps.cli", "ingest", *self.args],
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -34,8 +34,8 @@ from alerts.notify import (
 from alerts.outbox import Dispatcher
 from alerts.settings import SmtpSettings
 from alerts.store import AlertStore
+from apps.services import Alertmanager, Mosquitto, free_port
 from osteotel.errors import StoreRejected, StoreUnavailable
-from osteotel.services import Alertmanager, Mosquitto, free_port
 from osteotel.settings import MqttSettings
 
 S = 1_000_000_000

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from alerts.model import Alert, AlertState, Severity
+from apps.bench.treatment import run_treatment
 from devices.emulator.generator import DeviceConfig
 from devices.emulator.groundtruth import ground_truth
 from devices.registry import Registry
-from osteotel.bench.treatment import run_treatment
 
 _DAY_NS = 86_400 * 1_000_000_000
 _START_NS = 19_700 * _DAY_NS  # an osteotomy at midnight UTC

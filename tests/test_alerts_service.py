@@ -22,9 +22,9 @@ from alerts.outbox import Dispatcher
 from alerts.service import AlertService
 from alerts.settings import AlertSettings
 from alerts.store import AlertStore
+from apps.services import InfluxDB, Mosquitto, free_port
 from devices.codec import encode_event
 from devices.contract import Battery, events_topic
-from osteotel.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings, MqttSettings
 
 REGISTRY = Path(__file__).parent.parent / "deploy" / "registry.example.toml"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from apps.analyze import analyze_emulated, configure, main
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json
 from devices.contract import events_topic, status_topic, telemetry_topic
 from devices.emulator.capture import CaptureWriter
 from devices.emulator.generator import DeviceConfig, generate
-from osteotel.analyze import analyze_emulated, configure, main
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 START_NS = 1_699_920_000_000_000_000

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from osteotel.bench import ingest as ingest_bench
+from apps.bench import ingest as ingest_bench
 
 DOCUMENTED = (
     "devices", "frames", "frame_samples", "samples",

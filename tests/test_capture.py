@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps.bench import replay as replay_bench
+from apps.services import Mosquitto, free_port
 from devices.emulator.capture import (
     CapturedMessage,
     CaptureError,
@@ -23,8 +25,6 @@ from devices.emulator.capture import (
     replay,
 )
 from devices.emulator.fleet import FleetPlan, hub_encodings, plan_devices
-from osteotel.bench import replay as replay_bench
-from osteotel.services import Mosquitto, free_port
 from osteotel.settings import MqttSettings
 
 END_NS = 1_700_000_000_000_000_000

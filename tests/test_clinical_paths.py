@@ -20,14 +20,14 @@ from alerts.model import AlertState
 from alerts.service import AlertService
 from alerts.settings import AlertSettings
 from alerts.store import AlertStore
+from apps.grafana import build_dashboards, expand
+from apps.report import DeviceInfo, render_report
+from apps.services import InfluxDB, Mosquitto, free_port
 from devices.emulator.generator import generate
 from devices.emulator.timeline import DeviceConfig
 from devices.registry import Registry
 from dsp.estimator import FleetEstimator
 from ingest.estimates import estimate_line, estimate_message, feed_event, register_device
-from osteotel.grafana import build_dashboards, expand
-from osteotel.report import DeviceInfo, render_report
-from osteotel.services import InfluxDB, Mosquitto, free_port
 from osteotel.settings import InfluxSettings, MqttSettings
 from osteotel.store.influx import InfluxStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from osteotel.grafana import provisioning_files
+from apps.grafana import provisioning_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

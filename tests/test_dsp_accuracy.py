@@ -9,9 +9,9 @@ from pathlib import Path
 import physics
 import pytest
 
+from apps.bench import dsp as dsp_bench
+from apps.bench.dsp import accuracy, physics_accuracy
 from dsp.estimator import DeviceEstimator, EstimatorConfig
-from osteotel.bench import dsp as dsp_bench
-from osteotel.bench.dsp import accuracy, physics_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from apps.analyze import record_json
 from dsp.estimator import FleetEstimator
-from osteotel.analyze import record_json
 
 NS_PER_S = 1_000_000_000
 START_NS = 1_699_920_000_000_000_000 + 23 * 3600 * NS_PER_S  # an hour before a UTC midnight

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from reference import prony_ramp_curve
 
+from apps.analyze import analyze_emulated, feed_frame, record_json
 from devices.emulator.generator import DeviceConfig, Emitted, generate
 from dsp.estimator import DailyRecord, DeviceEstimator, EstimatorConfig, FleetEstimator, StepRecord
 from ingest.estimates import feed_event
-from osteotel.analyze import analyze_emulated, feed_frame, record_json
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 START_NS = 1_699_920_000_000_000_000

@@ -14,6 +14,7 @@ import pytest
 from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
 from devices.contract import (
     DistractionStep,
@@ -28,7 +29,6 @@ from devices.contract import (
     telemetry_topic,
 )
 from devices.registry import Registry
-from osteotel.services import InfluxDB, Mosquitto
 
 # Hub, device and encoding of the example registry's three devices.
 DEVICES = (

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
+from apps.brokerconf import write_password_file
+from apps.services import Mosquitto, free_port
 from devices.emulator.fastpub import FastPublisher, PublishError, encode_remaining_length
-from osteotel.brokerconf import write_password_file
 from osteotel.errors import ConfigError
-from osteotel.services import Mosquitto, free_port
 from osteotel.settings import MqttSettings
 
 _WAIT_S = 60.0  # bound on waiting for deliveries; a healthy run needs a fraction of it

@@ -15,9 +15,9 @@ import pytest
 from harness import IngestProcess, ingest_env, query, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_json
 from devices.contract import Frame, telemetry_topic
-from osteotel.services import InfluxDB, Mosquitto
 
 HUB, DEVICE = "HUB-A", "DX-0001"
 INFLUX_OUTAGE_S = 30.0

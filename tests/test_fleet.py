@@ -11,13 +11,13 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.services import Mosquitto
 from devices.codec import decode_status
 from devices.contract import SUBSCRIPTIONS, MessageKind, parse_topic, status_topic
 from devices.emulator.fleet import FleetPlan, hub_stream, run_fleet
 from devices.emulator.hub import EmulatedHub
 from devices.registry import Registry
 from devices.validation import Limits, accept
-from osteotel.services import Mosquitto
 from osteotel.settings import MqttSettings
 
 EXAMPLE_REGISTRY = Path(__file__).resolve().parents[1] / "deploy" / "registry.example.toml"
@@ -79,7 +79,7 @@ def test_the_same_seed_gives_the_same_capture_and_ground_truth(tmp_path: Path) -
         capture = tmp_path / run / "fleet.jsonl.gz"
         capture.parent.mkdir()
         subprocess.run(
-            [sys.executable, "-m", "osteotel.cli", "emulate", "--devices", "2", "--hubs", "2",
+            [sys.executable, "-m", "apps.cli", "emulate", "--devices", "2", "--hubs", "2",
              "--days", "8", "--seed", "11", "--scenario", "normal,overload", "--rate-hz", "10",
              "--end-ns", "1764000000000000000", "--out", str(capture)],
             check=True, timeout=240, capture_output=True,

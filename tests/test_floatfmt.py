@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from apps.bench import lineproto as lineproto_bench
+from apps.services import InfluxDB
 from devices.codec import encode_frame_json
 from devices.contract import Frame
-from osteotel.bench import lineproto as lineproto_bench
 from osteotel.floatfmt import FLOAT_WIDTH, format_floats, format_ints, warm_up
-from osteotel.services import InfluxDB
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 from osteotel.store.lineproto import array_lines

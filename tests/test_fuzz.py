@@ -12,9 +12,9 @@ import pytest
 from harness import IngestProcess, ingest_env, query, query_series, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_binary, encode_frame_json
 from devices.contract import Frame, Reason, telemetry_topic
-from osteotel.services import InfluxDB, Mosquitto
 
 MAX_PAYLOAD_BYTES = 262_144
 BAD_PAYLOADS = 10_000

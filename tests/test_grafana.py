@@ -2,7 +2,7 @@
 and `push` against a small real HTTP server that answers the Grafana API calls it makes.
 
 No Grafana server runs here: the queries are expanded as Grafana's InfluxDB datasource expands
-them (`osteotel.grafana.expand`) and sent to influxd; `push` is checked by recording requests.
+them (`apps.grafana.expand`) and sent to influxd; `push` is checked by recording requests.
 """
 
 import json
@@ -23,6 +23,19 @@ from alerts.inputs import parse_estimate
 from alerts.model import AlertState
 from alerts.rules import RuleBook
 from alerts.store import AlertStore
+from apps.grafana import (
+    MEASUREMENTS,
+    Dashboard,
+    GrafanaPushError,
+    PanelQuery,
+    build_dashboards,
+    datasource_model,
+    expand,
+    interval_for,
+    push,
+    stale_files,
+)
+from apps.services import InfluxDB, free_port
 from devices.contract import HubStatus, Rejected
 from devices.emulator.generator import generate
 from devices.emulator.timeline import DeviceConfig
@@ -39,19 +52,6 @@ from ingest.records import (
     status_lines,
 )
 from ingest.spool import Spool
-from osteotel.grafana import (
-    MEASUREMENTS,
-    Dashboard,
-    GrafanaPushError,
-    PanelQuery,
-    build_dashboards,
-    datasource_model,
-    expand,
-    interval_for,
-    push,
-    stale_files,
-)
-from osteotel.services import InfluxDB, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 

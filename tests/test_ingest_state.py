@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
+from apps.analyze import record_json
 from dsp.estimator import FleetEstimator
 from ingest.state import STATE_FILE, load_estimator, save_estimator
-from osteotel.analyze import record_json
 
 START_NS = 1_700_000_000_000_000_000
 SECOND_NS = 1_000_000_000

@@ -29,14 +29,14 @@ import pytest
 from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.analyze import AnalyzeStats, analyze_capture
+from apps.services import InfluxDB, Mosquitto
 from devices.contract import status_topic
 from devices.emulator.capture import CaptureWriter, capture_fleet, read_capture, replay
 from devices.emulator.fleet import FleetPlan
 from devices.registry import Registry
 from dsp.adherence import Protocol
 from dsp.estimator import EstimateRecord
-from osteotel.analyze import AnalyzeStats, analyze_capture
-from osteotel.services import InfluxDB, Mosquitto
 from osteotel.settings import MqttSettings
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from test_grafana import DEVICES, END_NS, load_emulation
 
+from apps.report import DeviceInfo, PageSummary, render_report
+from apps.services import InfluxDB, free_port
 from dsp.estimator import DailyRecord, LoadShareRecord
 from ingest.estimates import estimate_line
-from osteotel.report import DeviceInfo, PageSummary, render_report
-from osteotel.services import InfluxDB, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 

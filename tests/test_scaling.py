@@ -10,10 +10,10 @@ import pytest
 from harness import IngestProcess, ingest_env, query, query_series, running_ingest, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_json
 from devices.contract import Frame, telemetry_topic
 from ingest.service import partition_of
-from osteotel.services import InfluxDB, Mosquitto
 
 DEVICES = (("HUB-A", "DX-0001"), ("HUB-A", "DX-0002"), ("HUB-B", "DX-0003"))
 FRAMES_PER_DEVICE = 30

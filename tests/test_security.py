@@ -1,4 +1,4 @@
-"""A broker configured by osteotel.brokerconf refuses strangers and confines each hub.
+"""A broker configured by apps.brokerconf refuses strangers and confines each hub.
 
 Every broker test starts its own Mosquitto in `tmp_path` with the generated password file,
 ACL and TLS listener, and uses the example registry (HUB-A serves DX-0001 and DX-0002, HUB-B
@@ -24,8 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
-from devices.registry import Registry
-from osteotel.brokerconf import (
+from apps.brokerconf import (
     ALERTS_USER,
     EMULATOR_USER,
     INGEST_USER,
@@ -41,8 +40,9 @@ from osteotel.brokerconf import (
     write_password_file,
     write_secret_file,
 )
+from apps.services import Mosquitto, free_port
+from devices.registry import Registry
 from osteotel.errors import ConfigError, MissingBinaryError
-from osteotel.services import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"

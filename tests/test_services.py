@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from apps.services import Alertmanager, InfluxDB, Mosquitto, VictoriaMetrics, free_port
 from osteotel.errors import MissingBinaryError
-from osteotel.services import Alertmanager, InfluxDB, Mosquitto, VictoriaMetrics, free_port
 
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _LAUNCHERS = [Mosquitto, InfluxDB, VictoriaMetrics, Alertmanager]

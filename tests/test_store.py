@@ -24,8 +24,8 @@ from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.rest import ApiException
 from pydantic import SecretStr
 
+from apps.services import InfluxDB, VictoriaMetrics, free_port
 from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
-from osteotel.services import InfluxDB, VictoriaMetrics, free_port
 from osteotel.settings import InfluxSettings
 from osteotel.store.http import HttpClient, store_error
 from osteotel.store.influx import InfluxStore, api_from_version

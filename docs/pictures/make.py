@@ -10,14 +10,14 @@ sensor mounted the other way and not corrected by its calibration (`reversed_for
 import tempfile
 from pathlib import Path
 
+from apps.report import DeviceInfo, render_report
+from apps.services import InfluxDB
 from devices.emulator.generator import generate
 from devices.emulator.timeline import DeviceConfig
 from devices.registry import Calibration, Device, Protocol, SensorRange
 from dsp.estimator import FleetEstimator
 from ingest.estimates import estimate_line, feed_event, register_device
 from ingest.records import event_lines, frame_lines
-from osteotel.report import DeviceInfo, render_report
-from osteotel.services import InfluxDB
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 

@@ -12,7 +12,7 @@ InfluxDB, a fresh Mosquitto per phase), with a bounded message count and a bound
    `osteotel_ingest_sample_to_stored_seconds` histogram is publish-to-stored.
 4. A naive baseline: a paho callback that json-decodes each frame and writes one influxdb-client
    `Point` per sample, synchronously, one write per frame, into its own database.
-5. Alerts (osteotel/bench/alerts_load.py): publish-to-webhook latency of a critical alert through
+5. Alerts (apps/bench/alerts_load.py): publish-to-webhook latency of a critical alert through
    ingest's DSP and `osteotel alerts run`; and alerts per device-month in emulated normal healing.
 
 Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from osteotel.services import InfluxDB
+    from apps.services import InfluxDB
 
 __all__ = ["configure", "run"]
 
@@ -96,7 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout-s", type=float, default=600.0, help="bound on each phase, s (default 600)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default temp)")
-    from osteotel.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
+    from apps.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
 
     alerts_load.add_options(parser)
 
@@ -284,7 +284,7 @@ class _Child:
         """Start `osteotel ARGS` and wait until `ready()` holds; fail if the child exits."""
         with (self.workdir / log_name).open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "osteotel.cli", *args],
+                [sys.executable, "-m", "apps.cli", *args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -325,7 +325,7 @@ class _Ingest(_Child):
         database: str,
         registry: Path,
     ) -> None:
-        from osteotel.services import free_port  # noqa: PLC0415
+        from apps.services import free_port  # noqa: PLC0415
 
         super().__init__(workdir)
         self.processes = processes
@@ -437,7 +437,7 @@ def _count_in_influx(url: str, database: str) -> int:
 
 def _mosquitto_sub(workdir: Path, messages: list[_Message], timeout_s: float) -> float:
     """Seconds from the first publish until `mosquitto_sub` has received every frame."""
-    from osteotel.services import Mosquitto  # noqa: PLC0415
+    from apps.services import Mosquitto  # noqa: PLC0415
 
     workdir.mkdir(parents=True, exist_ok=True)
     out_path = workdir / "mosquitto_sub.out"
@@ -499,7 +499,7 @@ def _sustained(
 ) -> dict[str, float]:
     """Seconds until ingest has stored every sample, CPU per frame of each process, and
     count(force_n) in InfluxDB after; keys as in the module docstring without `ingest_Np_`."""
-    from osteotel.services import Mosquitto  # noqa: PLC0415
+    from apps.services import Mosquitto  # noqa: PLC0415
 
     database = f"bench_ingest_{processes}p"
     with Mosquitto(workdir / "broker", persistence=False) as broker:
@@ -600,7 +600,7 @@ def _latency(
     timeout_s: float,
 ) -> dict[str, float]:
     """Publish-to-stored percentiles from one ingest's histogram at a paced rate."""
-    from osteotel.services import Mosquitto  # noqa: PLC0415
+    from apps.services import Mosquitto  # noqa: PLC0415
 
     with Mosquitto(workdir / "broker", persistence=False) as broker:
         ingest = _Ingest(
@@ -652,8 +652,8 @@ def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: 
     from influxdb_client.client.write.point import Point  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
+    from apps.services import Mosquitto  # noqa: PLC0415
     from devices.contract import parse_topic  # noqa: PLC0415
-    from osteotel.services import Mosquitto  # noqa: PLC0415
     from osteotel.settings import InfluxSettings  # noqa: PLC0415
     from osteotel.store.influx import InfluxStore  # noqa: PLC0415
 
@@ -720,8 +720,8 @@ def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Measure every phase and return the figures (keys in the module docstring)."""
-    from osteotel.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
-    from osteotel.services import InfluxDB  # noqa: PLC0415
+    from apps.bench import alerts_load  # noqa: PLC0415 - it imports this module's helpers
+    from apps.services import InfluxDB  # noqa: PLC0415
 
     ids = _ids(args.devices)
     samples = args.frames * args.frame_samples

@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from osteotel.grafana.panels import MIN_INTERVAL
+from apps.grafana.panels import MIN_INTERVAL
 
 __all__ = ["expand", "interval_for"]
 

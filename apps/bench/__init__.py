@@ -18,10 +18,10 @@ from types import ModuleType
 __all__ = ["BENCHMARKS", "add_parsers", "print_figures"]
 
 BENCHMARKS: dict[str, str] = {
-    "dsp": "osteotel.bench.dsp",
-    "lineproto": "osteotel.bench.lineproto",
-    "ingest": "osteotel.bench.ingest",
-    "replay": "osteotel.bench.replay",
+    "dsp": "apps.bench.dsp",
+    "lineproto": "apps.bench.lineproto",
+    "ingest": "apps.bench.ingest",
+    "replay": "apps.bench.replay",
 }
 """Benchmark name to the module that measures it."""
 

@@ -13,11 +13,11 @@ instead of leaving an empty panel.
     push(url=..., token=...) -> list[PushAction]   # push.py: datasource + folder + boards
 """
 
-from osteotel.grafana.boards import REMOVAL_SHARE_PCT, build_dashboards
-from osteotel.grafana.catalogue import MEASUREMENTS, Measurement
-from osteotel.grafana.expand import expand, interval_for
-from osteotel.grafana.panels import DATASOURCE_UID, MIN_INTERVAL, Dashboard, PanelQuery
-from osteotel.grafana.provisioning import (
+from apps.grafana.boards import REMOVAL_SHARE_PCT, build_dashboards
+from apps.grafana.catalogue import MEASUREMENTS, Measurement
+from apps.grafana.expand import expand, interval_for
+from apps.grafana.panels import DATASOURCE_UID, MIN_INTERVAL, Dashboard, PanelQuery
+from apps.grafana.provisioning import (
     DATASOURCE_NAME,
     FOLDER_TITLE,
     FOLDER_UID,
@@ -26,7 +26,7 @@ from osteotel.grafana.provisioning import (
     stale_files,
     write_provisioning,
 )
-from osteotel.grafana.push import GrafanaPushError, PushAction, push
+from apps.grafana.push import GrafanaPushError, PushAction, push
 
 __all__ = [
     "DATASOURCE_NAME",

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from apps.grafana.boards import build_dashboards
+from apps.grafana.panels import Dashboard
+from apps.grafana.provisioning import FOLDER_TITLE, FOLDER_UID
 from osteotel.errors import OsteotelError
-from osteotel.grafana.boards import build_dashboards
-from osteotel.grafana.panels import Dashboard
-from osteotel.grafana.provisioning import FOLDER_TITLE, FOLDER_UID
 
 __all__ = ["GrafanaPushError", "PushAction", "push"]
 

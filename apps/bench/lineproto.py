@@ -37,7 +37,7 @@ def _best_s(action: Callable[[], object], repeat: int) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Time the three line builders and the two JSON encoders; return the figures."""
-    import json  # noqa: PLC0415 - heavy or only needed here; see osteotel.bench
+    import json  # noqa: PLC0415 - heavy or only needed here; see apps.bench
     from collections.abc import Mapping  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415

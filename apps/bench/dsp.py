@@ -270,9 +270,9 @@ def accuracy(scenario: str, *, target_mm: float, days: float, seed: int = 1) -> 
         onset; NaN if never or if the scenario has none), `phase_changes` (phase transitions
         seen) and `false_flags` (days with an anomaly flag in a normal run).
     """
+    from apps.analyze import analyze_emulated  # noqa: PLC0415
     from devices.emulator.generator import DeviceConfig  # noqa: PLC0415
     from devices.emulator.groundtruth import ground_truth  # noqa: PLC0415
-    from osteotel.analyze import analyze_emulated  # noqa: PLC0415
 
     config = DeviceConfig(
         device="DX-0001", hub="HUB-A", scenario=scenario, seed=seed, target_mm=target_mm

@@ -36,7 +36,7 @@ __all__ = [
     "write_jsonl",
 ]
 
-_log = logging.getLogger("osteotel.analyze")
+_log = logging.getLogger("apps.analyze")
 
 
 @dataclass

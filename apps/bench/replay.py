@@ -124,8 +124,8 @@ def _timed_replay(
     import asyncio  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
+    from apps.services import Mosquitto  # noqa: PLC0415
     from devices.emulator.capture import replay  # noqa: PLC0415
-    from osteotel.services import Mosquitto  # noqa: PLC0415
     from osteotel.settings import MqttSettings  # noqa: PLC0415
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 # The same benchmark in two modules: the alert phases reuse the ingest phases' machinery.
-from osteotel.bench.ingest import (
+from apps.bench.ingest import (
     _Child,
     _http_get,
     _ids,
@@ -81,7 +81,7 @@ class _Hook:
     """A stdlib HTTP receiver noting when each (device, rule) notification arrived, epoch ns."""
 
     def __init__(self) -> None:
-        from osteotel.services import free_port  # noqa: PLC0415
+        from apps.services import free_port  # noqa: PLC0415
 
         self.arrived: dict[tuple[str, str], int] = {}
         self.alerts = 0
@@ -124,7 +124,7 @@ class _AlertProcess(_Child):
     """`osteotel alerts run` as a child process, webhook only, its own database and port."""
 
     def __init__(self, workdir: Path, *, mqtt: tuple[str, int], registry: Path, hook: str) -> None:
-        from osteotel.services import free_port  # noqa: PLC0415
+        from apps.services import free_port  # noqa: PLC0415
 
         super().__init__(workdir)
         self.http_port = free_port()
@@ -261,9 +261,9 @@ def alert_latency(
     Raises:
         TimeoutError: a server did not start, or no trial was notified.
     """
+    from apps.services import Mosquitto  # noqa: PLC0415
     from devices.codec import encode_status  # noqa: PLC0415
     from devices.contract import HubStatus, status_topic  # noqa: PLC0415
-    from osteotel.services import Mosquitto  # noqa: PLC0415
 
     workdir.mkdir(parents=True, exist_ok=True)
     ids = _ids(trials)
@@ -340,9 +340,9 @@ def _treatment(
     device: str, hub: str, registry: Path, *, seed: int, target_mm: float, db: Path
 ) -> tuple[dict[str, int], float]:
     """One emulated normal treatment to removal: fired alerts by severity, and its months."""
+    from apps.bench.treatment import run_treatment  # noqa: PLC0415
     from devices.emulator.generator import DeviceConfig  # noqa: PLC0415
     from devices.registry import Registry  # noqa: PLC0415
-    from osteotel.bench.treatment import run_treatment  # noqa: PLC0415
 
     full = Registry.load(registry)
     # One device per rule book: the others, not emulated here, would all be silent.

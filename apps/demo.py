@@ -17,9 +17,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from apps.services import InfluxDB, Mosquitto
 from devices.emulator.fleet import FleetPlan, run_fleet
 from devices.registry import Registry
-from osteotel.services import InfluxDB, Mosquitto
 from osteotel.settings import InfluxSettings, MqttSettings
 from osteotel.store.influx import InfluxStore
 
@@ -68,7 +68,7 @@ def run_demo(*, duration_s: float, workdir: str | None) -> int:
 
 def _write_reports(settings: InfluxSettings, folder: Path) -> list[Path]:
     """Each example device's consolidation report over the emulated days, one PDF each."""
-    from osteotel.report import DeviceInfo, render_report  # noqa: PLC0415 - matplotlib
+    from apps.report import DeviceInfo, render_report  # noqa: PLC0415 - matplotlib
 
     folder.mkdir(parents=True, exist_ok=True)
     end_ns = time.time_ns() + 86_400 * 10**9
@@ -98,7 +98,7 @@ def _ingest_process(root: Path, broker: Mosquitto, influx: InfluxDB) -> subproce
     }
     log = (root / "ingest.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "osteotel.cli", "ingest"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "apps.cli", "ingest"], env=env, stdout=log, stderr=log
     )
 
 

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from alerts import cli as alerts_cli
-from osteotel import __version__, analyze, bench
+from apps import analyze, bench
+from osteotel import __version__
 from osteotel.errors import OsteotelError
 from osteotel.logs import configure, kv
 from osteotel.settings import Settings
@@ -28,27 +29,13 @@ def _version(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     # Imported on use: `osteotel --help` and `version` should not load numpy and numba.
-    from ingest.service import IngestService  # noqa: PLC0415
-    from ingest.supervisor import supervise  # noqa: PLC0415
+    from ingest.__main__ import main as ingest_main  # noqa: PLC0415
 
-    settings = Settings()
-    configure(settings.log_level)
-    if args.processes > 1:
-        return supervise(settings, args.processes)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await IngestService(settings=settings).run(stop)
-
-    asyncio.run(run())
-    return 0
+    return ingest_main(["--processes", str(args.processes)])
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from osteotel.demo import run_demo  # noqa: PLC0415
+    from apps.demo import run_demo  # noqa: PLC0415
 
     configure("WARNING")
     return run_demo(duration_s=args.duration, workdir=args.workdir)
@@ -99,7 +86,7 @@ def _emulate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from osteotel import bench  # noqa: PLC0415
+    from apps import bench  # noqa: PLC0415
 
     configure("WARNING")
     return bench.run(args)
@@ -155,7 +142,7 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _grafana(args: argparse.Namespace) -> int:
-    from osteotel import grafana  # noqa: PLC0415
+    from apps import grafana  # noqa: PLC0415
 
     settings = Settings()
     configure(settings.log_level)
@@ -187,15 +174,15 @@ def _grafana(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from osteotel.analyze import main as analyze  # noqa: PLC0415
+    from apps.analyze import main as analyze  # noqa: PLC0415
 
     configure("WARNING")
     return analyze(args)
 
 
 def _report(args: argparse.Namespace) -> int:
+    from apps.report import DeviceInfo, render_report  # noqa: PLC0415
     from devices.registry import Registry  # noqa: PLC0415
-    from osteotel.report import DeviceInfo, render_report  # noqa: PLC0415
     from osteotel.store.influx import InfluxStore  # noqa: PLC0415
 
     settings = Settings()

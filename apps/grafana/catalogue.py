@@ -1,7 +1,7 @@
 """The measurement catalogue: every measurement, tag and field a board or the report reads.
 
 It holds exactly what ingest and the alert service write today (docs/schema.md); a test
-compares the two, and `osteotel.grafana.panels` refuses any name not listed here, so a rename
+compares the two, and `apps.grafana.panels` refuses any name not listed here, so a rename
 on either side fails the suite instead of leaving an empty panel.
 """
 

@@ -6,7 +6,7 @@ Each page shows step stiffness, load share with its fitted trend and the project
 date, distraction steps performed against prescribed, alerts with their acknowledgements, and
 how much data arrived. A measurement with no points in the period (no load-share test yet, no
 alert) leaves its panel saying so, never an error. Names come from
-`osteotel.grafana.MEASUREMENTS`, so the report and the boards read the same schema.
+`apps.grafana.MEASUREMENTS`, so the report and the boards read the same schema.
 
 What the DSP marks as no measurement is shown as such, never as a value (docs/dsp.md): steps
 flagged `low_snr` are left out of the stiffness plot with a count, load shares that are not
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from apps.grafana import MEASUREMENTS, REMOVAL_SHARE_PCT
 from dsp.consolidation import ConsolidationConfig, Trend, fit_trend
-from osteotel.grafana import MEASUREMENTS, REMOVAL_SHARE_PCT
 from osteotel.store.influx import InfluxStore
 
 __all__ = ["DeviceInfo", "PageSummary", "render_report"]

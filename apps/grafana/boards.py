@@ -5,7 +5,7 @@ carries are computed in the query from fields that exist, or the panel is left o
 (docs/grafana.md says which).
 """
 
-from osteotel.grafana.panels import (
+from apps.grafana.panels import (
     Board,
     Dashboard,
     Query,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from osteotel.grafana.catalogue import MEASUREMENTS, Measurement
+from apps.grafana.catalogue import MEASUREMENTS, Measurement
 
 __all__ = [
     "DATASOURCE_UID",
