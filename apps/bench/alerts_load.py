@@ -29,15 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-# The same benchmark in two modules: the alert phases reuse the ingest phases' machinery.
-from apps.bench.ingest import (
-    _Child,
-    _http_get,
-    _ids,
-    _Ingest,
-    _wait,
-    _write_registry,
-)
+from apps.bench.processes import Child, IngestProcess, device_ids, http_get, wait, write_registry
 
 __all__ = ["add_options", "alert_latency", "normal_alert_counts"]
 
@@ -120,7 +112,7 @@ class _Hook:
         self._thread.join()
 
 
-class _AlertProcess(_Child):
+class _AlertProcess(Child):
     """`osteotel alerts run` as a child process, webhook only, its own database and port."""
 
     def __init__(self, workdir: Path, *, mqtt: tuple[str, int], registry: Path, hook: str) -> None:
@@ -146,13 +138,13 @@ class _AlertProcess(_Child):
         self._spawn(
             ["alerts", "run"],
             log_name="alerts.log",
-            ready=lambda: _http_get(f"http://127.0.0.1:{self.http_port}/metrics")[0] == 200,
+            ready=lambda: http_get(f"http://127.0.0.1:{self.http_port}/metrics")[0] == 200,
             what="the alert service",
         )
 
     def status_inputs(self) -> float:
         """Hub status messages the service has taken (its subscriptions are in place)."""
-        _, body = _http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        _, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
         prefix = 'osteotel_alerts_inputs_total{kind="status"} '
         return sum(
             float(line[len(prefix) :]) for line in body.splitlines() if line.startswith(prefix)
@@ -266,9 +258,9 @@ def alert_latency(
     from devices.contract import HubStatus, status_topic  # noqa: PLC0415
 
     workdir.mkdir(parents=True, exist_ok=True)
-    ids = _ids(trials)
+    ids = device_ids(trials)
     registry = workdir / "registry.toml"
-    _write_registry(registry, ids)
+    write_registry(registry, ids)
     with registry.open("a", encoding="utf-8") as toml:
         # Devices wait their turn: none may count as silent while the trials run.
         toml.write("[alerts]\nsilent_after_s = 86400\n")
@@ -278,7 +270,7 @@ def alert_latency(
     try:
         with Mosquitto(workdir / "broker", persistence=False) as broker:
             mqtt = (broker.host, broker.port)
-            ingest = _Ingest(
+            ingest = IngestProcess(
                 workdir / "ingest",
                 processes=1,
                 mqtt=mqtt,
@@ -296,7 +288,7 @@ def alert_latency(
                     for hub in dict.fromkeys(hub for hub, _ in ids):
                         status = HubStatus(hub=hub, online=True, t_ns=time.time_ns())
                         client.publish(status_topic(hub), encode_status(status), retain=True)
-                    _wait(lambda: alerts.status_inputs() > 0, "alert subscriptions", 30.0)
+                    wait(lambda: alerts.status_inputs() > 0, "alert subscriptions", 30.0)
                     for hub, device in ids:
                         event, frame = _step_messages(hub, device)
                         client.publish(*event)  # acknowledged first: the step opens the window
@@ -373,9 +365,9 @@ def normal_alert_counts(workdir: Path, *, devices: int, target_mm: float) -> dic
         `normal_device_months` and `normal_alerts_per_device_month_{critical,warning,info}`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    ids = _ids(devices)
+    ids = device_ids(devices)
     registry = workdir / "registry.toml"
-    _write_registry(registry, ids)
+    write_registry(registry, ids)
     totals = dict.fromkeys(_SEVERITIES, 0)
     months = 0.0
     for number, (hub, device) in enumerate(ids):
