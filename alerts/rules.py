@@ -423,7 +423,7 @@ class RuleBook:
             track.daily_shares.append((est.t_ns, est.load_share))
         window_ns = round(th.delayed_window_days * _DAY_NS)
         recent = [(t, s) for t, s in track.daily_shares if t > est.t_ns - window_ns]
-        # Stiffening is sigmoid (DOMAIN.md, Seide 2012): a normal consolidation starts flat.
+        # Stiffening is sigmoid (docs/domain.md, Seide 2012): a normal consolidation starts flat.
         # Nothing is late before the fastest normal healing (healing index 30 days/cm) could
         # have reached removal, counted from the start of consolidation.
         judged = not finite(est.gained_mm) or est.t_ns - track.consolidation_start_ns >= round(
@@ -461,7 +461,7 @@ class RuleBook:
         return out
 
     def _loosening(self, d: Device, track: _Track, est: DailyInput) -> list[Observation]:
-        # Loosening shows as a stiffness drop (DOMAIN.md): the DSP's `loosening` flag is the
+        # Loosening shows as a stiffness drop (docs/domain.md): the DSP's `loosening` flag is the
         # device's own stiffness in the weight-bearing test below its recent median. It shares
         # `stiffness_drop` with the tissue's drop; each clears only when the other is not up.
         loose = "loosening" in est.flags

@@ -1,4 +1,5 @@
-"""Rule thresholds: defaults from DOMAIN.md, overridden per deployment, anatomical site and device.
+"""Rule thresholds: defaults from the papers of docs/domain.md, overridden per deployment,
+anatomical site and device.
 
 Precedence, lowest first: the defaults below; `SITE_DEFAULTS` for the device's anatomical
 site; the registry's `[alerts]` table (the deployment); `[alerts.site.<site>]`; the device's
@@ -38,7 +39,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 class Thresholds(BaseModel):
     """Every number the rules compare against; units in the names.
 
-    The comments name the DOMAIN.md figure each default stands on.
+    The comments name the docs/domain.md figure each default stands on.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,7 +54,7 @@ class Thresholds(BaseModel):
 
     # Premature consolidation, judged against the patient's own trajectory: the growth rate of
     # the step stiffness k_inst (relative, per day; scale-free, so site and tissue do not
-    # matter). Normal growth: ~3 %/day (the emulator's calibration to Simpson 1996, DOMAIN.md:
+    # matter). Normal growth: ~3 %/day (the emulator's calibration to Simpson 1996, docs/domain.md:
     # 16 -> 42 N/mm over 50 mm at 1 mm/day). Dog tibia: "> 200 N by week 2" is premature
     # against a linear rise to 111-155 N by week 4 (Aronson 1994), i.e. <= 78 N at week 2: the
     # force per step is >= 200/78 = 2.6 times normal after 14 days, an excess growth of
@@ -94,7 +95,7 @@ class Thresholds(BaseModel):
     overload_min_n: Positive = 345.0
     overload_min_hours: Annotated[int, Field(ge=1, le=24)] = 6
 
-    # Adherence: any missed or extra step against the prescribed rhythm (DOMAIN.md:
+    # Adherence: any missed or extra step against the prescribed rhythm (docs/domain.md:
     # non-adherence is "steps missing or extra against the prescribed rhythm").
     missed_steps_per_day: Annotated[int, Field(ge=1)] = 1
     extra_steps_per_day: Annotated[int, Field(ge=1)] = 1
@@ -106,7 +107,7 @@ class Thresholds(BaseModel):
     # Data gaps: frames missing (sequence numbers skipped) within an hour.
     gap_frames_per_hour: Annotated[int, Field(ge=1)] = 60
 
-    # Silence. Not a DOMAIN.md figure: a connected hub sends frames every second or so, so
+    # Silence. Not a docs/domain.md figure: a connected hub sends frames every second or so, so
     # a quarter of an hour without anything is a broken link, not a quiet patient.
     silent_after_s: Positive = 900.0
     hub_offline_for_s: Annotated[float, Field(ge=0)] = 300.0

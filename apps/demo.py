@@ -28,7 +28,7 @@ __all__ = ["EXAMPLE_REGISTRY", "run_demo"]
 EXAMPLE_REGISTRY = Path(__file__).resolve().parents[1] / "deploy" / "registry.example.toml"
 # Twenty days cover latency and the first two weeks of distraction.
 _DEMO_DAYS = 20.0
-# 20 Hz still shows each step's relaxation (tau_fast ~1 s needs >= 10 Hz, DOMAIN.md) and keeps
+# 20 Hz still shows each step's relaxation (tau_fast ~1 s needs >= 10 Hz, docs/domain.md) and keeps
 # the demo's volume (~3 M samples) within what one ingest process takes in a minute.
 _DEMO_RATE_HZ = 20.0
 _DEMO_FRAME_SAMPLES = 200

@@ -136,7 +136,7 @@ class SensorRange(_Config):
 class Protocol(_Config):
     """The prescribed lengthening, used to judge adherence and to drive the emulator.
 
-    Defaults are the classic limb protocol (docs: /work/shared/DOMAIN.md, "The treatment"):
+    Defaults are the classic limb protocol (docs: docs/domain.md, "The treatment"):
     latency 5-7 days for a limb, so 7; about 1 mm/day as 4 steps of 0.25 mm.
 
     Attributes:
@@ -146,9 +146,9 @@ class Protocol(_Config):
         target_mm: total planned elongation, mm.
     """
 
-    latency_days: Annotated[int, Field(ge=0, le=60)] = 7  # DOMAIN.md: limb latency 5-7 days
-    rate_mm_per_day: Annotated[float, Field(gt=0.0, le=5.0)] = 1.0  # DOMAIN.md: about 1 mm/day
-    steps_per_day: Annotated[int, Field(ge=1, le=1440)] = 4  # DOMAIN.md: 4 x 0.25 mm (limb)
+    latency_days: Annotated[int, Field(ge=0, le=60)] = 7  # docs/domain.md: limb latency 5-7 days
+    rate_mm_per_day: Annotated[float, Field(gt=0.0, le=5.0)] = 1.0  # docs/domain.md: about 1 mm/day
+    steps_per_day: Annotated[int, Field(ge=1, le=1440)] = 4  # docs/domain.md: 4 x 0.25 mm (limb)
     target_mm: Annotated[float, Field(gt=0.0, le=500.0)]
 
     @property

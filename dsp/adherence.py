@@ -1,6 +1,6 @@
 """Adherence: the distraction steps done on a day against the prescribed protocol.
 
-The classic limb protocol is 1 mm/day as 4 steps of 0.25 mm (DOMAIN.md "The treatment");
+The classic limb protocol is 1 mm/day as 4 steps of 0.25 mm (docs/domain.md "The treatment");
 it is the default when no protocol is known (a capture analysed without a registry).
 """
 
@@ -18,7 +18,7 @@ class Protocol:
 
     Attributes:
         steps_per_day: prescribed steps per day (rhythm); 4 for the classic limb protocol.
-        step_mm: prescribed elongation per step (mm); 0.25 (DOMAIN.md).
+        step_mm: prescribed elongation per step (mm); 0.25 (docs/domain.md).
         target_mm: prescribed total gain (mm); None if unknown, then distraction is taken
             to have ended after a quiet spell (see EstimatorConfig.consolidation_after_s).
     """

@@ -93,14 +93,14 @@ class EstimatorConfig:
         sign_min_steps: distraction steps with a fit that the sign check waits for.
         poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
             last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
-            force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, DOMAIN.md);
+            force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, docs/domain.md);
             set it per site (a mandible is much stiffer).
         separation_drop: flag `separation` when the force before a step falls below this
-            fraction of the largest of the previous steps' (a sudden drop, DOMAIN.md) ...
+            fraction of the largest of the previous steps' (a sudden drop, docs/domain.md) ...
         separation_min_n: ... by at least this much (N), so noise on a small force is no drop.
         loosening_drop: flag `loosening` when the device's own stiffness (force per mm during
             the weight-bearing test) falls by more than this fraction below the median of the
-            previous days (DOMAIN.md: loosening shows as a stiffness drop).
+            previous days (docs/domain.md: loosening shows as a stiffness drop).
         quality_every_s: while a signal problem lasts, one quality record per this many s.
         max_k_inst_rel_std: flag `low_snr` on a step or probe whose k_inst standard error
             (`StepEstimate.k_inst_std_n_per_mm`) is unknown or above this fraction of

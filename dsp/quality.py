@@ -36,7 +36,7 @@ class QualityConfig:
         noise_alpha: weight of each new squared difference in the running noise variance.
     """
 
-    # A placeholder above the forces reported (frames failed beyond 1000 N, DOMAIN.md); the
+    # A placeholder above the forces reported (frames failed beyond 1000 N, docs/domain.md); the
     # caller passes the device's real full scale from the registry.
     full_scale: float = 2000.0
     flat_eps: float = 0.0

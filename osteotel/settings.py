@@ -163,7 +163,7 @@ class AlertSettings(_Section):
     write_history: bool = True
     tick_s: float = Field(5.0, gt=0)
     # Four hours: a nurse shift sees an open alert about twice, not every few minutes, which
-    # is the alert fatigue DOMAIN.md ("Sensorized implants today", CareLink) warns about.
+    # is the alert fatigue docs/domain.md ("Sensorized implants today", CareLink) warns about.
     repeat_s: float = Field(4 * 3600.0, gt=0)
     escalate_after_s: float = Field(30 * 60.0, gt=0)
     retry_min_s: float = Field(1.0, gt=0)

@@ -68,7 +68,7 @@ __all__ = [
 NS_PER_S = 1_000_000_000
 RATES_HZ = (10.0, 25.0, 50.0, 100.0, 200.0)
 # Ramp buckets (name, lowest, highest s): a nut turn taken in one sample, sub-second and ~2 s
-# motor steps, slower drives of several s, tens of s and minutes (DOMAIN.md "What the sensors
+# motor steps, slower drives of several s, tens of s and minutes (docs/domain.md "What the sensors
 # see" gives the span: under a second to minutes).
 RAMP_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("sudden", 0.0, 0.0),

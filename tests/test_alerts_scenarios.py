@@ -7,8 +7,8 @@ frames go to the rules too. Time comes from the data: `now_ns` is each item's pu
 and the service's tick runs every simulated minute. Onsets come from the ground truth.
 
 Smallest configuration that keeps the physics: a 10 mm lengthening (4 x 0.25 mm/day after
-7 days of latency, DOMAIN.md) sampled at 10 Hz (enough to resolve the fast relaxation,
-DOMAIN.md), one device on its registry hub.
+7 days of latency, docs/domain.md) sampled at 10 Hz (enough to resolve the fast relaxation,
+docs/domain.md), one device on its registry hub.
 """
 
 from dataclasses import dataclass
@@ -44,7 +44,7 @@ class _Case:
 
 
 _CASES = (
-    # Force per step climbs too fast from the start of distraction (DOMAIN.md: dog > 200 N by
+    # Force per step climbs too fast from the start of distraction (docs/domain.md: dog > 200 N by
     # week 2): the step stiffness grows faster than the patient's normal trajectory allows;
     # the growth rate needs 8 steps over up to a week.
     _Case(

@@ -2,6 +2,7 @@
 nothing else of ours, the services never import the apps."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,19 @@ def test_no_service_imports_the_apps(path: Path) -> None:
 def test_dsp_imports_nothing_else_of_ours(path: Path) -> None:
     """The DSP core imports only itself (docs/dsp.md)."""
     assert _imports(path) <= {"dsp"}
+
+
+def test_every_cited_doc_is_in_the_repository() -> None:
+    """Every docs/*.md that code or docs cite exists here (no citation leaves the repository)."""
+    cited: dict[str, str] = {}
+    sources = [*REPO.glob("*.md"), *(REPO / "docs").rglob("*.md")]
+    for package in OURS:
+        sources += _modules(package)
+    sources += sorted((REPO / "tests").glob("*.py"))
+    for path in sources:
+        for name in re.findall(r"\bdocs/[\w/-]+\.md\b", path.read_text()):
+            cited.setdefault(name, str(path.relative_to(REPO)))
+    assert cited
+    missing = {name: where for name, where in cited.items() if not (REPO / name).is_file()}
+    assert missing == {}
+    assert "docs/domain.md" in cited

@@ -95,7 +95,7 @@ def _probe_record(k_inst_n_per_mm: float, seed: int, disp_noise_mm: float = 0.00
     """A 0.02 mm probe ramped over 2 s at 10 Hz with 0.5 N noise (the emulator's probe on the
     step-40 Prony coefficients, docs/emulator.md), the displacement read to 1 um with
     disp_noise_mm of noise, through the estimator."""
-    a_f = 0.71 - 0.016 * 40  # Bachmeier 2022 at step 40 (DOMAIN.md), as the emulator holds
+    a_f = 0.71 - 0.016 * 40  # Bachmeier 2022 at step 40 (docs/domain.md), as the emulator holds
     a_inf = 0.058 * np.log(40) + 0.0034
     rate_hz, pre_s = 10.0, 30.0
     t_s = np.arange(int((pre_s + 610.0) * rate_hz)) / rate_hz - pre_s

@@ -40,7 +40,7 @@ from dsp.estimator import EstimateRecord
 from osteotel.settings import MqttSettings
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day
-_RATE_HZ = 20.0  # >= 10 Hz resolves the fast relaxation around a step (DOMAIN.md)
+_RATE_HZ = 20.0  # >= 10 Hz resolves the fast relaxation around a step (docs/domain.md)
 _ENVELOPE = ("v", "hub", "patient")  # what `estimate_message` adds to a record
 
 

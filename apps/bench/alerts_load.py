@@ -33,13 +33,13 @@ from apps.bench.processes import Child, IngestProcess, device_ids, http_get, wai
 
 __all__ = ["add_options", "alert_latency", "normal_alert_counts"]
 
-_RATE_HZ = 10.0  # resolves the fast relaxation (tau_f ~ 0.97 s needs >= 10 Hz, DOMAIN.md)
+_RATE_HZ = 10.0  # resolves the fast relaxation (tau_f ~ 0.97 s needs >= 10 Hz, docs/domain.md)
 _PRE_S = 5.0  # baseline before the step
 _WINDOW_S = 600.0  # dsp.steps.StepConfig.window_s: the frame must pass it to close the window
 _RAMP_S = 2.0  # the estimator's step ramp (dsp.estimator.EstimatorConfig)
-_STEP_MM = 0.25  # limb step: 4 x 0.25 mm a day (DOMAIN.md, "The treatment")
+_STEP_MM = 0.25  # limb step: 4 x 0.25 mm a day (docs/domain.md, "The treatment")
 _BASE_N = 100.0
-# Above the 1000 N critical limit (frames failed beyond 1000 N in congenital cases, DOMAIN.md).
+# Above the 1000 N critical limit (frames failed beyond 1000 N in congenital cases, docs/domain.md).
 _PEAK_N = 1500.0
 _TRIAL_TIMEOUT_S = 30.0
 _DRAIN_S = 2.0  # after the last trial: a notification that was not expected would show by then
@@ -199,7 +199,7 @@ def _step_messages(hub: str, device: str) -> tuple[tuple[str, bytes], tuple[str,
     rng = np.random.default_rng(int(device.removeprefix("DX-")))
     ramp = np.clip(t_s / _RAMP_S, 0.0, 1.0)
     relaxed_s = np.maximum(t_s - _RAMP_S, 0.0)
-    # Two-term Prony relaxation at step 1 (Bachmeier 2022, DOMAIN.md): tau_f 0.97 s, tau_s 68 s.
+    # Two-term Prony relaxation at step 1 (Bachmeier 2022): tau_f 0.97 s, tau_s 68 s.
     relaxation = 0.0034 + 0.694 * np.exp(-relaxed_s / 0.97) + 0.3026 * np.exp(-relaxed_s / 67.6)
     force_n = np.where(
         t_s < _RAMP_S,

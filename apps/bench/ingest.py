@@ -108,7 +108,7 @@ class _Signals:
         phase = np.arange(frame_samples) * 2 * np.pi / _RATE_HZ
         noise = rng.normal(0.0, 1.0, (devices, 2, frame_samples))
         # Sensor resolution: force to 0.01 N, elongation to 1 um. Forces stay within the
-        # ~300 N adult tibia range (DOMAIN.md, "Forces along a lengthening").
+        # ~300 N adult tibia range (docs/domain.md, "Forces along a lengthening").
         self.force_n = np.round(150.0 + 40.0 * np.sin(phase) + noise[:, 0], 2)
         self.disp_mm = np.round(20.0 + 0.002 * noise[:, 1], 3)
 

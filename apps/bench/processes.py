@@ -41,7 +41,7 @@ def write_registry(path: Path, ids: list[tuple[str, str]]) -> None:
             'site = "tibia"\n'
             f'calibration = {{ id = "CAL-{device}" }}\n'
             "range = { force_n = [-2000.0, 2000.0], disp_mm = [-5.0, 120.0] }\n"
-            # Limb protocol: 1 mm/day as 4 x 0.25 mm (DOMAIN.md, "The treatment").
+            # Limb protocol: 1 mm/day as 4 x 0.25 mm (docs/domain.md, "The treatment").
             "protocol = { latency_days = 7, rate_mm_per_day = 1.0, steps_per_day = 4, "
             "target_mm = 50.0 }\n\n"
         )

@@ -19,7 +19,7 @@ from apps.grafana.panels import (
 
 __all__ = ["REMOVAL_SHARE_PCT", "build_dashboards"]
 
-# The removal criterion: load share below 10 % (Aarnes 2005, J Orthop Res; DOMAIN.md).
+# The removal criterion: load share below 10 % (Aarnes 2005, J Orthop Res; docs/domain.md).
 REMOVAL_SHARE_PCT = 10.0
 # The estimator writes projected_ready_ns = -1 while no trend reaches the criterion.
 _NOT_PROJECTED = [

@@ -2,7 +2,7 @@
 
 The distractor is an actuator in parallel with the regenerate and the soft tissue. Each step of
 elongation loads the tissue, which is viscoelastic: a two-term Prony series (Bachmeier 2022, see
-docs/emulator.md and DOMAIN.md). Under an external load the device and the regenerate share it
+docs/emulator.md and docs/domain.md). Under an external load the device and the regenerate share it
 in proportion to their stiffness; the regenerate's stiffness grows along a healing curve.
 
 Times here are float seconds (or days) relative to the osteotomy; the generator converts them
@@ -34,7 +34,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-# Bachmeier 2022 (J Mech Behav Biomed Mater 105133), DOMAIN.md "What the sensors see":
+# Bachmeier 2022 (J Mech Behav Biomed Mater 105133), docs/domain.md "What the sensors see":
 # F(t)/F0 = a_inf + a_f e^(-t/tau_f) + a_s e^(-t/tau_s), with i the step number.
 _TAU_FAST_S = 0.97
 _TAU_SLOW_PER_STEP_S = 7.42
@@ -54,11 +54,11 @@ fit cannot be extrapolated much further; at step 40 a_fast is still 0.07.
 HEALED_RATIO = 9.0
 """Regenerate-to-device stiffness ratio at which load share is 1 / (1 + 9) = 10 %.
 
-Below 10 % load share the frame comes off (Aarnes 2005, DOMAIN.md "Consolidation").
+Below 10 % load share the frame comes off (Aarnes 2005, docs/domain.md "Consolidation").
 """
 
 HealingCurve = Literal["sigmoid", "slow", "plateau_then_heal", "non_healing"]
-"""Stiffening shapes seen in instrumented plates (Seide 2012, DOMAIN.md "Stiffening shape")."""
+"""Stiffening shapes seen in instrumented plates (Seide 2012, docs/domain.md "Stiffening shape")."""
 
 
 TAU_FAST_PUBLISHED_S = _TAU_FAST_S

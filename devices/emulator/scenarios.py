@@ -86,14 +86,14 @@ def _scenarios(*items: Scenario) -> dict[str, Scenario]:
 
 SCENARIOS: dict[str, Scenario] = _scenarios(
     Scenario("normal", "Normal healing: sigmoid stiffening, load share below 10 % on time."),
-    # DOMAIN.md "What goes wrong": premature consolidation, dog > 200 N by week 2.
+    # docs/domain.md "What goes wrong": premature consolidation, dog > 200 N by week 2.
     Scenario(
         "premature_consolidation",
         "The regenerate stiffens during distraction: force per step climbs too fast.",
         healing_index_factor=0.6,
         premature_growth_per_day=0.5,
     ),
-    # DOMAIN.md: poor regenerate keeps force low (dog ~60 N at week 3); Seide 2012 "slow".
+    # docs/domain.md: poor regenerate keeps force low (dog ~60 N at week 3); Seide 2012 "slow".
     Scenario(
         "delayed_union",
         "Poor regenerate: low distraction force and slow stiffening, healing index doubled.",
@@ -107,7 +107,7 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         healing_curve="non_healing",
         tissue_factor=0.35,
     ),
-    # DOMAIN.md: separation / epiphysiolysis, a sudden force drop 791 -> 150 N (factor 0.19).
+    # docs/domain.md: separation / epiphysiolysis, a sudden force drop 791 -> 150 N (factor 0.19).
     Scenario(
         "separation",
         "Sudden force drop during a distraction step: earlier steps keep 19 % of their force.",

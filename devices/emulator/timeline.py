@@ -43,7 +43,7 @@ NS_PER_S = 1_000_000_000
 S_PER_DAY = 86_400.0
 FloatArray = npt.NDArray[np.float64]
 
-# Simpson 1996 (DOMAIN.md "Forces along a lengthening"): force rises to ~300 N over 5-8 cm in
+# Simpson 1996 (docs/domain.md "Forces along a lengthening"): force rises to ~300 N over 5-8 cm in
 # the adult tibia. The tissue's instantaneous stiffness grows linearly with the gain, and the
 # two defaults below are calibrated so that 50 mm ends near 300 N (tests check the result).
 _REFERENCE_GAIN_MM = 50.0
@@ -63,7 +63,7 @@ SITE_TISSUE_N_PER_MM: dict[str, tuple[float, float]] = {
     "femur": (16.0, 42.0),
     "humerus": (16.0, 42.0),
     "other": (16.0, 42.0),
-    # About 36 N per 0.5 mm turn (DOMAIN.md, mandible): 72 N/mm, not growing with the gain.
+    # About 36 N per 0.5 mm turn (docs/domain.md, mandible): 72 N/mm, not growing with the gain.
     "mandible": (72.0, 72.0),
 }
 """Instantaneous tissue stiffness per site at the first step and after 50 mm, N/mm."""
@@ -73,7 +73,7 @@ SITE_TISSUE_N_PER_MM: dict[str, tuple[float, float]] = {
 class DeviceConfig:
     """One emulated device: who it is, its prescription, its tissue, sensors and recording.
 
-    Protocol defaults follow DOMAIN.md "The treatment": latency 5-7 days (limb) -> 7; 1 mm/day
+    Protocol defaults follow docs/domain.md "The treatment": latency 5-7 days (limb) -> 7; 1 mm/day
     as 4 x 0.25 mm; tibia gain 7.7 +/- 2.9 cm -> a 50 mm target; healing index 30-50 days/cm
     -> 40. Everything marked "emulator choice" in docs/emulator.md is a plausible value, not a
     published one. `step_ramp_s`, `tau_fast_s` and `a_fast_scale` are drawn per device from the
