@@ -103,3 +103,64 @@ def test_alert_p99_is_not_below_p50(figures: dict[str, object]) -> None:
     assert isinstance(p50, float)
     assert isinstance(p99, float)
     assert p99 >= p50
+
+
+def _float(figures: dict[str, object], key: str) -> float:
+    value = figures[key]
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_rates_are_the_counts_over_the_times(figures: dict[str, object], processes: int) -> None:
+    """Each rate is what was published over the seconds measured: frames/s = frames / s and
+    samples/s = frames/s x samples per frame."""
+    seconds = _float(figures, f"ingest_{processes}p_seconds")
+    frames_per_s = _float(figures, f"ingest_{processes}p_frames_per_s")
+    assert frames_per_s == pytest.approx(_float(figures, "frames") / seconds)
+    assert _float(figures, f"ingest_{processes}p_samples_per_s") == pytest.approx(
+        frames_per_s * _float(figures, "frame_samples")
+    )
+    assert _float(figures, "samples") == _float(figures, "frames") * _float(
+        figures, "frame_samples"
+    )
+
+
+def test_ratios_are_the_rates_measured(figures: dict[str, object]) -> None:
+    """Every ratio is the quotient of the two rates it names, from the same run."""
+    one = _float(figures, "ingest_1p_samples_per_s")
+    assert _float(figures, "scaling_2p_vs_1p") == pytest.approx(
+        _float(figures, "ingest_2p_samples_per_s") / one
+    )
+    assert _float(figures, "ingest_1p_vs_naive") == pytest.approx(
+        one / _float(figures, "naive_samples_per_s")
+    )
+    assert _float(figures, "ingest_1p_vs_mosquitto_sub") == pytest.approx(
+        _float(figures, "ingest_1p_frames_per_s") / _float(figures, "mosquitto_sub_messages_per_s")
+    )
+    assert _float(figures, "naive_samples_per_s") == pytest.approx(
+        _float(figures, "naive_frames") * _float(figures, "frame_samples")
+        / _float(figures, "naive_seconds")
+    )  # fmt: skip
+
+
+def test_the_ceiling_is_the_other_processes_cpu(figures: dict[str, object]) -> None:
+    """The no-ingest ceiling is every core filled by influxd, Mosquitto and the publisher at
+    their measured CPU per frame."""
+    others_us = sum(
+        _float(figures, f"ingest_1p_cpu_us_per_frame_{name}")
+        for name in ("influxd", "mosquitto", "publisher")
+    )
+    assert _float(figures, "ceiling_without_ingest_frames_per_s") == pytest.approx(
+        _float(figures, "cpu_cores") * 1e6 / others_us
+    )
+
+
+def test_latency_frames_follow_the_offered_rate(figures: dict[str, object]) -> None:
+    """The paced run published at most what it offered, at half the one-process rate."""
+    assert _float(figures, "latency_offered_frames_per_s") == pytest.approx(
+        _float(figures, "ingest_1p_frames_per_s") / 2
+    )
+    assert _float(figures, "latency_published_frames_per_s") <= 1.5 * _float(
+        figures, "latency_offered_frames_per_s"
+    )
