@@ -2,7 +2,7 @@
 
 Every notifier takes the engine's payload (`{"v", "event", "patient", "alerts": [...]}`, see
 `alerts.engine.alert_message`) and delivers it, or raises `NotifyError`. Whatever the wire
-libraries raise is mapped to `NotifyError` in `_failure`, so the outbox (alerts.outbox) sees
+libraries raise is mapped to `NotifyError` in `_delivering`, so the outbox (alerts.outbox) sees
 one exception type and retries it later; nothing else in alerts imports these libraries.
 
 Blocking clients (urllib, smtplib, InfluxStore) run in a worker thread; MQTT uses aiomqtt.
@@ -15,7 +15,8 @@ import smtplib
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any, Protocol
 
@@ -63,9 +64,15 @@ class NotifyError(OsteotelError):
         self.channel = channel
 
 
-def _failure(channel: str, exc: BaseException) -> NotifyError:
-    text = str(exc) or type(exc).__name__
-    return NotifyError(channel, f"{type(exc).__name__}: {text}"[:300])
+@contextmanager
+def _delivering(channel: str) -> Iterator[None]:
+    """Re-raise what a wire library raises inside as a `NotifyError` of `channel`: the one
+    error mapping of every notifier."""
+    try:
+        yield
+    except LIBRARY_ERRORS as exc:
+        text = str(exc) or type(exc).__name__
+        raise NotifyError(channel, f"{type(exc).__name__}: {text}"[:300]) from exc
 
 
 class Notifier(Protocol):
@@ -116,10 +123,8 @@ class WebhookNotifier:
 
     async def send(self, payload: dict[str, Any]) -> None:
         """POST `payload`; raises `NotifyError` on any failure (urllib raises for >= 400)."""
-        try:
+        with _delivering(self._name):
             await asyncio.to_thread(_post_json, self._url, payload, self._timeout_s)
-        except LIBRARY_ERRORS as exc:
-            raise _failure(self._name, exc) from exc
 
 
 def email_text(payload: dict[str, Any]) -> tuple[str, str]:
@@ -181,10 +186,8 @@ class EmailNotifier:
         message["To"] = ", ".join(recipients)
         message["Subject"] = subject
         message.set_content(body)
-        try:
+        with _delivering(self._name):
             await asyncio.to_thread(self._send_blocking, message, recipients)
-        except LIBRARY_ERRORS as exc:
-            raise _failure(self._name, exc) from exc
 
 
 class MqttNotifier:
@@ -218,7 +221,7 @@ class MqttNotifier:
             if settings.tls_ca_file is not None
             else None
         )
-        try:
+        with _delivering(self._name):
             async with asyncio.timeout(self._timeout_s):
                 async with aiomqtt.Client(
                     settings.host,
@@ -234,8 +237,6 @@ class MqttNotifier:
                         await client.publish(
                             alert_topic(alert["device"]), json.dumps(body).encode(), qos=1
                         )
-        except LIBRARY_ERRORS as exc:  # TimeoutError (asyncio.timeout) is an OSError
-            raise _failure(self._name, exc) from exc
 
 
 def alertmanager_alerts(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,10 +285,8 @@ class AlertmanagerNotifier:
     async def send(self, payload: dict[str, Any]) -> None:
         """Post the alerts; raises `NotifyError` unless Alertmanager answers 2xx."""
         body = alertmanager_alerts(payload)
-        try:
+        with _delivering(self._name):
             await asyncio.to_thread(_post_json, self._url, body, self._timeout_s)
-        except LIBRARY_ERRORS as exc:
-            raise _failure(self._name, exc) from exc
 
 
 class HistoryWriter:
@@ -313,7 +312,5 @@ class HistoryWriter:
 
     async def send(self, payload: dict[str, Any]) -> None:
         """Write the lines; raises `NotifyError` when InfluxDB does not take them."""
-        try:
+        with _delivering(self._name):
             await asyncio.to_thread(self._write, payload["lines"].encode())
-        except LIBRARY_ERRORS as exc:
-            raise _failure(self._name, exc) from exc

@@ -35,7 +35,6 @@ from alerts.outbox import Dispatcher
 from alerts.settings import SmtpSettings
 from alerts.store import AlertStore
 from apps.services import Alertmanager, Mosquitto, free_port
-from osteotel.errors import StoreRejected, StoreUnavailable
 from osteotel.settings import MqttSettings
 
 S = 1_000_000_000
@@ -268,24 +267,49 @@ def test_backoff_doubles_up_to_the_limit(tmp_path: Path) -> None:
         assert [dispatcher.backoff_s(n) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
 
 
+def _library_exceptions() -> list[type[BaseException]]:
+    """Every public exception class the notifiers' wire libraries define, read from the
+    modules themselves (not a hand list): urllib's, smtplib's, http.client's, ssl's,
+    socket's, aiomqtt's, and the store's (`StoreError` and below)."""
+    import inspect  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    from osteotel.errors import StoreError  # noqa: PLC0415
+
+    found = {StoreError, *StoreError.__subclasses__()}
+    for module in (urllib.error, smtplib, http.client, ssl, socket, aiomqtt):
+        root = module.__name__.split(".")[0]
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Exception) and not name.startswith("_") and (
+                cls.__module__.split(".")[0].lstrip("_") == root
+            ):  # fmt: skip
+                found.add(cls)
+    return sorted(found, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
+
+
 @pytest.mark.parametrize(
-    "error",
-    [
-        urllib.error.URLError("refused"),
-        urllib.error.HTTPError("http://x", 500, "boom", None, None),  # type: ignore[arg-type]
-        smtplib.SMTPRecipientsRefused({}),
-        smtplib.SMTPServerDisconnected("gone"),
-        http.client.RemoteDisconnected("gone"),
-        TimeoutError("slow"),
-        ssl.SSLError("tls"),
-        aiomqtt.MqttError("broker"),
-        aiomqtt.MqttCodeError(5),
-        StoreUnavailable("down"),
-        StoreRejected("bad line"),
-        ValueError("unknown url type"),
-    ],
-    ids=lambda e: type(e).__name__,
+    "cls", _library_exceptions(), ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}"
 )
-def test_library_errors_are_all_mapped(error: BaseException) -> None:
-    """Every exception the notifiers' libraries raise is one that becomes a NotifyError."""
-    assert isinstance(error, LIBRARY_ERRORS)
+def test_library_errors_are_all_mapped(cls: type[BaseException]) -> None:
+    """Every exception class the notifiers' libraries define becomes a NotifyError."""
+    assert issubclass(cls, LIBRARY_ERRORS)
+
+
+def test_the_enumeration_sees_the_libraries() -> None:
+    """The enumeration finds each library's own classes (a broken filter would pass
+    vacuously)."""
+    names = {cls.__name__ for cls in _library_exceptions()}
+    assert {"URLError", "SMTPRecipientsRefused", "RemoteDisconnected", "SSLError", "MqttError",
+            "StoreUnavailable"} <= names  # fmt: skip
+
+
+def test_a_library_error_becomes_a_notify_error_of_its_channel() -> None:
+    """Inside `_delivering`, a library's error comes out as NotifyError naming the channel,
+    with the original as its cause; anything else passes through."""
+    from alerts.notify import NotifyError, _delivering  # noqa: PLC0415
+
+    with pytest.raises(NotifyError, match="webhook: URLError") as caught, _delivering("webhook"):
+        raise urllib.error.URLError("refused")
+    assert isinstance(caught.value.__cause__, urllib.error.URLError)
+    with pytest.raises(KeyError), _delivering("webhook"):
+        raise KeyError("a bug, not a delivery")
