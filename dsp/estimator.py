@@ -19,24 +19,27 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.adherence import Protocol, daily_adherence
+from dsp.checks import as_float_array, check_rate
 from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
 from dsp.loadshare import LoadShareEstimate, LoadShareTracker
 from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
-from dsp.steps import (
-    _PRE_BIN_NS,
-    StepConfig,
-    StepEstimate,
-    StepTracker,
-    _as_float_array,
-    _check_rate,
+from dsp.records import (
+    DailyRecord,
+    EstimateRecord,
+    LoadShareRecord,
+    Phase,
+    QualityRecord,
+    StepKind,
+    StepRecord,
 )
+from dsp.steps import StepConfig, StepEstimate, StepTracker
 from dsp.tracking import StiffnessTracker, TrackingConfig
 
 __all__ = [
@@ -55,8 +58,6 @@ __all__ = [
 ESTIMATOR_VERSION = "dsp.estimator/1"
 
 NS_PER_DAY = 86_400 * 1_000_000_000
-Phase = Literal["latency", "distraction", "consolidation", "ready"]
-StepKind = Literal["step", "probe"]
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 2
@@ -129,200 +130,6 @@ class EstimatorConfig:
     loosening_drop: float = 0.02
     quality_every_s: float = 60.0
     max_k_inst_rel_std: float = 0.08
-
-
-@dataclass(frozen=True, kw_only=True)
-class EstimateRecord:
-    """What every record carries.
-
-    Attributes:
-        device: device id.
-        t_ns: time the estimate refers to (UTC epoch ns).
-        kind: "step", "probe", "load_share", "quality" or "daily".
-        version: version of the estimator that made it.
-        calibration_id: the device calibration in force, if the caller set one.
-        t_start_ns, t_end_ns: the time span of the input used (ns).
-    """
-
-    device: str
-    t_ns: int
-    kind: str
-    version: str
-    calibration_id: str | None
-    t_start_ns: int
-    t_end_ns: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record as a flat JSON-ready dict (tuples become lists, NaN stays NaN)."""
-        out = asdict(self)
-        return {
-            key: list(value) if isinstance(value, tuple) else value for key, value in out.items()
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class StepRecord(EstimateRecord):
-    """One distraction step or probe (kind "step" or "probe"); fields as `dsp.StepEstimate`
-    (its identities hold on every record), t_ns being the event's time.
-
-    Attributes:
-        number: the device's count of distraction steps (probes: of probes), 1-based.
-        t_onset_ns: onset measured from the displacement (ns).
-        flags: the estimate's own (`dsp.StepEstimate.flags`), "separation" when the step shows
-            one, and "low_snr" when its k_inst is not a measurement: its standard error is
-            unknown or above `EstimatorConfig.max_k_inst_rel_std` of it, or its tau_fast is
-            held. Sorted.
-    """
-
-    number: int
-    t_onset_ns: int
-    ramp_s: float
-    delta_mm: float
-    delta_event_mm: float
-    k_inst_n_per_mm: float
-    k_inst_std_n_per_mm: float
-    k_peak_n_per_mm: float
-    k_eq_n_per_mm: float
-    k_eq_std_n_per_mm: float
-    tau_fast_s: float
-    tau_slow_s: float
-    f_residual_n: float
-    f_peak_n: float
-    f_inst_n: float
-    f_settled_n: float
-    fit_rmse_n: float
-    fit_r2: float
-    fit_status: str
-    closed_by: str
-    n_samples: int
-    flags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoadShareRecord(EstimateRecord):
-    """One weight-bearing test (kind "load_share"); fields as `dsp.LoadShareEstimate`
-    (share = d(force) / d(reference load), 1 = all the load), plus:
-
-    Attributes:
-        k_device_n_per_mm: the device's own axial stiffness (N/mm): the device shortens under
-            the load, so minus the slope of its force on its displacement; NaN if it could
-            not be measured.
-        flags: why the share may not be used, sorted: "implausible" (outside [0, 1] by more
-            than `share_margin` and 2 standard errors), "poor_fit" (the force scatters about
-            its line by more than `share_max_resid_fraction` of the load's range),
-            "low_load_variation" (the reference load varied by less than
-            `share_min_load_range_n`), "sign_inconsistent" (this device's steps and loading
-            disagree in sign).
-        usable: the share counts for anything clinical (phase, index, trend, readiness): its
-            status is "ok" and it has no flag. The one definition every consumer uses.
-        removal_criterion_met: the readiness rule after this test: in consolidation, and the
-            last usable test of each of the last two days with one put the share within
-            [0, removal_share) by 2 standard errors.
-    """
-
-    share: float
-    share_std: float
-    f_offset_n: float
-    r2: float
-    resid_sd_n: float
-    ref_range_n: float
-    status: str
-    n_samples: int
-    k_device_n_per_mm: float
-    flags: tuple[str, ...]
-    usable: bool
-    removal_criterion_met: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class QualityRecord(EstimateRecord):
-    """Signal problems on one channel over a stretch of frames (kind "quality").
-
-    Attributes:
-        channel: "force" or "disp".
-        noise_rms: running noise level at the end (channel unit: N or mm).
-        flatline: the stretch ends inside a flatline.
-        n_flat, n_saturated, n_spikes, n_nonfinite: counts over the stretch.
-        n_samples, n_frames: samples and frames in the stretch.
-    """
-
-    channel: str
-    noise_rms: float
-    flatline: bool
-    n_flat: int
-    n_saturated: int
-    n_spikes: int
-    n_nonfinite: int
-    n_samples: int
-    n_frames: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class DailyRecord(EstimateRecord):
-    """One device and UTC day (kind "daily"); t_ns is the day's start.
-
-    Attributes:
-        phase: "latency", "distraction", "consolidation" or "ready" at the day's end.
-        steps_done, steps_prescribed, missed_steps, extra_steps: adherence counts.
-        mm_done, mm_prescribed: elongation done and prescribed that day (mm).
-        adherence: mm_done / mm_prescribed (NaN if nothing was prescribed).
-        gained_mm: total elongation so far (mm).
-        k_inst_n_per_mm, k_eq_n_per_mm, f_residual_n: medians over the day's steps (NaN if
-            none).
-        probe_k_inst_n_per_mm, probe_k_eq_n_per_mm: medians over the day's probes that
-            lengthen (NaN if none).
-        k_track_n_per_mm: equilibrium stiffness of the continuous tracker at the day's end.
-        load_share, load_share_std: the day's last usable load share and its standard
-            error (NaN if none).
-        n_load_tests, n_load_tests_usable: the day's weight-bearing tests, and how many of
-            them gave a usable share.
-        k_device_n_per_mm: the day's last device stiffness from a test (NaN if none).
-        consolidation_index: 0 (device carries all) to 1 (removal criterion met), from the
-            trend's load share (the last usable share while there is no trend); NaN without
-            a usable share.
-        trend_slope_per_day, trend_slope_std_per_day: d ln(k_regenerate / k_device) / dt and
-            its standard error (1/day); NaN without a trend.
-        projected_ready_ns: when the trend reaches the removal criterion (-1 if not projected).
-        projected_ready_lo_ns, projected_ready_hi_ns: its band of +/- 2 SE (-1 if none).
-        projection_status: "ok" (projected), "insufficient_days", "not_significant",
-            "too_far" (`dsp.consolidation.Trend.status`), or "none" (not in consolidation).
-        projection_horizon_ns: the furthest date the trend's data support a projection to
-            (-1 without a trend): with "too_far" the criterion is reached only after it.
-        flags: anomalies seen that day, sorted: "poor_regenerate", "separation", "loosening",
-            "missed_steps", "extra_steps", "signal_quality", "sign_inconsistent" (the device's
-            steps and loading disagree in sign), "unusable_share" (a test gave no usable
-            share).
-    """
-
-    phase: Phase
-    steps_done: int
-    steps_prescribed: int
-    missed_steps: int
-    extra_steps: int
-    mm_done: float
-    mm_prescribed: float
-    adherence: float
-    gained_mm: float
-    k_inst_n_per_mm: float
-    k_eq_n_per_mm: float
-    f_residual_n: float
-    probe_k_inst_n_per_mm: float
-    probe_k_eq_n_per_mm: float
-    k_track_n_per_mm: float
-    load_share: float
-    load_share_std: float
-    n_load_tests: int
-    n_load_tests_usable: int
-    k_device_n_per_mm: float
-    consolidation_index: float
-    trend_slope_per_day: float
-    trend_slope_std_per_day: float
-    projected_ready_ns: int
-    projected_ready_lo_ns: int
-    projected_ready_hi_ns: int
-    projection_status: str
-    projection_horizon_ns: int
-    flags: tuple[str, ...]
 
 
 # The step record restates these fields of the estimate as they are.
@@ -562,7 +369,7 @@ class FleetEstimator:
         fp[kern.P_EXCITE_MM] = cfg.tracking.excite_mm
         fp[kern.P_SIGMA_ALPHA] = cfg.tracking.sigma_alpha
         ip = np.zeros(kern.FLEET_INT_LEN, dtype=np.int64)
-        ip[kern.PI_PRE_BIN_NS] = _PRE_BIN_NS
+        ip[kern.PI_PRE_BIN_NS] = kern.PRE_BIN_NS
         ip[kern.PI_N_BINS] = cfg.step.n_bins
         ip[kern.PI_WINDOW_NS] = round(cfg.step.window_s * 1e9)
         ip[kern.PI_BLOCK_NS] = round(cfg.tracking.block_s * 1e9)
@@ -912,12 +719,12 @@ class FleetEstimator:
             Records completed by this frame: daily records of days it closed, step and probe
             records of windows it closed, quality records of signal problems.
         """
-        force = _as_float_array("force_n", force_n)
-        disp = _as_float_array("disp_mm", disp_mm)
+        force = as_float_array("force_n", force_n)
+        disp = as_float_array("disp_mm", disp_mm)
         if force.shape != disp.shape:
             raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
-        dt_ns = _check_rate(rate_hz)
-        ref = None if ref_load_n is None else _as_float_array("ref_load_n", ref_load_n)
+        dt_ns = check_rate(rate_hz)
+        ref = None if ref_load_n is None else as_float_array("ref_load_n", ref_load_n)
         if ref is not None and ref.shape != force.shape:
             raise ValueError(f"force_n has {force.size} samples, ref_load_n {ref.size}")
         i = self._device(device)
@@ -977,9 +784,9 @@ class FleetEstimator:
             The records completed by these frames, in the order `frame` would return them.
         """
         n_frames = len(devices)
-        force = _as_float_array("force_n", force_n)
-        disp = _as_float_array("disp_mm", disp_mm)
-        ref = None if ref_load_n is None else _as_float_array("ref_load_n", ref_load_n)
+        force = as_float_array("force_n", force_n)
+        disp = as_float_array("disp_mm", disp_mm)
+        ref = None if ref_load_n is None else as_float_array("ref_load_n", ref_load_n)
         offs = np.ascontiguousarray(offsets, dtype=np.int64)
         t0 = np.ascontiguousarray(t0_ns, dtype=np.int64)
         rate = np.ascontiguousarray(rate_hz, dtype=np.float64)

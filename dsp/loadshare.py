@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
-from dsp.steps import _as_float_array, _check_rate
+from dsp.checks import as_float_array, check_rate
 
 __all__ = [
     "LOADSHARE_VERSION",
@@ -148,11 +148,11 @@ class LoadShareTracker:
             t0_ns: time of the first sample (UTC epoch ns).
             rate_hz: sample rate (Hz).
         """
-        force = _as_float_array("force_n", force_n)
-        ref = _as_float_array("ref_load_n", ref_load_n)
+        force = as_float_array("force_n", force_n)
+        ref = as_float_array("ref_load_n", ref_load_n)
         if force.shape != ref.shape:
             raise ValueError(f"force_n has {force.size} samples, ref_load_n {ref.size}")
-        dt_ns = _check_rate(rate_hz)
+        dt_ns = check_rate(rate_hz)
         if force.size:
             kern._loadshare_push(
                 self.float_state[device],

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
-from dsp.steps import _as_float_array
+from dsp.checks import as_float_array
 
 __all__ = [
     "QUALITY_VERSION",
@@ -125,7 +125,7 @@ class QualityMonitor:
         Returns:
             The frame's report; counts are this frame's, noise and flat run are running.
         """
-        x = _as_float_array("values", values)
+        x = as_float_array("values", values)
         if not (math.isfinite(rate_hz) and rate_hz > 0.0):
             raise ValueError(f"rate_hz={rate_hz} must be positive and finite")
         qf, qi = self.float_state[device], self.int_state[device]

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
+from dsp.checks import as_float_array, check_rate
 
 __all__ = [
     "STEP_VERSION",
@@ -243,19 +244,6 @@ class StepEstimate:
     version: str = STEP_VERSION
 
 
-def _as_float_array(name: str, values: NDArray[np.floating] | list[float]) -> NDArray[np.float64]:
-    arr = np.ascontiguousarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return arr
-
-
-def _check_rate(rate_hz: float) -> float:
-    if not (math.isfinite(rate_hz) and rate_hz > 0.0):
-        raise ValueError(f"rate_hz={rate_hz} must be positive and finite")
-    return 1e9 / rate_hz
-
-
 @dataclass
 class StepTracker:
     """Streaming step-response estimator for `n_devices` devices, indexed 0..n_devices-1.
@@ -393,11 +381,11 @@ class StepTracker:
         Returns:
             The estimates of the windows this frame closed, oldest first.
         """
-        force = _as_float_array("force_n", force_n)
-        disp = _as_float_array("disp_mm", disp_mm)
+        force = as_float_array("force_n", force_n)
+        disp = as_float_array("disp_mm", disp_mm)
         if force.shape != disp.shape:
             raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
-        dt_ns = _check_rate(rate_hz)
+        dt_ns = check_rate(rate_hz)
         fs, si = self.float_state[device], self.int_state[device]
         out: list[StepEstimate] = []
         t_last = int(si[kern.SI_T_LAST])

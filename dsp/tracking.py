@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
-from dsp.steps import _as_float_array, _check_rate
+from dsp.checks import as_float_array, check_rate
 
 __all__ = [
     "TRACKING_VERSION",
@@ -143,11 +143,11 @@ class StiffnessTracker:
         Returns:
             The estimate after this frame. The block still being filled is not yet in it.
         """
-        force = _as_float_array("force_n", force_n)
-        disp = _as_float_array("disp_mm", disp_mm)
+        force = as_float_array("force_n", force_n)
+        disp = as_float_array("disp_mm", disp_mm)
         if force.shape != disp.shape:
             raise ValueError(f"force_n has {force.size} samples, disp_mm {disp.size}")
-        dt_ns = _check_rate(rate_hz)
+        dt_ns = check_rate(rate_hz)
         cfg = self.config
         if force.size:
             kern._rls_push(
