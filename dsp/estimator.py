@@ -39,6 +39,7 @@ from dsp.records import (
     StepKind,
     StepRecord,
 )
+from dsp.rows import DeviceRows
 from dsp.steps import StepConfig, StepEstimate, StepTracker
 from dsp.tracking import StiffnessTracker, TrackingConfig
 
@@ -311,23 +312,11 @@ class FleetEstimator:
         ei[:, [DI_READY, DI_READY + 2]] = -1
         df = np.zeros((n, DF_LEN))
         df[:, [DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
-        old: StepTracker | None = getattr(self, "_steps", None)
-        if old is not None:
-            m = old.n_devices
-            for new, prev in (
-                (steps, self._steps),
-                (tracking, self._tracking),
-                (share, self._share),
-                (k_device, self._k_device),
-                (force_q, self._force_q),
-                (disp_q, self._disp_q),
-            ):
-                new.float_state[:m] = prev.float_state
-                new.int_state[:m] = prev.int_state
-            steps._take_windows(old)
-            for new_ls, prev_ls in ((share, self._share), (k_device, self._k_device)):
-                new_ls._begin_ns[:m] = prev_ls._begin_ns
-                new_ls._end_ns[:m] = prev_ls._end_ns
+        if getattr(self, "_steps", None) is not None:
+            grown = (steps, tracking, share, k_device, force_q, disp_q)
+            for prev, new in zip(self._trackers().values(), grown, strict=True):
+                prev.copy_rows_to(new)
+            m = self._ei.shape[0]
             ei[:m] = self._ei
             df[:m] = self._df
         self._steps, self._tracking = steps, tracking
@@ -344,12 +333,12 @@ class FleetEstimator:
             tracking.int_state,
             share.float_state,
             share.int_state,
-            share._begin_ns,
-            share._end_ns,
+            share.rows()["begin_ns"],
+            share.rows()["end_ns"],
             k_device.float_state,
             k_device.int_state,
-            k_device._begin_ns,
-            k_device._end_ns,
+            k_device.rows()["begin_ns"],
+            k_device.rows()["end_ns"],
             force_q.float_state,
             force_q.int_state,
             disp_q.float_state,
@@ -392,9 +381,7 @@ class FleetEstimator:
         step windows' pool (pool bytes over the devices seen). Python objects not included."""
         return sum(self.state_parts_per_device().values())
 
-    def _trackers(
-        self,
-    ) -> dict[str, StepTracker | StiffnessTracker | LoadShareTracker | QualityMonitor]:
+    def _trackers(self) -> dict[str, DeviceRows]:
         return {
             "steps": self._steps,
             "tracking": self._tracking,
@@ -408,11 +395,13 @@ class FleetEstimator:
         """The parts of `state_bytes_per_device` (bytes): "trackers" (the trackers' rows),
         "windows" (share of the step windows' pool, which holds one 2.5 KiB slot per open
         window) and "histories" (the estimator's own rows: histories and the day's tallies)."""
-        trackers = 0
-        for tracker in self._trackers().values():
-            trackers += tracker.float_state[0].nbytes + tracker.int_state[0].nbytes
-        trackers += 2 * 2 * 8  # the load-test bounds of the two load-share trackers
-        pool = self._steps.bins.nbytes + self._steps._slot_owner.nbytes
+        trackers = sum(
+            row[0].nbytes
+            for tracker in self._trackers().values()
+            for row in tracker.rows().values()
+        )
+        windows = self._steps.windows()
+        pool = windows["bins"].nbytes + windows["slot_owner"].nbytes
         return {
             "trackers": trackers,
             "windows": round(pool / max(len(self._ids), 1)),
@@ -437,21 +426,15 @@ class FleetEstimator:
         }
         arrays: dict[str, NDArray[Any]] = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            "step_bins": self._steps.bins,
-            "step_slot_owner": self._steps._slot_owner,
-            "step_free": np.array(self._steps._free, dtype=np.int64),
         }
-        return arrays | self._rows()
+        windows = {f"step_{name}": array for name, array in self._steps.windows().items()}
+        return arrays | windows | self._rows()
 
     def _rows(self) -> dict[str, NDArray[Any]]:
         """The state arrays with one row per device, by their names in a snapshot."""
         rows: dict[str, NDArray[Any]] = {"ei": self._ei, "df": self._df}
         for name, tracker in self._trackers().items():
-            rows[f"{name}_float"] = tracker.float_state
-            rows[f"{name}_int"] = tracker.int_state
-        for name, bounds in (("share", self._share), ("k_device", self._k_device)):
-            rows[f"{name}_begin_ns"] = bounds._begin_ns
-            rows[f"{name}_end_ns"] = bounds._end_ns
+            rows |= {f"{name}_{key}": array for key, array in tracker.rows().items()}
         return rows
 
     @classmethod
@@ -480,13 +463,9 @@ class FleetEstimator:
                 raise ValueError(f"snapshot array {name!r} is {source.dtype}{source.shape}, "
                                  f"this build's is {target.dtype}{target.shape}")  # fmt: skip
             target[...] = source  # in place: the kernels' argument tuples hold these arrays
-        bins, owners = arrays["step_bins"], arrays["step_slot_owner"]
-        bins_len = kern.STEP_BINS_LEN
-        if bins.ndim != 2 or bins.shape[1:] != fleet._steps.bins.shape[1:]:
-            raise ValueError(f"snapshot step windows are {bins.shape}, not (n, {bins_len})")
-        fleet._steps.bins = np.array(bins, dtype=np.float64)
-        fleet._steps._slot_owner = np.array(owners, dtype=np.int64)
-        fleet._steps._free = [int(slot) for slot in arrays["step_free"]]
+        fleet._steps.set_windows(
+            {name: arrays[f"step_{name}"] for name in ("bins", "slot_owner", "free")}
+        )
         fleet._ids = list(meta["ids"])
         fleet._index = {device: i for i, device in enumerate(fleet._ids)}
         # JSON keys are strings; the rows are ints.

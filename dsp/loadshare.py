@@ -12,13 +12,14 @@ test, never a healed bone. Clinically the frame comes off when the share is belo
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.checks import as_float_array, check_rate
+from dsp.rows import DeviceRows
 
 __all__ = [
     "LOADSHARE_VERSION",
@@ -101,7 +102,7 @@ def _estimate(lf: NDArray[np.float64], li: NDArray[np.int64]) -> LoadShareEstima
 
 
 @dataclass
-class LoadShareTracker:
+class LoadShareTracker(DeviceRows):
     """Streaming load-share estimator for `n_devices` devices, indexed 0..n_devices-1.
 
     Call `start` at load_test_start, `frame` for each frame (samples outside a test are
@@ -122,6 +123,10 @@ class LoadShareTracker:
         # No test open: an empty interval.
         self._begin_ns = np.full(self.n_devices, _NO_END, dtype=np.int64)
         self._end_ns = np.full(self.n_devices, _NO_END, dtype=np.int64)
+
+    def rows(self) -> dict[str, NDArray[Any]]:
+        """The co-moment rows and each device's test bounds (ns)."""
+        return super().rows() | {"begin_ns": self._begin_ns, "end_ns": self._end_ns}
 
     def start(self, device: int, t_ns: int) -> None:
         """Begin a load test at t_ns (UTC epoch ns); any unfinished test is discarded."""

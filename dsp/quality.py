@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.checks import as_float_array
+from dsp.rows import DeviceRows
 
 __all__ = [
     "QUALITY_VERSION",
@@ -89,7 +90,7 @@ class QualityReport:
 
 
 @dataclass
-class QualityMonitor:
+class QualityMonitor(DeviceRows):
     """Streaming quality monitor of one channel for `n_devices` devices.
 
     State: two fixed-size rows per device (`float_state`, `int_state`), 96 bytes together.

@@ -13,14 +13,16 @@ docs/dsp.md defines every reported quantity.
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.checks import as_float_array, check_rate
+from dsp.rows import DeviceRows
 
 __all__ = [
     "STEP_VERSION",
@@ -245,7 +247,7 @@ class StepEstimate:
 
 
 @dataclass
-class StepTracker:
+class StepTracker(DeviceRows):
     """Streaming step-response estimator for `n_devices` devices, indexed 0..n_devices-1.
 
     Per device: call `event` for each distraction step or probe and `frame` for each frame, in
@@ -330,10 +332,34 @@ class StepTracker:
         self._slot_owner = self._slot_owner[:half].copy()
         self._free = low
 
-    def _take_windows(self, prev: "StepTracker") -> None:
-        """Take over the window slots of `prev`, a smaller tracker this one replaces (its
-        rows already copied into this one's first rows)."""
-        self.bins, self._slot_owner, self._free = prev.bins, prev._slot_owner, prev._free
+    def copy_rows_to(self, other: DeviceRows) -> None:
+        """Copy every device's rows into `other`, a larger tracker that replaces this one,
+        which takes over the pool of open windows as it is."""
+        super().copy_rows_to(other)
+        if isinstance(other, StepTracker):
+            other.set_windows(self.windows())
+
+    def windows(self) -> dict[str, NDArray[Any]]:
+        """The pool of open step windows: its slots' bins, each slot's device (-1 free) and
+        the free slots, lowest last."""
+        return {
+            "bins": self.bins,
+            "slot_owner": self._slot_owner,
+            "free": np.array(self._free, dtype=np.int64),
+        }
+
+    def set_windows(self, windows: Mapping[str, NDArray[Any]]) -> None:
+        """Take over a pool of open windows (`windows()` of a tracker with the same rows).
+
+        Raises:
+            ValueError: the bins do not have this tracker's slot layout.
+        """
+        bins = windows["bins"]
+        if bins.ndim != 2 or bins.shape[1:] != self.bins.shape[1:]:
+            raise ValueError(f"step windows are {bins.shape}, not (n, {self.bins.shape[1]})")
+        self.bins = np.array(bins, dtype=np.float64)
+        self._slot_owner = np.array(windows["slot_owner"], dtype=np.int64)
+        self._free = [int(slot) for slot in windows["free"]]
 
     def event(self, device: int, t_ns: int, delta_mm: float) -> None:
         """Announce a distraction step or probe.

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.checks import as_float_array, check_rate
+from dsp.rows import DeviceRows
 
 __all__ = [
     "TRACKING_VERSION",
@@ -99,7 +100,7 @@ class StiffnessTrack:
 
 
 @dataclass
-class StiffnessTracker:
+class StiffnessTracker(DeviceRows):
     """Streaming stiffness tracker for `n_devices` devices, indexed 0..n_devices-1.
 
     State: two fixed-size rows per device (`float_state`, `int_state`), 0.3 KiB together.

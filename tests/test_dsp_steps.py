@@ -468,3 +468,21 @@ def test_an_event_announced_long_after_its_onset_is_flagged() -> None:
     assert "onset_uncertain" in est.flags
     assert est.n_samples == force.size - k_late
     assert tracker.flush(0) is None
+
+
+def test_a_larger_tracker_takes_over_rows_and_open_windows() -> None:
+    """Rows copied into a larger tracker (as the estimator grows) carry an open window on to
+    exactly the estimate the first tracker would have given."""
+    force, disp, t_ev = synth_step(np.random.default_rng(12), after_s=100.0)
+    half = force.size // 2
+    small = StepTracker(1)
+    small.event(0, t_ev, 0.25)
+    small.frame(0, force[:half], disp[:half], T0_NS, RATE_HZ)
+    large = StepTracker(4)
+    small.copy_rows_to(large)
+    assert set(large.rows()) == {"float", "int"}
+    assert_array_equal(large.int_state[0], small.int_state[0])
+    t_half = T0_NS + round(half * 1e9 / RATE_HZ)
+    small.frame(0, force[half:], disp[half:], t_half, RATE_HZ)
+    large.frame(0, force[half:], disp[half:], t_half, RATE_HZ)
+    assert large.flush(0) == small.flush(0)
