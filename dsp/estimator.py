@@ -40,6 +40,14 @@ from dsp.records import (
     StepRecord,
 )
 from dsp.rows import DeviceRows
+from dsp.rules import (
+    is_loosening,
+    is_poor_regenerate,
+    is_separation,
+    qualifies_for_removal,
+    share_flags,
+    steps_sign,
+)
 from dsp.steps import StepConfig, StepEstimate, StepTracker
 from dsp.tracking import StiffnessTracker, TrackingConfig
 
@@ -618,38 +626,30 @@ class FleetEstimator:
     def _share_flags(self, i: int, est: LoadShareEstimate) -> set[str]:
         """Why a test's share may not be used (empty: it may), and the sign check it feeds."""
         cfg = self.config
-        flags: set[str] = set()
         if est.status != "ok":
-            return flags
-        margin = cfg.share_margin
-        low, high = est.share - 2.0 * est.share_std, est.share + 2.0 * est.share_std
-        if low > 1.0 + margin or high < -margin:
-            flags.add("implausible")
-        if est.resid_sd_n > cfg.share_max_resid_fraction * est.ref_range_n:
-            flags.add("poor_fit")
-        if est.ref_range_n < cfg.share_min_load_range_n:
-            flags.add("low_load_variation")
+            return set()
+        flags = share_flags(
+            est.share, est.share_std, est.resid_sd_n, est.ref_range_n, margin=cfg.share_margin,
+            max_resid_fraction=cfg.share_max_resid_fraction,
+            min_load_range_n=cfg.share_min_load_range_n,
+        )  # fmt: skip
         # Loading that lowers the force while the steps raise it: the two disagree in sign.
-        if high < -margin and self._steps_sign(i) > 0:
+        if est.share + 2.0 * est.share_std < -cfg.share_margin and self._steps_sign(i) > 0:
             self._ei[i, DI_SIGN_BAD] = 1
         if self._ei[i, DI_SIGN_BAD]:
             flags.add("sign_inconsistent")
         return flags
 
     def _steps_sign(self, i: int) -> int:
-        """+1 if the device's recent distraction steps raised its force, -1 if they lowered it
-        (median k_inst), 0 before `sign_min_steps` of them."""
         n = int(self._ei[i, DI_N_RECENT_K])
-        if n < self.config.sign_min_steps:
-            return 0
-        median = float(np.median(self._df[i, DF_RECENT_K : DF_RECENT_K + n]))
-        return 1 if median > 0.0 else -1 if median < 0.0 else 0
+        recent = self._df[i, DF_RECENT_K : DF_RECENT_K + n].tolist()
+        return steps_sign(recent, min_steps=self.config.sign_min_steps)
 
     def _readiness_test(self, i: int, day: int, share: float, share_std: float) -> None:
         """Note a usable test for the readiness rule: per UTC day its last test counts."""
         ei = self._ei[i]
         removal = self.config.consolidation.removal_share
-        qualified = int(share - 2.0 * share_std >= 0.0 and share + 2.0 * share_std < removal)
+        qualified = int(qualifies_for_removal(share, share_std, removal_share=removal))
         if ei[DI_READY] != day:
             ei[DI_READY + 2], ei[DI_READY + 3] = ei[DI_READY], ei[DI_READY + 1]
             ei[DI_READY] = day
@@ -1064,13 +1064,10 @@ class FleetEstimator:
         cfg = self.config
         ei, df = self._ei[i], self._df[i]
         n = int(ei[DI_N_RESIDUAL])
-        hit = False
-        if math.isfinite(f_residual_n) and n:
-            top = max(df[DF_RESIDUAL : DF_RESIDUAL + n].tolist())
-            hit = (
-                f_residual_n < cfg.separation_drop * top
-                and top - f_residual_n > cfg.separation_min_n
-            )
+        previous = df[DF_RESIDUAL : DF_RESIDUAL + n].tolist()
+        hit = is_separation(
+            f_residual_n, previous, drop=cfg.separation_drop, min_n=cfg.separation_min_n
+        )
         if math.isfinite(f_residual_n):
             ei[DI_N_RESIDUAL] = _ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
         return hit
@@ -1078,19 +1075,16 @@ class FleetEstimator:
     def _stiffness_rules(self, i: int) -> None:
         ei, df = self._ei[i], self._df[i]
         n = int(ei[DI_N_RECENT_K])
-        if n < 4 or ei[DI_SIGN_BAD]:
-            return
-        ks = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
-        if float(np.median(ks[-4:])) < self.config.poor_k_inst_n_per_mm:
+        recent = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
+        limit = self.config.poor_k_inst_n_per_mm
+        if not ei[DI_SIGN_BAD] and is_poor_regenerate(recent, limit_n_per_mm=limit):
             ei[DI_FLAGS] |= _FLAG_BITS["poor_regenerate"]
 
     def _loosening_rule(self, i: int, k_dev: float) -> None:
         n = int(self._ei[i, DI_N_K_DEVICE])
-        if n >= 3:
-            history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
-            baseline = float(np.median(history[-7:]))
-            if k_dev < (1.0 - self.config.loosening_drop) * baseline:
-                self._ei[i, DI_FLAGS] |= _FLAG_BITS["loosening"]
+        history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
+        if is_loosening(k_dev, history, drop=self.config.loosening_drop):
+            self._ei[i, DI_FLAGS] |= _FLAG_BITS["loosening"]
 
     # ---- the day's record ----------------------------------------------------------------
 
