@@ -1,5 +1,6 @@
 """The floors of docs/architecture.md, read from every module's imports: the core imports
-nothing else of ours, the services never import the apps."""
+nothing else of ours, the services never import the apps, no import circle, no private name
+across packages."""
 
 import ast
 import re
@@ -73,3 +74,75 @@ def test_every_cited_doc_is_in_the_repository() -> None:
     missing = {name: where for name, where in cited.items() if not (REPO / name).is_file()}
     assert missing == {}
     assert "docs/domain.md" in cited
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for package in OURS for path in _modules(package)}
+
+
+def _edges(name: str) -> set[str]:
+    """The modules of ours a module imports, resolving `from a import b` to a.b when b is one."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULES else node.module)
+    return {module for module in found if module in MODULES and module != name}
+
+
+def test_no_import_circle() -> None:
+    """No module reaches itself through the imports of ours (a package's own __init__, which
+    only re-exports its modules, is left out as a target: Python loads it first anyway)."""
+    graph = {
+        name: {module for module in _edges(name) if MODULES[module].name != "__init__.py"}
+        for name in MODULES
+    }
+    done: set[str] = set()
+    circles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            circles.append([*path[path.index(name) :], name])
+            return
+        if name in done:
+            return
+        for module in sorted(graph[name]):
+            visit(module, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert circles == []
+
+
+# The kernel bench times dsp's numba kernels themselves against their plain references.
+KERNEL_BENCH = ("apps.bench.dsp", "dsp._kernels")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_private_name_across_modules(name: str) -> None:
+    """A module imports no private name of another package; a package's private module
+    (dsp._kernels, osteotel._floatfmt_kernels) and its names serve only that package."""
+    package = name.split(".", maxsplit=1)[0]
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+            continue
+        for alias in node.names:
+            target = f"{node.module}.{alias.name}"
+            private = _private(alias.name) or any(map(_private, node.module.split(".")))
+            if private and (name, target) != KERNEL_BENCH:
+                assert target.split(".", maxsplit=1)[0] == package, f"{name} imports {target}"
+                assert any(map(_private, target.split(".")[1:-1])) or target in MODULES, (
+                    f"{name} imports {target}"
+                )
