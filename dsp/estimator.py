@@ -28,6 +28,60 @@ from dsp import _kernels as kern
 from dsp.adherence import Protocol, daily_adherence
 from dsp.checks import as_float_array, check_rate
 from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
+from dsp.layout import (
+    DF_GAINED_MM,
+    DF_K_DEVICE,
+    DF_K_DEVICE_TODAY,
+    DF_LEN,
+    DF_MM_TODAY,
+    DF_PROBES_TODAY,
+    DF_RECENT_K,
+    DF_RECENT_T,
+    DF_RESIDUAL,
+    DF_SHARE,
+    DF_SHARE_DAY,
+    DF_SHARE_STD,
+    DF_SHARE_STD_TODAY,
+    DF_SHARE_TODAY,
+    DF_TODAY,
+    DI_FLAGS,
+    DI_KIND_PROBE,
+    DI_KIND_T,
+    DI_LAST_STEP_NS,
+    DI_LEN,
+    DI_N_K_DEVICE,
+    DI_N_KINDS,
+    DI_N_PROBES,
+    DI_N_PROBES_TODAY,
+    DI_N_RECENT_K,
+    DI_N_RESIDUAL,
+    DI_N_SHARES,
+    DI_N_STEPS,
+    DI_N_TESTS_TODAY,
+    DI_N_TODAY,
+    DI_N_USABLE_TODAY,
+    DI_PHASE,
+    DI_Q,
+    DI_READY,
+    DI_SIGN_BAD,
+    DI_STEPS_TODAY,
+    FLAG_BITS,
+    KDEV_HISTORY,
+    PHASE_CODE,
+    PHASES,
+    Q_COUNTS,
+    Q_LEN,
+    Q_N_FRAMES,
+    Q_N_SAMPLES,
+    Q_T_END,
+    Q_T_START,
+    SHARE_HISTORY,
+    STEP_HISTORY,
+    STEP_KINDS,
+    TODAY_PROBES,
+    TODAY_STEPS,
+    flag_names,
+)
 from dsp.loadshare import LoadShareEstimate, LoadShareTracker
 from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
 from dsp.records import (
@@ -70,9 +124,6 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 2
-_STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
-_SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
-_KDEV_HISTORY = 8  # daily device stiffnesses remembered for the loosening rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,68 +217,6 @@ def _day_ns(day: float) -> int:
     return round(day * NS_PER_DAY) if math.isfinite(day) else -1
 
 
-# Per-device estimator state beyond the trackers', in numeric rows instead of Python objects
-# (a deque alone costs ~600 bytes): int columns appended to the fused kernel's `_ei` rows (which
-# reads only the first kern.EST_INT_LEN) and one float row. Histories are short arrays kept
-# oldest first with a length; a full one drops its oldest entry, as a bounded deque would.
-_STEP_KINDS = 8  # recent step events remembered to tell a step's estimate from a probe's
-_TODAY_STEPS = 8  # the day's step values held in the row; more go to a per-device list
-_TODAY_PROBES = 4  # the same for the day's lengthening probes
-
-DI_N_STEPS = kern.EST_INT_LEN
-DI_N_PROBES = DI_N_STEPS + 1
-DI_LAST_STEP_NS = DI_N_PROBES + 1  # -1 before the first step
-DI_PHASE = DI_LAST_STEP_NS + 1  # index into _PHASES
-DI_STEPS_TODAY = DI_PHASE + 1
-DI_FLAGS = DI_STEPS_TODAY + 1  # the day's anomaly flags, one bit each (_FLAG_BITS)
-DI_N_TODAY = DI_FLAGS + 1  # step values held today (k, k_eq, residual)
-DI_N_PROBES_TODAY = DI_N_TODAY + 1  # lengthening probe values held today (k, k_eq)
-DI_N_RECENT_K = DI_N_PROBES_TODAY + 1
-DI_N_RESIDUAL = DI_N_RECENT_K + 1
-DI_N_SHARES = DI_N_RESIDUAL + 1
-DI_N_K_DEVICE = DI_N_SHARES + 1
-DI_N_KINDS = DI_N_K_DEVICE + 1
-DI_KIND_PROBE = DI_N_KINDS + 1  # bit j set: recent step event j is a probe
-DI_KIND_T = DI_KIND_PROBE + 1  # _STEP_KINDS times of recent step events (ns)
-DI_Q = DI_KIND_T + _STEP_KINDS  # per channel (force, disp), an open quality stretch:
-Q_T_START, Q_T_END, Q_COUNTS, Q_N_SAMPLES, Q_N_FRAMES, Q_LEN = 0, 1, 2, 6, 7, 8
-DI_SIGN_BAD = DI_Q + 2 * Q_LEN  # 1 once the device's steps and loading disagree in sign
-DI_N_TESTS_TODAY = DI_SIGN_BAD + 1  # the day's weight-bearing tests ...
-DI_N_USABLE_TODAY = DI_N_TESTS_TODAY + 1  # ... and those with a usable share
-DI_READY = DI_N_USABLE_TODAY + 1  # the last two days with a usable test: (day, qualified) x 2
-DI_LEN = DI_READY + 4
-
-DF_GAINED_MM = 0
-DF_MM_TODAY = 1
-DF_SHARE_TODAY = 2  # the day's last usable share; NaN if none
-DF_K_DEVICE_TODAY = 3  # NaN if none today
-DF_RECENT_T = 4  # _STEP_HISTORY step times (days) ...
-DF_RECENT_K = DF_RECENT_T + _STEP_HISTORY  # ... and their k_inst (N/mm)
-DF_RESIDUAL = DF_RECENT_K + _STEP_HISTORY  # 4 recent residual forces (N)
-DF_SHARE_DAY = DF_RESIDUAL + 4  # _SHARE_HISTORY load-share times (days) ...
-DF_SHARE = DF_SHARE_DAY + _SHARE_HISTORY  # ... the shares ...
-DF_SHARE_STD = DF_SHARE + _SHARE_HISTORY  # ... and their standard errors (usable ones only)
-DF_SHARE_STD_TODAY = DF_SHARE_STD + _SHARE_HISTORY  # NaN if no usable test today
-DF_K_DEVICE = DF_SHARE_STD_TODAY + 1  # _KDEV_HISTORY device stiffnesses (N/mm)
-DF_TODAY = DF_K_DEVICE + _KDEV_HISTORY  # _TODAY_STEPS rows of (k_inst, k_eq, residual)
-DF_PROBES_TODAY = DF_TODAY + 3 * _TODAY_STEPS  # _TODAY_PROBES rows of (k_inst, k_eq)
-DF_LEN = DF_PROBES_TODAY + 2 * _TODAY_PROBES
-
-_PHASES: tuple[Phase, ...] = ("latency", "distraction", "consolidation", "ready")
-_PHASE_CODE = {name: code for code, name in enumerate(_PHASES)}
-_FLAG_BITS = {
-    "poor_regenerate": 2,
-    "separation": 4,
-    "loosening": 8,
-    "signal_quality": 16,
-    "unusable_share": 32,
-}
-
-
-def _flag_names(bits: int) -> set[str]:
-    return {name for name, bit in _FLAG_BITS.items() if bits & bit}
-
-
 def _ring_push(row: NDArray[Any], at: int, cap: int, n: int, value: float) -> int:
     """Append value to the history row[at:at + cap] holding n entries; the new length."""
     if n == cap:
@@ -295,7 +284,7 @@ class FleetEstimator:
         # Rare per-device settings, kept only for devices that have them.
         self._calibration: dict[int, str] = {}
         self._protocols: dict[int, Protocol] = {}
-        # The day's step values beyond the row's room (more than _TODAY_STEPS steps a day).
+        # The day's step values beyond the row's room (more than TODAY_STEPS steps a day).
         self._today_extra: dict[int, list[tuple[float, float, float]]] = {}
         self._probes_extra: dict[int, list[tuple[float, float]]] = {}
         self._fp, self._ip = self._kernel_params()
@@ -542,9 +531,9 @@ class FleetEstimator:
         ei, df = self._ei[i], self._df[i]
         n = int(ei[DI_N_KINDS])
         bits = int(ei[DI_KIND_PROBE])
-        if n == _STEP_KINDS:
+        if n == STEP_KINDS:
             bits >>= 1
-        n = _ring_push(ei, DI_KIND_T, _STEP_KINDS, n, t_ns)
+        n = _ring_push(ei, DI_KIND_T, STEP_KINDS, n, t_ns)
         ei[DI_N_KINDS] = n
         bit = 1 << (n - 1)
         ei[DI_KIND_PROBE] = bits | bit if kind == "probe" else bits & ~bit
@@ -556,8 +545,8 @@ class FleetEstimator:
             if t_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 ei[DI_STEPS_TODAY] += 1
                 df[DF_MM_TODAY] += delta_mm
-            if ei[DI_PHASE] != _PHASE_CODE["distraction"]:
-                ei[DI_PHASE] = _PHASE_CODE["distraction"]
+            if ei[DI_PHASE] != PHASE_CODE["distraction"]:
+                ei[DI_PHASE] = PHASE_CODE["distraction"]
         else:
             ei[DI_N_PROBES] += 1
         return out
@@ -586,7 +575,7 @@ class FleetEstimator:
             self._loosening_rule(i, k_dev)
             df[DF_K_DEVICE_TODAY] = k_dev
             n = int(ei[DI_N_K_DEVICE])
-            ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, _KDEV_HISTORY, n, k_dev)
+            ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, KDEV_HISTORY, n, k_dev)
         flags = self._share_flags(i, est)
         usable = est.status == "ok" and not flags
         ei[DI_N_TESTS_TODAY] += 1
@@ -595,16 +584,16 @@ class FleetEstimator:
             df[DF_SHARE_TODAY] = est.share
             df[DF_SHARE_STD_TODAY] = est.share_std
             n = int(ei[DI_N_SHARES])
-            _ring_push(df, DF_SHARE_DAY, _SHARE_HISTORY, n, t_ns / NS_PER_DAY)
-            _ring_push(df, DF_SHARE_STD, _SHARE_HISTORY, n, est.share_std)
-            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, _SHARE_HISTORY, n, est.share)
+            _ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
+            _ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
+            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
             self._readiness_test(i, t_ns // NS_PER_DAY, est.share, est.share_std)
         else:
-            ei[DI_FLAGS] |= _FLAG_BITS["unusable_share"]
-        in_consolidation = _PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
+            ei[DI_FLAGS] |= FLAG_BITS["unusable_share"]
+        in_consolidation = PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
         met = in_consolidation and self._removal_criterion_met(i)
         if in_consolidation:  # re-evaluated on every test: readiness can be lost again
-            ei[DI_PHASE] = _PHASE_CODE["ready" if met else "consolidation"]
+            ei[DI_PHASE] = PHASE_CODE["ready" if met else "consolidation"]
         out.append(
             LoadShareRecord(
                 device=self._ids[i],
@@ -912,7 +901,7 @@ class FleetEstimator:
         at = DI_Q + row * Q_LEN  # the channel's open stretch, if bit is set in EI_Q_PENDING
         pending = bool(ei[kern.EI_Q_PENDING] & bit)
         if bad:
-            ei[DI_FLAGS] |= _FLAG_BITS["signal_quality"]
+            ei[DI_FLAGS] |= FLAG_BITS["signal_quality"]
             if not pending:
                 pending = True
                 ei[at : at + Q_LEN] = 0
@@ -1013,19 +1002,19 @@ class FleetEstimator:
         if kind == "step":
             if self._separation_rule(i, est.f_residual_n):
                 flags.add("separation")
-                ei[DI_FLAGS] |= _FLAG_BITS["separation"]
+                ei[DI_FLAGS] |= FLAG_BITS["separation"]
             if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
                 n = int(ei[DI_N_TODAY])
-                if n < _TODAY_STEPS:
+                if n < TODAY_STEPS:
                     df[DF_TODAY + 3 * n : DF_TODAY + 3 * n + 3] = values
                     ei[DI_N_TODAY] = n + 1
                 else:
                     self._today_extra.setdefault(i, []).append(values)
             if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
                 n = int(ei[DI_N_RECENT_K])
-                _ring_push(df, DF_RECENT_T, _STEP_HISTORY, n, est.t_step_ns / NS_PER_DAY)
-                n = _ring_push(df, DF_RECENT_K, _STEP_HISTORY, n, est.k_inst_n_per_mm)
+                _ring_push(df, DF_RECENT_T, STEP_HISTORY, n, est.t_step_ns / NS_PER_DAY)
+                n = _ring_push(df, DF_RECENT_K, STEP_HISTORY, n, est.k_inst_n_per_mm)
                 ei[DI_N_RECENT_K] = n
                 # Steps that lower the force: the polarity is wrong (or the channel).
                 if self._steps_sign(i) < 0:
@@ -1034,7 +1023,7 @@ class FleetEstimator:
         elif est.delta_mm > 0.0:
             probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
             n = int(ei[DI_N_PROBES_TODAY])
-            if n < _TODAY_PROBES:
+            if n < TODAY_PROBES:
                 df[DF_PROBES_TODAY + 2 * n : DF_PROBES_TODAY + 2 * n + 2] = probe
                 ei[DI_N_PROBES_TODAY] = n + 1
             else:
@@ -1078,13 +1067,13 @@ class FleetEstimator:
         recent = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
         limit = self.config.poor_k_inst_n_per_mm
         if not ei[DI_SIGN_BAD] and is_poor_regenerate(recent, limit_n_per_mm=limit):
-            ei[DI_FLAGS] |= _FLAG_BITS["poor_regenerate"]
+            ei[DI_FLAGS] |= FLAG_BITS["poor_regenerate"]
 
     def _loosening_rule(self, i: int, k_dev: float) -> None:
         n = int(self._ei[i, DI_N_K_DEVICE])
         history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
         if is_loosening(k_dev, history, drop=self.config.loosening_drop):
-            self._ei[i, DI_FLAGS] |= _FLAG_BITS["loosening"]
+            self._ei[i, DI_FLAGS] |= FLAG_BITS["loosening"]
 
     # ---- the day's record ----------------------------------------------------------------
 
@@ -1101,7 +1090,7 @@ class FleetEstimator:
 
     def _phase(self, i: int, protocol: Protocol, day_end_ns: int) -> Phase:
         ei = self._ei[i]
-        phase = _PHASES[int(ei[DI_PHASE])]
+        phase = PHASES[int(ei[DI_PHASE])]
         if phase == "distraction":
             target = protocol.target_mm
             if target is not None:
@@ -1124,9 +1113,9 @@ class FleetEstimator:
         ei, df = self._ei[i], self._df[i]
         day_start = int(ei[kern.EI_DAY]) * NS_PER_DAY
         day_end = day_start + NS_PER_DAY
-        was = _PHASES[int(ei[DI_PHASE])]
+        was = PHASES[int(ei[DI_PHASE])]
         phase = self._phase(i, protocol, day_end)
-        ei[DI_PHASE] = _PHASE_CODE[phase]
+        ei[DI_PHASE] = PHASE_CODE[phase]
         steps_today = int(ei[DI_STEPS_TODAY])
         mm_today = float(df[DF_MM_TODAY])
         gained_mm = float(df[DF_GAINED_MM])
@@ -1140,7 +1129,7 @@ class FleetEstimator:
             prescribed_today=prescribed,
             gained_mm=gained_mm - mm_today,
         )
-        flags = _flag_names(int(ei[DI_FLAGS]))
+        flags = flag_names(int(ei[DI_FLAGS]))
         if adh.missed_steps:
             flags.add("missed_steps")
         if adh.extra_steps:
