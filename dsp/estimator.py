@@ -149,8 +149,7 @@ class EstimatorConfig:
         share_margin: a share is `implausible` when it lies outside [-margin, 1 + margin] by
             more than 2 standard errors: 0.03, the regression's own error does not hold the
             scale's noise and the few seconds the load takes to settle, and early in
-            consolidation a share at 1 reads a hair above it. Readiness asks for share - 2 SE
-            >= 0 in any case.
+            consolidation a share at 1 reads a hair above it.
         sign_min_steps: distraction steps with a fit that the sign check waits for.
         poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
             last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the

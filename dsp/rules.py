@@ -79,6 +79,7 @@ def share_flags(
 
 
 def qualifies_for_removal(share: float, share_std: float, *, removal_share: float) -> bool:
-    """A usable share within [0, removal_share) by 2 standard errors: one day's test towards
-    readiness (two days are needed)."""
-    return share - 2.0 * share_std >= 0.0 and share + 2.0 * share_std < removal_share
+    """A usable share whose magnitude lies below removal_share by 2 standard errors: one day's
+    test towards readiness (two days are needed). The sign does not enter: a wrongly signed
+    device shows the same magnitude, and a healed bone's share of 0 reads a hair either side."""
+    return abs(share) + 2.0 * share_std < removal_share

@@ -27,6 +27,7 @@ from physics import (
 )
 
 from dsp.estimator import DeviceEstimator, EstimatorConfig
+from dsp.rules import qualifies_for_removal
 
 # ~10 ms a case at 1 s frames: 240 steps and 40 load tests take a few seconds.
 N_STEPS = 240
@@ -155,6 +156,22 @@ def test_wrongly_signed_devices_load_shares_are_flagged(loads: list[LoadResult])
     for r in wrong:
         assert r.usable is False
         assert {"sign_inconsistent", "implausible"} & set(r.flags)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.002, 0.01, 0.05])
+def test_healed_devices_load_tests_qualify_for_removal(share: float) -> None:
+    """A healed bone's tests (true share 0-5 %, the family's rates, loads and noise) are usable
+    and qualify for removal on devices that follow the contract; the share a consolidating
+    bone still carries (15 %) never qualifies, whatever its sign."""
+    cases = [dataclasses.replace(case, share=share) for case in standard_load_family(8)]
+    healed = run_load_tests([c for c in cases if c.measured_sign > 0], _estimator)
+    assert healed
+    for r in healed:
+        assert r.usable is True, (share, r.flags)
+        assert qualifies_for_removal(r.record.share, r.record.share_std, removal_share=0.10)
+    carrying = [dataclasses.replace(case, share=0.15) for case in cases]
+    for r in run_load_tests(carrying, _estimator):
+        assert not qualifies_for_removal(r.record.share, r.record.share_std, removal_share=0.10)
 
 
 def test_inverted_device_steps_then_load_test_is_sign_inconsistent() -> None:

@@ -70,11 +70,16 @@ def test_share_flags_name_why_a_share_cannot_be_used(
 
 @pytest.mark.parametrize(
     ("share", "share_std", "qualifies"),
-    [(0.05, 0.01, True), (0.09, 0.01, False), (0.01, 0.01, False), (-0.94, 0.01, False)],
-    ids=["clear", "too_close_to_10", "too_close_to_0", "wrong_sign"],
-)
-def test_a_share_qualifies_within_zero_and_ten_percent_by_two_se(
+    [
+        (0.05, 0.01, True), (0.09, 0.01, False), (0.01, 0.01, True), (-0.004, 0.003, True),
+        (-0.09, 0.01, False), (-0.94, 0.01, False),
+    ],
+    ids=["clear", "too_close_to_10", "near_0", "healed_a_hair_below_0", "wrong_sign_near_10",
+         "wrong_sign"],
+)  # fmt: skip
+def test_a_share_qualifies_below_ten_percent_in_magnitude_by_two_se(
     share: float, share_std: float, qualifies: bool
 ) -> None:
-    """share - 2 SE >= 0 and share + 2 SE < 10 %: nothing at either edge, nothing negative."""
+    """|share| + 2 SE < 10 %: a healed share of 0 counts whichever side it reads; a share at
+    the criterion's edge, of either sign, does not."""
     assert qualifies_for_removal(share, share_std, removal_share=0.10) is qualifies
