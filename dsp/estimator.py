@@ -621,8 +621,9 @@ class FleetEstimator:
             max_resid_fraction=cfg.share_max_resid_fraction,
             min_load_range_n=cfg.share_min_load_range_n,
         )  # fmt: skip
-        # Loading that lowers the force while the steps raise it: the two disagree in sign.
-        if est.share + 2.0 * est.share_std < -cfg.share_margin and self._steps_sign(i) > 0:
+        # Loading that lowers the force (an implausible share below 0) while the steps raise
+        # it: the two disagree in sign.
+        if "implausible" in flags and est.share < 0.0 and self._steps_sign(i) > 0:
             self._ei[i, DI_SIGN_BAD] = 1
         if self._ei[i, DI_SIGN_BAD]:
             flags.add("sign_inconsistent")
