@@ -364,7 +364,11 @@ def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> N
         rows.append(
             f"{counted}  {last[3]}  {last[2]}  [{len(ids & acked)} of {len(ids)} acknowledged]"
         )
-    text = "\n".join(rows[:_MAX_ALERT_LINES]) or "no alerts in this period"
+    if len(rows) > _MAX_ALERT_LINES:
+        # Never dropped silently: the rules that do not fit are named on the last line.
+        rest = [row.split(",")[0].split(" ")[0] for row in rows[_MAX_ALERT_LINES - 1 :]]
+        rows = [*rows[: _MAX_ALERT_LINES - 1], f"and {len(rest)} more rules: {', '.join(rest)}"]
+    text = "\n".join(rows) or "no alerts in this period"
     table.text(0, 0.9, text, fontsize=8, va="top")
 
 
