@@ -94,6 +94,9 @@ def _repeated_alerts(hub: str) -> bytes:
     return b"".join(lines)
 
 
+READY_INFO = DeviceInfo("DX-0012", "P-12AA", "tibia", 4)  # the DSP says ready
+
+
 BUSY_INFO = DeviceInfo("DX-0011", "P-11AA", "femur", 4)  # a device with 11 rules raised
 BUSY_RULES = RULES[:11]
 
@@ -150,6 +153,8 @@ def store(influxdb: InfluxDB, tmp_path_factory: pytest.TempPathFactory) -> Itera
         influx.write(_load_share_points(device, hub))
         influx.write(_repeated_alerts(hub))
         influx.write(_many_rules(hub))
+        ready = _daily(READY_INFO.device, phase="ready", projection="ok", ready_day=READY_DAY)
+        influx.write(estimate_line(hub, ready))
         yield influx
         influx.query(f'DROP DATABASE "{name}"')
 
@@ -321,3 +326,16 @@ def test_alerts_beyond_the_list_are_named_not_dropped(store: InfluxStore, tmp_pa
     assert f"and 2 more rules: {BUSY_RULES[9]}, {BUSY_RULES[10]}" in page
     for rule in BUSY_RULES[:9]:
         assert f"{rule}, " in page
+
+
+def test_a_ready_device_reads_met_not_a_date_ahead(store: InfluxStore, tmp_path: Path) -> None:
+    """In phase ready the page says the criterion is met, and gives the trend's date as such."""
+    out = tmp_path / "ready.pdf"
+    [summary] = render_report(store, [READY_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert summary.phase == "ready"
+    text = " ".join(page.split())
+    assert (
+        "Projected readiness (< 10 %) met: the DSP's removal criterion holds "
+        f"(the trend reaches it {READY_DATE})"
+    ) in text
