@@ -85,6 +85,13 @@ class StepInput(_Envelope):
     f_peak_n: _Number = _NAN
     fit_r2: _Number = _NAN
     fit_status: str = "ok"
+    # Since issue 12 (docs/dsp.md); an older estimator's step has none of them.
+    t_onset_ns: int = -1
+    ramp_s: _Number = _NAN
+    delta_event_mm: _Number = _NAN
+    k_inst_std_n_per_mm: _Number = _NAN
+    k_peak_n_per_mm: _Number = _NAN
+    f_inst_n: _Number = _NAN
     flags: list[str] = []
 
 
@@ -128,8 +135,14 @@ class DailyInput(_Envelope):
     extra_steps: int = 0
     gained_mm: _Number = _NAN
     load_share: _Number = _NAN
+    load_share_std: _Number = _NAN
+    n_load_tests: int = 0
+    n_load_tests_usable: int = 0
     consolidation_index: _Number = _NAN
     projected_ready_ns: int = -1
+    projected_ready_lo_ns: int = -1
+    projected_ready_hi_ns: int = -1
+    # An older estimator sent no status: its projected_ready_ns (-1 when none) was its word.
     projection_status: str = "ok"
     projection_horizon_ns: int = -1
     flags: list[str] = []

@@ -318,7 +318,7 @@ class RuleBook:
 
     def _load_share(self, d: Device, th: Thresholds, est: LoadShareInput) -> list[Observation]:
         # Readiness is the DSP's decision, one rule in one place (docs/dsp.md): two days of
-        # usable shares within [0, 10 %) by 2 standard errors, in consolidation, re-judged on
+        # usable shares below 10 % in magnitude by 2 standard errors, in consolidation, re-judged on
         # every test. A raw share is never judged here: a wrongly signed -94 % once read as
         # "below the removal criterion".
         out = self._sign_rule(d, est.t_ns, "sign_inconsistent" in est.flags)

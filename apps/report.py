@@ -17,6 +17,7 @@ projection" with its reason otherwise), and the axes follow the plausible range.
 
 import datetime as dt
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = ["DeviceInfo", "PageSummary", "render_report"]
 _NS_PER_DAY = 86_400 * 10**9
 _A4_IN = (8.27, 11.69)
 _MAX_ALERT_LINES = 10
+_ALERT_LINE_CHARS = 125  # at 8 pt across the A4 page's width
 # What the DSP's projection_status means, for the page (docs/dsp.md).
 _NO_PROJECTION = {
     "insufficient_days": "fewer than 3 days of usable load shares",
@@ -159,10 +161,6 @@ def _select(
         order = np.argsort(np.array(columns["time"], dtype=np.int64), kind="stable")
         columns = {name: [values[i] for i in order] for name, values in columns.items()}
     return columns
-
-
-def _dates(times_ns: Sequence[int]) -> list[dt.datetime]:
-    return [dt.datetime.fromtimestamp(t / 1e9, tz=dt.UTC) for t in times_ns]
 
 
 def _day(t_ns: int) -> str:
@@ -311,7 +309,13 @@ def _draw_header(
     device, days, projected_ns = info.device, summary.days, summary.projected_ready_ns
     header.axis("off")
     header.text(0, 1.0, "osteotel consolidation report", fontsize=15, weight="bold", va="top")
-    if projected_ns is not None:
+    if summary.phase == "ready":
+        # The DSP's rule holds (two days of usable shares below the criterion): a date ahead
+        # would read as "not yet". The trend's date, where there is one, is said as such.
+        projection = "met: the DSP's removal criterion holds"
+        if projected_ns is not None:
+            projection += f" (the trend reaches it {_day(projected_ns)})"
+    elif projected_ns is not None:
         projection = _day(projected_ns)
     else:
         projection = f"no projection ({_NO_PROJECTION.get(summary.projection, summary.projection)})"
@@ -361,38 +365,60 @@ def _draw_alerts(table: Any, alerts: dict[str, list[Any]], acked: set[int]) -> N
         counted = f"{rule} x{len(fired)}, {_day(first[0])} to {_day(last[0])}"
         if len(fired) == 1:
             counted = f"{rule}, {_day(first[0])}"
-        rows.append(
-            f"{counted}  {last[3]}  {last[2]}  [{len(ids & acked)} of {len(ids)} acknowledged]"
-        )
-    text = "\n".join(rows[:_MAX_ALERT_LINES]) or "no alerts in this period"
+        line = f"{counted}  {last[3]}  {last[2]}  [{len(ids & acked)} of {len(ids)} acknowledged]"
+        # Wrapped to the page's width: a long summary continues, indented, on the next line.
+        rows.append(textwrap.fill(line, width=_ALERT_LINE_CHARS, subsequent_indent="    "))
+    if len(rows) > _MAX_ALERT_LINES:
+        # Never dropped silently: the rules that do not fit are named on the last line.
+        rest = [row.split(",")[0].split(" ")[0] for row in rows[_MAX_ALERT_LINES - 1 :]]
+        rows = [*rows[: _MAX_ALERT_LINES - 1], f"and {len(rest)} more rules: {', '.join(rest)}"]
+    text = "\n".join(rows) or "no alerts in this period"
     table.text(0, 0.9, text, fontsize=8, va="top")
 
 
-def _draw_steps(ax: Any, estimates: dict[str, list[Any]], summary: PageSummary) -> None:
+def _draw_steps(
+    ax: Any, estimates: dict[str, list[Any]], summary: PageSummary, *, start_ns: int
+) -> None:
     """Step stiffness: k_peak, what each step raised by its ramp's end, for every fitted step
     (it does not depend on the fast relaxation's extrapolation); k_inst with its standard
-    error and k_eq for the steps whose k_inst is a measurement; the rest counted."""
+    error and k_eq for the steps whose k_inst is a measurement; the rest counted. Days since
+    the period's start, as the load share below."""
     if not estimates["time"]:
         _empty(ax, "no step estimates in this period")
         return
-    when = _dates(estimates["time"])
+    when = (np.array(estimates["time"], dtype=np.float64) - start_ns) / _NS_PER_DAY
     k_peak = _floats(estimates["k_peak_n_per_mm"])
-    shown = [np.nan_to_num(k_peak, nan=0.0)]
-    ax.plot(when, k_peak, ".", color="0.6", markersize=4, label="k_peak (at the ramp's end)")
-    measured = [i for i, f in enumerate(estimates["flags"]) if "low_snr" not in (f or "")]
-    if measured:
-        at = [when[i] for i in measured]
-        k_inst = _floats([estimates["k_inst_n_per_mm"][i] for i in measured])
-        k_std = _floats([estimates["k_inst_std_n_per_mm"][i] for i in measured])
-        k_eq = _floats([estimates["k_eq_n_per_mm"][i] for i in measured])
-        ax.errorbar(at, k_inst, yerr=k_std, fmt=".", elinewidth=0.6, label="k_inst +/- SE")
-        ax.plot(at, k_eq, ".", label="k_eq")
-        shown += [np.nan_to_num(k_inst + k_std, nan=0.0), np.nan_to_num(k_eq, nan=0.0)]
-    # The plausible range: a stiffness is positive; the top from what is shown.
-    top = float(np.max(np.concatenate(shown)))
+    k_inst = _floats(estimates["k_inst_n_per_mm"])
+    k_std = _floats(estimates["k_inst_std_n_per_mm"])
+    k_eq = _floats(estimates["k_eq_n_per_mm"])
+    # A stiffness is positive: a negative one is the sign's fault, never drawn (counted).
+    rising = k_peak > 0
+    measured = np.array(["low_snr" not in (f or "") for f in estimates["flags"]], dtype=np.bool_)
+    measured &= k_inst > 0
+    shown = [k_peak[rising]]
+    if rising.any():
+        ax.plot(when[rising], k_peak[rising], ".", color="0.6", markersize=4,
+                label="k_peak (at the ramp's end)")  # fmt: skip
+    if measured.any():
+        ax.errorbar(when[measured], k_inst[measured], yerr=k_std[measured], fmt=".",
+                    elinewidth=0.6, label="k_inst +/- SE")  # fmt: skip
+        shown.append(k_inst[measured] + np.nan_to_num(k_std[measured], nan=0.0))
+        positive_eq = measured & (k_eq > 0)
+        if positive_eq.any():
+            ax.plot(when[positive_eq], k_eq[positive_eq], ".", label="k_eq")
+    values = np.concatenate(shown)
+    values = values[np.isfinite(values)]
+    # The plausible range: from 0 to what is shown.
+    top = float(values.max()) if values.size else 0.0
     ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    ax.set_xlim(max(0.0, float(when.min()) - 1.0), float(when.max()) + 1.0)
+    ax.set_xlabel(f"days since {_day(start_ns)}")
+    if values.size:
+        ax.legend(fontsize=7, loc="upper left")
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no plausible stiffness to plot", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")  # fmt: skip
     notes = []
     if summary.steps_flagged:
         notes.append(f"k_inst of {summary.steps_flagged} steps flagged low_snr, not plotted")
@@ -426,9 +452,16 @@ def _draw_shares(
             reasons = sorted(
                 {flag for f in shares["flags"] if f for flag in str(f).split(",")} or {"no verdict"}
             )
+            outside = (100 * share[~usable] < -5.0) | (100 * share[~usable] > 105.0)
+            edge = ", drawn at the axis edge" if outside.any() else ""
             ax.plot(share_days[~usable], shown, "x", color="0.55", markersize=4,
-                    label=f"not usable ({', '.join(reasons)})")  # fmt: skip
-        if trend is not None and trend.n_days >= config.min_days:
+                    label=f"not usable ({', '.join(reasons)}{edge})")  # fmt: skip
+        # The trend is a consolidation's: none while the DSP says the device is not in one.
+        if (
+            trend is not None
+            and trend.n_days >= config.min_days
+            and summary.phase in {"consolidation", "ready"}
+        ):
             days_line, share_line = _trend_line(trend, float(share_days[usable][-1]), config)
             ax.plot(days_line, share_line, "-", color="tab:orange", label="trend")
         if data.band_days is not None and summary.projected_ready_ns is not None:
@@ -455,12 +488,12 @@ def _draw(
     """Lay out one page: the header figures, four plots and the alert list."""
     steps, estimates = data.columns["steps"], data.columns["estimates"]
     frames, alerts, days = data.columns["frames"], data.columns["alerts"], summary.days
-    grid = figure.add_gridspec(5, 2, height_ratios=[2.1, 2, 2, 2, 1.6], hspace=0.55, wspace=0.3)
+    grid = figure.add_gridspec(5, 2, height_ratios=[2.1, 2, 2, 2, 1.6], hspace=0.7, wspace=0.3)
     _draw_header(figure.add_subplot(grid[0, :]), info, summary, start_ns=start_ns, end_ns=end_ns)
     ax = figure.add_subplot(grid[1, :])
     ax.set_title("Step stiffness", fontsize=10, loc="left")
     ax.set_ylabel("N/mm")
-    _draw_steps(ax, estimates, summary)
+    _draw_steps(ax, estimates, summary, start_ns=start_ns)
 
     ax = figure.add_subplot(grid[2, :])
     ax.set_title("Load share, trend and removal criterion", fontsize=10, loc="left")
@@ -476,6 +509,8 @@ def _draw(
         ax.bar(np.arange(counts.size), counts, color="tab:blue", label="performed")
         if info.steps_per_day is not None:
             ax.axhline(info.steps_per_day, color="k", linewidth=1, label="prescribed rhythm")
+        ax.set_xlim(-1, days)
+        ax.set_xlabel(f"days since {_day(start_ns)}")
         ax.legend(fontsize=7)
     else:
         _empty(ax, "no distraction steps")
@@ -483,8 +518,10 @@ def _draw(
     ax = figure.add_subplot(grid[3, 1])
     ax.set_title("Frames stored per day", fontsize=10, loc="left")
     if frames["time"]:
-        ax.bar(_dates(frames["time"]), frames["seq"], color="tab:gray")
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        frame_days = (np.array(frames["time"], dtype=np.int64) - start_ns) // _NS_PER_DAY
+        ax.bar(frame_days, frames["seq"], color="tab:gray")
+        ax.set_xlim(-1, days)
+        ax.set_xlabel(f"days since {_day(start_ns)}")
     else:
         _empty(ax, "no frames")
 

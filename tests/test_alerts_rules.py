@@ -255,6 +255,104 @@ def test_a_wrongly_signed_share_raises_no_readiness_but_tells_the_engineers() ->
     assert [x.clear for x in rules.estimate(right) if x.rule == "sign_inconsistent"] == [True]
 
 
+def test_readiness_follows_the_dsp_phase_on_daily_records() -> None:
+    """A daily record in phase ready raises readiness (info); a later one back in consolidation
+    clears it; a low share in consolidation raises nothing by itself."""
+    rules = book()
+    low = daily(rules, 0, phase="consolidation", load_share=0.04, load_share_std=0.01)
+    assert fired(low, "readiness") == []
+    [o] = fired(daily(rules, 1, phase="ready", load_share=0.04), "readiness")
+    assert o.severity is Severity.INFO
+    [withdrawn] = [x for x in daily(rules, 2, phase="consolidation") if x.rule == "readiness"]
+    assert (withdrawn.trigger, withdrawn.clear) == (False, True)
+
+
+def test_an_unusable_share_neither_raises_nor_clears_readiness() -> None:
+    """Once the DSP found the device ready, an unusable test (poor_fit) changes nothing:
+    unusable tests never count either way."""
+    rules = book()
+    ready = est("load_share", T0, share=0.05, share_std=0.01, removal_criterion_met=True)
+    assert fired(rules.estimate(ready), "readiness")
+    noisy = est(
+        "load_share", T0 + DAY, share=0.6, share_std=0.3, usable=False, flags=["poor_fit"],
+        removal_criterion_met=True,
+    )  # fmt: skip
+    assert [x for x in rules.estimate(noisy) if x.rule == "readiness"] == []
+
+
+def test_a_wrongly_signed_device_never_becomes_ready_on_its_days() -> None:
+    """Days the DSP flags sign_inconsistent, with shares of -94 % it did not use, raise the
+    engineers' sign_inconsistent (info) and never readiness."""
+    rules = book()
+    out: list[Observation] = []
+    for day in range(5):
+        out += rules.estimate(
+            est(
+                "load_share", T0 + day * DAY + 3600 * S, share=-0.94, share_std=0.02,
+                usable=False, flags=["implausible", "sign_inconsistent"],
+            )
+        )  # fmt: skip
+        out += daily(
+            rules, day, phase="consolidation", flags=["sign_inconsistent", "unusable_share"],
+            n_load_tests=1, n_load_tests_usable=0, projection_status="insufficient_days",
+        )  # fmt: skip
+    assert fired(out, "readiness") == []
+    signs = fired(out, "sign_inconsistent")
+    assert len(signs) == 10  # every record says so again; the engine keeps one alert
+    assert {o.severity for o in signs} == {Severity.INFO}
+    assert "force_gain" in signs[0].summary
+
+
+@pytest.mark.parametrize(
+    ("status", "fires"),
+    [("ok", True), ("not_significant", False), ("insufficient_days", False)],
+    ids=["ok", "not_significant", "insufficient_days"],
+)
+def test_delayed_consolidation_reads_a_projection_only_when_its_status_is_ok(
+    status: str, fires: bool
+) -> None:
+    """A projected date beyond the healing index's deadline is late only when the DSP says the
+    projection is supported (projection_status ok)."""
+    rules = book()
+    out: list[Observation] = []
+    for day in range(10):
+        out += daily(
+            rules, day, phase="consolidation", gained_mm=2.0, load_share=0.9 - 0.05 * day,
+            projected_ready_ns=T0 + 200 * DAY, projection_status=status,
+        )  # fmt: skip
+    assert bool(fired(out, "delayed_consolidation")) is fires
+
+
+def test_a_low_snr_step_is_no_stiffness_drop_and_no_growth() -> None:
+    """A step at a third of the patient's k_inst that the DSP flagged low_snr fires no
+    stiffness_drop, and fast-growing low_snr steps fire no premature_consolidation."""
+    rules = book()
+    steps(rules, [100.0] * 8, k=60.0)
+    flagged = est("step", T0 + 3 * DAY, k_inst_n_per_mm=20.0, flags=["low_snr"])
+    assert fired(rules.estimate(flagged), "stiffness_drop") == []
+    rules = book()
+    out: list[Observation] = []
+    for i in range(12):
+        k = 16.0 * 1.5 ** (i / 4)
+        out += rules.estimate(est("step", T0 + i * DAY // 4, k_inst_n_per_mm=k, flags=["low_snr"]))
+    assert fired(out, "premature_consolidation") == []
+
+
+def test_step_inputs_take_the_new_fields_and_older_payloads_still_parse() -> None:
+    """A step with the issue 12 fields carries them; one without gets NaN and -1."""
+    new = est(
+        "step", T0, t_onset_ns=T0 - S, ramp_s=2.0, delta_event_mm=0.25, k_inst_std_n_per_mm=3.0,
+        k_peak_n_per_mm=40.0, f_inst_n=120.0, flags=["tau_fast_held"],
+    )  # fmt: skip
+    assert (new.t_onset_ns, new.ramp_s, new.k_inst_std_n_per_mm) == (T0 - S, 2.0, 3.0)
+    assert (new.k_peak_n_per_mm, new.f_inst_n, new.delta_event_mm) == (40.0, 120.0, 0.25)
+    old = est("step", T0, k_inst_n_per_mm=50.0)
+    assert old.t_onset_ns == -1
+    assert np.isnan(old.k_inst_std_n_per_mm)
+    day = est("daily", T0, projected_ready_ns=T0 + DAY)
+    assert (day.projection_status, day.n_load_tests_usable) == ("ok", 0)
+
+
 def quality(rules: RuleBook, t_s: float, span_s: float, **fields: Any) -> list[Observation]:
     t_ns = T0 + round(t_s * S)
     return rules.estimate(

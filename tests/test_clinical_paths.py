@@ -243,7 +243,8 @@ def test_the_patient_board_shows_nothing_of_the_wrong_device(
     and run on the real InfluxDB, show the correct device's values and none of the reversed
     one's (its index only the 0 of distraction, no date)."""
     [board] = [b for b in build_dashboards() if b.uid == "osteotel-patient"]
-    [query] = [q for q in board.queries if q.panel == panel]
+    # The panel's first query (the load share's B draws the unusable tests apart, below).
+    [query] = [q for q in board.queries if q.panel == panel and q.ref_id == "A"]
     values = {}
     for device in DEVICES:
         text = expand(
@@ -259,3 +260,31 @@ def test_the_patient_board_shows_nothing_of_the_wrong_device(
         ]
     assert any(v > 0 for v in values[GOOD])
     assert all(v <= 0 for v in values[WRONG])
+
+
+def test_the_load_share_panel_marks_the_wrong_devices_tests_apart(treatment: Treatment) -> None:
+    """The load-share panel's second series holds every test of the reversed device with its
+    reason (sign_inconsistent from the first that saw the sign on), and none of the correct
+    device's usable ones."""
+    [board] = [b for b in build_dashboards() if b.uid == "osteotel-patient"]
+    [query] = [
+        q for q in board.queries if q.panel == "Load share (removal below 10 %)" and q.ref_id == "B"
+    ]
+    rows = {}
+    for device in DEVICES:
+        text = expand(
+            query.influxql, start_ns=START_NS, end_ns=END_NS,
+            variables={"hub": ["HUB-A"], "patient": ["$__all"], "device": [device]},
+        )  # fmt: skip
+        rows[device] = [
+            dict(zip(s.columns, row, strict=True))
+            for s in treatment.store.query(text, epoch="ms")
+            for row in s.values
+        ]
+    assert len(rows[WRONG]) >= 30
+    # Each with its reason; sign_inconsistent once its steps have shown the sign, and held.
+    assert all(r["flags"] or r["status"] != "ok" for r in rows[WRONG])
+    signed = ["sign_inconsistent" in (r["flags"] or "") for r in rows[WRONG]]
+    assert signed[-1]
+    assert all(signed[signed.index(True) :])
+    assert all(r["flags"] or r["status"] != "ok" for r in rows[GOOD])

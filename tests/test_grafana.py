@@ -435,16 +435,61 @@ def test_fleet_treatment_day_counts_whole_days_from_the_osteotomy(emulation: Emu
     }
 
 
-def test_step_stiffness_band_encloses_k_inst(emulation: Emulation) -> None:
-    """Each fitted step's k_inst lies within its band, and its fit_r2 is at most 1."""
+def test_step_stiffness_band_is_two_standard_errors_of_k_inst(emulation: Emulation) -> None:
+    """Each step's band is k_inst +/- 2 k_inst_std_n_per_mm, and its fit_r2 is at most 1."""
     title = "Step stiffness (per distraction step) with its fit quality"
     per_device = _rows(emulation, _panel_query("osteotel-patient", title, "A"))
-    rows = [row for device_rows in per_device.values() for row in device_rows]
-    fitted = [r for r in rows if r["k_inst_lo_n_per_mm"] is not None]
-    assert fitted, "no step carries a fit residual"
-    for row in fitted:
-        assert row["k_inst_lo_n_per_mm"] <= row["k_inst_n_per_mm"] <= row["k_inst_hi_n_per_mm"]
-        assert row["fit_r2"] <= 1.0
+    banded = [
+        (device, r)
+        for device, device_rows in per_device.items()
+        for r in device_rows
+        if r["k_inst_lo_n_per_mm"] is not None
+    ]
+    assert banded, "no step carries a standard error"
+    stored = emulation.store.query(
+        'SELECT "k_inst_std_n_per_mm" FROM "step" WHERE "kind" = \'step\' GROUP BY "device"',
+        epoch="ms",
+    )
+    std = {(item.tags["device"], row[0]): row[1] for item in stored for row in item.values}
+    for device, row in banded:
+        half = 2.0 * std[device, row["time"]]
+        assert row["k_inst_lo_n_per_mm"] == pytest.approx(row["k_inst_n_per_mm"] - half)
+        assert row["k_inst_hi_n_per_mm"] == pytest.approx(row["k_inst_n_per_mm"] + half)
+        assert row["fit_r2"] is None or row["fit_r2"] <= 1.0
+
+
+def test_step_stiffness_marks_exactly_the_flagged_steps(emulation: Emulation) -> None:
+    """The marks series holds every step the DSP flagged, with its flags, and no other."""
+    title = "Step stiffness (per distraction step) with its fit quality"
+    marks = _rows(emulation, _panel_query("osteotel-patient", title, "C"))
+    stored = emulation.store.query(
+        'SELECT "flags", "k_inst_n_per_mm" FROM "step" WHERE "kind" = \'step\' GROUP BY "device"',
+        epoch="ms",
+    )
+    for item in stored:
+        flagged = {row[0]: row[1] for row in item.values if row[1]}
+        device_marks = marks.get(item.tags["device"], [])
+        assert {r["time"]: r["flags"] for r in device_marks} == flagged
+        assert len(flagged) < len(item.values), "every step flagged: the marks say nothing"
+    assert any(marks.values()), "no flagged step to mark"
+
+
+def test_load_share_panel_keeps_unusable_tests_out_of_the_band(emulation: Emulation) -> None:
+    """The band series holds only usable tests; the others are the marks series, with flags."""
+    title = "Load share (removal below 10 %)"
+    usable = _rows(emulation, _panel_query("osteotel-patient", title, "A"))
+    unusable = _rows(emulation, _panel_query("osteotel-patient", title, "B"))
+    stored = emulation.store.query(
+        'SELECT "share", "usable", "flags" FROM "load_share" GROUP BY "device"', epoch="ms"
+    )
+    for item in stored:
+        device = item.tags["device"]
+        good = {row[0] for row in item.values if row[2]}
+        bad = {row[0] for row in item.values if not row[2]}
+        assert {r["time"] for r in usable.get(device, [])} == good
+        assert {r["time"] for r in unusable.get(device, [])} == bad
+    assert any(usable.values()), "no usable test"
+    assert all(r["flags"] or r["status"] != "ok" for rows in unusable.values() for r in rows)
 
 
 def test_real_data_reaches_the_documented_panels(emulation: Emulation) -> None:

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from test_grafana import DEVICES, END_NS, load_emulation
 
+from alerts.model import RULES
 from apps.report import DeviceInfo, PageSummary, render_report
 from apps.services import InfluxDB, free_port
-from dsp.estimator import DailyRecord, LoadShareRecord
+from dsp.estimator import DailyRecord, LoadShareRecord, StepRecord
 from ingest.estimates import estimate_line
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
+from osteotel.store.lineproto import point_line
 
 NS_PER_DAY = 86_400 * 10**9
 START_NS = END_NS - 30 * NS_PER_DAY
@@ -62,6 +64,57 @@ def _daily(device: str, *, phase: str, projection: str, ready_day: float | None)
     )  # fmt: skip
 
 
+def _wrong_step(day: int) -> StepRecord:
+    """A step of the wrongly signed device: its force fell, so its fit reads -100,000 N/mm."""
+    t_ns = START_NS + day * NS_PER_DAY
+    return StepRecord(
+        device=WRONG, t_ns=t_ns, kind="step", version="dsp.steps/2", calibration_id=None,
+        t_start_ns=t_ns, t_end_ns=t_ns + 600 * 10**9, number=day, t_onset_ns=t_ns, ramp_s=0.0,
+        delta_mm=0.25, delta_event_mm=0.25, k_inst_n_per_mm=-100_000.0,
+        k_inst_std_n_per_mm=90_000.0, k_peak_n_per_mm=-50_000.0, k_eq_n_per_mm=-40_000.0,
+        k_eq_std_n_per_mm=30_000.0, tau_fast_s=1.0, tau_slow_s=60.0, f_residual_n=50.0,
+        f_peak_n=-12_450.0, f_inst_n=-24_950.0, f_settled_n=-9_950.0, fit_rmse_n=5.0,
+        fit_r2=0.2, fit_status="ok", closed_by="timeout", n_samples=6000,
+        flags=("low_snr", "poor_fit"),
+    )  # fmt: skip
+
+
+def _repeated_alerts(hub: str) -> bytes:
+    """Ten stiffness_drop alerts of the wrongly signed device, days 12 to 21, as the alert
+    service's history writes them (one firing point each)."""
+    tags = {"device": WRONG, "hub": hub, "patient": WRONG_INFO.patient,
+            "rule": "stiffness_drop", "severity": "critical"}  # fmt: skip
+    lines = []
+    for day in range(12, 22):
+        fields: dict[str, float | int | bool | str | None] = {
+            "alert_id": 900 + day, "event": "firing", "state": "firing", "value": -100_000.0,
+            "summary": "instantaneous stiffness -100000.0 N/mm", "acked": False,
+        }  # fmt: skip
+        lines.append(point_line("alert", tags, fields, START_NS + day * NS_PER_DAY))
+    return b"".join(lines)
+
+
+READY_INFO = DeviceInfo("DX-0012", "P-12AA", "tibia", 4)  # the DSP says ready
+
+
+BUSY_INFO = DeviceInfo("DX-0011", "P-11AA", "femur", 4)  # a device with 11 rules raised
+BUSY_RULES = RULES[:11]
+
+
+def _many_rules(hub: str) -> bytes:
+    """One alert of each of 11 rules, a day apart, for BUSY_INFO."""
+    lines = []
+    for day, rule in enumerate(BUSY_RULES, start=1):
+        tags = {"device": BUSY_INFO.device, "hub": hub, "patient": BUSY_INFO.patient,
+                "rule": rule, "severity": "warning"}  # fmt: skip
+        fields: dict[str, float | int | bool | str | None] = {
+            "alert_id": 700 + day, "event": "firing", "state": "firing", "summary": rule,
+            "acked": False,
+        }  # fmt: skip
+        lines.append(point_line("alert", tags, fields, START_NS + day * NS_PER_DAY))
+    return b"".join(lines)
+
+
 def _load_share_points(device: str, hub: str) -> bytes:
     """Daily usable load shares whose log stiffness ratio is a line crossing the 10 %
     criterion, share = 1 / (1 + 9 e^(0.15 (d - READY_DAY))), and the DSP's daily record
@@ -73,6 +126,7 @@ def _load_share_points(device: str, hub: str) -> bytes:
         lines.append(estimate_line(hub, _share(device, day, share)))
         wrong = _share(WRONG, day, -share, flags=("implausible", "sign_inconsistent"))
         lines.append(estimate_line(hub, wrong))
+        lines.append(estimate_line(hub, _wrong_step(day)))
     lines.append(
         estimate_line(hub, _daily(device, phase="consolidation", projection="ok",
                                   ready_day=READY_DAY))
@@ -97,6 +151,10 @@ def store(influxdb: InfluxDB, tmp_path_factory: pytest.TempPathFactory) -> Itera
         # the projection can be checked against a known crossing day.
         influx.query(f'DROP SERIES FROM "load_share" WHERE "device" = \'{device}\'')
         influx.write(_load_share_points(device, hub))
+        influx.write(_repeated_alerts(hub))
+        influx.write(_many_rules(hub))
+        ready = _daily(READY_INFO.device, phase="ready", projection="ok", ready_day=READY_DAY)
+        influx.write(estimate_line(hub, ready))
         yield influx
         influx.query(f'DROP DATABASE "{name}"')
 
@@ -222,3 +280,62 @@ def test_a_wrongly_signed_device_is_never_shown_ready(store: InfluxStore, tmp_pa
     assert "no projection (fewer than 3 days of usable load shares)" in page
     assert "sign_inconsistent" in page
     assert "ready" not in page.lower().replace("projected readiness", "")
+    assert summary.steps_flagged == 20
+
+
+def test_impossible_step_stiffness_is_counted_not_plotted(
+    store: InfluxStore, tmp_path: Path
+) -> None:
+    """Steps of -100,000 N/mm the DSP flagged low_snr are counted on the page and kept off the
+    stiffness axis, which stays in the plausible range (no tick at -100,000 or -50,000)."""
+    out = tmp_path / "wrong.pdf"
+    render_report(store, [WRONG_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert "k_inst of 20 steps flagged low_snr, not plotted" in page
+    assert "20 steps lowered the force (sign), not plotted" in page
+    # The plots, before the alert list (whose summaries may quote any value).
+    plots = page.split("Alerts and acknowledgements")[0]
+    digits = plots.replace(",", "").replace(" ", "")
+    assert "100000" not in digits
+    assert "50000" not in digits
+    assert "1e5" not in plots
+
+
+def test_repeated_alerts_are_one_line_with_their_count_and_span(
+    store: InfluxStore, tmp_path: Path
+) -> None:
+    """Ten alerts of one rule are one line: "rule x10, first day to last day"."""
+    out = tmp_path / "wrong.pdf"
+    [summary] = render_report(store, [WRONG_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert summary.alerts == 10
+    lines = [line.strip() for line in page.splitlines() if "stiffness_drop" in line]
+    assert len(lines) == 1
+    assert " ".join(lines[0].split()).startswith(
+        "stiffness_drop x10, 2025-12-14 to 2025-12-23 critical"
+    )
+    assert lines[0].endswith("[0 of 10 acknowledged]")
+
+
+def test_alerts_beyond_the_list_are_named_not_dropped(store: InfluxStore, tmp_path: Path) -> None:
+    """With 11 rules raised, nine get their line and the last line names the other two."""
+    out = tmp_path / "busy.pdf"
+    [summary] = render_report(store, [BUSY_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert summary.alerts == 11
+    assert f"and 2 more rules: {BUSY_RULES[9]}, {BUSY_RULES[10]}" in page
+    for rule in BUSY_RULES[:9]:
+        assert f"{rule}, " in page
+
+
+def test_a_ready_device_reads_met_not_a_date_ahead(store: InfluxStore, tmp_path: Path) -> None:
+    """In phase ready the page says the criterion is met, and gives the trend's date as such."""
+    out = tmp_path / "ready.pdf"
+    [summary] = render_report(store, [READY_INFO], start_ns=START_NS, end_ns=END_NS, out=out)
+    [page] = [p for p in _pdf_text(out) if p.strip()]
+    assert summary.phase == "ready"
+    text = " ".join(page.split())
+    assert (
+        "Projected readiness (< 10 %) met: the DSP's removal criterion holds "
+        f"(the trend reaches it {READY_DATE})"
+    ) in text

@@ -28,6 +28,13 @@ _NOT_PROJECTED = [
 
 
 _NS_PER_DAY = 86_400 * 10**9
+# A series drawn as red crosses, no line: estimates the DSP flagged.
+_MARKS: list[dict[str, object]] = [
+    {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+    {"id": "custom.drawStyle", "value": "points"},
+    {"id": "custom.pointSize", "value": 9},
+    {"id": "custom.pointSymbol", "value": "cross"},
+]
 
 
 def _treatment_day() -> tuple[str, str]:
@@ -230,15 +237,19 @@ def _completeness(chain: tuple[Variable, ...], *, by_time: str | None) -> Query:
 
 
 def _k_inst_band() -> list[tuple[str, str]]:
-    """k_inst minus and plus the fit residual over the step size, N/mm.
+    """k_inst minus and plus two of its standard errors, N/mm.
 
-    k_inst is (f_peak_n - f_residual_n) / delta_mm (docs/dsp.md) and f_residual_n comes from
-    the relaxation fit, so a force error of one fit_rmse_n moves k_inst by fit_rmse_n /
-    delta_mm.
+    k_inst_std_n_per_mm is the DSP's own standard error of k_inst (docs/dsp.md): the fit's
+    covariance, widened where tau_fast is held, plus the displacement's uncertainty.
     """
     k = name_of("step", "k_inst_n_per_mm")
-    spread = f"{name_of('step', 'fit_rmse_n')} / {name_of('step', 'delta_mm')}"
+    spread = f"2 * {name_of('step', 'k_inst_std_n_per_mm')}"
     return [(f"{k} - {spread}", "k_inst_lo_n_per_mm"), (f"{k} + {spread}", "k_inst_hi_n_per_mm")]
+
+
+def _flagged(measurement: str) -> str:
+    """Only points whose `flags` field says something (it is left out when empty)."""
+    return f"{name_of(measurement, 'flags')} =~ /./"
 
 
 def _patient() -> Board:
@@ -297,13 +308,27 @@ def _patient() -> Board:
                 chain,
                 by_time="1d",
             ),
+            # Steps the DSP flagged (low_snr, poor_fit, cut_short, ...) drawn again as marks,
+            # so a k_inst that is no measurement is seen as such.
+            series_query(
+                "step",
+                [
+                    raw("step", "k_inst_n_per_mm", "k_inst_flagged_n_per_mm"),
+                    raw("step", "flags"),
+                ],
+                chain,
+                extra_where=[*step_where, _flagged("step")],
+                by_time=None,
+            ),
         ],
         unit="none",
         description="k in N/mm, per distraction step and the continuous tracker at each "
-        "day's end. The dashed lines are k_inst ± fit_rmse_n / delta_mm: the stiffness one RMS "
-        "residual of the step's relaxation fit amounts to, a scale of its error rather than a "
-        "confidence interval. fit_r2 (right axis, 0..1) is the share of the relaxation the "
-        "fit explains; empty when the step could not be fitted.",
+        "day's end. The dashed lines are k_inst ± 2 k_inst_std_n_per_mm, the DSP's standard "
+        "error of it. Red crosses mark steps the DSP flagged (low_snr: k_inst within its own "
+        "error or on a held tau_fast; poor_fit, cut_short, onset_uncertain, ramp_mismatch, "
+        "separation, tau_fast_held): their k_inst is not a measurement to read. fit_r2 (right "
+        "axis, 0..1) is the share of the relaxation the fit explains; empty when the step "
+        "could not be fitted.",
         field_config={
             "defaults": {},
             "overrides": [
@@ -313,6 +338,10 @@ def _patient() -> Board:
                         {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [4, 4]}},
                         {"id": "custom.lineWidth", "value": 1},
                     ],
+                },
+                {
+                    "matcher": {"id": "byRegexp", "options": ".*k_inst_flagged_n_per_mm"},
+                    "properties": _MARKS,
                 },
                 {
                     "matcher": {"id": "byRegexp", "options": ".*fit_r2"},
@@ -352,13 +381,28 @@ def _patient() -> Board:
                 by_time=None,
                 # Only what the DSP found usable: a wrongly signed -94 % once sat in the band.
                 extra_where=[f"{name_of('load_share', 'usable')} = true"],
-            )
+            ),
+            # The tests it did not use: apart, as marks on their own axis, never in the band.
+            series_query(
+                "load_share",
+                [
+                    (f"{name_of('load_share', 'share')} * 100", "share_unusable_pct"),
+                    raw("load_share", "flags"),
+                    raw("load_share", "status"),
+                ],
+                chain,
+                by_time=None,
+                extra_where=[f"{name_of('load_share', 'usable')} = false"],
+            ),
         ],
         unit="percent",
         description=(
-            "Usable load-share tests only (docs/dsp.md: flagged implausible, poor_fit, "
-            "low_load_variation or sign_inconsistent tests are left out; the report counts "
-            "them). Aarnes 2005 (J Orthop Res): the frame may come off below 10 %."
+            "Usable load-share tests (docs/dsp.md) against the removal band, 0 to 10 % "
+            "(Aarnes 2005, J Orthop Res: the frame may come off below 10 %; readiness itself "
+            "is the DSP's decision, two days in a row). Red crosses on the right axis: tests "
+            "the DSP did not use (flagged implausible, poor_fit, low_load_variation or "
+            "sign_inconsistent, or a regression whose status is not ok); they count for "
+            "nothing."
         ),
         field_config={
             "defaults": {
@@ -366,12 +410,23 @@ def _patient() -> Board:
                 "thresholds": {
                     "mode": "absolute",
                     "steps": [
-                        {"color": "green", "value": None},
+                        {"color": "transparent", "value": None},
+                        {"color": "green", "value": 0},
                         {"color": "transparent", "value": REMOVAL_SHARE_PCT},
                     ],
                 },
             },
-            "overrides": [],
+            "overrides": [
+                {
+                    "matcher": {"id": "byRegexp", "options": ".*share_unusable_pct"},
+                    "properties": [
+                        *_MARKS,
+                        {"id": "custom.axisPlacement", "value": "right"},
+                        {"id": "custom.axisLabel", "value": "not usable (%)"},
+                        {"id": "custom.thresholdsStyle", "value": {"mode": "off"}},
+                    ],
+                },
+            ],
         },
     )
     board.panel(
