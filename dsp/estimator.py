@@ -36,7 +36,7 @@ from dsp.layout import (
     DF_MM_TODAY,
     DF_PROBES_TODAY,
     DF_RECENT_K,
-    DF_RECENT_T,
+    DF_RECENT_KPEAK,
     DF_RESIDUAL,
     DF_SHARE,
     DF_SHARE_DAY,
@@ -123,7 +123,7 @@ ESTIMATOR_VERSION = "dsp.estimator/1"
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
-_SNAPSHOT_FORMAT = 2
+_SNAPSHOT_FORMAT = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -631,7 +631,11 @@ class FleetEstimator:
 
     def _steps_sign(self, i: int) -> int:
         n = int(self._ei[i, DI_N_RECENT_K])
-        recent = self._df[i, DF_RECENT_K : DF_RECENT_K + n].tolist()
+        recent = [
+            k
+            for k in self._df[i, DF_RECENT_KPEAK : DF_RECENT_KPEAK + n].tolist()
+            if math.isfinite(k)
+        ]
         return steps_sign(recent, min_steps=self.config.sign_min_steps)
 
     def _readiness_test(self, i: int, day: int, share: float, share_std: float) -> None:
@@ -999,6 +1003,12 @@ class FleetEstimator:
             if ei[DI_KIND_T + j] == est.t_step_ns:
                 kind = "probe" if probe_bits >> j & 1 else "step"
         flags = set(est.flags)
+        k_std = est.k_inst_std_n_per_mm
+        if "tau_fast_held" in est.flags or not (
+            k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm)
+        ):
+            # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
+            flags.add("low_snr")
         if kind == "step":
             if self._separation_rule(i, est.f_residual_n):
                 flags.add("separation")
@@ -1013,9 +1023,9 @@ class FleetEstimator:
                     self._today_extra.setdefault(i, []).append(values)
             if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
                 n = int(ei[DI_N_RECENT_K])
-                _ring_push(df, DF_RECENT_T, STEP_HISTORY, n, est.t_step_ns / NS_PER_DAY)
-                n = _ring_push(df, DF_RECENT_K, STEP_HISTORY, n, est.k_inst_n_per_mm)
-                ei[DI_N_RECENT_K] = n
+                _ring_push(df, DF_RECENT_KPEAK, STEP_HISTORY, n, est.k_peak_n_per_mm)
+                k_upper = est.k_inst_n_per_mm + 2.0 * est.k_inst_std_n_per_mm
+                ei[DI_N_RECENT_K] = _ring_push(df, DF_RECENT_K, STEP_HISTORY, n, k_upper)
                 # Steps that lower the force: the polarity is wrong (or the channel).
                 if self._steps_sign(i) < 0:
                     ei[DI_SIGN_BAD] = 1
@@ -1028,12 +1038,6 @@ class FleetEstimator:
                 ei[DI_N_PROBES_TODAY] = n + 1
             else:
                 self._probes_extra.setdefault(i, []).append(probe)
-        k_std = est.k_inst_std_n_per_mm
-        if "tau_fast_held" in est.flags or not (
-            k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm)
-        ):
-            # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
-            flags.add("low_snr")
         return StepRecord(
             device=self._ids[i],
             t_ns=est.t_step_ns,

@@ -47,8 +47,11 @@ DF_GAINED_MM = 0
 DF_MM_TODAY = 1
 DF_SHARE_TODAY = 2  # the day's last usable share; NaN if none
 DF_K_DEVICE_TODAY = 3  # NaN if none today
-DF_RECENT_T = 4  # STEP_HISTORY step times (days) ...
-DF_RECENT_K = DF_RECENT_T + STEP_HISTORY  # ... and their k_inst (N/mm)
+# The last STEP_HISTORY distraction steps with a fit: their k_peak (N/mm), for the sign check
+# (the force observed at the ramp's end, whatever the fit makes of the relaxation) ...
+DF_RECENT_KPEAK = 4
+# ... and the upper end of their k_inst, k_inst + 2 SE (N/mm), for poor regenerate.
+DF_RECENT_K = DF_RECENT_KPEAK + STEP_HISTORY
 DF_RESIDUAL = DF_RECENT_K + STEP_HISTORY  # 4 recent residual forces (N)
 DF_SHARE_DAY = DF_RESIDUAL + 4  # SHARE_HISTORY load-share times (days) ...
 DF_SHARE = DF_SHARE_DAY + SHARE_HISTORY  # ... the shares ...

@@ -15,7 +15,9 @@ import pytest
 from physics import (
     NS_PER_S,
     LoadResult,
+    StepCase,
     StepResult,
+    Tissue,
     family,
     feed_load_test,
     feed_step,
@@ -222,3 +224,82 @@ def test_history_and_gaps_keep_the_identities(prev: float, gap: float) -> None:
     assert all(r.record is not None for r in results)
     assert sum(r.identity_violations for r in results) == 0
     assert all(hasattr(r.record, "f_inst_n") for r in results)
+
+
+def _days_of_steps(
+    *,
+    k_inst_n_per_mm: float,
+    ramp_s: float,
+    tau_f_s: float,
+    rate_hz: float,
+    force_noise_n: float,
+    polarity: float = 1.0,
+    seed: int = 0,
+) -> list[tuple[str, ...]]:
+    """Three days of four 0.25 mm steps (1 mm a day) of one tissue through one estimator;
+    returns each day's flags."""
+    est = _estimator()
+    tissue = Tissue(
+        k_inst_n_per_mm=k_inst_n_per_mm, a_inf=0.2, a_f=0.5, tau_f_s=tau_f_s, tau_s_s=120.0
+    )
+    day_ns = 86_400 * NS_PER_S
+    midnight_ns = 1_767_225_600 * NS_PER_S
+    records: list[Any] = []
+    for j in range(12):
+        onset = midnight_ns + j * day_ns // 4 + 3_600 * NS_PER_S
+        case = StepCase(
+            tissue=tissue,
+            delta_mm=0.25,
+            delta_announced_mm=0.25,
+            ramp_s=ramp_s,
+            onset_ns=onset,
+            stamp_ns=onset,
+            rate_hz=rate_hz,
+            t0_ns=onset - 8 * NS_PER_S,
+            force_noise_n=force_noise_n,
+            polarity=polarity,
+            seed=seed * 100 + j,
+        )
+        records += feed_step(case, est)
+    records += est.flush()
+    days = [tuple(r.flags) for r in records if r.kind == "daily"]
+    assert len(days) == 3
+    return days
+
+
+@pytest.mark.parametrize(("ramp_s", "seed"), [(60.0, 1), (120.0, 0), (180.0, 3)])
+def test_long_ramps_make_a_healthy_regenerate_neither_poor_nor_wrongly_signed(
+    ramp_s: float, seed: int
+) -> None:
+    """A motor driving each step over minutes against a fast relaxation (tau_f 0.3 s, 10 Hz)
+    leaves k_inst to the prior: single steps read anywhere from -50 to +260 N/mm on a 15 N/mm
+    regenerate. Judged on those values, such a healthy device was poor_regenerate on most days
+    and, with a negative median, sign_inconsistent (and so never ready). The day's rules judge
+    the sign on k_peak and poor regenerate on k_inst's upper ends."""
+    days = _days_of_steps(
+        k_inst_n_per_mm=15.0, ramp_s=ramp_s, tau_f_s=0.3, rate_hz=10.0, force_noise_n=0.5, seed=seed
+    )
+    assert days == [(), (), ()]
+
+
+def test_long_ramps_on_an_inverted_channel_are_still_sign_inconsistent() -> None:
+    """The same device with its force channel inverted: every day says so."""
+    days = _days_of_steps(
+        k_inst_n_per_mm=15.0,
+        ramp_s=120.0,
+        tau_f_s=0.3,
+        rate_hz=10.0,
+        force_noise_n=0.5,
+        polarity=-1.0,
+    )
+    assert all("sign_inconsistent" in flags for flags in days)
+
+
+def test_a_soft_regenerate_measured_through_noise_is_poor() -> None:
+    """6 N/mm against a limit of 10 N/mm, steps short and noisy enough that each k_inst's
+    error exceeds the low_snr cut (8 %): the upper ends stay below the limit, so every day is
+    poor_regenerate."""
+    days = _days_of_steps(
+        k_inst_n_per_mm=6.0, ramp_s=0.5, tau_f_s=1.0, rate_hz=50.0, force_noise_n=0.5
+    )
+    assert all("poor_regenerate" in flags for flags in days)

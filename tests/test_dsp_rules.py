@@ -28,7 +28,8 @@ def test_separation_is_a_sudden_drop_of_the_force_before_a_step(
 
 
 def test_poor_regenerate_needs_four_soft_steps() -> None:
-    """The median of the last four steps below the limit flags; three steps decide nothing."""
+    """The median of the last four steps' upper ends (k_inst + 2 SE) below the limit flags;
+    three steps decide nothing."""
     assert is_poor_regenerate([20.0, 8.0, 9.0, 7.0, 9.5], limit_n_per_mm=10.0)
     assert not is_poor_regenerate([8.0, 9.0, 7.0], limit_n_per_mm=10.0)
     assert not is_poor_regenerate([8.0, 30.0, 31.0, 32.0], limit_n_per_mm=10.0)
