@@ -1,10 +1,11 @@
 """Grafana as code: the measurement catalogue, the three boards built from it, and `push`.
 
 One source: `MEASUREMENTS` (catalogue.py) names every measurement, tag and field a board reads,
-exactly as ingest and the alert service write them. Panel queries are built only through
-`panels.Query`, which refuses a name the catalogue does not hold, and a test compares the
-catalogue with the tables of docs/schema.md, so a rename on either side fails the suite
-instead of leaving an empty panel.
+exactly as ingest and the alert service write them. Each board is a table of panels
+(boards.py) that one builder (`panels.Board.build`) turns into Grafana's JSON; panel queries
+are `panels.Query`s, refused at build when they name what the catalogue does not hold, and a
+test compares the catalogue with the tables of docs/schema.md, so a rename on either side
+fails the suite instead of leaving an empty panel.
 
     build_dashboards() -> list[Dashboard]          # boards.py: JSON models and panel queries
     provisioning_files(...) -> dict[str, str]      # provisioning.py: deploy/grafana/** on disk

@@ -1,31 +1,37 @@
-"""Panel and query building: InfluxQL made from catalogue names only, and a board's layout.
+"""Boards as tables of panels, and the one builder that turns them into Grafana's JSON.
 
-`Query` refuses a measurement the catalogue does not hold and `name_of` a tag or field it does
-not list, so a board can only read what ingest and the alert service write (docs/schema.md).
-Queries are plain InfluxQL with no subqueries, so the same boards read InfluxDB 1.x natively
-and 2.x/3.x through their v1 compatibility API (docs/grafana.md).
+A board is data: a `Board` lists its `Panel`s, each with its `Query`s, unit, size, overrides
+(apps/grafana/boards.py); `Board.build()` places the panels and writes the JSON model and the
+list of queries it runs. A query's columns and conditions name the measurement's tags and
+fields in braces, `"last({gained_mm})"`, and the builder refuses a measurement, tag or field
+the catalogue does not list, so a board can only read what ingest and the alert service write
+(docs/schema.md). Queries are plain InfluxQL with no subqueries, so the same boards read
+InfluxDB 1.x natively and 2.x/3.x through their v1 compatibility API (docs/grafana.md).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any, Literal
 
-from apps.grafana.catalogue import MEASUREMENTS, Measurement
+from apps.grafana.catalogue import MEASUREMENTS
 
 __all__ = [
     "DATASOURCE_UID",
+    "INTERVAL",
     "MIN_INTERVAL",
+    "Annotation",
     "Board",
     "Dashboard",
+    "Panel",
     "PanelQuery",
     "Query",
     "Variable",
-    "agg",
+    "by_name",
+    "by_regexp",
     "filters",
     "ident",
     "name_of",
-    "raw",
-    "series_query",
 ]
 
 DATASOURCE_UID = "osteotel-influx"
@@ -34,6 +40,10 @@ _SCHEMA_VERSION = 39
 # The smallest GROUP BY time() Grafana may choose: raw data is 100 Hz, but a board never
 # needs finer than one point per second, and coarser keeps the queries cheap.
 MIN_INTERVAL = "1s"
+# GROUP BY time($__interval): the interval Grafana picks for the range and the panel's width.
+INTERVAL = "$__interval"
+# A board is 24 grid units wide.
+_GRID_WIDTH = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,26 +96,72 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"'
 
 
-@dataclass
+def name_of(measurement: str, name: str) -> str:
+    """A quoted field or tag name, refused unless the catalogue lists it."""
+    if not MEASUREMENTS[measurement].has(name):
+        raise KeyError(f"{measurement!r} has no tag or field {name!r} in the catalogue")
+    return ident(name)
+
+
+def filters(measurement: str, variables: Sequence[Variable]) -> list[str]:
+    """`"tag" =~ /^$var$/` for each board variable the measurement carries as a tag."""
+    tags = MEASUREMENTS[measurement].tags
+    return [f"{ident(var)} =~ /^${var}$/" for var in variables if var in tags]
+
+
+def _names(template: str) -> list[str]:
+    """The names in braces in `template` (`{{` and `}}` are literal braces)."""
+    return [name for _, name, _, _ in Formatter().parse(template) if name]
+
+
+def _split(column: str) -> tuple[str, str]:
+    """A column's expression and its name: what follows ` AS `, or else the one name it reads."""
+    expression, _, alias = column.partition(" AS ")
+    if not alias:
+        names = set(_names(expression))
+        if len(names) != 1:
+            raise ValueError(f"column {column!r} reads {len(names)} names: name it with AS")
+        [alias] = names
+    return expression, alias
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
-    """A SELECT built from catalogue names only; expected columns follow from it."""
+    """One query of a panel: columns of one measurement, filtered by the board's variables.
+
+    Attributes:
+        measurement: the measurement it reads.
+        select: the columns, InfluxQL with each tag or field in braces (`"last({gained_mm})"`,
+            `"{share} * 100 AS share_pct"`); named by `AS`, or else by the one name read.
+        where: conditions besides the time range and the board's variables, names in braces.
+        group_tags: the tags of each series (GROUP BY).
+        by_time: the GROUP BY time() interval (`INTERVAL`, `"1d"`), or None for the points.
+        time_filter: False reads all time (the latest state of something set long ago).
+    """
 
     measurement: str
-    select: list[tuple[str, str]]  # (expression, alias)
-    where: list[str] = field(default_factory=list)
-    group_tags: tuple[str, ...] = ()
+    select: tuple[str, ...]
+    where: tuple[str, ...] = ()
+    group_tags: tuple[str, ...] = ("device",)
     by_time: str | None = None
     time_filter: bool = True
-    fill: str = "none"
 
-    def __post_init__(self) -> None:
+    def _quoted(self, template: str) -> str:
+        return template.format_map({n: name_of(self.measurement, n) for n in _names(template)})
+
+    def text(self, variables: Sequence[Variable]) -> str:
+        """The InfluxQL for a board of `variables`, macros unexpanded."""
         if self.measurement not in MEASUREMENTS:
             raise KeyError(f"measurement {self.measurement!r} is not in the catalogue")
-
-    def text(self) -> str:
-        """The InfluxQL, macros unexpanded."""
-        select = ", ".join(f"{expr} AS {ident(alias)}" for expr, alias in self.select)
-        where = (["$timeFilter"] if self.time_filter else []) + self.where
+        select = ", ".join(
+            f"{self._quoted(expression)} AS {ident(alias)}"
+            for expression, alias in map(_split, self.select)
+        )
+        where = [
+            *(["$timeFilter"] if self.time_filter else []),
+            *filters(self.measurement, variables),
+            *map(self._quoted, self.where),
+        ]
         # Only catalogue names and fixed operators reach this string, never user input.
         sql = f"SELECT {select} FROM {ident(self.measurement)}"  # noqa: S608
         if where:
@@ -116,157 +172,173 @@ class Query:
         if groups:
             sql += " GROUP BY " + ", ".join(groups)
         if self.by_time:
-            sql += f" fill({self.fill})"
+            sql += " fill(none)"
         return sql
 
     def columns(self) -> tuple[str, ...]:
-        """`time` and then the aliases, as InfluxDB returns them."""
-        return ("time", *(alias for _, alias in self.select))
-
-
-def _m(measurement: str) -> Measurement:
-    return MEASUREMENTS[measurement]
-
-
-def name_of(measurement: str, name: str) -> str:
-    """A quoted field or tag name, refused unless the catalogue lists it."""
-    if not _m(measurement).has(name):
-        raise KeyError(f"{measurement!r} has no tag or field {name!r} in the catalogue")
-    return ident(name)
-
-
-def agg(function: str, measurement: str, name: str, alias: str | None = None) -> tuple[str, str]:
-    """`function("name")` and its alias (the name unless given), for `Query.select`."""
-    return f"{function}({name_of(measurement, name)})", alias or name
-
-
-def raw(measurement: str, name: str, alias: str | None = None) -> tuple[str, str]:
-    """`"name"` unaggregated and its alias, for `Query.select`."""
-    return name_of(measurement, name), alias or name
-
-
-def filters(measurement: str, variables: Sequence[Variable]) -> list[str]:
-    """`"tag" =~ /^$var$/` for each board variable the measurement carries as a tag."""
-    tags = _m(measurement).tags
-    return [f"{ident(var)} =~ /^${var}$/" for var in variables if var in tags]
+        """`time` and then the column names, as InfluxDB returns them."""
+        return ("time", *(alias for _, alias in map(_split, self.select)))
 
 
 # --- panels ------------------------------------------------------------------------------------
+
+
+def _override(matcher: str, options: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "matcher": {"id": matcher, "options": options},
+        "properties": [{"id": key, "value": value} for key, value in properties.items()],
+    }
+
+
+def by_name(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A fieldConfig override of the field (table column) `name`: property id to value."""
+    return _override("byName", name, properties)
+
+
+def by_regexp(pattern: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A fieldConfig override of the series whose name matches `pattern`: property to value."""
+    return _override("byRegexp", pattern, properties)
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """One row of a board's table: a panel, its queries and how it draws them.
+
+    Attributes:
+        title: the panel's title, unique on its board.
+        queries: its targets, refIds A, B, ... in this order.
+        unit: Grafana's unit of every field unless an override says otherwise.
+        kind: Grafana's panel type; a `table` gets its results as tables.
+        width: grid units of the board's 24; panels fill rows left to right.
+        height: grid units.
+        description: the panel's help text.
+        defaults: fieldConfig defaults besides the unit (thresholds, value mappings).
+        overrides: fieldConfig overrides (`by_name`, `by_regexp`).
+        options: the panel type's options.
+        transformations: Grafana transformations, in order.
+    """
+
+    title: str
+    queries: tuple[Query, ...]
+    unit: str | None = None
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    overrides: tuple[dict[str, Any], ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    transformations: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """An annotation query; `text` and `tags` name its result columns."""
+
+    name: str
+    query: Query
+    color: str
+    text: str
+    tags: str
 
 
 def _datasource_ref() -> dict[str, str]:
     return {"type": "influxdb", "uid": DATASOURCE_UID}
 
 
-@dataclass
+def _places(panels: Sequence[Panel]) -> list[tuple[int, int]]:
+    """Each panel's (x, y): left to right, a new row where the next one does not fit."""
+    places = []
+    x = y = row_height = 0
+    for panel in panels:
+        if x + panel.width > _GRID_WIDTH:
+            x, y, row_height = 0, y + row_height, 0
+        places.append((x, y))
+        x += panel.width
+        row_height = max(row_height, panel.height)
+    return places
+
+
+@dataclass(frozen=True, slots=True)
 class Board:
-    """A board being laid out: panels fill rows of 24 grid units, left to right."""
+    """A board as a table: its variables, time range, panels and annotations."""
 
     uid: str
     title: str
     description: str
     variables: tuple[Variable, ...]
     time_from: str
-    panels: list[dict[str, Any]] = field(default_factory=list)
-    queries: list[PanelQuery] = field(default_factory=list)
-    annotations: list[dict[str, Any]] = field(default_factory=list)
-    _y: int = 0
-    _x: int = 0
-    _row_h: int = 0
+    panels: tuple[Panel, ...]
+    annotations: tuple[Annotation, ...] = ()
 
-    def panel(
-        self,
-        title: str,
-        queries: Sequence[Query],
-        *,
-        kind: str = "timeseries",
-        unit: str | None = None,
-        width: int = 12,
-        height: int = 8,
-        table: bool = False,
-        description: str = "",
-        field_config: dict[str, Any] | None = None,
-        options: dict[str, Any] | None = None,
-        transformations: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """Add a panel of `queries` at the next free place (width and height in grid units)."""
-        if self._x + width > 24:
-            self._x, self._y, self._row_h = 0, self._y + self._row_h, 0
-        targets = []
-        for index, query in enumerate(queries):
-            ref_id = chr(ord("A") + index)
-            text = query.text()
-            targets.append(
-                {
-                    "refId": ref_id,
-                    "datasource": _datasource_ref(),
-                    "rawQuery": True,
-                    "query": text,
-                    "resultFormat": "table" if table else "time_series",
-                    # $col is the column alias, $tag_device the series' device: a readable legend.
-                    "alias": f"$tag_{query.group_tags[0]} $col" if query.group_tags else "$col",
-                }
-            )
-            self.queries.append(
-                PanelQuery(
-                    self.uid,
-                    title,
-                    ref_id,
-                    text,
-                    query.measurement,
-                    query.columns(),
-                    query.group_tags,
-                )
-            )
-        defaults: dict[str, Any] = {"unit": unit} if unit else {}
-        config = field_config or {"defaults": defaults, "overrides": []}
-        config.setdefault("defaults", {}).update(defaults)
-        panel: dict[str, Any] = {
-            "id": len(self.panels) + 1,
-            "type": kind,
-            "title": title,
-            "description": description,
+    def _query(self, title: str, ref_id: str, query: Query) -> PanelQuery:
+        return PanelQuery(
+            self.uid,
+            title,
+            ref_id,
+            query.text(self.variables),
+            query.measurement,
+            query.columns(),
+            query.group_tags,
+        )
+
+    def _panel(self, number: int, panel: Panel, x: int, y: int) -> dict[str, Any]:
+        targets = [
+            {
+                "refId": chr(ord("A") + index),
+                "datasource": _datasource_ref(),
+                "rawQuery": True,
+                "query": query.text(self.variables),
+                "resultFormat": "table" if panel.kind == "table" else "time_series",
+                # $col is the column alias, $tag_device the series' device: a readable legend.
+                "alias": f"$tag_{query.group_tags[0]} $col" if query.group_tags else "$col",
+            }
+            for index, query in enumerate(panel.queries)
+        ]
+        unit = {"unit": panel.unit} if panel.unit else {}
+        model: dict[str, Any] = {
+            "id": number,
+            "type": panel.kind,
+            "title": panel.title,
+            "description": panel.description,
             "datasource": _datasource_ref(),
-            "gridPos": {"x": self._x, "y": self._y, "w": width, "h": height},
+            "gridPos": {"x": x, "y": y, "w": panel.width, "h": panel.height},
             "interval": MIN_INTERVAL,
             "targets": targets,
-            "fieldConfig": config,
-            "options": options or {},
+            "fieldConfig": {
+                "defaults": {**panel.defaults, **unit},
+                "overrides": [*panel.overrides],
+            },
+            "options": dict(panel.options),
         }
-        if transformations:
-            panel["transformations"] = transformations
-        self.panels.append(panel)
-        self._x += width
-        self._row_h = max(self._row_h, height)
+        if panel.transformations:
+            model["transformations"] = [*panel.transformations]
+        return model
 
-    def annotation(self, name: str, query: Query, *, color: str, text: str, tags: str) -> None:
-        """Add an annotation query; `text` and `tags` name its result columns."""
-        text_query = query.text()
-        self.annotations.append(
-            {
-                "name": name,
-                "datasource": _datasource_ref(),
-                "enable": True,
-                "iconColor": color,
-                "query": text_query,
-                "textColumn": text,
-                "tagsColumn": tags,
-            }
-        )
-        self.queries.append(
-            PanelQuery(
-                self.uid,
-                f"annotation: {name}",
-                "annotation",
-                text_query,
-                query.measurement,
-                query.columns(),
-                query.group_tags,
-            )
-        )
+    def _annotation(self, annotation: Annotation) -> dict[str, Any]:
+        return {
+            "name": annotation.name,
+            "datasource": _datasource_ref(),
+            "enable": True,
+            "iconColor": annotation.color,
+            "query": annotation.query.text(self.variables),
+            "textColumn": annotation.text,
+            "tagsColumn": annotation.tags,
+        }
 
     def build(self) -> Dashboard:
-        """The finished board: its JSON model and every query it runs."""
+        """The board's JSON model and every query it runs."""
+        panels = [
+            self._panel(number, panel, x, y)
+            for number, (panel, (x, y)) in enumerate(
+                zip(self.panels, _places(self.panels), strict=True), start=1
+            )
+        ]
+        queries = [
+            self._query(panel.title, chr(ord("A") + index), query)
+            for panel in self.panels
+            for index, query in enumerate(panel.queries)
+        ] + [self._query(f"annotation: {a.name}", "annotation", a.query) for a in self.annotations]
         variables = [_variable(var, self.variables) for var in self.variables]
         builtin = {
             "builtIn": 1,
@@ -289,10 +361,10 @@ class Board:
             "time": {"from": self.time_from, "to": "now"},
             "refresh": "1m",
             "templating": {"list": variables},
-            "annotations": {"list": [builtin, *self.annotations]},
-            "panels": self.panels,
+            "annotations": {"list": [builtin, *map(self._annotation, self.annotations)]},
+            "panels": panels,
         }
-        return Dashboard(self.uid, model, self.queries, [v["query"] for v in variables])
+        return Dashboard(self.uid, model, queries, [v["query"] for v in variables])
 
 
 # Where each variable's values come from. Patients exist only in the registry, so the boards
@@ -323,22 +395,3 @@ def _variable(var: Variable, chain: Sequence[Variable]) -> dict[str, Any]:
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "options": [],
     }
-
-
-def series_query(
-    measurement: str,
-    select: list[tuple[str, str]],
-    variables: Sequence[Variable],
-    *,
-    extra_where: Sequence[str] = (),
-    by_time: str | None = "$__interval",
-    group_tags: tuple[str, ...] = ("device",),
-) -> Query:
-    """A panel query filtered by the board's variables, per `by_time` and `group_tags`."""
-    return Query(
-        measurement,
-        select,
-        where=filters(measurement, variables) + list(extra_where),
-        group_tags=group_tags,
-        by_time=by_time,
-    )
