@@ -25,6 +25,8 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     ingest_{1,2}p_samples_in_influx             count(force_n) after the run
     ingest_{1,2}p_cpu_us_per_frame_{ingest,influxd,mosquitto,publisher}
                                                 CPU (user + system) per frame in that run
+    ingest_{1,2}p_cpu_window_s                  wall time the CPU was read over: from before
+                                                the first publish until the last store was seen
     cpu_cores, ceiling_without_ingest_frames_per_s
                                                 cores, and the 1-process run's frame rate at
                                                 which influxd, Mosquitto and the publisher
@@ -32,9 +34,10 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     ingest_1p_vs_mosquitto_sub                  frames/s over mosquitto_sub messages/s
     ingest_1p_vs_naive                          samples/s over the naive baseline's samples/s
     scaling_2p_vs_1p                            2-process samples/s over 1-process samples/s
-    naive_frames, naive_seconds, naive_samples_per_s
+    naive_frames, naive_seconds, naive_samples_per_s, naive_samples_in_influx
     latency_offered_frames_per_s, latency_published_frames_per_s, latency_frames,
-    latency_sample_rate_hz, latency_p50_s, latency_p99_s, latency_under_1s_fraction
+    latency_sample_rate_hz, latency_p50_s, latency_p99_s, latency_under_1s_fraction,
+    latency_samples_in_influx
     alert_trials, alert_notifications, alert_latency_p50_s, alert_latency_p99_s
     normal_device_months, normal_alerts_per_device_month_{critical,warning,info}
 """
@@ -67,6 +70,7 @@ __all__ = ["configure", "run"]
 _PROBE_TOPIC = "osteotel-bench/probe"
 _TELEMETRY_FILTER = "osteotel/v1/+/+/telemetry"
 _LATENCY_GOAL_S = 1.0
+_NAIVE_DATABASE = "bench_ingest_naive"
 # prometheus_client's text format: `name{label="value",...} number`.
 _LE_LABEL = re.compile(r'le="([^"]+)"')
 
@@ -197,6 +201,7 @@ def _sustained(
                 "influxd": [_running(influx.pid, "influxd")],
                 "mosquitto": [_running(broker.pid, "mosquitto")],
             }
+            cpu_started_s = time.time()
             cpu_before = {name: cpu_s(pids) for name, pids in servers.items()}
             publisher_before = time.process_time()
             started_s = time.time()  # wall clock, as the child's last-stored time
@@ -204,9 +209,14 @@ def _sustained(
             seconds = ingest.wait_stored(samples, "every sample stored", timeout_s) - started_s
             used_s = {name: cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
             used_s["publisher"] = time.process_time() - publisher_before
+            cpu_window_s = time.time() - cpu_started_s
         finally:
             ingest.stop()
-    figures = {"seconds": seconds, "samples_in_influx": _count_in_influx(influx.url, database)}
+    figures = {
+        "seconds": seconds,
+        "samples_in_influx": _count_in_influx(influx.url, database),
+        "cpu_window_s": cpu_window_s,
+    }
     for name, seconds_used in used_s.items():
         figures[f"cpu_us_per_frame_{name}"] = seconds_used / len(messages) * 1e6
     return figures
@@ -238,16 +248,18 @@ def _latency(
     duration_s: float,
     timeout_s: float,
 ) -> dict[str, float]:
-    """Publish-to-stored percentiles from one ingest's histogram at a paced rate."""
+    """Publish-to-stored percentiles from one ingest's histogram at a paced rate, and
+    count(force_n) in InfluxDB after."""
     from apps.services import Mosquitto  # noqa: PLC0415
 
+    database = "bench_ingest_latency"
     with Mosquitto(workdir / "broker", persistence=False) as broker:
         ingest = IngestProcess(
             workdir,
             processes=1,
             mqtt=(broker.host, broker.port),
             influx_url=influx_url,
-            database="bench_ingest_latency",
+            database=database,
             registry=registry,
         )
         try:
@@ -281,11 +293,13 @@ def _latency(
         "latency_p50_s": _quantile(buckets, 0.50),
         "latency_p99_s": _quantile(buckets, 0.99),
         "latency_under_1s_fraction": cumulative[_LATENCY_GOAL_S] / buckets[-1][1],
+        "latency_samples_in_influx": _count_in_influx(influx_url, database),
     }
 
 
 def _naive(workdir: Path, influx_url: str, messages: list[Message], timeout_s: float) -> float:
-    """Seconds for a paho callback writing one Point per sample to store every frame."""
+    """Seconds for a paho callback writing one Point per sample to store every frame, into
+    its own database (`_NAIVE_DATABASE`)."""
     import json  # noqa: PLC0415
 
     import paho.mqtt.client as paho  # noqa: PLC0415
@@ -297,7 +311,7 @@ def _naive(workdir: Path, influx_url: str, messages: list[Message], timeout_s: f
     from osteotel.settings import InfluxSettings  # noqa: PLC0415
     from osteotel.store.influx import InfluxStore  # noqa: PLC0415
 
-    settings = InfluxSettings(url=influx_url, database="bench_ingest_naive", api="v1")
+    settings = InfluxSettings(url=influx_url, database=_NAIVE_DATABASE, api="v1")
     new_point: Any = Point  # influxdb-client's Point carries no type annotations
     done = threading.Event()
     stored = [0]
@@ -416,6 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             naive_samples_per_s = args.baseline_frames * args.frame_samples / naive_s
             figures["naive_frames"] = args.baseline_frames
             figures["naive_seconds"] = naive_s
+            figures["naive_samples_in_influx"] = _count_in_influx(influx.url, _NAIVE_DATABASE)
             figures["naive_samples_per_s"] = naive_samples_per_s
 
             frames_per_s = samples_per_s[1] / args.frame_samples
