@@ -1,8 +1,9 @@
 """The DSP core: regenerate stiffness and consolidation from force and displacement.
 
 Streaming estimators with per-device fixed-size state, numba kernels behind the wrappers:
-step response (`steps`), continuous stiffness tracking (`tracking`), load share
-(`loadshare`) and signal quality (`quality`). Imports nothing else of osteotel.
+step response (`steps`, its settings in `stepconfig`), continuous stiffness tracking
+(`tracking`), load share (`loadshare`) and signal quality (`quality`). Imports nothing else of
+osteotel.
 """
 
 import numpy as np
@@ -15,7 +16,8 @@ from dsp.quality import (
     QualityReport,
     signal_quality,
 )
-from dsp.steps import STEP_VERSION, StepConfig, StepEstimate, StepTracker, step_response
+from dsp.stepconfig import StepConfig
+from dsp.steps import STEP_VERSION, StepEstimate, StepTracker, step_response
 from dsp.tracking import (
     TRACKING_VERSION,
     StiffnessTrack,

@@ -15,6 +15,9 @@ InfluxDB, a fresh Mosquitto per phase), with a bounded message count and a bound
 5. Alerts (apps/bench/alerts_load.py): publish-to-webhook latency of a critical alert through
    ingest's DSP and `osteotel alerts run`; and alerts per device-month in emulated normal healing.
 
+The frames and the publisher are apps/bench/publishing.py; the child processes and their CPU
+time apps/bench/processes.py.
+
 Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     devices, frames, frame_samples, samples     the sustained workload
     mosquitto_sub_seconds, mosquitto_sub_messages_per_s
@@ -22,6 +25,8 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     ingest_{1,2}p_samples_in_influx             count(force_n) after the run
     ingest_{1,2}p_cpu_us_per_frame_{ingest,influxd,mosquitto,publisher}
                                                 CPU (user + system) per frame in that run
+    ingest_{1,2}p_cpu_window_s                  wall time the CPU was read over: from before
+                                                the first publish until the last store was seen
     cpu_cores, ceiling_without_ingest_frames_per_s
                                                 cores, and the 1-process run's frame rate at
                                                 which influxd, Mosquitto and the publisher
@@ -29,9 +34,10 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     ingest_1p_vs_mosquitto_sub                  frames/s over mosquitto_sub messages/s
     ingest_1p_vs_naive                          samples/s over the naive baseline's samples/s
     scaling_2p_vs_1p                            2-process samples/s over 1-process samples/s
-    naive_frames, naive_seconds, naive_samples_per_s
+    naive_frames, naive_seconds, naive_samples_per_s, naive_samples_in_influx
     latency_offered_frames_per_s, latency_published_frames_per_s, latency_frames,
-    latency_sample_rate_hz, latency_p50_s, latency_p99_s, latency_under_1s_fraction
+    latency_sample_rate_hz, latency_p50_s, latency_p99_s, latency_under_1s_fraction,
+    latency_samples_in_influx
     alert_trials, alert_notifications, alert_latency_p50_s, alert_latency_p99_s
     normal_device_months, normal_alerts_per_device_month_{critical,warning,info}
 """
@@ -43,31 +49,30 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apps.bench.processes import IngestProcess, device_ids, wait, write_registry
+from apps.bench.processes import (
+    IngestProcess,
+    cpu_s,
+    device_ids,
+    process_tree,
+    wait,
+    write_registry,
+)
+from apps.bench.publishing import Message, publish_all, publish_paced, sustained_messages
 
 if TYPE_CHECKING:
     from apps.services import InfluxDB
 
 __all__ = ["configure", "run"]
 
-_RATE_HZ = 100.0
-_WINDOW = 32  # publishes in flight; the same window `devices.emulator.capture.replay` uses
 _PROBE_TOPIC = "osteotel-bench/probe"
 _TELEMETRY_FILTER = "osteotel/v1/+/+/telemetry"
 _LATENCY_GOAL_S = 1.0
+_NAIVE_DATABASE = "bench_ingest_naive"
 # prometheus_client's text format: `name{label="value",...} number`.
 _LE_LABEL = re.compile(r'le="([^"]+)"')
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    payload: bytes
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -95,155 +100,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     alerts_load.add_options(parser)
 
 
-# --- workload -----------------------------------------------------------------------------------
-
-
-class _Signals:
-    """Per-device sample blocks: a 1 Hz gait-like load around 150 N and a steady elongation."""
-
-    def __init__(self, devices: int, frame_samples: int) -> None:
-        import numpy as np  # noqa: PLC0415 - benchmarks load heavy modules only when they run
-
-        rng = np.random.default_rng(11)
-        phase = np.arange(frame_samples) * 2 * np.pi / _RATE_HZ
-        noise = rng.normal(0.0, 1.0, (devices, 2, frame_samples))
-        # Sensor resolution: force to 0.01 N, elongation to 1 um. Forces stay within the
-        # ~300 N adult tibia range (docs/domain.md, "Forces along a lengthening").
-        self.force_n = np.round(150.0 + 40.0 * np.sin(phase) + noise[:, 0], 2)
-        self.disp_mm = np.round(20.0 + 0.002 * noise[:, 1], 3)
-
-    def payload(
-        self, index: int, device: str, *, seq: int, t0_ns: int, rate_hz: float, binary: bool
-    ) -> bytes:
-        """Device `index`'s block as one frame, binary or JSON."""
-        from devices.codec import encode_frame_binary, encode_frame_json  # noqa: PLC0415
-        from devices.contract import Frame  # noqa: PLC0415
-
-        frame = Frame(device, seq, t0_ns, rate_hz, self.force_n[index], self.disp_mm[index])
-        return encode_frame_binary(frame) if binary else encode_frame_json(frame)
-
-
-def _binary_hub(hub: str) -> bool:
-    """Odd-numbered hubs send binary frames, the others JSON: a mixed fleet."""
-    return int(hub.removeprefix("HUB-")) % 2 == 1
-
-
-def _sustained_messages(
-    ids: list[tuple[str, str]], frames: int, frame_samples: int, *, json_only: bool = False
-) -> list[_Message]:
-    """`frames` frames round-robin over the devices, contiguous per device, ending a minute ago."""
-    from devices.contract import telemetry_topic  # noqa: PLC0415
-
-    signals = _Signals(len(ids), frame_samples)
-    frame_ns = round(frame_samples * 1e9 / _RATE_HZ)
-    per_device = -(-frames // len(ids))
-    start_ns = time.time_ns() - (per_device * frame_ns) - 60_000_000_000
-    messages = []
-    for number in range(frames):
-        index = number % len(ids)
-        seq = number // len(ids)
-        hub, device = ids[index]
-        payload = signals.payload(
-            index,
-            device,
-            seq=seq,
-            t0_ns=start_ns + seq * frame_ns,
-            rate_hz=_RATE_HZ,
-            binary=_binary_hub(hub) and not json_only,
-        )
-        messages.append(_Message(telemetry_topic(hub, device), payload))
-    return messages
-
-
-# --- publishing ---------------------------------------------------------------------------------
-
-
-class _Publisher:
-    """A paho client driven from the calling thread, QoS 1, a bounded window of publishes."""
-
-    def __init__(self, host: str, port: int, client_id: str) -> None:
-        import paho.mqtt.client as paho  # noqa: PLC0415
-        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-        self._paho = paho
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
-        )
-        self._client.max_inflight_messages_set(_WINDOW)
-        self._pending: deque[Any] = deque()
-        connected: list[object] = []
-        self._client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(reason)
-        self._client.connect(host, port, keepalive=30)
-        self._loop_until(lambda: bool(connected), 10.0)
-
-    def _loop_until(self, done: Any, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer from the broker within {timeout_s:g} s")
-            code = self._client.loop(timeout=0.5)
-            if code != self._paho.MQTT_ERR_SUCCESS:
-                raise ConnectionError(self._paho.error_string(code))
-
-    def _room(self) -> bool:
-        while self._pending and self._pending[0].is_published():
-            self._pending.popleft()
-        return len(self._pending) < _WINDOW
-
-    def publish(self, message: _Message) -> None:
-        """Publish once the window has room; waits for PUBACKs otherwise."""
-        if not self._room():
-            self._loop_until(self._room, 30.0)
-        self._pending.append(self._client.publish(message.topic, message.payload, qos=1))
-
-    def service(self) -> None:
-        """Read what the broker sent (PUBACKs, keep-alive) without waiting."""
-        self._client.loop(timeout=0.0)
-
-    def finish(self) -> None:
-        """Wait until every publish is acknowledged, then disconnect."""
-        self._loop_until(lambda: self._room() and not self._pending, 30.0)
-        self._client.disconnect()
-
-
-def _publish_all(host: str, port: int, messages: list[_Message], client_id: str) -> None:
-    publisher = _Publisher(host, port, client_id)
-    for message in messages:
-        publisher.publish(message)
-    publisher.finish()
-
-
-# --- servers and ingest -------------------------------------------------------------------------
-
-
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and every process below it (ingest's supervisor and its workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # exited while being read
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    tree = [pid]
-    for member in tree:  # grows while iterated: a breadth-first walk
-        tree.extend(children.get(member, []))
-    return tree
-
-
 def _running(pid: int | None, what: str) -> int:
     if pid is None:
         raise RuntimeError(f"{what} is not running")
     return pid
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """User plus system CPU seconds the processes have used so far (/proc/PID/stat)."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _count_in_influx(url: str, database: str) -> int:
@@ -258,7 +118,7 @@ def _count_in_influx(url: str, database: str) -> int:
 # --- phases -------------------------------------------------------------------------------------
 
 
-def _mosquitto_sub(workdir: Path, messages: list[_Message], timeout_s: float) -> float:
+def _mosquitto_sub(workdir: Path, messages: list[Message], timeout_s: float) -> float:
     """Seconds from the first publish until `mosquitto_sub` has received every frame."""
     from apps.services import Mosquitto  # noqa: PLC0415
 
@@ -296,7 +156,7 @@ def _mosquitto_sub(workdir: Path, messages: list[_Message], timeout_s: float) ->
         try:
             wait(lambda: out_path.stat().st_size > 0, "mosquitto_sub to subscribe", 10.0)
             started = time.perf_counter()
-            _publish_all(broker.host, broker.port, messages, "osteotel-bench-sub-pub")
+            publish_all(broker.host, broker.port, messages, "osteotel-bench-sub-pub")
             sub.wait(timeout=timeout_s)
             seconds = time.perf_counter() - started
         finally:
@@ -314,7 +174,7 @@ def _sustained(
     workdir: Path,
     influx: "InfluxDB",
     registry: Path,
-    messages: list[_Message],
+    messages: list[Message],
     *,
     processes: int,
     samples: int,
@@ -337,63 +197,29 @@ def _sustained(
         try:
             ingest.start()
             servers = {
-                "ingest": _process_tree(_running(ingest.pid, "ingest")),
+                "ingest": process_tree(_running(ingest.pid, "ingest")),
                 "influxd": [_running(influx.pid, "influxd")],
                 "mosquitto": [_running(broker.pid, "mosquitto")],
             }
-            cpu_before = {name: _cpu_s(pids) for name, pids in servers.items()}
+            cpu_started_s = time.time()
+            cpu_before = {name: cpu_s(pids) for name, pids in servers.items()}
             publisher_before = time.process_time()
             started_s = time.time()  # wall clock, as the child's last-stored time
-            _publish_all(broker.host, broker.port, messages, f"osteotel-bench-{processes}p")
+            publish_all(broker.host, broker.port, messages, f"osteotel-bench-{processes}p")
             seconds = ingest.wait_stored(samples, "every sample stored", timeout_s) - started_s
-            cpu_s = {name: _cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
-            cpu_s["publisher"] = time.process_time() - publisher_before
+            used_s = {name: cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
+            used_s["publisher"] = time.process_time() - publisher_before
+            cpu_window_s = time.time() - cpu_started_s
         finally:
             ingest.stop()
-    figures = {"seconds": seconds, "samples_in_influx": _count_in_influx(influx.url, database)}
-    for name, used_s in cpu_s.items():
-        figures[f"cpu_us_per_frame_{name}"] = used_s / len(messages) * 1e6
+    figures = {
+        "seconds": seconds,
+        "samples_in_influx": _count_in_influx(influx.url, database),
+        "cpu_window_s": cpu_window_s,
+    }
+    for name, seconds_used in used_s.items():
+        figures[f"cpu_us_per_frame_{name}"] = seconds_used / len(messages) * 1e6
     return figures
-
-
-def _paced(
-    publisher: _Publisher,
-    ids: list[tuple[str, str]],
-    frame_samples: int,
-    *,
-    rate_frames_per_s: float,
-    duration_s: float,
-) -> tuple[int, float, float]:
-    """Publish at a steady rate, each frame's last sample stamped now; (frames, s, rate_hz)."""
-    from devices.contract import telemetry_topic  # noqa: PLC0415
-
-    signals = _Signals(len(ids), frame_samples)
-    # Each device sends rate/devices frames a second; sampling at n times that keeps its
-    # frames back to back while every frame ends at its publish time (never below 100 Hz).
-    rate_hz = min(10_000.0, max(_RATE_HZ, frame_samples * rate_frames_per_s / len(ids)))
-    span_ns = round((frame_samples - 1) * 1e9 / rate_hz)
-    topics = [telemetry_topic(hub, device) for hub, device in ids]
-    count = max(1, round(rate_frames_per_s * duration_s))
-    started = time.perf_counter()
-    for number in range(count):
-        due = started + number / rate_frames_per_s
-        while (ahead_s := due - time.perf_counter()) > 0:
-            publisher.service()
-            time.sleep(min(ahead_s, 0.002))
-        index = number % len(ids)
-        hub, device = ids[index]
-        payload = signals.payload(
-            index,
-            device,
-            seq=number // len(ids),
-            t0_ns=time.time_ns() - span_ns,
-            rate_hz=rate_hz,
-            binary=_binary_hub(hub),
-        )
-        publisher.publish(_Message(topics[index], payload))
-    published_s = time.perf_counter() - started
-    publisher.finish()
-    return count, published_s, rate_hz
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -422,23 +248,26 @@ def _latency(
     duration_s: float,
     timeout_s: float,
 ) -> dict[str, float]:
-    """Publish-to-stored percentiles from one ingest's histogram at a paced rate."""
+    """Publish-to-stored percentiles from one ingest's histogram at a paced rate, and
+    count(force_n) in InfluxDB after."""
     from apps.services import Mosquitto  # noqa: PLC0415
 
+    database = "bench_ingest_latency"
     with Mosquitto(workdir / "broker", persistence=False) as broker:
         ingest = IngestProcess(
             workdir,
             processes=1,
             mqtt=(broker.host, broker.port),
             influx_url=influx_url,
-            database="bench_ingest_latency",
+            database=database,
             registry=registry,
         )
         try:
             ingest.start()
-            publisher = _Publisher(broker.host, broker.port, "osteotel-bench-paced")
-            frames, published_s, rate_hz = _paced(
-                publisher,
+            frames, published_s, rate_hz = publish_paced(
+                broker.host,
+                broker.port,
+                "osteotel-bench-paced",
                 ids,
                 frame_samples,
                 rate_frames_per_s=rate_frames_per_s,
@@ -464,11 +293,13 @@ def _latency(
         "latency_p50_s": _quantile(buckets, 0.50),
         "latency_p99_s": _quantile(buckets, 0.99),
         "latency_under_1s_fraction": cumulative[_LATENCY_GOAL_S] / buckets[-1][1],
+        "latency_samples_in_influx": _count_in_influx(influx_url, database),
     }
 
 
-def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: float) -> float:
-    """Seconds for a paho callback writing one Point per sample to store every frame."""
+def _naive(workdir: Path, influx_url: str, messages: list[Message], timeout_s: float) -> float:
+    """Seconds for a paho callback writing one Point per sample to store every frame, into
+    its own database (`_NAIVE_DATABASE`)."""
     import json  # noqa: PLC0415
 
     import paho.mqtt.client as paho  # noqa: PLC0415
@@ -480,7 +311,7 @@ def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: 
     from osteotel.settings import InfluxSettings  # noqa: PLC0415
     from osteotel.store.influx import InfluxStore  # noqa: PLC0415
 
-    settings = InfluxSettings(url=influx_url, database="bench_ingest_naive", api="v1")
+    settings = InfluxSettings(url=influx_url, database=_NAIVE_DATABASE, api="v1")
     new_point: Any = Point  # influxdb-client's Point carries no type annotations
     done = threading.Event()
     stored = [0]
@@ -529,7 +360,7 @@ def _naive(workdir: Path, influx_url: str, messages: list[_Message], timeout_s: 
             if not subscribed.wait(10.0):
                 raise TimeoutError("the naive subscriber did not subscribe within 10 s")
             started = time.perf_counter()
-            _publish_all(broker.host, broker.port, messages, "osteotel-bench-naive-pub")
+            publish_all(broker.host, broker.port, messages, "osteotel-bench-naive-pub")
             if not done.wait(timeout_s):
                 raise TimeoutError(f"the naive baseline stored {stored[0]} of {len(messages)}")
             seconds = time.perf_counter() - started
@@ -559,7 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         workdir.mkdir(parents=True, exist_ok=True)
         registry = workdir / "registry.toml"
         write_registry(registry, ids)
-        messages = _sustained_messages(ids, args.frames, args.frame_samples)
+        messages = sustained_messages(ids, args.frames, args.frame_samples)
 
         seconds = _mosquitto_sub(workdir / "mosquitto_sub", messages, args.timeout_s)
         sub_per_s = len(messages) / seconds
@@ -592,13 +423,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     figures["cpu_cores"] = cores
                     figures["ceiling_without_ingest_frames_per_s"] = cores * 1e6 / others_us
 
-            baseline = _sustained_messages(
+            baseline = sustained_messages(
                 ids, args.baseline_frames, args.frame_samples, json_only=True
             )
             naive_s = _naive(workdir / "naive", influx.url, baseline, args.timeout_s)
             naive_samples_per_s = args.baseline_frames * args.frame_samples / naive_s
             figures["naive_frames"] = args.baseline_frames
             figures["naive_seconds"] = naive_s
+            figures["naive_samples_in_influx"] = _count_in_influx(influx.url, _NAIVE_DATABASE)
             figures["naive_samples_per_s"] = naive_samples_per_s
 
             frames_per_s = samples_per_s[1] / args.frame_samples

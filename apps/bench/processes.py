@@ -1,10 +1,11 @@
-"""What the ingest and alert benchmarks share: the bench's devices and registry, and
-`osteotel` commands as child processes (ingest with its HTTP endpoints).
+"""What the ingest and alert benchmarks share: the bench's devices and registry, `osteotel`
+commands as child processes (ingest with its HTTP endpoints), and the CPU time processes used.
 
     ids = device_ids(50); write_registry(path, ids)
     ingest = IngestProcess(workdir, processes=1, mqtt=(host, port), influx_url=url,
                            database="bench", registry=path)
     ingest.start(); ingest.wait_stored(samples, "every sample", timeout_s=60.0); ingest.stop()
+    used_s = cpu_s(process_tree(pid))
 """
 
 import os
@@ -16,7 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Child", "IngestProcess", "device_ids", "http_get", "wait", "write_registry"]
+__all__ = [
+    "Child",
+    "IngestProcess",
+    "cpu_s",
+    "device_ids",
+    "http_get",
+    "process_tree",
+    "wait",
+    "write_registry",
+]
 
 _HUBS = 5
 _POLL_S = 0.05
@@ -68,6 +78,30 @@ def http_get(url: str) -> tuple[int, str]:
         return error.code, ""
     except OSError:
         return 0, ""
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (ingest's supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while being read
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree = [pid]
+    for member in tree:  # grows while iterated: a breadth-first walk
+        tree.extend(children.get(member, []))
+    return tree
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used so far (/proc/PID/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Child:
