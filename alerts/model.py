@@ -30,6 +30,7 @@ RULES = (
     "battery_low",
     "readiness",
     "sign_inconsistent",
+    "poor_regenerate",
 )
 """Every rule id, as used in alerts, silences and the CLI."""
 

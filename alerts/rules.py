@@ -20,6 +20,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | battery_low | warning/critical | battery event, frame | charge below the limits |
 | readiness | info | load share, daily | the DSP's readiness rule holds (it can be withdrawn) |
 | sign_inconsistent | info | load share, daily | the device's steps and loading disagree in sign |
+| poor_regenerate | warning | daily | the DSP's day flag: recent steps softer than the limit |
 
 Patient-relative rules compare with the patient's own history (drops, overload, delayed).
 Everything is plain Python on small deques: per input a few dozen operations.
@@ -408,6 +409,14 @@ class RuleBook:
             track.episodes.clear()
             out += self._sensor_fault(d, est.t_ns, [])
         out += self._sign_rule(d, est.t_ns, "sign_inconsistent" in est.flags)
+        # The DSP's own judgement (docs/dsp.md): the last four steps' k_inst below its limit
+        # beyond their error; a day without the flag clears it.
+        poor = "poor_regenerate" in est.flags
+        out += self._obs(
+            d, "poor_regenerate", est.t_ns, poor, not poor, Severity.WARNING, None,
+            "distraction steps softer than the poor-regenerate limit beyond their error: "
+            "the regenerate may be poor (review the rate of distraction)",
+        )  # fmt: skip
         if est.phase in ("ready", "consolidation"):
             ready = est.phase == "ready"
             out += self._obs(

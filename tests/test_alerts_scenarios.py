@@ -58,6 +58,10 @@ _CASES = (
     # (30 days/cm) would have passed: judged 30 days after consolidation began.
     _Case("delayed_union", frozenset({"delayed_consolidation"}), 50.0, 35.0, "consolidation"),
     _Case("nonunion", frozenset({"delayed_consolidation"}), 50.0, 35.0, "consolidation"),
+    # ... while the DSP's poor_regenerate day flag (the last steps softer than its limit beyond
+    # their error) tells the care team in distraction, when the rate can still be changed.
+    _Case("delayed_union", frozenset({"poor_regenerate"}), 16.0, 10.0, "distraction"),
+    _Case("nonunion", frozenset({"poor_regenerate"}), 16.0, 10.0, "distraction"),
     _Case("separation", frozenset({"force_drop", "stiffness_drop"}), 14.0),
     _Case("loosening", frozenset({"stiffness_drop"}), 30.0, 7.0),
     _Case("overload", frozenset({"overload"}), 20.0),
@@ -92,7 +96,9 @@ def _onset_ns(config: DeviceConfig, end_ns: int, onset: str) -> int:
     raise AssertionError(f"no {onset} in the ground truth")
 
 
-@pytest.mark.parametrize("case", _CASES, ids=[case.scenario for case in _CASES])
+@pytest.mark.parametrize(
+    "case", _CASES, ids=[f"{case.scenario}-{'-'.join(sorted(case.rules))}" for case in _CASES]
+)
 def test_each_scenario_raises_its_alert(case: _Case, tmp_path: Path) -> None:
     """The alert of the injected anomaly fires within its window after the true onset."""
     config = _config(case.scenario)
