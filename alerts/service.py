@@ -101,7 +101,12 @@ def build_notifiers(
 
 
 class AlertService:
-    """Runs the alert service until a stop event is set."""
+    """Runs the alert service until a stop event is set.
+
+    Attributes:
+        connected: set once the broker has acknowledged the first subscriptions (it stays set
+            while the source reconnects by itself).
+    """
 
     def __init__(
         self, *, settings: AlertSettings, mqtt: MqttSettings, influx: InfluxSettings
