@@ -13,7 +13,9 @@ and event. A silence holds notifications back (state still changes and is audite
 firing alert silenced when it fired is notified once the silence ends.
 
 Every change is written in one SQLite transaction with its audit line and its outbox rows
-(one per channel, plus `history` for InfluxDB), so a crash can lose nothing half-done.
+(one per channel, plus `history` for InfluxDB), so a crash can lose nothing half-done. The
+input the observations came from (`Input`) is recorded in that transaction too: applying an
+input a second time (a redelivery after a crash) changes nothing and notifies nothing.
 Times are passed in (`now_ns`): the engine never reads the clock, which keeps it testable.
 """
 
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from alerts.model import Alert, AlertState, Observation, Severity
+from alerts.model import Alert, AlertState, Input, Observation, Severity
 from alerts.store import AlertStore
 from devices.contract import MAX_TIME_NS
 from osteotel.errors import OsteotelError
@@ -60,7 +62,8 @@ def _link(grafana_url: str, device: str) -> str:
 
 
 def alert_message(alert: Alert, *, event: str, t_ns: int, grafana_url: str) -> dict[str, Any]:
-    """The JSON form of one alert in a notification: pseudonym, device, rule, value, time, link.
+    """The JSON form of one alert in a notification: pseudonym, device, rule, value, time, link,
+    and `key` (alert id, event and time), the notification's idempotency key.
 
     Args:
         alert: the alert.
@@ -74,6 +77,8 @@ def alert_message(alert: Alert, *, event: str, t_ns: int, grafana_url: str) -> d
     return {
         "id": alert.id,
         "event": event,
+        # The same for every copy of this notification: a receiver drops what it has seen.
+        "key": f"{alert.id}:{event}:{t_ns}",
         "patient": alert.patient,
         "device": alert.device,
         "hub": alert.hub,
@@ -126,15 +131,30 @@ class AlertEngine:
 
     # --- observations -------------------------------------------------------------------------
 
-    def observe(self, observations: Iterable[Observation], *, now_ns: int) -> list[Alert]:
+    def observe(
+        self,
+        observations: Iterable[Observation],
+        *,
+        now_ns: int,
+        source: Input | None = None,
+    ) -> list[Alert]:
         """Apply rule observations; returns the alerts that changed, as they are now.
 
         Args:
             observations: what the rules concluded, in input order.
             now_ns: the current time, UTC epoch ns (stamps notifications and the audit).
+            source: the input they came from, recorded in the same transaction; when its key
+                was applied before, nothing is changed and nothing returned.
         """
         changed: dict[int, Alert] = {}
         with self.store.transaction() as db:
+            if source is not None:
+                if self.store.applied(source.key):
+                    _log.info(kv("alert_input_repeated", key=source.key))
+                    return []
+                self.store.mark_applied(db, source.key, now_ns=now_ns)
+                if source.estimate is not None:
+                    self.store.record_input(db, payload=source.estimate)
             events: list[tuple[str, int, int]] = []
             for observation in observations:
                 alert_id = self._apply(db, observation, events)

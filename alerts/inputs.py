@@ -23,7 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
-from devices.contract import DeviceId, TimeNs
+from devices.contract import DeviceId, Event, HubStatus, TimeNs
 from devices.registry import PATIENT_PATTERN
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "StepInput",
     "estimates_topic",
     "finite",
+    "input_key",
     "parse_estimate",
 ]
 
@@ -152,6 +153,24 @@ Estimate = Annotated[
     StepInput | LoadShareInput | QualityInput | DailyInput, Field(discriminator="kind")
 ]
 _ESTIMATE: TypeAdapter[Estimate] = TypeAdapter(Estimate)
+
+
+def input_key(item: "Estimate | Event | HubStatus") -> str:
+    """What identifies an input, so that a second delivery of it is recognised.
+
+    An estimate is its device, kind and time (and a quality record's channel: both channels
+    may report a stretch from the same sample): a redelivered message and an estimate ingest
+    re-derives after its own restart have the same key. An event is its device, type and
+    time; a hub status its hub, state and time (a retained status comes again on every
+    subscription).
+    """
+    if isinstance(item, HubStatus):
+        return f"status/{item.hub}/{'online' if item.online else 'offline'}/{item.t_ns}"
+    if isinstance(item, QualityInput):
+        return f"estimate/{item.device}/quality/{item.channel}/{item.t_ns}"
+    if isinstance(item, StepInput | LoadShareInput | DailyInput):
+        return f"estimate/{item.device}/{item.kind}/{item.t_ns}"
+    return f"event/{item.device}/{item.type}/{item.t_ns}"
 
 
 def parse_estimate(payload: bytes) -> Estimate:

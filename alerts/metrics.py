@@ -1,6 +1,7 @@
 """What the alert service did, for Prometheus (`/metrics` on `AlertSettings.http_port`).
 
 - `osteotel_alerts_inputs_total{kind}`: estimates, events and status messages taken;
+- `osteotel_alerts_repeated_total{kind}`: inputs applied before (a redelivery), skipped;
 - `osteotel_alerts_rejected_total{reason}`: messages refused (malformed, unknown device...);
 - `osteotel_alerts_notifications_total{channel,outcome}`: deliveries, `sent` or `failed`;
 - `osteotel_alerts_outbox_backlog{channel}`: messages still waiting (read from SQLite on scrape);
@@ -49,6 +50,10 @@ class AlertMetrics:
         self.registry = CollectorRegistry()
         self.inputs = Counter(
             "osteotel_alerts_inputs", "Messages taken by the alert service", ["kind"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.repeated = Counter(
+            "osteotel_alerts_repeated", "Inputs applied before (redelivered), skipped", ["kind"],
             registry=self.registry,
         )  # fmt: skip
         self.rejected = Counter(

@@ -2,12 +2,14 @@
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "RULES",
     "Alert",
     "AlertState",
     "AuditEntry",
+    "Input",
     "Observation",
     "Severity",
     "Silence",
@@ -98,6 +100,21 @@ class Observation:
     value: float | None
     summary: str
     for_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """The message a call's observations came from, recorded with them in one transaction.
+
+    Attributes:
+        key: what identifies the input, e.g. `estimate/DX-0001/step/1700000000000000000`
+            (`alerts.inputs.input_key`); an input whose key was applied before changes nothing.
+        estimate: an estimate's fields, kept for the rules' replay at start-up; None for an
+            event or a hub status.
+    """
+
+    key: str
+    estimate: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,8 @@ def email_text(payload: dict[str, Any]) -> tuple[str, str]:
             f"- {alert['severity']} ({alert['priority']} priority) {alert['rule']} "
             f"on {alert['device']} at {alert['time']}",
             f"  {alert['summary']}",
-            f"  value: {alert['value']}   alert id: {alert['id']}",
+            f"  value: {alert['value']}   alert id: {alert['id']}"
+            + (f"   key: {alert['key']}" if "key" in alert else ""),
             f"  {alert['link']}",
         ]
     lines += ["", "Acknowledge: osteotel alerts ack ID --by NAME --note TEXT"]

@@ -2,32 +2,48 @@
 
 Three named tasks in one TaskGroup:
 
-- `alerts.receive`: a persistent MQTT session (QoS 1) on estimates, events and hub status, and
-  QoS 0 on telemetry when `watch_telemetry` is set; each message goes through the rules and
-  the resulting observations through the engine (SQLite, in a worker thread);
+- `alerts.receive`: a persistent MQTT session (`osteotel.mqtt.MqttSource`, QoS 1, manual
+  acknowledgement) on estimates, events and hub status, and QoS 0 on telemetry when
+  `watch_telemetry` is set; each message goes through the rules and the resulting
+  observations through the engine (SQLite, in a worker thread), one message at a time;
 - `alerts.tick`: every `tick_s`, silence rules, pending for-durations, repeats, escalations,
   and a registry reload when the file changed;
 - `alerts.deliver`: the outbox, woken at once when something was queued, else every `tick_s`.
 
 On start the rules replay the stored recent estimates, so patient-relative rules keep their
-trajectories across restarts. aiomqtt acknowledges a QoS 1 message on receipt; a crash between
-receipt and the SQLite commit can lose that one input (estimates are re-derived daily; the
-next input of the same kind re-judges the rule).
+trajectories across restarts.
+
+What a crash (even SIGKILL) leaves (docs/alerts.md, "After a crash"): a QoS 1 message is
+acknowledged only after the engine's state, its audit lines, its outbox rows and the input's
+key (and, for an estimate, the estimate itself, for the replay) are committed in one SQLite
+transaction, in the order the messages arrived. A message the service had not committed is
+redelivered by the broker and applied then; one it had committed but not yet acknowledged is
+redelivered too, and its key makes it change nothing (counted in
+`osteotel_alerts_repeated_total`). So every input raises, escalates or resolves what it should
+exactly once. Notifications leave the outbox at least once: a crash after a notifier's send
+and before the outbox records it sends that message again after the restart, with the same
+idempotency key (`key`: alert id, event and time) for the receiver to drop the copy.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
 from pydantic import TypeAdapter, ValidationError
 
 from alerts.engine import HISTORY_CHANNEL, AlertEngine
-from alerts.inputs import ESTIMATES_FILTER, Estimate, parse_estimate
+from alerts.inputs import (
+    ESTIMATES_FILTER,
+    Estimate,
+    estimates_topic,
+    input_key,
+    parse_estimate,
+)
 from alerts.metrics import AlertMetrics
-from alerts.model import Observation
+from alerts.model import Input, Observation
 from alerts.notify import (
     AlertmanagerNotifier,
     EmailNotifier,
@@ -39,20 +55,22 @@ from alerts.notify import (
 from alerts.outbox import Dispatcher
 from alerts.rules import RuleBook, UnknownDeviceError
 from alerts.settings import AlertSettings
-from alerts.store import AlertStore
+from alerts.store import APPLIED_KEEP_S, AlertStore
 from alerts.thresholds import load_overrides
 from devices.codec import decode_event, decode_frame, decode_status
 from devices.contract import SUBSCRIPTIONS, MessageKind, Rejected, parse_topic
 from devices.registry import RegistryFile
 from osteotel.errors import ConfigError
 from osteotel.logs import kv
+from osteotel.mqtt import MqttSource
 from osteotel.settings import InfluxSettings, MqttSettings
 
 __all__ = ["AlertService", "build_notifiers"]
 
 _log = logging.getLogger("osteotel.alerts.service")
-_KEEP_INPUTS = 400  # per device and kind: ~100 days of 4 steps a day
-_RECONNECT_S = 2.0
+_BATCH = 100  # messages taken from the source at once, each acknowledged once applied
+_CONNECT_WAIT_S = 60.0  # between log lines while the broker is away
+_NS = 1_000_000_000
 _ESTIMATE: TypeAdapter[Estimate] = TypeAdapter(Estimate)
 
 
@@ -83,7 +101,12 @@ def build_notifiers(
 
 
 class AlertService:
-    """Runs the alert service until a stop event is set."""
+    """Runs the alert service until a stop event is set.
+
+    Attributes:
+        connected: set once the broker has acknowledged the first subscriptions (it stays set
+            while the source reconnects by itself).
+    """
 
     def __init__(
         self, *, settings: AlertSettings, mqtt: MqttSettings, influx: InfluxSettings
@@ -155,87 +178,87 @@ class AlertService:
     # --- receive --------------------------------------------------------------------------------
 
     async def _receive_forever(self) -> None:
-        settings = self._mqtt
-        password = settings.password_text()
-        tls = (
-            aiomqtt.TLSParameters(ca_certs=str(settings.tls_ca_file))
-            if settings.tls_ca_file is not None
-            else None
+        telemetry = [topic for topic in SUBSCRIPTIONS if topic.endswith("/telemetry")]
+        source = MqttSource(
+            settings=self._mqtt.model_copy(update={"client_id": self._settings.client_id}),
+            subscriptions=[ESTIMATES_FILTER, *(t for t in SUBSCRIPTIONS if t not in telemetry)],
+            best_effort=telemetry if self._settings.watch_telemetry else (),
         )
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    settings.host,
-                    settings.port,
-                    identifier=self._settings.client_id,
-                    username=settings.username,
-                    password=password,
-                    tls_params=tls,
-                    clean_session=False,
-                    keepalive=settings.keepalive_s,
-                ) as client:
-                    await client.subscribe(ESTIMATES_FILTER, qos=1)
-                    for topic in SUBSCRIPTIONS:
-                        if topic.endswith("/telemetry"):
-                            if self._settings.watch_telemetry:
-                                await client.subscribe(topic, qos=0)
-                        else:
-                            await client.subscribe(topic, qos=1)
-                    self.connected.set()
-                    _log.info(kv("alerts_mqtt_connected", host=settings.host, port=settings.port))
-                    async for message in client.messages:
-                        payload = message.payload
-                        if isinstance(payload, bytes):
-                            await self.handle(str(message.topic), payload)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                _log.warning(kv("alerts_mqtt_disconnected", error=exc))
-                await asyncio.sleep(_RECONNECT_S)
+        async with source:
+            # The source reconnects by itself; nothing arrives before its first SUBACK.
+            while not source.connected:
+                with contextlib.suppress(TimeoutError):
+                    await source.wait_connected(timeout_s=_CONNECT_WAIT_S)
+            self.connected.set()
+            _log.info(kv("alerts_mqtt_connected", host=self._mqtt.host, port=self._mqtt.port))
+            async for batch in source.batches(max_messages=_BATCH):
+                for message in batch:
+                    await self.handle(message.topic, message.payload)
+                    # Committed (or refused, counted and logged): the broker may forget it.
+                    source.ack(message)
 
-    def _judge(self, topic: str, payload: bytes) -> tuple[str, list[Observation]]:
+    def _parse(
+        self, topic: str, payload: bytes
+    ) -> tuple[str, Input | None, Callable[[], list[Observation]]]:
+        """The message's kind, the input to record (None for telemetry, which is QoS 0 and
+        never redelivered) and the call that judges it."""
         if topic.startswith("osteotel/v1/derived/"):
             estimate = parse_estimate(payload)
-            if topic != f"osteotel/v1/derived/{estimate.device}/estimates":
+            if topic != estimates_topic(estimate.device):
                 raise ValueError(f"device {estimate.device} does not match topic {topic}")
-            observations = self.rules.estimate(estimate)
-            self.store.record_input(
-                device=estimate.device,
-                kind=estimate.kind,
-                t_ns=estimate.t_ns,
-                payload=estimate.model_dump(),
-                keep=_KEEP_INPUTS,
-            )
-            return estimate.kind, observations
+            source = Input(input_key(estimate), estimate=estimate.model_dump())
+            return estimate.kind, source, lambda: self.rules.estimate(estimate)
         parsed = parse_topic(topic)
         if parsed.kind is MessageKind.STATUS:
-            return "status", self.rules.status(decode_status(payload, topic_hub=parsed.hub))
+            status = decode_status(payload, topic_hub=parsed.hub)
+            return "status", Input(input_key(status)), lambda: self.rules.status(status)
         assert parsed.device is not None
         if parsed.kind is MessageKind.EVENTS:
             event = decode_event(payload, topic_device=parsed.device)
-            return "event", self.rules.event(parsed.hub, event)
+            return "event", Input(input_key(event)), lambda: self.rules.event(parsed.hub, event)
         frame, _ = decode_frame(payload, topic_device=parsed.device)
-        return "telemetry", self.rules.frame(parsed.hub, frame)
+        return "telemetry", None, lambda: self.rules.frame(parsed.hub, frame)
+
+    def _apply(self, topic: str, payload: bytes) -> tuple[str, list[Observation] | None]:
+        """Judge one message and commit its effect with its key; None for a repeated input.
+
+        The key is looked up before the rules see the input, so a repeat changes neither the
+        rules' trajectories nor the stored alerts (the engine checks it again in its
+        transaction). Only this worker thread applies inputs, one at a time.
+        """
+        kind, source, judge = self._parse(topic, payload)
+        if source is not None and self.store.applied(source.key):
+            return kind, None
+        observations = judge()
+        if observations or source is not None:
+            self.engine.observe(observations, now_ns=time.time_ns(), source=source)
+        return kind, observations
 
     async def handle(self, topic: str, payload: bytes) -> list[Observation]:
-        """Judge one MQTT message and apply what the rules observed.
+        """Judge one MQTT message and commit what the rules observed; the message may be
+        acknowledged once this returns.
 
         Args:
             topic: the message's topic.
             payload: its bytes.
 
         Returns:
-            The observations (empty for a refused message, which is counted and logged).
+            The observations (empty for a refused message, which is counted and logged, and
+            for a repeated input, which is counted).
         """
         try:
-            kind, observations = await asyncio.to_thread(self._judge, topic, payload)
+            kind, observations = await asyncio.to_thread(self._apply, topic, payload)
         except (Rejected, ValueError, UnknownDeviceError) as exc:
             reason = exc.reason.value if isinstance(exc, Rejected) else type(exc).__name__
             self.metrics.rejected.labels(reason).inc()
             _log.warning(kv("alerts_input_rejected", topic=topic, reason=reason, error=exc))
             return []
+        if observations is None:
+            self.metrics.repeated.labels(kind).inc()
+            _log.info(kv("alerts_input_repeated", topic=topic, kind=kind))
+            return []
         self.metrics.inputs.labels(kind).inc()
         if observations:
-            await asyncio.to_thread(self.engine.observe, observations, now_ns=time.time_ns())
             self._wake.set()
         return observations
 
@@ -257,6 +280,7 @@ class AlertService:
             except ConfigError as exc:
                 _log.error(kv("alerts_overrides_reload_failed", error=exc))
         now_ns = time.time_ns()
+        self.store.forget_applied(before_ns=now_ns - round(APPLIED_KEEP_S * _NS))
         observations = self.rules.tick(now_ns)
         if observations:
             self.engine.observe(observations, now_ns=now_ns)

@@ -9,7 +9,10 @@ audit line survives a power cut):
 - `audit`: the append-only trail (triggers refuse UPDATE and DELETE);
 - `outbox`: notifications and history points waiting for delivery, with retry bookkeeping;
 - `inputs`: the recent estimates per device, replayed into the rules at start-up so that
-  patient-relative rules keep their trajectory across restarts.
+  patient-relative rules keep their trajectory across restarts;
+- `applied`: the key of every MQTT input (estimate, event, hub status) whose effect is
+  committed, written in the same transaction as that effect, so that a redelivered input
+  is recognised and changes nothing (kept `APPLIED_KEEP_S`).
 
 The CLI (`osteotel alerts ack|silence|list`) opens the same file while the service runs;
 WAL lets one writer and many readers work at once, and `busy_timeout` waits out the writer.
@@ -28,7 +31,7 @@ from typing import Any, Self
 
 from alerts.model import Alert, AlertState, AuditEntry, Severity, Silence
 
-__all__ = ["AlertStore", "OutboxItem"]
+__all__ = ["APPLIED_KEEP_S", "AlertStore", "OutboxItem"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -95,7 +98,19 @@ CREATE TABLE IF NOT EXISTS inputs (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inputs_device ON inputs (device, kind, t_ns);
+CREATE TABLE IF NOT EXISTS applied (
+    key TEXT PRIMARY KEY,
+    applied_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applied_age ON applied (applied_ns);
 """
+
+_KEEP_ESTIMATES = 400
+"""Estimates kept per device and kind for the rules' replay: ~100 days of 4 steps a day."""
+
+APPLIED_KEEP_S = 30 * 86_400.0
+"""How long an input's key is kept, seconds: a broker redelivers within a restart, and ingest
+republishes what it re-derives from its last checkpoint (hours), both well inside this."""
 
 _ALERT_COLUMNS = (
     "id, device, hub, patient, rule, severity, state, value, summary, for_s, started_ns, "
@@ -354,23 +369,48 @@ class AlertStore:
     # --- inputs (rule trajectories) -------------------------------------------------------------
 
     def record_input(
-        self, *, device: str, kind: str, t_ns: int, payload: dict[str, Any], keep: int
+        self, db: sqlite3.Connection, *, payload: dict[str, Any], keep: int = _KEEP_ESTIMATES
     ) -> None:
-        """Keep an input for replay at start-up; only the newest `keep` per device and kind stay."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO inputs (device, kind, t_ns, payload) VALUES (?, ?, ?, ?)",
-                (device, kind, t_ns, json.dumps(payload)),
-            )
-            db.execute(
-                "DELETE FROM inputs WHERE device = ? AND kind = ? AND id NOT IN "
-                "(SELECT id FROM inputs WHERE device = ? AND kind = ? ORDER BY t_ns DESC, id DESC "
-                "LIMIT ?)",
-                (device, kind, device, kind, keep),
-            )
+        """Keep an estimate for replay at start-up, inside a transaction; only the newest `keep`
+        per device and kind stay.
+
+        Args:
+            db: the open transaction.
+            payload: the estimate's fields, with `device`, `kind` and `t_ns`.
+            keep: how many estimates of the device and kind to keep.
+        """
+        device, kind, t_ns = payload["device"], payload["kind"], payload["t_ns"]
+        db.execute(
+            "INSERT INTO inputs (device, kind, t_ns, payload) VALUES (?, ?, ?, ?)",
+            (device, kind, t_ns, json.dumps(payload)),
+        )
+        db.execute(
+            "DELETE FROM inputs WHERE device = ? AND kind = ? AND id NOT IN "
+            "(SELECT id FROM inputs WHERE device = ? AND kind = ? ORDER BY t_ns DESC, id DESC "
+            "LIMIT ?)",
+            (device, kind, device, kind, keep),
+        )
 
     def inputs(self) -> list[dict[str, Any]]:
         """Every kept input, oldest first."""
         with self._lock:
             rows = self._db.execute("SELECT payload FROM inputs ORDER BY t_ns, id").fetchall()
         return [json.loads(row["payload"]) for row in rows]
+
+    # --- applied inputs (idempotence) -----------------------------------------------------------
+
+    def applied(self, key: str) -> bool:
+        """Whether the input with `key` has been applied (its effect is committed)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM applied WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def mark_applied(self, db: sqlite3.Connection, key: str, *, now_ns: int) -> None:
+        """Record inside a transaction that the input with `key` is applied."""
+        db.execute("INSERT INTO applied (key, applied_ns) VALUES (?, ?)", (key, now_ns))
+
+    def forget_applied(self, *, before_ns: int) -> int:
+        """Drop the keys applied before `before_ns`; returns how many were dropped."""
+        with self.transaction() as db:
+            cursor = db.execute("DELETE FROM applied WHERE applied_ns < ?", (before_ns,))
+        return cursor.rowcount

@@ -41,6 +41,7 @@ from devices.validation import Accepted, Limits, accept
 from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
 from osteotel.logs import kv
+from osteotel.mqtt import MqttSource, Received
 from osteotel.settings import Settings
 from osteotel.store.influx import InfluxStore
 
@@ -49,7 +50,6 @@ from .calibration import calibrate
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
-from .mqtt import MqttSource, Received
 from .records import (
     device_info_lines,
     event_lines,

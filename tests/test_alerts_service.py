@@ -60,6 +60,11 @@ class Hook:
     def rules_seen(self) -> set[str]:
         return {a["rule"] for body in self.bodies for a in body["alerts"]}
 
+    def wait_for_bodies(self, count: int) -> None:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.bodies) >= count, timeout=30):
+                raise TimeoutError(f"webhook saw {len(self.bodies)} of {count} bodies")
+
     def wait_for(self, rules: set[str]) -> None:
         # A worker thread ignores asyncio.timeout: the condition's own timeout bounds it.
         with self.arrived:
@@ -182,3 +187,45 @@ def test_history_reaches_influxdb(influxdb: InfluxDB, influx_db_name: str, tmp_p
     assert (value, rule) == (15, "battery_low")
     [[_, by, note]] = query('SELECT "by", "note" FROM "alert_ack"')
     assert (by, note) == ("Dr Example", "charger brought")
+
+
+def test_service_resubscribes_after_a_broker_restart(hook: Hook, tmp_path: Path) -> None:
+    """After its broker restarts, the service reconnects on its own and judges what comes
+    next: a second device's step over the warning limit reaches the webhook like the first's."""
+    settings = AlertSettings(
+        data_dir=tmp_path / "alerts", registry=REGISTRY, webhook_urls=[hook.url],
+        mqtt_alerts=False, write_history=False, client_id="alerts-restart", http_port=0,
+        tick_s=0.2,
+    )  # fmt: skip
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        service = AlertService(settings=settings, mqtt=mqtt, influx=InfluxSettings())
+
+        def step(device: str, patient: str) -> bytes:
+            return json.dumps({
+                "v": 1, "device": device, "hub": "HUB-A", "patient": patient,
+                "t_ns": 1_700_000_000 * S, "kind": "step", "f_peak_n": 800.0,
+            }).encode()  # fmt: skip
+
+        async def publish(device: str, patient: str) -> None:
+            async with aiomqtt.Client(broker.host, broker.port) as publisher:
+                await publisher.publish(estimates_topic(device), step(device, patient), qos=1)
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            runner = asyncio.create_task(service.run(stop))
+            try:
+                async with asyncio.timeout(60):
+                    await service.connected.wait()
+                    await publish("DX-0001", "P-7F3A")
+                    await asyncio.to_thread(hook.wait_for, {"distraction_force"})
+                    await asyncio.to_thread(broker.restart)
+                    await publish("DX-0002", "P-2C91")
+                    await asyncio.to_thread(hook.wait_for_bodies, 2)
+            finally:
+                stop.set()
+                await runner
+
+        asyncio.run(scenario())
+    notified = [(a["device"], a["event"]) for body in hook.bodies for a in body["alerts"]]
+    assert notified == [("DX-0001", "firing"), ("DX-0002", "firing")]

@@ -8,6 +8,8 @@ the same client: the broker forwards one client's messages in order, so nothing 
 it can still be on the way.
 """
 
+import asyncio
+import json
 import queue
 import socket
 import ssl
@@ -24,6 +26,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from alerts.inputs import estimates_topic
+from alerts.notify import alert_topic
+from alerts.service import AlertService
+from alerts.settings import AlertSettings
 from apps.brokerconf import (
     ALERTS_USER,
     EMULATOR_USER,
@@ -43,6 +49,7 @@ from apps.brokerconf import (
 from apps.services import Mosquitto, free_port
 from devices.registry import Registry
 from osteotel.errors import ConfigError, MissingBinaryError
+from osteotel.settings import InfluxSettings, MqttSettings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
@@ -392,6 +399,44 @@ def test_a_client_not_trusting_the_ca_fails_the_handshake(secured: _Secured, cer
         pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"),
     ):
         context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_the_alert_service_receives_over_tls_with_its_password(
+    secured: _Secured, certs: _Certs, connect: _Connect, tmp_path: Path
+) -> None:
+    """The alert service, as its own account over TLS, raises the alert of an estimate ingest
+    publishes, and its MQTT notifier publishes it on the alerts topic the same way."""
+    settings = AlertSettings(
+        data_dir=tmp_path / "alerts", registry=EXAMPLE_REGISTRY, mqtt_alerts=True,
+        write_history=False, client_id="alerts-tls", http_port=0, tick_s=0.2,
+    )  # fmt: skip
+    mqtt_settings = MqttSettings(
+        host="127.0.0.1", port=secured.tls_port, username=ALERTS_USER,
+        password=secured.passwords[ALERTS_USER], tls_ca_file=certs.ca,
+    )  # fmt: skip
+    service = AlertService(settings=settings, mqtt=mqtt_settings, influx=InfluxSettings())
+    estimate = json.dumps({
+        "v": 1, "device": "DX-0001", "hub": "HUB-A", "patient": "P-7F3A",
+        "t_ns": 1_700_000_000_000_000_000, "kind": "step", "f_peak_n": 800.0,
+    }).encode()  # fmt: skip
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        try:
+            async with asyncio.timeout(_WAIT_S):
+                await service.connected.wait()
+                observer = connect(INGEST_USER)
+                assert not observer.subscribe(alert_topic("DX-0001")).is_failure
+                connect(INGEST_USER).publish(estimates_topic("DX-0001"), estimate)
+                await asyncio.to_thread(observer.wait_for, alert_topic("DX-0001"))
+                rules = [a.rule for a in service.store.alerts()]
+        finally:
+            stop.set()
+            await runner
+        assert rules == ["distraction_force"]
+
+    asyncio.run(scenario())
 
 
 # --- generated files ---------------------------------------------------------------------------

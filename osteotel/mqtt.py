@@ -1,16 +1,17 @@
-"""The MQTT boundary of ingest: a persistent QoS 1 subscription with manual acknowledgement.
+"""The MQTT boundary of the services: a persistent QoS 1 subscription with manual acknowledgement.
 
-aiomqtt 2.x acknowledges a QoS 1 message as soon as it arrives, before the data are stored, so
+aiomqtt 2.x acknowledges a QoS 1 message as soon as it arrives, before its effect is stored, so
 a crash between receipt and write would lose it. This module drives paho-mqtt 2 directly with
-`manual_ack=True`: a message is acknowledged only when `ack()` is called, after its data are
-stored. Until then the broker holds it, and its in-flight window (`max_inflight_messages`) is
-the backpressure: a slow store stops the broker sending instead of memory growing here.
+`manual_ack=True`: a message is acknowledged only when `ack()` is called, after its effect is
+durable (ingest: the data stored; alerts: the engine's state and outbox committed). Until then
+the broker holds it, and its in-flight window (`max_inflight_messages`) is the backpressure: a
+slow consumer stops the broker sending instead of memory growing here.
 
 paho runs its network loop in its own thread; messages cross to the event loop in batches: the
 paho thread appends to a deque and schedules one wake-up (`call_soon_threadsafe`) for however
 many messages arrive before the loop runs it, so a burst costs one hop, not one per message.
 On leaving, the source waits until the broker has read its last acknowledgements (`_settle`)
-before it disconnects. The rest of ingest never sees paho.
+before it disconnects. No other module of ours sees paho.
 """
 
 import asyncio
@@ -31,13 +32,13 @@ from osteotel.settings import MqttSettings
 
 __all__ = ["MqttSource", "Received"]
 
-log = logging.getLogger("osteotel.ingest.mqtt")
+log = logging.getLogger("osteotel.mqtt")
 
 _RECONNECT_MIN_S = 1
 _RECONNECT_MAX_S = 30
 _SETTLE_TIMEOUT_S = 5.0
 # Never subscribed: only its UNSUBACK matters (see MqttSource._settle).
-_SETTLE_FILTER = "osteotel/v1/ingest/settle"
+_SETTLE_FILTER = "osteotel/v1/settle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +57,23 @@ class MqttSource:
 
     Args:
         settings: broker address, credentials and client id. The client id is fixed so that
-            the broker keeps the session (and queues QoS 1 messages) while ingest is away.
+            the broker keeps the session (and queues QoS 1 messages) while the service is away.
         subscriptions: topic filters, each subscribed with QoS 1.
+        best_effort: topic filters subscribed with QoS 0: the broker neither queues their
+            messages while the service is away nor waits for an acknowledgement.
     """
 
-    def __init__(self, *, settings: MqttSettings, subscriptions: Sequence[str]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        best_effort: Sequence[str] = (),
+    ) -> None:
         self._settings = settings
-        self._subscriptions = tuple(subscriptions)
-        # Bounded by the broker's in-flight window: it sends no more until ingest acknowledges.
+        self._subscriptions = [(topic, 1) for topic in subscriptions]
+        self._subscriptions += [(topic, 0) for topic in best_effort]
+        # Bounded by the broker's in-flight window: it sends no more until we acknowledge.
         self._inbox: deque[Received] = deque()
         self._arrived = asyncio.Event()
         self._wake_pending = False
@@ -84,7 +94,9 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._subscribe_mid: int | None = None
         self._settled = asyncio.Event()
         self._settle_mid: int | None = None
 
@@ -127,11 +139,11 @@ class MqttSource:
 
     @property
     def connected(self) -> bool:
-        """Whether the session to the broker is up."""
+        """Whether the session to the broker is up and its subscriptions acknowledged."""
         return self._connected.is_set()
 
     async def wait_connected(self, timeout_s: float) -> None:
-        """Wait until the first CONNACK; raises TimeoutError after `timeout_s` seconds."""
+        """Wait until the first SUBACK; raises TimeoutError after `timeout_s` seconds."""
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     async def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]:
@@ -161,7 +173,8 @@ class MqttSource:
         self._client.publish(topic, payload, qos=1)
 
     def ack(self, message: Received) -> None:
-        """Acknowledge a message to the broker: call only once its data are durable."""
+        """Acknowledge a message to the broker: call only once its effect is durable, and in
+        the order messages were received (MQTT 3.1.1, section 4.6). A QoS 0 message needs none."""
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)
 
@@ -181,9 +194,9 @@ class MqttSource:
             )
         )
         # Subscribing again is harmless when the session survived, and needed when it did not.
-        client.subscribe([(topic, 1) for topic in self._subscriptions])
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected.set)
+        # `connected` waits for the SUBACK: a message published after it is ours to receive.
+        # (This runs in paho's thread, as `_on_subscribe` does: the mid is set before it looks.)
+        _, self._subscribe_mid = client.subscribe(self._subscriptions)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -191,6 +204,17 @@ class MqttSource:
         log.warning(kv("mqtt_disconnected", reason=str(reason)))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        for (topic, _), reason in zip(self._subscriptions, reasons, strict=False):
+            if reason.is_failure:
+                log.warning(kv("mqtt_subscription_refused", topic=topic, reason=str(reason)))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.set)
 
     def _on_unsubscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
