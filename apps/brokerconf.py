@@ -55,7 +55,7 @@ INGEST_USER = "osteotel-ingest"
 """The ingest service: reads every v1 topic, writes derived results."""
 
 ALERTS_USER = "osteotel-alerts"
-"""The alerts service: reads derived results and hub status, writes alerts."""
+"""The alerts service: reads derived results, hub status, device events and telemetry."""
 
 EMULATOR_USER = "osteotel-emulator"
 """The emulator and replay tool: writes as any registered hub. Test setups only."""
@@ -132,9 +132,15 @@ def broker_accounts(registry: Registry, *, include_emulator: bool = False) -> tu
             (
                 AclRule("read", f"{_PREFIX}/derived/#"),
                 AclRule("read", f"{_PREFIX}/+/status"),
+                # Its fault, battery and step rules read the events; overload, data gaps and
+                # silence the telemetry (`watch_telemetry`). Without these the broker accepts
+                # the subscriptions and delivers nothing: those alerts would never fire.
+                AclRule("read", f"{_PREFIX}/+/+/events"),
+                AclRule("read", f"{_PREFIX}/+/+/telemetry"),
                 AclRule("write", f"{_PREFIX}/alerts/#"),
             ),
-            "service: reads derived results and hub status, writes alerts",
+            "service: reads derived results, hub status, device events and telemetry; "
+            "writes alerts",
         )
     )
     if include_emulator:

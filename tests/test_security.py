@@ -362,15 +362,20 @@ def test_services_receive_what_their_flows_need(
     assert reader.wait_for(topic) == [topic]
 
 
-def test_the_alerts_service_cannot_read_raw_telemetry(connect: _Connect) -> None:
-    """The alerts service's subscription to raw telemetry is refused and delivers nothing."""
+def test_the_alerts_service_reads_the_device_topics_its_rules_need(connect: _Connect) -> None:
+    """Events (faults, battery, steps) and telemetry (overload, gaps, silence) reach the alerts
+    account; before, the broker accepted its subscriptions and delivered nothing, so those
+    rules could never fire in a secured deployment. Another account's alerts topic does not."""
     alerts = connect(ALERTS_USER)
-    alerts.subscribe("osteotel/v1/+/+/telemetry")
-    assert not alerts.subscribe("osteotel/v1/+/status").is_failure
+    for topic_filter in ("osteotel/v1/+/+/telemetry", "osteotel/v1/+/+/events"):
+        assert not alerts.subscribe(topic_filter).is_failure
     hub = connect("HUB-A")
     hub.publish(_ALLOWED, b"raw")
-    hub.publish("osteotel/v1/HUB-A/status", b"status")
-    assert alerts.wait_for("osteotel/v1/HUB-A/status") == ["osteotel/v1/HUB-A/status"]
+    hub.publish("osteotel/v1/HUB-A/DX-0001/events", b"event")
+    assert alerts.wait_for(_ALLOWED) == [_ALLOWED]
+    assert alerts.wait_for("osteotel/v1/HUB-A/DX-0001/events") == [
+        "osteotel/v1/HUB-A/DX-0001/events"
+    ]
 
 
 # --- TLS ---------------------------------------------------------------------------------------
