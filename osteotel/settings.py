@@ -100,6 +100,9 @@ class IngestSettings(_Section):
     state_dir: Path = Path("var/state")
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
+    # While InfluxDB is unavailable, it is asked `/ping` this often (never less often), and
+    # the spool drains at full speed as soon as it answers (docs/ingest.md, "Outages").
+    store_probe_interval_s: float = Field(1.0, gt=0)
     batch_max_lines: int = Field(20_000, ge=1)
     # A batch is written once it holds this many messages: at most half the broker's window
     # of unacknowledged messages (max_inflight_messages, 1000 in deploy/mosquitto), so the

@@ -3,6 +3,8 @@
 Each test ends with InfluxDB holding exactly the published samples: none lost, none doubled.
 """
 
+import json
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -56,8 +58,18 @@ class Hub:
         self._client.connect(broker.host, broker.port)
         self._client.loop_start()
         self.published: list[Frame] = []
+        self.invalid: list[Frame] = []
 
     def publish(self, frame: Frame) -> None:
+        self._send(frame)
+        self.published.append(frame)
+
+    def publish_invalid(self, frame: Frame) -> None:
+        """Publish a frame that ingest must reject (e.g. a NaN sample)."""
+        self._send(frame)
+        self.invalid.append(frame)
+
+    def _send(self, frame: Frame) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             info = self._client.publish(telemetry_topic(HUB, DEVICE), encode_frame_json(frame), 1)
@@ -67,7 +79,6 @@ class Hub:
                 time.sleep(0.2)  # not connected: the broker is restarting
                 continue
             if info.is_published():
-                self.published.append(frame)
                 return
         pytest.fail(f"frame {frame.seq} was never acknowledged by the broker")
 
@@ -85,6 +96,36 @@ def frames(count: int, *, first_seq: int = 0) -> Iterator[Frame]:
             device=DEVICE, seq=seq, t0_ns=t0_ns + seq * 1_000_000_000, rate_hz=100.0,
             force_n=rng.normal(150.0, 30.0, 50), disp_mm=rng.uniform(10.0, 11.0, 50),
         )  # fmt: skip
+
+
+def with_nan(frame: Frame) -> Frame:
+    """The same frame with one force sample NaN: rejected as `non_finite`."""
+    force_n = frame.force_n.copy()
+    force_n[7] = math.nan
+    return Frame(
+        device=frame.device, seq=frame.seq, t0_ns=frame.t0_ns, rate_hz=frame.rate_hz,
+        force_n=force_n, disp_mm=frame.disp_mm,
+    )  # fmt: skip
+
+
+def dead_letters(ingest: IngestProcess) -> list[dict[str, object]]:
+    """Every dead-letter record ingest wrote, in file order."""
+    return [
+        json.loads(line)
+        for path in sorted(ingest.dead_letter_dir.glob("dead-letter-*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+
+
+def metric(ingest: IngestProcess, sample: str) -> float | None:
+    """One sample's value on ingest's `/metrics` (name with labels), None when absent."""
+    status, body = ingest.get("/metrics")
+    assert status == 200
+    for line in body.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return None
 
 
 def assert_exactly_stored(stack: Stack, published: list[Frame]) -> None:
@@ -110,10 +151,11 @@ def assert_exactly_stored(stack: Stack, published: list[Frame]) -> None:
 
 
 def test_influxdb_away_for_30_s_costs_nothing(stack: Stack) -> None:
-    """Batches spool while InfluxDB is stopped and are all stored, once, when it returns."""
+    """Batches spool while InfluxDB is stopped and are all stored, once, when it returns; the
+    outage and its recovery are counted once each on /metrics."""
     hub = Hub(stack.mosquitto)
     try:
-        stream = frames(50)
+        stream = frames(51)
         for frame in [next(stream) for _ in range(15)]:
             hub.publish(frame)
         wait_for(
@@ -125,6 +167,7 @@ def test_influxdb_away_for_30_s_costs_nothing(stack: Stack) -> None:
         for frame in [next(stream) for _ in range(20)]:
             hub.publish(frame)
             time.sleep(INFLUX_OUTAGE_S / 25)
+        hub.publish_invalid(with_nan(next(stream)))
         wait_for(lambda: "action=spooling" in stack.ingest.log(), "ingest to spool")
         time.sleep(max(0.0, outage_ends - time.monotonic()))
         stack.influxdb.start()
@@ -135,6 +178,13 @@ def test_influxdb_away_for_30_s_costs_nothing(stack: Stack) -> None:
     assert_exactly_stored(stack, hub.published)
     wait_for(lambda: "spool_drained" in stack.ingest.log(), "the spool to drain")
     assert list((stack.ingest.workdir / "spool").glob("*.lp")) == []
+    # The rejected frame: one dead letter and one `rejection` point, none of its samples.
+    assert [letter["reason"] for letter in dead_letters(stack.ingest)] == ["non_finite"]
+    rows = query(stack.influxdb, stack.database, "SELECT count(payload_bytes) FROM rejection")
+    assert rows[0][1] == 1
+    assert metric(stack.ingest, "osteotel_ingest_store_outages_total") == 1.0
+    assert metric(stack.ingest, "osteotel_ingest_store_recovery_seconds_count") == 1.0
+    assert metric(stack.ingest, "osteotel_ingest_spool_batches") == 0.0
 
 
 def test_ingest_killed_mid_stream_loses_and_doubles_nothing(stack: Stack) -> None:
