@@ -70,6 +70,14 @@ class _AccountingCollector(Collector):
         for (hub, reason), count in self._accounting.rejected.items():
             rejected.add_metric([hub, reason], count)
         yield rejected
+        again = CounterMetricFamily(
+            "osteotel_ingest_rejected_again",
+            "Rejected messages the broker delivered again, not counted in rejected a second time",
+            labels=["hub", "reason"],
+        )
+        for (hub, reason), count in self._accounting.rejected_again.items():
+            again.add_metric([hub, reason], count)
+        yield again
         yield GaugeMetricFamily(
             "osteotel_ingest_last_stored_timestamp_seconds",
             "When a frame was last stored in InfluxDB or the spool (Unix time; 0: never)",

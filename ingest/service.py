@@ -58,6 +58,13 @@ from .records import (
     rejection_lines,
     status_lines,
 )
+from .redelivery import (
+    Identity,
+    Redeliveries,
+    identity_of,
+    mark_all_acknowledged,
+    take_all_acknowledged,
+)
 from .spool import Spool, SpoolFull
 from .state import load_estimator, save_estimator
 
@@ -82,6 +89,8 @@ class _Work:
     samples: int = 0
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
+    # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.
+    rejection: Identity | None = None
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -128,6 +137,7 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
+        self._redeliveries = Redeliveries(limit=settings.ingest.dead_letter_recall)
         self._spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
         self._spooled = asyncio.Event()
         self._spool_full = False
@@ -155,6 +165,12 @@ class IngestService:
         restored = await asyncio.to_thread(load_estimator, state_dir)
         if restored is not None:
             self._estimator = restored
+        if not await asyncio.to_thread(take_all_acknowledged, state_dir):
+            # The last stop may have left rejected messages unacknowledged: recognise them.
+            dead_letter_dir = self._settings.ingest.dead_letter_dir
+            await asyncio.to_thread(self._redeliveries.recall, dead_letter_dir)
+            log.info(kv("dead_letters_recalled", rejections=len(self._redeliveries)))
+        drained = False
         try:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
@@ -181,9 +197,13 @@ class IngestService:
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
                     await asyncio.to_thread(save_estimator, self._estimator, state_dir)
+                    drained = True
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
+            if drained:
+                # Every message received is stored and acknowledged: nothing can come back.
+                await asyncio.to_thread(mark_all_acknowledged, state_dir)
         finally:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
@@ -376,6 +396,24 @@ class IngestService:
         with contextlib.suppress(Rejected):
             topic = parse_topic(message.topic)
             hub, device = topic.hub, topic.device
+        identity = identity_of(message.topic, message.payload)
+        first_ns = self._redeliveries.first_received_ns(identity)
+        if first_ns is not None:
+            # Delivered again after a crash before its acknowledgement: its dead letter is on
+            # disk, and its point is written again at the first receipt time (overwritten).
+            self.accounting.reject_again(hub, rejected.reason)
+            log.info(
+                kv("rejected_again", reason=rejected.reason, topic=message.topic,
+                   received_ns=first_ns)
+            )  # fmt: skip
+            lines = rejection_lines(
+                rejected,
+                hub=hub,
+                topic=message.topic,
+                payload_bytes=len(message.payload),
+                received_ns=first_ns,
+            )
+            return _Work(message, lines, rejection=identity)
         # Two rejections in the same nanosecond must stay two points.
         received_ns = max(message.received_ns, self._last_rejection_ns + 1)
         self._last_rejection_ns = received_ns
@@ -469,6 +507,8 @@ class IngestService:
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
+            if work.rejection is not None:
+                self._redeliveries.forget(work.rejection)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""
@@ -576,10 +616,11 @@ class IngestService:
                 await self._write_retrying(store, work.lines)
             except StoreRejected as exc:
                 refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
-                assert refused.dead_letter is not None
-                self._dead_letters.append(refused.dead_letter)
-                await asyncio.to_thread(self._dead_letters.flush)
+                if refused.dead_letter is not None:  # else refused before, and redelivered
+                    self._dead_letters.append(refused.dead_letter)
+                    await asyncio.to_thread(self._dead_letters.flush)
                 work.device = None
+                work.rejection = refused.rejection
 
     async def _write_retrying(self, store: InfluxStore, body: bytes) -> None:
         while True:
