@@ -89,6 +89,9 @@ class Accounting:
     def __init__(self) -> None:
         self.devices: dict[str, DeviceCounts] = {}
         self.rejected: Counter[tuple[str, str]] = Counter()  # (hub or "-", reason) -> count
+        # Rejected messages delivered again and recognised (ingest/redelivery.py): not counted
+        # in `rejected` a second time.
+        self.rejected_again: Counter[tuple[str, str]] = Counter()
         self.last_stored_ns = 0  # UTC epoch ns when a frame was last made durable; 0: never
         self._trackers: dict[str, SeqTracker] = {}
 
@@ -118,3 +121,7 @@ class Accounting:
     def reject(self, hub: str | None, reason: str) -> None:
         """Count one rejected payload."""
         self.rejected[(hub or "-", reason)] += 1
+
+    def reject_again(self, hub: str | None, reason: str) -> None:
+        """Count a rejected message that came back from the broker (counted once already)."""
+        self.rejected_again[(hub or "-", reason)] += 1

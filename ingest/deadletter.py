@@ -4,20 +4,32 @@ One JSON object per line in `{dir}/dead-letter-YYYYMMDD.jsonl` (UTC day of recei
 is documented in docs/contract.md. Payloads are kept up to `PAYLOAD_KEEP_BYTES` (UTF-8 text as
 is, anything else base64) with the size and SHA-256 of the whole, so an oversize payload cannot
 fill the disk and can still be matched against a hub's own log.
+
+`recent_records` reads the last records back, from the ends of the newest files, so that a
+restarted ingest recognises a rejected message the broker delivers again (ingest/redelivery.py).
 """
 
 import base64
 import hashlib
+import itertools
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["PAYLOAD_KEEP_BYTES", "DeadLetter", "DeadLetterWriter"]
+from osteotel.logs import kv
+
+__all__ = ["PAYLOAD_KEEP_BYTES", "DeadLetter", "DeadLetterWriter", "recent_records"]
+
+log = logging.getLogger("osteotel.ingest.deadletter")
 
 PAYLOAD_KEEP_BYTES = 65_536
+_FILES = "dead-letter-*.jsonl"  # the day in the name sorts them oldest first
+_TAIL_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,9 @@ class DeadLetterWriter:
             path = self._directory / f"dead-letter-{day}.jsonl"
             self._file = path.open("a", encoding="utf-8")
             self._day = day
+            if _ends_without_newline(path):
+                # A record cut short by a crash: it must not swallow the next one.
+                self._file.write("\n")
         self._file.write(letter.to_json() + "\n")
 
     def keep_refused_batch(self, body: bytes) -> Path:
@@ -99,3 +114,54 @@ class DeadLetterWriter:
             self.flush()
             self._file.close()
             self._file = None
+
+
+def _ends_without_newline(path: Path) -> bool:
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return False
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
+
+
+def _lines_backwards(path: Path) -> Iterator[bytes]:
+    """A file's non-empty lines, last first, read backwards one block at a time."""
+    with path.open("rb") as file:
+        position = file.seek(0, os.SEEK_END)
+        rest = b""  # the start of a line whose beginning is in an earlier block
+        while position > 0:
+            step = min(_TAIL_BLOCK_BYTES, position)
+            position -= step
+            file.seek(position)
+            lines = (file.read(step) + rest).split(b"\n")
+            rest = lines[0]
+            yield from (line for line in reversed(lines[1:]) if line)
+        if rest:
+            yield rest
+
+
+def recent_records(directory: Path, limit: int) -> Iterator[dict[str, Any]]:
+    """The last `limit` dead-letter lines on disk as records, newest first.
+
+    Files are read from their ends, newest day first, one block at a time, so time and memory
+    are bounded by `limit` records whatever the files hold. A line that is not a JSON object
+    (cut short by a crash) counts toward `limit`, is skipped, and is logged once
+    (`dead_letters_unreadable`).
+    """
+    lines = (
+        line
+        for path in sorted(directory.glob(_FILES), reverse=True)
+        for line in _lines_backwards(path)
+    )
+    unreadable = 0
+    for line in itertools.islice(lines, limit):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            yield record
+        else:
+            unreadable += 1
+    if unreadable:
+        log.warning(kv("dead_letters_unreadable", lines=unreadable, directory=str(directory)))

@@ -9,6 +9,10 @@ once per stored message:
 - `osteotel_ingest_sample_to_stored_seconds{device}`: from the frame's last sample to durable —
   what the clinician waits, hub buffering and broker queueing included.
 
+An InfluxDB outage counts once in `osteotel_ingest_store_outages_total` when a write first
+fails, and once in the histogram `osteotel_ingest_store_recovery_seconds` when it is over: from
+InfluxDB answering again to the spool drained, after which batches are written directly.
+
 The same counters go to InfluxDB every `stats_interval_s` as `ingest_stats` points (one per
 device) and an `ingest_status` point (spool depth), so the board needs no Prometheus.
 """
@@ -17,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -32,6 +36,8 @@ __all__ = ["HealthServer", "IngestMetrics", "stats_lines"]
 log = logging.getLogger("osteotel.ingest.metrics")
 
 _LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# A recovery drains what the outage spooled: seconds for a short one, minutes for hours away.
+_RECOVERY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 _DEVICE_COUNTERS = (
     ("received", "frames_received", "Valid frames received"),
     ("stored", "frames_stored", "Frames stored in InfluxDB or the spool"),
@@ -64,6 +70,14 @@ class _AccountingCollector(Collector):
         for (hub, reason), count in self._accounting.rejected.items():
             rejected.add_metric([hub, reason], count)
         yield rejected
+        again = CounterMetricFamily(
+            "osteotel_ingest_rejected_again",
+            "Rejected messages the broker delivered again, not counted in rejected a second time",
+            labels=["hub", "reason"],
+        )
+        for (hub, reason), count in self._accounting.rejected_again.items():
+            again.add_metric([hub, reason], count)
+        yield again
         yield GaugeMetricFamily(
             "osteotel_ingest_last_stored_timestamp_seconds",
             "When a frame was last stored in InfluxDB or the spool (Unix time; 0: never)",
@@ -98,6 +112,17 @@ class IngestMetrics:
             "From a frame's last sample to durable storage",
             ["device"],
             buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.store_outages = Counter(
+            "osteotel_ingest_store_outages",
+            "Times InfluxDB became unavailable to ingest's writes",
+            registry=self.registry,
+        )
+        self.store_recovery_s = Histogram(
+            "osteotel_ingest_store_recovery_seconds",
+            "From InfluxDB answering after an outage to the spool drained",
+            buckets=_RECOVERY_BUCKETS_S,
             registry=self.registry,
         )
 

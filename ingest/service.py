@@ -12,8 +12,9 @@ calibration (ingest/calibration.py): storage and the DSP only ever see calibrate
 A message is acknowledged to the broker only after its points are in InfluxDB (and, for a
 rejection, its dead letter is on disk): a crash before that makes the broker deliver it again,
 and because a point's identity is its series and timestamp, a redelivery overwrites instead of
-duplicating. While InfluxDB is unreachable the writer retries with capped backoff and holds
-the batch; the bounded queue and the broker's in-flight window carry the backpressure.
+duplicating. While InfluxDB is unavailable batches go to the spool and are acknowledged; the
+spool's drain task asks InfluxDB `/ping` every `store_probe_interval_s` and, as soon as it
+answers, replays the spool at full speed, after which batches are written directly again.
 """
 
 import asyncio
@@ -57,6 +58,13 @@ from .records import (
     rejection_lines,
     status_lines,
 )
+from .redelivery import (
+    Identity,
+    Redeliveries,
+    identity_of,
+    mark_all_acknowledged,
+    take_all_acknowledged,
+)
 from .spool import Spool, SpoolFull
 from .state import load_estimator, save_estimator
 
@@ -64,8 +72,6 @@ __all__ = ["IngestService", "partition_of"]
 
 log = logging.getLogger("osteotel.ingest")
 
-_RETRY_MIN_S = 0.2
-_RETRY_MAX_S = 10.0
 # How long a graceful stop waits for received messages to be stored and acknowledged.
 _DRAIN_TIMEOUT_S = 10.0
 # Messages handled per turn of the event loop: enough to share the DSP call and the loop's
@@ -83,6 +89,8 @@ class _Work:
     samples: int = 0
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
+    # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.
+    rejection: Identity | None = None
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -129,9 +137,14 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
+        self._redeliveries = Redeliveries(limit=settings.ingest.dead_letter_recall)
         self._spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
         self._spooled = asyncio.Event()
         self._spool_full = False
+        # An outage, in monotonic seconds: when a write first failed, and when InfluxDB first
+        # answered again; both None while the store is up and nothing is left to recover.
+        self._store_lost_s: float | None = None
+        self._store_answered_s: float | None = None
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         # Work made from received messages and not in the queue yet (the queue was full).
         self._handed: deque[_Work] = deque()
@@ -152,6 +165,12 @@ class IngestService:
         restored = await asyncio.to_thread(load_estimator, state_dir)
         if restored is not None:
             self._estimator = restored
+        if not await asyncio.to_thread(take_all_acknowledged, state_dir):
+            # The last stop may have left rejected messages unacknowledged: recognise them.
+            dead_letter_dir = self._settings.ingest.dead_letter_dir
+            await asyncio.to_thread(self._redeliveries.recall, dead_letter_dir)
+            log.info(kv("dead_letters_recalled", rejections=len(self._redeliveries)))
+        drained = False
         try:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
@@ -178,9 +197,13 @@ class IngestService:
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
                     await asyncio.to_thread(save_estimator, self._estimator, state_dir)
+                    drained = True
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
+            if drained:
+                # Every message received is stored and acknowledged: nothing can come back.
+                await asyncio.to_thread(mark_all_acknowledged, state_dir)
         finally:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
@@ -373,6 +396,24 @@ class IngestService:
         with contextlib.suppress(Rejected):
             topic = parse_topic(message.topic)
             hub, device = topic.hub, topic.device
+        identity = identity_of(message.topic, message.payload)
+        first_ns = self._redeliveries.first_received_ns(identity)
+        if first_ns is not None:
+            # Delivered again after a crash before its acknowledgement: its dead letter is on
+            # disk, and its point is written again at the first receipt time (overwritten).
+            self.accounting.reject_again(hub, rejected.reason)
+            log.info(
+                kv("rejected_again", reason=rejected.reason, topic=message.topic,
+                   received_ns=first_ns)
+            )  # fmt: skip
+            lines = rejection_lines(
+                rejected,
+                hub=hub,
+                topic=message.topic,
+                payload_bytes=len(message.payload),
+                received_ns=first_ns,
+            )
+            return _Work(message, lines, rejection=identity)
         # Two rejections in the same nanosecond must stay two points.
         received_ns = max(message.received_ns, self._last_rejection_ns + 1)
         self._last_rejection_ns = received_ns
@@ -466,6 +507,8 @@ class IngestService:
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
+            if work.rejection is not None:
+                self._redeliveries.forget(work.rejection)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""
@@ -473,12 +516,13 @@ class IngestService:
             try:
                 await asyncio.to_thread(store.write, body)
             except StoreUnavailable as exc:
-                log.warning(kv("store_unavailable", action="spooling", detail=str(exc)))
+                self._store_lost(exc, action="spooling")
             except StoreRejected as exc:
                 log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
                 await self._commit_one_by_one(batch, store)
                 return
             else:
+                self._store_recovered()
                 return
         while True:
             try:
@@ -487,15 +531,14 @@ class IngestService:
                 # Not acknowledged until there is room: the broker holds the messages meanwhile.
                 self._spool_full = True
                 log.error(kv("spool_full", detail=str(exc)))
-                await asyncio.sleep(_RETRY_MAX_S)
+                await asyncio.sleep(self._settings.ingest.store_probe_interval_s)
             else:
                 self._spool_full = False
                 self._spooled.set()
                 return
 
     async def _drain_spool(self, store: InfluxStore) -> None:
-        """Replay spooled batches, oldest first, whenever InfluxDB takes them."""
-        delay_s = _RETRY_MIN_S
+        """Replay spooled batches, oldest first and back to back, whenever InfluxDB takes them."""
         while True:
             body = await asyncio.to_thread(self._spool.oldest)
             if body is None:
@@ -504,19 +547,65 @@ class IngestService:
                 continue
             try:
                 await asyncio.to_thread(store.write, body)
-            except StoreUnavailable:
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+            except StoreUnavailable as exc:
+                self._store_lost(exc, action="probing")
+                await self._wait_for_store(store)
                 continue
             except StoreRejected as exc:
                 # Lines that were stored before cannot be refused now, short of a schema
                 # change on the server: keep the batch for an operator, never drop it.
                 kept = self._dead_letters.keep_refused_batch(body)
                 log.error(kv("spooled_batch_rejected", kept=kept, detail=str(exc)))
+            else:
+                self._store_answered()
             await asyncio.to_thread(self._spool.pop_oldest)
-            delay_s = _RETRY_MIN_S
             if self._spool.batches == 0:
                 log.info(kv("spool_drained"))
+                # The next batch goes directly to InfluxDB (`_store_or_spool`).
+                self._store_recovered()
+
+    def _store_lost(self, exc: StoreUnavailable, *, action: str) -> None:
+        """Note a failed write; the first one of an outage opens it."""
+        log.warning(kv("store_unavailable", action=action, detail=str(exc)))
+        if self._store_lost_s is None:
+            self._store_lost_s = time.monotonic()
+            self._store_answered_s = None
+            self.metrics.store_outages.inc()
+
+    def _store_answered(self) -> None:
+        """InfluxDB answers again: from now on the recovery is ingest's own time."""
+        if self._store_lost_s is not None and self._store_answered_s is None:
+            self._store_answered_s = time.monotonic()
+            log.info(kv("store_answered", outage_s=self._store_answered_s - self._store_lost_s))
+
+    def _store_recovered(self) -> None:
+        """The spool is drained, or a batch went directly to InfluxDB: an outage is over."""
+        if self._store_lost_s is None:
+            return
+        self._store_answered()
+        assert self._store_answered_s is not None
+        recovery_s = time.monotonic() - self._store_answered_s
+        self.metrics.store_recovery_s.observe(recovery_s)
+        log.info(kv("store_recovered", recovery_s=recovery_s))
+        self._store_lost_s = self._store_answered_s = None
+
+    async def _wait_for_store(self, store: InfluxStore) -> None:
+        """Ask InfluxDB `/ping` every probe interval until it answers.
+
+        The interval does not grow: a probe costs the server next to nothing, and each second
+        the spool waits after InfluxDB is back is a second of data the boards do not show.
+        """
+        while True:
+            await asyncio.sleep(self._settings.ingest.store_probe_interval_s)
+            try:
+                await asyncio.to_thread(store.ping)
+            except StoreUnavailable:
+                continue
+            except StoreRejected as exc:
+                # It answers, if not to this: the write that follows tells what it refuses.
+                log.warning(kv("store_probe_refused", status=exc.status, detail=str(exc)))
+            self._store_answered()
+            return
 
     async def _commit_one_by_one(self, batch: _Batch, store: InfluxStore) -> None:
         """Find the message the server refuses so that it does not cost its neighbours."""
@@ -527,19 +616,18 @@ class IngestService:
                 await self._write_retrying(store, work.lines)
             except StoreRejected as exc:
                 refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
-                assert refused.dead_letter is not None
-                self._dead_letters.append(refused.dead_letter)
-                await asyncio.to_thread(self._dead_letters.flush)
+                if refused.dead_letter is not None:  # else refused before, and redelivered
+                    self._dead_letters.append(refused.dead_letter)
+                    await asyncio.to_thread(self._dead_letters.flush)
                 work.device = None
+                work.rejection = refused.rejection
 
     async def _write_retrying(self, store: InfluxStore, body: bytes) -> None:
-        delay_s = _RETRY_MIN_S
         while True:
             try:
                 await asyncio.to_thread(store.write, body)
             except StoreUnavailable as exc:
-                log.warning(kv("store_unavailable", retry_in_s=delay_s, detail=str(exc)))
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                self._store_lost(exc, action="probing")
+                await self._wait_for_store(store)
             else:
                 return

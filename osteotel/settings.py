@@ -83,6 +83,10 @@ class IngestSettings(_Section):
     registry: Path = Path("deploy/registry.example.toml")
     registry_reload_s: float = Field(2.0, gt=0)
     dead_letter_dir: Path = Path("var/dead-letter")
+    # Dead letters read back at start to recognise a rejected message the broker delivers
+    # again after a crash (docs/ingest.md): ten times Mosquitto's in-flight window (1000 in
+    # deploy/mosquitto), the most messages that can be unacknowledged when ingest dies.
+    dead_letter_recall: int = Field(10_000, ge=0)
     # A full frame of 10,000 samples in three JSON arrays stays well under 1 MiB.
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     # Hub clocks are NTP-synchronised; 5 s ahead of server time already means a broken clock.
@@ -100,6 +104,9 @@ class IngestSettings(_Section):
     state_dir: Path = Path("var/state")
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
+    # While InfluxDB is unavailable, it is asked `/ping` this often (never less often), and
+    # the spool drains at full speed as soon as it answers (docs/ingest.md, "Outages").
+    store_probe_interval_s: float = Field(1.0, gt=0)
     batch_max_lines: int = Field(20_000, ge=1)
     # A batch is written once it holds this many messages: at most half the broker's window
     # of unacknowledged messages (max_inflight_messages, 1000 in deploy/mosquitto), so the
