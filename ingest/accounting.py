@@ -90,6 +90,8 @@ class Accounting:
         self.devices: dict[str, DeviceCounts] = {}
         self.rejected: Counter[tuple[str, str]] = Counter()  # (hub or "-", reason) -> count
         self.last_stored_ns = 0  # UTC epoch ns when a frame was last made durable; 0: never
+        self.messages_received = 0  # every message the broker delivered, whatever it held
+        self.messages_foreign = 0  # ... of which another partition owns the hub (not stored)
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

@@ -10,7 +10,9 @@ DOCUMENTED = (
     "devices", "frames", "frame_samples", "samples",
     "mosquitto_sub_seconds", "mosquitto_sub_messages_per_s",
     "ingest_1p_seconds", "ingest_1p_frames_per_s", "ingest_1p_samples_per_s",
-    "ingest_1p_samples_in_influx", "ingest_1p_cpu_window_s",
+    "ingest_1p_samples_in_influx", "ingest_1p_cpu_window_s", "ingest_1p_messages_received",
+    "ingest_1p_messages_received_busiest_process", "ingest_2p_messages_received",
+    "ingest_2p_messages_received_busiest_process",
     "ingest_2p_seconds", "ingest_2p_frames_per_s", "ingest_2p_samples_per_s",
     "ingest_2p_samples_in_influx", "ingest_2p_cpu_window_s",
     "ingest_1p_vs_mosquitto_sub", "ingest_1p_vs_naive", "scaling_2p_vs_1p",
@@ -202,6 +204,18 @@ def test_latency_percentiles_agree_with_the_share_under_1s(
     elif latency_s > 1.0:
         assert fraction < quantile
     assert _float(figures, "latency_p99_s") >= _float(figures, "latency_p50_s")
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_every_message_is_received_by_exactly_one_process(
+    figures: dict[str, object], processes: int
+) -> None:
+    """The processes' received counts add up to the frames published, not N times them; with
+    two, the bench's five hubs are split so that neither process receives all of them."""
+    frames = _float(figures, "frames")
+    assert _float(figures, f"ingest_{processes}p_messages_received") == frames
+    busiest = _float(figures, f"ingest_{processes}p_messages_received_busiest_process")
+    assert busiest == frames if processes == 1 else frames / 2 <= busiest < frames
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])

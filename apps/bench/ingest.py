@@ -27,6 +27,10 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 CPU (user + system) per frame in that run
     ingest_{1,2}p_cpu_window_s                  wall time the CPU was read over: from before
                                                 the first publish until the last store was seen
+    ingest_{1,2}p_messages_received             messages the processes received, summed (each
+                                                message reaches one process: = frames)
+    ingest_{1,2}p_messages_received_busiest_process
+                                                the most one process received (its hubs' share)
     cpu_cores, ceiling_without_ingest_frames_per_s
                                                 cores, and the 1-process run's frame rate at
                                                 which influxd, Mosquitto and the publisher
@@ -210,12 +214,16 @@ def _sustained(
             used_s = {name: cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
             used_s["publisher"] = time.process_time() - publisher_before
             cpu_window_s = time.time() - cpu_started_s
+            received = ingest.counter_by_process("osteotel_ingest_messages_received_total")
         finally:
             ingest.stop()
     figures = {
         "seconds": seconds,
         "samples_in_influx": _count_in_influx(influx.url, database),
         "cpu_window_s": cpu_window_s,
+        # Each message reaches one process (ingest/partition.py): the sum is what was sent.
+        "messages_received": sum(received),
+        "messages_received_busiest_process": max(received),
     }
     for name, seconds_used in used_s.items():
         figures[f"cpu_us_per_frame_{name}"] = seconds_used / len(messages) * 1e6
