@@ -7,7 +7,7 @@ import pytest
 from apps.bench import ingest as ingest_bench
 
 DOCUMENTED = (
-    "devices", "frames", "frame_samples", "samples",
+    "devices", "frames", "frame_samples", "samples", "sustained_repeats",
     "mosquitto_sub_seconds", "mosquitto_sub_messages_per_s",
     "ingest_1p_seconds", "ingest_1p_frames_per_s", "ingest_1p_samples_per_s",
     "ingest_1p_samples_in_influx", "ingest_1p_cpu_window_s", "ingest_1p_messages_received",
@@ -41,15 +41,16 @@ NORMAL_RATES = tuple(
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The figures of one tiny run: 4 devices, 60 frames of 20 samples, a 1 s paced run,
-    2 alert trials and one normal treatment of a 2 mm lengthening."""
+    """The figures of one tiny run: 4 devices, 60 frames of 20 samples (twice for each process
+    count), a 1 s paced run, 2 alert trials and one normal treatment of a 2 mm lengthening."""
     parser = argparse.ArgumentParser()
     ingest_bench.configure(parser)
     workdir = tmp_path_factory.mktemp("bench-ingest")
     args = parser.parse_args(
         ["--devices", "4", "--frames", "60", "--frame-samples", "20", "--baseline-frames", "12",
          "--latency-s", str(LATENCY_S), "--timeout-s", "120", "--workdir", str(workdir),
-         "--alert-trials", "2", "--normal-devices", "1", "--normal-target-mm", "2"]
+         "--alert-trials", "2", "--normal-devices", "1", "--normal-target-mm", "2",
+         "--repeats", "2"]
     )  # fmt: skip
     return ingest_bench.run(args)
 
