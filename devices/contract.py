@@ -49,6 +49,7 @@ __all__ = [
     "Version",
     "derived_topic",
     "events_topic",
+    "hub_filter",
     "is_valid_id",
     "parse_topic",
     "status_topic",
@@ -213,6 +214,11 @@ def telemetry_topic(hub: str, device: str) -> str:
 def events_topic(hub: str, device: str) -> str:
     """Return the topic a hub publishes a device's events on."""
     return f"{_PREFIX}/{_checked_id(hub, 'hub')}/{_checked_id(device, 'device')}/events"
+
+
+def hub_filter(hub: str) -> str:
+    """Return the topic filter that receives everything a hub publishes."""
+    return f"{_PREFIX}/{_checked_id(hub, 'hub')}/#"
 
 
 def status_topic(hub: str) -> str:

@@ -93,6 +93,8 @@ class Accounting:
         # in `rejected` a second time.
         self.rejected_again: Counter[tuple[str, str]] = Counter()
         self.last_stored_ns = 0  # UTC epoch ns when a frame was last made durable; 0: never
+        self.messages_received = 0  # every message the broker delivered, whatever it held
+        self.messages_foreign = 0  # ... of which another partition owns the hub (not stored)
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

@@ -78,6 +78,16 @@ class _AccountingCollector(Collector):
         for (hub, reason), count in self._accounting.rejected_again.items():
             again.add_metric([hub, reason], count)
         yield again
+        yield CounterMetricFamily(
+            "osteotel_ingest_messages_received",
+            "Messages the broker delivered to this process, valid or not",
+            self._accounting.messages_received,
+        )
+        yield CounterMetricFamily(
+            "osteotel_ingest_messages_foreign",
+            "Messages delivered for a hub another partition owns: acknowledged, not stored",
+            self._accounting.messages_foreign,
+        )
         yield GaugeMetricFamily(
             "osteotel_ingest_last_stored_timestamp_seconds",
             "When a frame was last stored in InfluxDB or the spool (Unix time; 0: never)",

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -29,7 +28,6 @@ import numpy as np
 
 import dsp
 from devices.contract import (
-    SUBSCRIPTIONS,
     Frame,
     HubStatus,
     Reason,
@@ -51,6 +49,7 @@ from .calibration import calibrate
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
+from .partition import Subscriptions, partition_of, subscriptions
 from .records import (
     device_info_lines,
     event_lines,
@@ -68,7 +67,7 @@ from .redelivery import (
 from .spool import Spool, SpoolFull
 from .state import load_estimator, save_estimator
 
-__all__ = ["IngestService", "partition_of"]
+__all__ = ["IngestService"]
 
 log = logging.getLogger("osteotel.ingest")
 
@@ -106,20 +105,6 @@ class _PendingFrames:
 class _Batch:
     items: list[_Work] = field(default_factory=list)
     lines: int = 0
-
-
-def partition_of(topic: str, partitions: int) -> int:
-    """The ingest process (0..partitions-1) that owns a topic's device, or its hub for status.
-
-    A stable hash (CRC-32), so every process and every restart agree; a topic that does not
-    parse belongs to process 0, which rejects it once.
-    """
-    try:
-        parsed = parse_topic(topic)
-    except Rejected:
-        return 0
-    key = parsed.device if parsed.device is not None else parsed.hub
-    return zlib.crc32(key.encode()) % partitions
 
 
 class IngestService:
@@ -174,7 +159,10 @@ class IngestService:
         try:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
-            source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
+            filters = self._subscriptions()
+            source = MqttSource(
+                settings=self._settings.mqtt, subscriptions=filters.wanted, stale=filters.stale
+            )
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
                 receive = tasks.create_task(self._receive(source), name="ingest.receive")
@@ -208,6 +196,11 @@ class IngestService:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
         log.info(kv("ingest_stopped"))
+
+    def _subscriptions(self) -> Subscriptions:
+        """This process's topic filters for the registry in force (ingest/partition.py)."""
+        ingest = self._settings.ingest
+        return subscriptions(self._registry.current.hubs, ingest.partitions, ingest.partition)
 
     def _http(self) -> contextlib.AbstractAsyncContextManager[object]:
         port = self._settings.ingest.http_port
@@ -251,6 +244,9 @@ class IngestService:
                 registry = self._registry.current
                 await self._write_device_info(store, retired=before - set(registry.devices))
                 self._estimated.clear()  # prescriptions may have changed: pass them on again
+                if self._source is not None and self._settings.ingest.partitions > 1:
+                    filters = self._subscriptions()
+                    self._source.set_subscriptions(filters.wanted, filters.stale)
                 log.info(
                     kv("registry_reloaded", hubs=len(registry.hubs), devices=len(registry.devices))
                 )
@@ -277,8 +273,11 @@ class IngestService:
         works: list[_Work] = []
         pending = _PendingFrames()
         for message in messages:
+            self.accounting.messages_received += 1
             if partitions > 1 and partition_of(message.topic, partitions) != mine:
-                # Another process owns this device: acknowledge in turn, store nothing.
+                # Another process owns this hub: queued for this session before its hub moved
+                # (a registry change, another process count). Acknowledge in turn, store nothing.
+                self.accounting.messages_foreign += 1
                 works.append(_Work(message, b""))
                 continue
             try:

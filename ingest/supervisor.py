@@ -1,12 +1,12 @@
-"""`osteotel ingest --processes N`: one ingest process per core, each owning a share of devices.
+"""`osteotel ingest --processes N`: one ingest process per core, each owning a share of hubs.
 
-Every child subscribes to all hubs with its own persistent session (`{client_id}-{k}`), stores
-only the devices whose CRC-32 modulo N is k (`partition_of`), and acknowledges the rest
-without storing them, so each device's state — sequence tracking, and the DSP estimators —
-lives in exactly one process. The broker sends every message to every child; on a site that
-outgrows one broker, a clustered broker's shared subscription hashed by the publishing hub
-(EMQX: `$share/osteotel/...` with `shared_subscription_strategy = hash_clientid`) would give
-each instance only its share instead (docs/ingest.md).
+Child k subscribes, with its own persistent session (`{client_id}-{k}`), only to the subtrees of
+the hubs whose BLAKE2b hash modulo N is k (ingest/partition.py), so the broker sends each
+message to one child and each device's state — sequence tracking, and the DSP estimators —
+lives in exactly one process. On a site that outgrows one broker, a clustered broker's shared
+subscription hashed by the publishing hub (EMQX: `$share/osteotel/...` with
+`shared_subscription_strategy = hash_clientid`) would do the same across machines
+(docs/ingest.md).
 """
 
 import os

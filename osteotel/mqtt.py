@@ -17,6 +17,7 @@ before it disconnects. No other module of ours sees paho.
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -61,6 +62,8 @@ class MqttSource:
         subscriptions: topic filters, each subscribed with QoS 1.
         best_effort: topic filters subscribed with QoS 0: the broker neither queues their
             messages while the service is away nor waits for an acknowledgement.
+        stale: topic filters an earlier run may have left in the persistent session,
+            unsubscribed on every connect (unsubscribing a filter the session lacks is harmless).
     """
 
     def __init__(
@@ -69,10 +72,16 @@ class MqttSource:
         settings: MqttSettings,
         subscriptions: Sequence[str],
         best_effort: Sequence[str] = (),
+        stale: Sequence[str] = (),
     ) -> None:
         self._settings = settings
         self._subscriptions = [(topic, 1) for topic in subscriptions]
         self._subscriptions += [(topic, 0) for topic in best_effort]
+        self._stale = list(stale)
+        # SUBSCRIBE packets in flight (mid -> their filters), to name a refused one; written
+        # under the lock so that paho's thread cannot see a SUBACK before its mid is recorded.
+        self._subscribing: dict[int, list[tuple[str, int]]] = {}
+        self._subscribing_lock = threading.Lock()
         # Bounded by the broker's in-flight window: it sends no more until we acknowledge.
         self._inbox: deque[Received] = deque()
         self._arrived = asyncio.Event()
@@ -168,6 +177,30 @@ class MqttSource:
         self._wake_pending = False
         self._arrived.set()
 
+    def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None:
+        """Change the QoS 1 filters while connected (a registry reload moved hubs): subscribe
+        the new ones, unsubscribe those dropped and `stale`; a reconnect uses the new set."""
+        old = {topic for topic, qos in self._subscriptions if qos == 1}
+        new = list(dict.fromkeys(subscriptions))
+        self._subscriptions = [(topic, 1) for topic in new] + [
+            (topic, qos) for topic, qos in self._subscriptions if qos == 0
+        ]
+        self._stale = list(stale)
+        dropped = sorted((old - set(new)) | set(stale))
+        if dropped:
+            self._client.unsubscribe(dropped)
+        added = [(topic, 1) for topic in new if topic not in old]
+        if added:
+            self._subscribe(self._client, added)
+        log.info(kv("mqtt_subscriptions_changed", added=len(added), dropped=len(dropped)))
+
+    def _subscribe(self, client: paho.Client, filters: list[tuple[str, int]]) -> int:
+        with self._subscribing_lock:
+            _, mid = client.subscribe(filters)
+            assert mid is not None  # paho returns None only for an empty list
+            self._subscribing[mid] = filters
+        return mid
+
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish with QoS 1; paho queues it while the broker is away and sends it on reconnect."""
         self._client.publish(topic, payload, qos=1)
@@ -196,7 +229,13 @@ class MqttSource:
         # Subscribing again is harmless when the session survived, and needed when it did not.
         # `connected` waits for the SUBACK: a message published after it is ours to receive.
         # (This runs in paho's thread, as `_on_subscribe` does: the mid is set before it looks.)
-        _, self._subscribe_mid = client.subscribe(self._subscriptions)
+        if self._stale:
+            client.unsubscribe(self._stale)
+        if not self._subscriptions:  # a partition that owns no hub yet
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._connected.set)
+            return
+        self._subscribe_mid = self._subscribe(client, self._subscriptions)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -208,11 +247,15 @@ class MqttSource:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
-        if mid != self._subscribe_mid:
-            return
-        for (topic, _), reason in zip(self._subscriptions, reasons, strict=False):
+        with self._subscribing_lock:
+            filters = self._subscribing.pop(mid, [])
+        for (topic, _), reason in zip(filters, reasons, strict=False):
             if reason.is_failure:
                 log.warning(kv("mqtt_subscription_refused", topic=topic, reason=str(reason)))
+        if mid != self._subscribe_mid:
+            if filters:  # subscribed while connected (`set_subscriptions`)
+                log.info(kv("mqtt_subscribed", filters=len(filters)))
+            return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
 

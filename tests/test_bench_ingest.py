@@ -7,10 +7,12 @@ import pytest
 from apps.bench import ingest as ingest_bench
 
 DOCUMENTED = (
-    "devices", "frames", "frame_samples", "samples",
+    "devices", "frames", "frame_samples", "samples", "sustained_repeats",
     "mosquitto_sub_seconds", "mosquitto_sub_messages_per_s",
     "ingest_1p_seconds", "ingest_1p_frames_per_s", "ingest_1p_samples_per_s",
-    "ingest_1p_samples_in_influx", "ingest_1p_cpu_window_s",
+    "ingest_1p_samples_in_influx", "ingest_1p_cpu_window_s", "ingest_1p_messages_received",
+    "ingest_1p_messages_received_busiest_process", "ingest_2p_messages_received",
+    "ingest_2p_messages_received_busiest_process",
     "ingest_2p_seconds", "ingest_2p_frames_per_s", "ingest_2p_samples_per_s",
     "ingest_2p_samples_in_influx", "ingest_2p_cpu_window_s",
     "ingest_1p_vs_mosquitto_sub", "ingest_1p_vs_naive", "scaling_2p_vs_1p",
@@ -39,15 +41,16 @@ NORMAL_RATES = tuple(
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The figures of one tiny run: 4 devices, 60 frames of 20 samples, a 1 s paced run,
-    2 alert trials and one normal treatment of a 2 mm lengthening."""
+    """The figures of one tiny run: 4 devices, 60 frames of 20 samples (twice for each process
+    count), a 1 s paced run, 2 alert trials and one normal treatment of a 2 mm lengthening."""
     parser = argparse.ArgumentParser()
     ingest_bench.configure(parser)
     workdir = tmp_path_factory.mktemp("bench-ingest")
     args = parser.parse_args(
         ["--devices", "4", "--frames", "60", "--frame-samples", "20", "--baseline-frames", "12",
          "--latency-s", str(LATENCY_S), "--timeout-s", "120", "--workdir", str(workdir),
-         "--alert-trials", "2", "--normal-devices", "1", "--normal-target-mm", "2"]
+         "--alert-trials", "2", "--normal-devices", "1", "--normal-target-mm", "2",
+         "--repeats", "2"]
     )  # fmt: skip
     return ingest_bench.run(args)
 
@@ -202,6 +205,18 @@ def test_latency_percentiles_agree_with_the_share_under_1s(
     elif latency_s > 1.0:
         assert fraction < quantile
     assert _float(figures, "latency_p99_s") >= _float(figures, "latency_p50_s")
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_every_message_is_received_by_exactly_one_process(
+    figures: dict[str, object], processes: int
+) -> None:
+    """The processes' received counts add up to the frames published, not N times them; with
+    two, the bench's five hubs are split so that neither process receives all of them."""
+    frames = _float(figures, "frames")
+    assert _float(figures, f"ingest_{processes}p_messages_received") == frames
+    busiest = _float(figures, f"ingest_{processes}p_messages_received_busiest_process")
+    assert busiest == frames if processes == 1 else frames / 2 <= busiest < frames
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])

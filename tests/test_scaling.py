@@ -1,19 +1,29 @@
-"""Two ingest processes share the devices: each device is stored by exactly one, all of it."""
+"""Two ingest processes share the hubs: each message is received by exactly one, and each
+device is stored by exactly one, all of it."""
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from harness import IngestProcess, ingest_env, query, query_series, running_ingest, wait_for
+from harness import (
+    EXAMPLE_REGISTRY,
+    IngestProcess,
+    ingest_env,
+    query,
+    query_series,
+    running_ingest,
+    wait_for,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_json
-from devices.contract import Frame, telemetry_topic
-from ingest.service import partition_of
+from devices.contract import SUBSCRIPTIONS, Frame, hub_filter, telemetry_topic
+from ingest.partition import hub_partition, partition_of, subscriptions
 
 DEVICES = (("HUB-A", "DX-0001"), ("HUB-A", "DX-0002"), ("HUB-B", "DX-0003"))
 FRAMES_PER_DEVICE = 30
@@ -32,13 +42,42 @@ def two_processes(
         yield running
 
 
-def test_partition_is_stable_and_covers_every_process() -> None:
-    """The owner of a device depends only on its id; 64 devices spread over both processes."""
-    owners = {partition_of(telemetry_topic("HUB-A", f"DX-{n:04d}"), 2) for n in range(64)}
-    assert owners == {0, 1}
-    topic = telemetry_topic("HUB-A", "DX-0007")
-    assert partition_of(topic, 2) == partition_of(topic.replace("telemetry", "events"), 2)
+def test_partition_is_by_hub_stable_and_covers_every_process() -> None:
+    """The owner of a topic is its hub's, whatever the device or kind; hubs whose ids differ in
+    one character spread over both processes; an unparsable topic belongs to process 0."""
+    hubs = [f"HUB-{n:03d}" for n in range(1, 33)]
+    assert {hub_partition(hub, 2) for hub in hubs} == {0, 1}
+    assert {hub_partition(hub, 2) for hub in ("HUB-A", "HUB-B")} == {0, 1}
+    for hub in hubs[:4]:
+        owners = {partition_of(telemetry_topic(hub, f"DX-{n:04d}"), 2) for n in range(16)}
+        owners.add(partition_of(f"osteotel/v1/{hub}/status", 2))
+        assert owners == {hub_partition(hub, 2)}
     assert partition_of("not/a/topic", 2) == 0
+
+
+def test_each_hub_is_subscribed_by_exactly_one_process() -> None:
+    """With two processes, each subscribes to its own hubs' subtrees and drops the wildcards and
+    the other's hubs from its session; one process keeps the wildcards (and rejects what an
+    unregistered hub publishes)."""
+    hubs = [f"HUB-{n:03d}" for n in range(1, 9)]
+    first, second = (subscriptions(hubs, 2, k) for k in (0, 1))
+    assert sorted(first.wanted + second.wanted) == sorted(hub_filter(hub) for hub in hubs)
+    assert not set(first.wanted) & set(second.wanted)
+    for own, other in ((first, second), (second, first)):
+        assert set(own.stale) == set(SUBSCRIPTIONS) | set(other.wanted)
+    single = subscriptions(hubs, 1, 0)
+    assert (single.wanted, single.stale) == (SUBSCRIPTIONS, ())
+
+
+def _counter(ingest: IngestProcess, partition: int, name: str) -> float:
+    """One un-labelled counter from a child's /metrics (ports http_port + k)."""
+    port = int(ingest.env["OSTEOTEL_INGEST__HTTP_PORT"]) + partition
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not on process {partition}'s /metrics")
 
 
 def test_each_device_is_stored_once_by_its_owner(
@@ -97,5 +136,72 @@ def test_each_device_is_stored_once_by_its_owner(
     owners = {s.tags["device"]: s.tags["instance"] for s in series}
     assert len(series) == len(DEVICES)  # one instance per device, never two
     for hub, device in DEVICES:
-        partition = partition_of(telemetry_topic(hub, device), 2)
-        assert owners[device].endswith(f"-{partition}")
+        assert owners[device].endswith(f"-{hub_partition(hub, 2)}")
+    # Every message reached exactly one process: the two received counts add up to what was
+    # published (the registry's hub status messages aside: none were sent), none foreign.
+    received = [
+        _counter(two_processes, k, "osteotel_ingest_messages_received_total") for k in (0, 1)
+    ]
+    foreign = [_counter(two_processes, k, "osteotel_ingest_messages_foreign_total") for k in (0, 1)]
+    per_hub = {hub: sum(h == hub for h, _ in DEVICES) * FRAMES_PER_DEVICE for hub, _ in DEVICES}
+    expected = [sum(n for hub, n in per_hub.items() if hub_partition(hub, 2) == k) for k in (0, 1)]
+    assert received == expected
+    assert foreign == [0, 0]
+
+
+def _publish(mosquitto: Mosquitto, client_id: str, hub: str, device: str, seqs: range) -> int:
+    """Publish frames `seqs` of one device at QoS 1; returns their sample count."""
+    rng = np.random.default_rng(seqs.start)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    t0_ns = time.time_ns() - 3_600_000_000_000
+    try:
+        for seq in seqs:
+            frame = Frame(
+                device=device, seq=seq, t0_ns=t0_ns + seq * 10**9, rate_hz=100.0,
+                force_n=rng.normal(80.0, 5.0, 40), disp_mm=rng.uniform(0.0, 1.0, 40),
+            )  # fmt: skip
+            client.publish(
+                telemetry_topic(hub, device), encode_frame_json(frame), 1
+            ).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return 40 * len(seqs)
+
+
+def test_a_hub_added_to_the_registry_is_subscribed_by_its_owner(
+    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
+) -> None:
+    """Two processes start with a registry without HUB-B: nobody reads it (in a secured
+    deployment its credentials come from the registry too). Once the registry names it, its
+    owner subscribes on the reload and stores what it publishes from then on."""
+    full = EXAMPLE_REGISTRY.read_text(encoding="utf-8")
+    hub_b = full.index('[[hub]]\nid = "HUB-B"')
+    without_b = (
+        full[:hub_b] + full[full.index("[[device]]") : full.index('[[device]]\nid = "DX-0003"')]
+    )
+    registry = tmp_path / "registry.toml"
+    registry.write_text(without_b, encoding="utf-8")
+    env = ingest_env(
+        mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
+        registry=str(registry), registry_reload_s="0.3",
+    )  # fmt: skip
+    owner = hub_partition("HUB-B", 2)
+    with running_ingest(env, tmp_path, args=("--processes", "2"), processes=2) as ingest:
+        _publish(mosquitto, f"hub-b-{unique_id}", "HUB-B", "DX-0003", range(5))
+        registry.write_text(full, encoding="utf-8")
+        wait_for(lambda: "mqtt_subscribed" in ingest.log(), "the owner's new subscription", ingest)
+        samples = _publish(mosquitto, f"hub-b-{unique_id}", "HUB-B", "DX-0003", range(5, 15))
+
+        def landed() -> bool:
+            rows = query(
+                influxdb, influx_db_name, "SELECT count(force_n) FROM raw WHERE device = 'DX-0003'"
+            )
+            return bool(rows) and rows[0][1] == samples
+
+        wait_for(landed, "HUB-B's frames after the reload", ingest)
+        received = [_counter(ingest, k, "osteotel_ingest_messages_received_total") for k in (0, 1)]
+    assert received[owner] == 10
+    assert received[1 - owner] == 0

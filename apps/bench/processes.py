@@ -209,6 +209,17 @@ class IngestProcess(Child):
                     samples.append((match[1], match[2] or "", float(match[3])))
         return samples
 
+    def counter_by_process(self, name: str) -> list[float]:
+        """An un-labelled counter's value on each child's `/metrics`, in partition order."""
+        values = []
+        for url in self.urls("/metrics"):
+            status, body = http_get(url)
+            if status != 200:
+                raise RuntimeError(f"{url} answered {status}")
+            matches = [m for m in map(_SAMPLE_LINE.match, body.splitlines()) if m and m[1] == name]
+            values.append(float(matches[0][3]) if matches else 0.0)
+        return values
+
     def samples_stored(self) -> int:
         return round(
             sum(
