@@ -7,10 +7,13 @@ letter, a second count and a second point at its new arrival time.
 
 A message's identity is its topic and the SHA-256 of its payload: what a dead-letter record
 already holds (`topic`, `payload_sha256`). When the previous process did not stop cleanly,
-ingest reads back the last `limit` dead letters at start (`recall`); a rejected message whose
+ingest reads back the last `limit` dead letters at start (`recall`), and it remembers each new
+rejection until it is acknowledged (`remember`, a reconnect to the broker in between). A
+rejected message the broker marks DUP (sent again: it was in flight, unacknowledged) whose
 identity is among them is that rejection again: no dead letter and no count, and its point is
 written once more at the first receipt time, which overwrites it. Once that copy is
-acknowledged its identity is forgotten, so the same bytes sent later are a new rejection.
+acknowledged its identity is forgotten. The same bytes sent again by the hub come without DUP
+and are a new rejection.
 
 A clean stop (everything received stored and acknowledged) leaves a mark in the state
 directory (`mark_all_acknowledged`); the next start takes it away (`take_all_acknowledged`)
@@ -95,6 +98,11 @@ class Redeliveries:
                 # The latest record wins: messages are acknowledged in the order received, so
                 # of two with the same bytes only the later can still be unacknowledged.
                 self._received_ns.setdefault((topic, digest), received_ns)
+
+    def remember(self, identity: Identity, received_ns: int) -> None:
+        """A new rejection, unacknowledged until `forget`: a reconnect to the broker before then
+        brings it back marked DUP."""
+        self._received_ns[identity] = received_ns
 
     def first_received_ns(self, identity: Identity) -> int | None:
         """When a recalled rejection was received (UTC epoch ns), else None."""

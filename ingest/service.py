@@ -396,10 +396,10 @@ class IngestService:
             topic = parse_topic(message.topic)
             hub, device = topic.hub, topic.device
         identity = identity_of(message.topic, message.payload)
-        first_ns = self._redeliveries.first_received_ns(identity)
+        first_ns = self._redeliveries.first_received_ns(identity) if message.dup else None
         if first_ns is not None:
-            # Delivered again after a crash before its acknowledgement: its dead letter is on
-            # disk, and its point is written again at the first receipt time (overwritten).
+            # Delivered again (after a crash or a reconnect) before its acknowledgement: its
+            # dead letter is on disk, and its point is written again at the first receipt time.
             self.accounting.reject_again(hub, rejected.reason)
             log.info(
                 kv("rejected_again", reason=rejected.reason, topic=message.topic,
@@ -416,6 +416,7 @@ class IngestService:
         # Two rejections in the same nanosecond must stay two points.
         received_ns = max(message.received_ns, self._last_rejection_ns + 1)
         self._last_rejection_ns = received_ns
+        self._redeliveries.remember(identity, received_ns)
         self.accounting.reject(hub, rejected.reason)
         log.warning(
             kv(
@@ -446,7 +447,7 @@ class IngestService:
             payload_bytes=len(message.payload),
             received_ns=received_ns,
         )
-        return _Work(message, lines, dead_letter=letter)
+        return _Work(message, lines, dead_letter=letter, rejection=identity)
 
     async def _write(self, source: MqttSource, store: InfluxStore, stop: asyncio.Event) -> None:
         limits = self._settings.ingest

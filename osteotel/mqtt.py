@@ -51,6 +51,7 @@ class Received:
     mid: int
     qos: int
     received_ns: int
+    dup: bool = False  # the broker sends it again: it was in flight, unacknowledged, before
 
 
 class MqttSource:
@@ -277,6 +278,7 @@ class MqttSource:
             mid=message.mid,
             qos=message.qos,
             received_ns=time.time_ns(),
+            dup=bool(message.dup),
         )
         self._inbox.append(received)
         if not self._wake_pending:

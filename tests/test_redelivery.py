@@ -128,3 +128,14 @@ def test_records_longer_than_a_read_block_come_back_whole(tmp_path: Path) -> Non
     records = list(recent_records(tmp_path, 30))
     assert [r["received_ns"] for r in records] == [DAY_1_NS + k for k in range(39, 9, -1)]
     assert all(len(r["payload"]) == 60_000 for r in records)
+
+
+def test_a_new_rejection_is_remembered_until_acknowledged() -> None:
+    """A rejection not yet acknowledged when the connection drops comes back marked DUP to the
+    same process: it is remembered with its receipt time until its acknowledgement."""
+    redeliveries = Redeliveries(limit=0)
+    identity = identity_of("osteotel/v1/HUB-A/DX-0001/telemetry", b"{bad")
+    redeliveries.remember(identity, 1_700_000_000_000_000_123)
+    assert redeliveries.first_received_ns(identity) == 1_700_000_000_000_000_123
+    redeliveries.forget(identity)
+    assert redeliveries.first_received_ns(identity) is None
