@@ -18,7 +18,7 @@ consolidation and anomaly `flags`). docs/dsp.md lists every field.
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -26,13 +26,13 @@ from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.adherence import Protocol, daily_adherence
-from dsp.checks import as_float_array, check_rate
-from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
+from dsp.checks import as_float_array, check_batch, check_rate
+from dsp.config import EstimatorConfig, kernel_params
+from dsp.consolidation import consolidation_index, fit_trend
 from dsp.layout import (
     DF_GAINED_MM,
     DF_K_DEVICE,
     DF_K_DEVICE_TODAY,
-    DF_LEN,
     DF_MM_TODAY,
     DF_PROBES_TODAY,
     DF_RECENT_K,
@@ -48,7 +48,6 @@ from dsp.layout import (
     DI_KIND_PROBE,
     DI_KIND_T,
     DI_LAST_STEP_NS,
-    DI_LEN,
     DI_N_K_DEVICE,
     DI_N_KINDS,
     DI_N_PROBES,
@@ -67,6 +66,7 @@ from dsp.layout import (
     DI_STEPS_TODAY,
     FLAG_BITS,
     KDEV_HISTORY,
+    NS_PER_DAY,
     PHASE_CODE,
     PHASES,
     Q_COUNTS,
@@ -81,9 +81,11 @@ from dsp.layout import (
     TODAY_PROBES,
     TODAY_STEPS,
     flag_names,
+    new_rows,
+    ring_push,
 )
 from dsp.loadshare import LoadShareEstimate, LoadShareTracker
-from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
+from dsp.quality import QUALITY_VERSION, QualityMonitor
 from dsp.records import (
     DailyRecord,
     EstimateRecord,
@@ -102,8 +104,8 @@ from dsp.rules import (
     share_flags,
     steps_sign,
 )
-from dsp.steps import StepConfig, StepEstimate, StepTracker
-from dsp.tracking import StiffnessTracker, TrackingConfig
+from dsp.steps import StepEstimate, StepTracker
+from dsp.tracking import StiffnessTracker
 
 __all__ = [
     "ESTIMATOR_VERSION",
@@ -120,75 +122,8 @@ __all__ = [
 
 ESTIMATOR_VERSION = "dsp.estimator/1"
 
-NS_PER_DAY = 86_400 * 1_000_000_000
-
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 3
-
-
-@dataclass(frozen=True, kw_only=True)
-class EstimatorConfig:
-    """Settings of the complete estimator.
-
-    Attributes:
-        step: step-response settings (each step's ramp is measured from the displacement).
-        tracking: continuous stiffness tracker settings.
-        force_quality, disp_quality: signal-quality settings per channel.
-        consolidation: trend settings, including the removal criterion (load share < 10 %).
-        protocol: the prescription used when none is set per device.
-        consolidation_after_s: without a protocol target, distraction is over once no step
-            came for this long (s) and a whole UTC day passed without one.
-        share_min_load_range_n: a load test whose reference load varied by less than this (N)
-            is flagged `low_load_variation`: the clinical test has the patient step onto a
-            scale with a known part of the body weight, hundreds of N (Aarnes 2005, J Orthop
-            Res); 100 N keeps the share's leverage to within a few times the scale's noise.
-        share_max_resid_fraction: a load test whose force scatters about its line by more
-            than this fraction of the reference load's range is flagged `poor_fit` (the
-            patient moved, walked or leaned during the test). Not R^2: a healed bone's share
-            near 0 explains no variance with a perfect test.
-        share_margin: a share is `implausible` when it lies outside [-margin, 1 + margin] by
-            more than 2 standard errors: 0.03, the regression's own error does not hold the
-            scale's noise and the few seconds the load takes to settle, and early in
-            consolidation a share at 1 reads a hair above it.
-        sign_min_steps: distraction steps with a fit that the sign check waits for.
-        poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
-            last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
-            force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, docs/domain.md);
-            set it per site (a mandible is much stiffer).
-        separation_drop: flag `separation` when the force before a step falls below this
-            fraction of the largest of the previous steps' (a sudden drop, docs/domain.md) ...
-        separation_min_n: ... by at least this much (N), so noise on a small force is no drop.
-        loosening_drop: flag `loosening` when the device's own stiffness (force per mm during
-            the weight-bearing test) falls by more than this fraction below the median of the
-            previous days (docs/domain.md: loosening shows as a stiffness drop).
-        quality_every_s: while a signal problem lasts, one quality record per this many s.
-        max_k_inst_rel_std: flag `low_snr` on a step or probe whose k_inst standard error
-            (`StepEstimate.k_inst_std_n_per_mm`) is unknown or above this fraction of
-            |k_inst|, or whose tau_fast the data do not bound (`tau_fast_held`: its k_inst
-            rests on the prior). At 0.08, over the independent physics family
-            (tests/physics.py: 10-200 Hz, ramps 0-180 s, tau_f 0.3-5 s) the 76 % of steps
-            that pass have a median error of 0.3 % and a 95th percentile of 5.3 % (8.1 % at
-            0.1, 12 % at 0.2). A 0.02 mm probe at 10 Hz with 0.5 N noise has an error of
-            ~40 N/mm: probes count from ~500 N/mm on.
-    """
-
-    step: StepConfig = field(default_factory=StepConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    force_quality: QualityConfig = field(default_factory=QualityConfig)
-    disp_quality: QualityConfig = field(default_factory=lambda: QualityConfig(full_scale=1e3))
-    consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
-    protocol: Protocol = field(default_factory=Protocol)
-    consolidation_after_s: float = 86_400.0
-    share_min_load_range_n: float = 100.0
-    share_max_resid_fraction: float = 0.05
-    share_margin: float = 0.03
-    sign_min_steps: int = 3
-    poor_k_inst_n_per_mm: float = 10.0
-    separation_drop: float = 0.5
-    separation_min_n: float = 5.0
-    loosening_drop: float = 0.02
-    quality_every_s: float = 60.0
-    max_k_inst_rel_std: float = 0.08
 
 
 # The step record restates these fields of the estimate as they are.
@@ -214,39 +149,6 @@ def _median(values: list[float]) -> float:
 
 def _day_ns(day: float) -> int:
     return round(day * NS_PER_DAY) if math.isfinite(day) else -1
-
-
-def _ring_push(row: NDArray[Any], at: int, cap: int, n: int, value: float) -> int:
-    """Append value to the history row[at:at + cap] holding n entries; the new length."""
-    if n == cap:
-        row[at : at + cap - 1] = row[at + 1 : at + cap]
-        n -= 1
-    row[at + n] = value
-    return n + 1
-
-
-def _check_batch(  # noqa: PLR0917 - the columns of a batch
-    n_frames: int,
-    offsets: NDArray[np.int64],
-    force: NDArray[np.float64],
-    disp: NDArray[np.float64],
-    ref: NDArray[np.float64] | None,
-    t0_ns: NDArray[np.int64],
-    rate_hz: NDArray[np.float64],
-) -> None:
-    """Reject a batch whose columns disagree, before any state changes."""
-    if force.shape != disp.shape or (ref is not None and ref.shape != force.shape):
-        raise ValueError("force_n, disp_mm and ref_load_n must have the same length")
-    if offsets.shape != (n_frames + 1,) or t0_ns.shape != (n_frames,):
-        raise ValueError(f"{n_frames} frames need {n_frames + 1} offsets and {n_frames} t0_ns")
-    if rate_hz.shape != (n_frames,):
-        raise ValueError(f"{n_frames} frames need {n_frames} rate_hz")
-    if offsets[0] != 0 or offsets[-1] != force.size or np.any(np.diff(offsets) < 0):
-        raise ValueError("offsets must rise from 0 to the sample count")
-    bad = ~(np.isfinite(rate_hz) & (rate_hz > 0.0))
-    if np.any(bad):
-        j = int(np.argmax(bad))
-        raise ValueError(f"rate_hz[{j}]={rate_hz[j]} must be positive and finite")
 
 
 _QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
@@ -286,7 +188,7 @@ class FleetEstimator:
         # The day's step values beyond the row's room (more than TODAY_STEPS steps a day).
         self._today_extra: dict[int, list[tuple[float, float, float]]] = {}
         self._probes_extra: dict[int, list[tuple[float, float]]] = {}
-        self._fp, self._ip = self._kernel_params()
+        self._fp, self._ip = kernel_params(self.config)
         # One-frame argument arrays of `frame`, reused so a frame allocates none of its own.
         self._one_row = np.zeros(1, dtype=np.int64)
         self._one_offsets = np.zeros(2, dtype=np.int64)
@@ -303,11 +205,7 @@ class FleetEstimator:
         k_device = LoadShareTracker(n)
         force_q = QualityMonitor(n, cfg.force_quality)
         disp_q = QualityMonitor(n, cfg.disp_quality)
-        ei = np.zeros((n, DI_LEN), dtype=np.int64)
-        ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST, DI_LAST_STEP_NS]] = -1
-        ei[:, [DI_READY, DI_READY + 2]] = -1
-        df = np.zeros((n, DF_LEN))
-        df[:, [DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
+        ei, df = new_rows(n)
         if getattr(self, "_steps", None) is not None:
             grown = (steps, tracking, share, k_device, force_q, disp_q)
             for prev, new in zip(self._trackers().values(), grown, strict=True):
@@ -342,30 +240,6 @@ class FleetEstimator:
             self._fp,
             self._ip,
         )
-
-    def _kernel_params(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """The scalars of the fused frame kernel at the P_* and PI_* offsets."""
-        cfg = self.config
-        c_s, h = cfg.step.bin_shape
-        fp = np.zeros(kern.FLEET_FLOAT_LEN)
-        fp[kern.P_C_S], fp[kern.P_H] = c_s, h
-        fp[kern.P_MAX_GAP_NS] = cfg.step.max_gap_s * 1e9
-        fp[kern.P_LAM] = cfg.tracking.forgetting
-        fp[kern.P_EXCITE_MM] = cfg.tracking.excite_mm
-        fp[kern.P_SIGMA_ALPHA] = cfg.tracking.sigma_alpha
-        ip = np.zeros(kern.FLEET_INT_LEN, dtype=np.int64)
-        ip[kern.PI_PRE_BIN_NS] = kern.PRE_BIN_NS
-        ip[kern.PI_N_BINS] = cfg.step.n_bins
-        ip[kern.PI_WINDOW_NS] = round(cfg.step.window_s * 1e9)
-        ip[kern.PI_BLOCK_NS] = round(cfg.tracking.block_s * 1e9)
-        ip[kern.PI_HOLD_NS] = round(cfg.tracking.hold_s * 1e9)
-        for at, at_flat, qc in (
-            (kern.P_FQ, kern.PI_FQ_FLAT, cfg.force_quality),
-            (kern.P_DQ, kern.PI_DQ_FLAT, cfg.disp_quality),
-        ):
-            fp[at : at + 4] = (qc.full_scale, qc.flat_eps, qc.spike_k, qc.noise_alpha)
-            ip[at_flat] = qc.flat_samples
-        return fp, ip
 
     @property
     def devices(self) -> list[str]:
@@ -532,7 +406,7 @@ class FleetEstimator:
         bits = int(ei[DI_KIND_PROBE])
         if n == STEP_KINDS:
             bits >>= 1
-        n = _ring_push(ei, DI_KIND_T, STEP_KINDS, n, t_ns)
+        n = ring_push(ei, DI_KIND_T, STEP_KINDS, n, t_ns)
         ei[DI_N_KINDS] = n
         bit = 1 << (n - 1)
         ei[DI_KIND_PROBE] = bits | bit if kind == "probe" else bits & ~bit
@@ -574,7 +448,7 @@ class FleetEstimator:
             self._loosening_rule(i, k_dev)
             df[DF_K_DEVICE_TODAY] = k_dev
             n = int(ei[DI_N_K_DEVICE])
-            ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, KDEV_HISTORY, n, k_dev)
+            ei[DI_N_K_DEVICE] = ring_push(df, DF_K_DEVICE, KDEV_HISTORY, n, k_dev)
         flags = self._share_flags(i, est)
         usable = est.status == "ok" and not flags
         ei[DI_N_TESTS_TODAY] += 1
@@ -583,9 +457,9 @@ class FleetEstimator:
             df[DF_SHARE_TODAY] = est.share
             df[DF_SHARE_STD_TODAY] = est.share_std
             n = int(ei[DI_N_SHARES])
-            _ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
-            _ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
-            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
+            ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
+            ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
+            ei[DI_N_SHARES] = ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
             self._readiness_test(i, t_ns // NS_PER_DAY, est.share, est.share_std)
         else:
             ei[DI_FLAGS] |= FLAG_BITS["unusable_share"]
@@ -762,7 +636,7 @@ class FleetEstimator:
         offs = np.ascontiguousarray(offsets, dtype=np.int64)
         t0 = np.ascontiguousarray(t0_ns, dtype=np.int64)
         rate = np.ascontiguousarray(rate_hz, dtype=np.float64)
-        _check_batch(n_frames, offs, force, disp, ref, t0, rate)
+        check_batch(n_frames, offs, force, disp, ref, t0, rate)
         rows = np.empty(n_frames, dtype=np.int64)
         for j, device in enumerate(devices):
             rows[j] = self._device(device)
@@ -1023,9 +897,9 @@ class FleetEstimator:
                     self._today_extra.setdefault(i, []).append(values)
             if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
                 n = int(ei[DI_N_RECENT_K])
-                _ring_push(df, DF_RECENT_KPEAK, STEP_HISTORY, n, est.k_peak_n_per_mm)
+                ring_push(df, DF_RECENT_KPEAK, STEP_HISTORY, n, est.k_peak_n_per_mm)
                 k_upper = est.k_inst_n_per_mm + 2.0 * est.k_inst_std_n_per_mm
-                ei[DI_N_RECENT_K] = _ring_push(df, DF_RECENT_K, STEP_HISTORY, n, k_upper)
+                ei[DI_N_RECENT_K] = ring_push(df, DF_RECENT_K, STEP_HISTORY, n, k_upper)
                 # Steps that lower the force: the polarity is wrong (or the channel).
                 if self._steps_sign(i) < 0:
                     ei[DI_SIGN_BAD] = 1
@@ -1062,7 +936,7 @@ class FleetEstimator:
             f_residual_n, previous, drop=cfg.separation_drop, min_n=cfg.separation_min_n
         )
         if math.isfinite(f_residual_n):
-            ei[DI_N_RESIDUAL] = _ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
+            ei[DI_N_RESIDUAL] = ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
         return hit
 
     def _stiffness_rules(self, i: int) -> None:
