@@ -25,16 +25,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
-from dsp.adherence import Protocol, daily_adherence
+from dsp.adherence import Protocol
 from dsp.checks import as_float_array, check_batch, check_rate
 from dsp.config import EstimatorConfig, kernel_params
-from dsp.consolidation import consolidation_index, fit_trend
+from dsp.daily import (
+    ESTIMATOR_VERSION,
+    close_day,
+    hold_probe_values,
+    hold_step_values,
+    note_readiness,
+    removal_criterion_met,
+)
 from dsp.layout import (
     DF_GAINED_MM,
     DF_K_DEVICE,
     DF_K_DEVICE_TODAY,
     DF_MM_TODAY,
-    DF_PROBES_TODAY,
     DF_RECENT_K,
     DF_RECENT_KPEAK,
     DF_RESIDUAL,
@@ -43,7 +49,6 @@ from dsp.layout import (
     DF_SHARE_STD,
     DF_SHARE_STD_TODAY,
     DF_SHARE_TODAY,
-    DF_TODAY,
     DI_FLAGS,
     DI_KIND_PROBE,
     DI_KIND_T,
@@ -51,17 +56,14 @@ from dsp.layout import (
     DI_N_K_DEVICE,
     DI_N_KINDS,
     DI_N_PROBES,
-    DI_N_PROBES_TODAY,
     DI_N_RECENT_K,
     DI_N_RESIDUAL,
     DI_N_SHARES,
     DI_N_STEPS,
     DI_N_TESTS_TODAY,
-    DI_N_TODAY,
     DI_N_USABLE_TODAY,
     DI_PHASE,
     DI_Q,
-    DI_READY,
     DI_SIGN_BAD,
     DI_STEPS_TODAY,
     FLAG_BITS,
@@ -78,9 +80,6 @@ from dsp.layout import (
     SHARE_HISTORY,
     STEP_HISTORY,
     STEP_KINDS,
-    TODAY_PROBES,
-    TODAY_STEPS,
-    flag_names,
     new_rows,
     ring_push,
 )
@@ -100,7 +99,6 @@ from dsp.rules import (
     is_loosening,
     is_poor_regenerate,
     is_separation,
-    qualifies_for_removal,
     share_flags,
     steps_sign,
 )
@@ -120,8 +118,6 @@ __all__ = [
     "StepRecord",
 ]
 
-ESTIMATOR_VERSION = "dsp.estimator/1"
-
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 3
 
@@ -140,15 +136,6 @@ _STEP_FIELDS = (
 _SHARE_FIELDS = (
     "share", "share_std", "f_offset_n", "r2", "resid_sd_n", "ref_range_n", "status", "n_samples",
 )  # fmt: skip
-
-
-def _median(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else math.nan
-
-
-def _day_ns(day: float) -> int:
-    return round(day * NS_PER_DAY) if math.isfinite(day) else -1
 
 
 _QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
@@ -460,11 +447,17 @@ class FleetEstimator:
             ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
             ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
             ei[DI_N_SHARES] = ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
-            self._readiness_test(i, t_ns // NS_PER_DAY, est.share, est.share_std)
+            note_readiness(
+                ei,
+                t_ns // NS_PER_DAY,
+                est.share,
+                est.share_std,
+                removal_share=self.config.consolidation.removal_share,
+            )
         else:
             ei[DI_FLAGS] |= FLAG_BITS["unusable_share"]
         in_consolidation = PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
-        met = in_consolidation and self._removal_criterion_met(i)
+        met = in_consolidation and removal_criterion_met(ei)
         if in_consolidation:  # re-evaluated on every test: readiness can be lost again
             ei[DI_PHASE] = PHASE_CODE["ready" if met else "consolidation"]
         out.append(
@@ -511,21 +504,6 @@ class FleetEstimator:
             if math.isfinite(k)
         ]
         return steps_sign(recent, min_steps=self.config.sign_min_steps)
-
-    def _readiness_test(self, i: int, day: int, share: float, share_std: float) -> None:
-        """Note a usable test for the readiness rule: per UTC day its last test counts."""
-        ei = self._ei[i]
-        removal = self.config.consolidation.removal_share
-        qualified = int(qualifies_for_removal(share, share_std, removal_share=removal))
-        if ei[DI_READY] != day:
-            ei[DI_READY + 2], ei[DI_READY + 3] = ei[DI_READY], ei[DI_READY + 1]
-            ei[DI_READY] = day
-        ei[DI_READY + 1] = qualified
-
-    def _removal_criterion_met(self, i: int) -> bool:
-        """The last usable test of each of the last two days that had one qualified."""
-        ei = self._ei[i]
-        return bool(ei[DI_READY + 2] >= 0 and ei[DI_READY + 1] and ei[DI_READY + 3])
 
     def _device_stiffness(self, index: int) -> float:
         """Minus the slope of force on displacement over the test (N/mm): the load raises the
@@ -842,6 +820,20 @@ class FleetEstimator:
             ei[kern.EI_T_FIRST] = t_start_ns
         ei[kern.EI_T_LAST] = max(int(ei[kern.EI_T_LAST]), t_end_ns)
 
+    def _close_day(self, i: int) -> DailyRecord:
+        # The day's values beyond the row's places end with the day.
+        return close_day(
+            self._ei[i],
+            self._df[i],
+            config=self.config,
+            protocol=self._protocols.get(i) or self.config.protocol,
+            device=self._ids[i],
+            calibration_id=self._calibration.get(i),
+            k_track_n_per_mm=self._tracking.estimate(i).k_eq_n_per_mm,
+            extra_steps=self._today_extra.pop(i, []),
+            extra_probes=self._probes_extra.pop(i, []),
+        )
+
     def _advance_day(self, i: int, t_ns: int) -> list[EstimateRecord]:
         day = t_ns // NS_PER_DAY
         ei = self._ei[i]
@@ -854,20 +846,6 @@ class FleetEstimator:
             out.append(self._close_day(i))
             ei[kern.EI_DAY] = max(int(ei[kern.EI_DAY]) + 1, day - 366)
         return out
-
-    def _today(self, i: int) -> tuple[list[float], list[float], list[float]]:
-        """The day's step values: k_inst, k_eq and residual force, in arrival order."""
-        n = int(self._ei[i, DI_N_TODAY])
-        rows = self._df[i, DF_TODAY : DF_TODAY + 3 * n].reshape(n, 3).tolist()
-        rows += [list(r) for r in self._today_extra.get(i, ())]
-        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-
-    def _probes_today(self, i: int) -> tuple[list[float], list[float]]:
-        """The day's lengthening probe values: k_inst and k_eq, in arrival order."""
-        n = int(self._ei[i, DI_N_PROBES_TODAY])
-        rows = self._df[i, DF_PROBES_TODAY : DF_PROBES_TODAY + 2 * n].reshape(n, 2).tolist()
-        rows += [list(r) for r in self._probes_extra.get(i, ())]
-        return [r[0] for r in rows], [r[1] for r in rows]
 
     def _step_record(self, i: int, est: StepEstimate) -> StepRecord:
         ei, df = self._ei[i], self._df[i]
@@ -889,11 +867,7 @@ class FleetEstimator:
                 ei[DI_FLAGS] |= FLAG_BITS["separation"]
             if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
-                n = int(ei[DI_N_TODAY])
-                if n < TODAY_STEPS:
-                    df[DF_TODAY + 3 * n : DF_TODAY + 3 * n + 3] = values
-                    ei[DI_N_TODAY] = n + 1
-                else:
+                if not hold_step_values(ei, df, values):
                     self._today_extra.setdefault(i, []).append(values)
             if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
                 n = int(ei[DI_N_RECENT_K])
@@ -906,11 +880,7 @@ class FleetEstimator:
                 self._stiffness_rules(i)
         elif est.delta_mm > 0.0:
             probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
-            n = int(ei[DI_N_PROBES_TODAY])
-            if n < TODAY_PROBES:
-                df[DF_PROBES_TODAY + 2 * n : DF_PROBES_TODAY + 2 * n + 2] = probe
-                ei[DI_N_PROBES_TODAY] = n + 1
-            else:
+            if not hold_probe_values(ei, df, probe):
                 self._probes_extra.setdefault(i, []).append(probe)
         return StepRecord(
             device=self._ids[i],
@@ -952,132 +922,6 @@ class FleetEstimator:
         history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
         if is_loosening(k_dev, history, drop=self.config.loosening_drop):
             self._ei[i, DI_FLAGS] |= FLAG_BITS["loosening"]
-
-    # ---- the day's record ----------------------------------------------------------------
-
-    def _shares(self, i: int) -> tuple[list[float], list[float], list[float]]:
-        """The remembered usable load shares: their times (days), values and standard
-        errors, oldest first."""
-        n = int(self._ei[i, DI_N_SHARES])
-        df = self._df[i]
-        return (
-            df[DF_SHARE_DAY : DF_SHARE_DAY + n].tolist(),
-            df[DF_SHARE : DF_SHARE + n].tolist(),
-            df[DF_SHARE_STD : DF_SHARE_STD + n].tolist(),
-        )
-
-    def _phase(self, i: int, protocol: Protocol, day_end_ns: int) -> Phase:
-        ei = self._ei[i]
-        phase = PHASES[int(ei[DI_PHASE])]
-        if phase == "distraction":
-            target = protocol.target_mm
-            if target is not None:
-                done = float(self._df[i, DF_GAINED_MM]) >= target - 0.5 * protocol.step_mm
-            else:
-                quiet_ns = day_end_ns - int(ei[DI_LAST_STEP_NS])
-                done = (
-                    ei[DI_STEPS_TODAY] == 0 and quiet_ns >= self.config.consolidation_after_s * 1e9
-                )
-            if done:
-                phase = "consolidation"
-        if phase in ("consolidation", "ready"):
-            # The readiness rule, as the last test left it (a new step leaves it too).
-            phase = "ready" if self._removal_criterion_met(i) else "consolidation"
-        return phase
-
-    def _close_day(self, i: int) -> DailyRecord:
-        cfg = self.config
-        protocol = self._protocols.get(i) or cfg.protocol
-        ei, df = self._ei[i], self._df[i]
-        day_start = int(ei[kern.EI_DAY]) * NS_PER_DAY
-        day_end = day_start + NS_PER_DAY
-        was = PHASES[int(ei[DI_PHASE])]
-        phase = self._phase(i, protocol, day_end)
-        ei[DI_PHASE] = PHASE_CODE[phase]
-        steps_today = int(ei[DI_STEPS_TODAY])
-        mm_today = float(df[DF_MM_TODAY])
-        gained_mm = float(df[DF_GAINED_MM])
-        prescribed = was == "distraction" or steps_today > 0
-        if was == "distraction" and phase != "distraction" and steps_today == 0:
-            prescribed = False
-        adh = daily_adherence(
-            steps_today,
-            mm_today,
-            protocol=protocol,
-            prescribed_today=prescribed,
-            gained_mm=gained_mm - mm_today,
-        )
-        flags = flag_names(int(ei[DI_FLAGS]))
-        if adh.missed_steps:
-            flags.add("missed_steps")
-        if adh.extra_steps:
-            flags.add("extra_steps")
-        if ei[DI_SIGN_BAD]:
-            flags.add("sign_inconsistent")
-        days, shares, share_stds = self._shares(i)
-        trend = fit_trend(days, shares, share_stds, config=cfg.consolidation)
-        removal = cfg.consolidation.removal_share
-        if trend is not None and trend.n_days >= cfg.consolidation.min_days:
-            index = consolidation_index(trend.share_now, removal_share=removal)
-        else:
-            last = shares[-1] if shares else math.nan
-            index = consolidation_index(last, removal_share=removal)
-        projection = "none"
-        if phase in ("latency", "distraction"):
-            index = 0.0  # the device carries the load until consolidation begins
-            trend = None
-        else:
-            projection = trend.status if trend is not None else "insufficient_days"
-        shown = trend if trend is not None and trend.status == "ok" else None
-        track_k = self._tracking.estimate(i).k_eq_n_per_mm
-        k_today, k_eq_today, residual_today = self._today(i)
-        probe_k_today, probe_k_eq_today = self._probes_today(i)
-        record = DailyRecord(
-            device=self._ids[i],
-            t_ns=day_start,
-            kind="daily",
-            version=ESTIMATOR_VERSION,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=int(ei[kern.EI_T_FIRST]) if ei[kern.EI_T_FIRST] >= 0 else day_start,
-            t_end_ns=int(ei[kern.EI_T_LAST]) if ei[kern.EI_T_LAST] >= 0 else day_start,
-            phase=phase,
-            steps_done=adh.steps_done,
-            steps_prescribed=adh.steps_prescribed,
-            missed_steps=adh.missed_steps,
-            extra_steps=adh.extra_steps,
-            mm_done=adh.mm_done,
-            mm_prescribed=adh.mm_prescribed,
-            adherence=adh.ratio,
-            gained_mm=gained_mm,
-            k_inst_n_per_mm=_median(k_today),
-            k_eq_n_per_mm=_median(k_eq_today),
-            f_residual_n=_median(residual_today),
-            probe_k_inst_n_per_mm=_median(probe_k_today),
-            probe_k_eq_n_per_mm=_median(probe_k_eq_today),
-            k_track_n_per_mm=track_k,
-            load_share=float(df[DF_SHARE_TODAY]),
-            load_share_std=float(df[DF_SHARE_STD_TODAY]),
-            n_load_tests=int(ei[DI_N_TESTS_TODAY]),
-            n_load_tests_usable=int(ei[DI_N_USABLE_TODAY]),
-            k_device_n_per_mm=float(df[DF_K_DEVICE_TODAY]),
-            consolidation_index=index,
-            trend_slope_per_day=trend.slope_per_day if trend is not None else math.nan,
-            trend_slope_std_per_day=trend.slope_std_per_day if trend is not None else math.nan,
-            projected_ready_ns=_day_ns(shown.projected_day) if shown else -1,
-            projected_ready_lo_ns=_day_ns(shown.projected_lo_day) if shown else -1,
-            projected_ready_hi_ns=_day_ns(shown.projected_hi_day) if shown else -1,
-            projection_status=projection,
-            projection_horizon_ns=_day_ns(trend.horizon_day) if trend is not None else -1,
-            flags=tuple(sorted(flags)),
-        )
-        ei[[DI_STEPS_TODAY, DI_FLAGS, DI_N_TODAY, DI_N_PROBES_TODAY]] = 0
-        ei[[DI_N_TESTS_TODAY, DI_N_USABLE_TODAY]] = 0
-        df[DF_MM_TODAY] = 0.0
-        df[[DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
-        self._today_extra.pop(i, None)
-        self._probes_extra.pop(i, None)
-        ei[kern.EI_T_FIRST] = ei[kern.EI_T_LAST] = -1
-        return record
 
 
 class DeviceEstimator:
