@@ -37,35 +37,22 @@ from dsp.daily import (
     removal_criterion_met,
 )
 from dsp.layout import (
-    DF_GAINED_MM,
     DF_K_DEVICE,
     DF_K_DEVICE_TODAY,
-    DF_MM_TODAY,
-    DF_RECENT_K,
-    DF_RECENT_KPEAK,
-    DF_RESIDUAL,
     DF_SHARE,
     DF_SHARE_DAY,
     DF_SHARE_STD,
     DF_SHARE_STD_TODAY,
     DF_SHARE_TODAY,
     DI_FLAGS,
-    DI_KIND_PROBE,
-    DI_KIND_T,
-    DI_LAST_STEP_NS,
     DI_N_K_DEVICE,
-    DI_N_KINDS,
-    DI_N_PROBES,
     DI_N_RECENT_K,
-    DI_N_RESIDUAL,
     DI_N_SHARES,
-    DI_N_STEPS,
     DI_N_TESTS_TODAY,
     DI_N_USABLE_TODAY,
     DI_PHASE,
     DI_Q,
     DI_SIGN_BAD,
-    DI_STEPS_TODAY,
     FLAG_BITS,
     KDEV_HISTORY,
     NS_PER_DAY,
@@ -78,8 +65,6 @@ from dsp.layout import (
     Q_T_END,
     Q_T_START,
     SHARE_HISTORY,
-    STEP_HISTORY,
-    STEP_KINDS,
     new_rows,
     ring_push,
 )
@@ -97,11 +82,9 @@ from dsp.records import (
 from dsp.rows import DeviceRows
 from dsp.rules import (
     is_loosening,
-    is_poor_regenerate,
-    is_separation,
     share_flags,
-    steps_sign,
 )
+from dsp.steprecord import note_step_event, recent_steps_sign, step_record
 from dsp.steps import StepEstimate, StepTracker
 from dsp.tracking import StiffnessTracker
 
@@ -120,16 +103,6 @@ __all__ = [
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 3
-
-
-# The step record restates these fields of the estimate as they are.
-_STEP_FIELDS = (
-    "t_onset_ns", "ramp_s", "delta_mm", "delta_event_mm", "k_inst_n_per_mm",
-    "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "k_eq_std_n_per_mm",
-    "tau_fast_s", "tau_slow_s",
-    "f_residual_n", "f_peak_n", "f_inst_n", "f_settled_n", "fit_rmse_n", "fit_r2",
-    "fit_status", "closed_by", "n_samples",
-)  # fmt: skip
 
 
 # ... and the load-share record these of its estimate.
@@ -388,27 +361,8 @@ class FleetEstimator:
         i = self._device(device)
         out = self._advance_day(i, t_ns)
         self._steps.event(i, t_ns, delta_mm)
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_KINDS])
-        bits = int(ei[DI_KIND_PROBE])
-        if n == STEP_KINDS:
-            bits >>= 1
-        n = ring_push(ei, DI_KIND_T, STEP_KINDS, n, t_ns)
-        ei[DI_N_KINDS] = n
-        bit = 1 << (n - 1)
-        ei[DI_KIND_PROBE] = bits | bit if kind == "probe" else bits & ~bit
         self._touch(i, t_ns, t_ns)
-        if kind == "step":
-            ei[DI_N_STEPS] += 1
-            df[DF_GAINED_MM] += delta_mm
-            ei[DI_LAST_STEP_NS] = t_ns
-            if t_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
-                ei[DI_STEPS_TODAY] += 1
-                df[DF_MM_TODAY] += delta_mm
-            if ei[DI_PHASE] != PHASE_CODE["distraction"]:
-                ei[DI_PHASE] = PHASE_CODE["distraction"]
-        else:
-            ei[DI_N_PROBES] += 1
+        note_step_event(self._ei[i], self._df[i], t_ns, delta_mm, kind)
         return out
 
     def load_test_start(self, device: str, t_ns: int) -> list[EstimateRecord]:
@@ -490,20 +444,16 @@ class FleetEstimator:
         )  # fmt: skip
         # Loading that lowers the force (an implausible share below 0) while the steps raise
         # it: the two disagree in sign.
-        if "implausible" in flags and est.share < 0.0 and self._steps_sign(i) > 0:
+        if (
+            "implausible" in flags
+            and est.share < 0.0
+            and recent_steps_sign(self._ei[i], self._df[i], min_steps=self.config.sign_min_steps)
+            > 0
+        ):
             self._ei[i, DI_SIGN_BAD] = 1
         if self._ei[i, DI_SIGN_BAD]:
             flags.add("sign_inconsistent")
         return flags
-
-    def _steps_sign(self, i: int) -> int:
-        n = int(self._ei[i, DI_N_RECENT_K])
-        recent = [
-            k
-            for k in self._df[i, DF_RECENT_KPEAK : DF_RECENT_KPEAK + n].tolist()
-            if math.isfinite(k)
-        ]
-        return steps_sign(recent, min_steps=self.config.sign_min_steps)
 
     def _device_stiffness(self, index: int) -> float:
         """Minus the slope of force on displacement over the test (N/mm): the load raises the
@@ -849,73 +799,21 @@ class FleetEstimator:
 
     def _step_record(self, i: int, est: StepEstimate) -> StepRecord:
         ei, df = self._ei[i], self._df[i]
-        kind: StepKind = "step"
-        probe_bits = int(ei[DI_KIND_PROBE])
-        for j in range(int(ei[DI_N_KINDS])):
-            if ei[DI_KIND_T + j] == est.t_step_ns:
-                kind = "probe" if probe_bits >> j & 1 else "step"
-        flags = set(est.flags)
-        k_std = est.k_inst_std_n_per_mm
-        if "tau_fast_held" in est.flags or not (
-            k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm)
-        ):
-            # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
-            flags.add("low_snr")
-        if kind == "step":
-            if self._separation_rule(i, est.f_residual_n):
-                flags.add("separation")
-                ei[DI_FLAGS] |= FLAG_BITS["separation"]
+        record = step_record(
+            ei, df, est, config=self.config, device=self._ids[i],
+            calibration_id=self._calibration.get(i),
+        )  # fmt: skip
+        # The day's values for its record; those beyond the row's places wait in a list.
+        if record.kind == "step":
             if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
                 if not hold_step_values(ei, df, values):
                     self._today_extra.setdefault(i, []).append(values)
-            if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
-                n = int(ei[DI_N_RECENT_K])
-                ring_push(df, DF_RECENT_KPEAK, STEP_HISTORY, n, est.k_peak_n_per_mm)
-                k_upper = est.k_inst_n_per_mm + 2.0 * est.k_inst_std_n_per_mm
-                ei[DI_N_RECENT_K] = ring_push(df, DF_RECENT_K, STEP_HISTORY, n, k_upper)
-                # Steps that lower the force: the polarity is wrong (or the channel).
-                if self._steps_sign(i) < 0:
-                    ei[DI_SIGN_BAD] = 1
-                self._stiffness_rules(i)
         elif est.delta_mm > 0.0:
             probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
             if not hold_probe_values(ei, df, probe):
                 self._probes_extra.setdefault(i, []).append(probe)
-        return StepRecord(
-            device=self._ids[i],
-            t_ns=est.t_step_ns,
-            kind=kind,
-            version=est.version,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=est.t_start_ns,
-            t_end_ns=est.t_end_ns,
-            number=int(ei[DI_N_STEPS] if kind == "step" else ei[DI_N_PROBES]),
-            **{name: getattr(est, name) for name in _STEP_FIELDS},
-            flags=tuple(sorted(flags)),
-        )
-
-    # ---- anomaly rules (documented in docs/dsp.md) ---------------------------------------
-
-    def _separation_rule(self, i: int, f_residual_n: float) -> bool:
-        cfg = self.config
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_RESIDUAL])
-        previous = df[DF_RESIDUAL : DF_RESIDUAL + n].tolist()
-        hit = is_separation(
-            f_residual_n, previous, drop=cfg.separation_drop, min_n=cfg.separation_min_n
-        )
-        if math.isfinite(f_residual_n):
-            ei[DI_N_RESIDUAL] = ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
-        return hit
-
-    def _stiffness_rules(self, i: int) -> None:
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_RECENT_K])
-        recent = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
-        limit = self.config.poor_k_inst_n_per_mm
-        if not ei[DI_SIGN_BAD] and is_poor_regenerate(recent, limit_n_per_mm=limit):
-            ei[DI_FLAGS] |= FLAG_BITS["poor_regenerate"]
+        return record
 
     def _loosening_rule(self, i: int, k_dev: float) -> None:
         n = int(self._ei[i, DI_N_K_DEVICE])
