@@ -33,42 +33,24 @@ from dsp.daily import (
     close_day,
     hold_probe_values,
     hold_step_values,
-    note_readiness,
-    removal_criterion_met,
 )
 from dsp.layout import (
-    DF_K_DEVICE,
-    DF_K_DEVICE_TODAY,
-    DF_SHARE,
-    DF_SHARE_DAY,
-    DF_SHARE_STD,
-    DF_SHARE_STD_TODAY,
-    DF_SHARE_TODAY,
     DI_FLAGS,
-    DI_N_K_DEVICE,
     DI_N_RECENT_K,
-    DI_N_SHARES,
-    DI_N_TESTS_TODAY,
-    DI_N_USABLE_TODAY,
-    DI_PHASE,
     DI_Q,
     DI_SIGN_BAD,
     FLAG_BITS,
-    KDEV_HISTORY,
     NS_PER_DAY,
-    PHASE_CODE,
-    PHASES,
     Q_COUNTS,
     Q_LEN,
     Q_N_FRAMES,
     Q_N_SAMPLES,
     Q_T_END,
     Q_T_START,
-    SHARE_HISTORY,
     new_rows,
-    ring_push,
 )
-from dsp.loadshare import LoadShareEstimate, LoadShareTracker
+from dsp.loadshare import LoadShareTracker
+from dsp.loadtest import device_stiffness, load_share_record
 from dsp.quality import QUALITY_VERSION, QualityMonitor
 from dsp.records import (
     DailyRecord,
@@ -80,11 +62,7 @@ from dsp.records import (
     StepRecord,
 )
 from dsp.rows import DeviceRows
-from dsp.rules import (
-    is_loosening,
-    share_flags,
-)
-from dsp.steprecord import note_step_event, recent_steps_sign, step_record
+from dsp.steprecord import note_step_event, step_record
 from dsp.steps import StepEstimate, StepTracker
 from dsp.tracking import StiffnessTracker
 
@@ -103,12 +81,6 @@ __all__ = [
 
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 3
-
-
-# ... and the load-share record these of its estimate.
-_SHARE_FIELDS = (
-    "share", "share_std", "f_offset_n", "r2", "resid_sd_n", "ref_range_n", "status", "n_samples",
-)  # fmt: skip
 
 
 _QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
@@ -384,89 +356,15 @@ class FleetEstimator:
         ei[kern.EI_LOAD_TEST] = 0
         est = self._share.end(i, t_ns)
         k_est = self._k_device.end(i, t_ns)
-        k_dev = self._device_stiffness(i) if k_est.status == "ok" else math.nan
-        if math.isfinite(k_dev) and k_dev > 0.0:
-            self._loosening_rule(i, k_dev)
-            df[DF_K_DEVICE_TODAY] = k_dev
-            n = int(ei[DI_N_K_DEVICE])
-            ei[DI_N_K_DEVICE] = ring_push(df, DF_K_DEVICE, KDEV_HISTORY, n, k_dev)
-        flags = self._share_flags(i, est)
-        usable = est.status == "ok" and not flags
-        ei[DI_N_TESTS_TODAY] += 1
-        if usable:
-            ei[DI_N_USABLE_TODAY] += 1
-            df[DF_SHARE_TODAY] = est.share
-            df[DF_SHARE_STD_TODAY] = est.share_std
-            n = int(ei[DI_N_SHARES])
-            ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
-            ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
-            ei[DI_N_SHARES] = ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
-            note_readiness(
-                ei,
-                t_ns // NS_PER_DAY,
-                est.share,
-                est.share_std,
-                removal_share=self.config.consolidation.removal_share,
-            )
-        else:
-            ei[DI_FLAGS] |= FLAG_BITS["unusable_share"]
-        in_consolidation = PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
-        met = in_consolidation and removal_criterion_met(ei)
-        if in_consolidation:  # re-evaluated on every test: readiness can be lost again
-            ei[DI_PHASE] = PHASE_CODE["ready" if met else "consolidation"]
-        out.append(
-            LoadShareRecord(
-                device=self._ids[i],
-                t_ns=t_ns,
-                kind="load_share",
-                version=est.version,
-                calibration_id=self._calibration.get(i),
-                t_start_ns=est.t_start_ns,
-                t_end_ns=est.t_end_ns,
-                **{name: getattr(est, name) for name in _SHARE_FIELDS},
-                k_device_n_per_mm=k_dev,
-                flags=tuple(sorted(flags)),
-                usable=usable,
-                removal_criterion_met=met,
-            )
-        )
-        return out
-
-    def _share_flags(self, i: int, est: LoadShareEstimate) -> set[str]:
-        """Why a test's share may not be used (empty: it may), and the sign check it feeds."""
-        cfg = self.config
-        if est.status != "ok":
-            return set()
-        flags = share_flags(
-            est.share, est.share_std, est.resid_sd_n, est.ref_range_n, margin=cfg.share_margin,
-            max_resid_fraction=cfg.share_max_resid_fraction,
-            min_load_range_n=cfg.share_min_load_range_n,
+        k_dev = math.nan
+        if k_est.status == "ok":
+            noise_var = float(self._disp_q.float_state[i, kern.QF_NOISE_VAR])
+            k_dev = device_stiffness(self._k_device.float_state[i], noise_var)
+        record = load_share_record(
+            ei, df, est, t_ns=t_ns, k_device_n_per_mm=k_dev, config=self.config,
+            device=self._ids[i], calibration_id=self._calibration.get(i),
         )  # fmt: skip
-        # Loading that lowers the force (an implausible share below 0) while the steps raise
-        # it: the two disagree in sign.
-        if (
-            "implausible" in flags
-            and est.share < 0.0
-            and recent_steps_sign(self._ei[i], self._df[i], min_steps=self.config.sign_min_steps)
-            > 0
-        ):
-            self._ei[i, DI_SIGN_BAD] = 1
-        if self._ei[i, DI_SIGN_BAD]:
-            flags.add("sign_inconsistent")
-        return flags
-
-    def _device_stiffness(self, index: int) -> float:
-        """Minus the slope of force on displacement over the test (N/mm): the load raises the
-        force and shortens the device. Corrected for the noise on the displacement, which
-        would bias it towards 0 by var(noise) / var(displacement): late in consolidation the
-        device moves only hundredths of a mm under the test load."""
-        lf = self._k_device.float_state[index]
-        n = float(lf[kern.LF_N])
-        noise_var = float(self._disp_q.float_state[index, kern.QF_NOISE_VAR]) / 2.0
-        c_xx = float(lf[kern.LF_C_RR])
-        if math.isfinite(noise_var):
-            c_xx -= n * noise_var
-        return -float(lf[kern.LF_C_RF]) / c_xx if c_xx > 0.0 else math.nan
+        return [*out, record]
 
     # ---- frames ------------------------------------------------------------------------
 
@@ -814,12 +712,6 @@ class FleetEstimator:
             if not hold_probe_values(ei, df, probe):
                 self._probes_extra.setdefault(i, []).append(probe)
         return record
-
-    def _loosening_rule(self, i: int, k_dev: float) -> None:
-        n = int(self._ei[i, DI_N_K_DEVICE])
-        history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
-        if is_loosening(k_dev, history, drop=self.config.loosening_drop):
-            self._ei[i, DI_FLAGS] |= FLAG_BITS["loosening"]
 
 
 class DeviceEstimator:
