@@ -35,23 +35,15 @@ from dsp.daily import (
     hold_step_values,
 )
 from dsp.layout import (
-    DI_FLAGS,
     DI_N_RECENT_K,
-    DI_Q,
     DI_SIGN_BAD,
-    FLAG_BITS,
     NS_PER_DAY,
-    Q_COUNTS,
-    Q_LEN,
-    Q_N_FRAMES,
-    Q_N_SAMPLES,
-    Q_T_END,
-    Q_T_START,
     new_rows,
 )
 from dsp.loadshare import LoadShareTracker
 from dsp.loadtest import device_stiffness, load_share_record
-from dsp.quality import QUALITY_VERSION, QualityMonitor
+from dsp.quality import QualityMonitor
+from dsp.qualityrecord import quality_record
 from dsp.records import (
     DailyRecord,
     EstimateRecord,
@@ -569,80 +561,24 @@ class FleetEstimator:
         for row, (channel, monitor) in enumerate(
             (("force", self._force_q), ("disp", self._disp_q))
         ):
-            counts = [int(v) for v in self._q_delta[row]]
-            record = self._quality(
-                i,
+            record = quality_record(
+                self._ei[i],
+                monitor.float_state[i],
+                monitor.int_state[i],
+                monitor_config=monitor.config,
                 row=row,
                 channel=channel,
-                monitor=monitor,
-                counts=counts,
+                counts=[int(v) for v in self._q_delta[row]],
                 n_samples=n_samples,
                 t0_ns=t0_ns,
                 t_end_ns=t_end_ns,
+                quality_every_s=self.config.quality_every_s,
+                device=self._ids[i],
+                calibration_id=self._calibration.get(i),
             )
             if record is not None:
                 out.append(record)
         return out
-
-    def _quality(
-        self,
-        i: int,
-        *,
-        row: int,
-        channel: str,
-        monitor: QualityMonitor,
-        counts: list[int],
-        n_samples: int,
-        t0_ns: int,
-        t_end_ns: int,
-    ) -> QualityRecord | None:
-        qf, qi = monitor.float_state[i], monitor.int_state[i]
-        qc = monitor.config
-        flat = bool(qi[kern.QI_RUN] > qc.flat_samples)
-        bad = flat or any(counts)
-        ei = self._ei[i]
-        bit = 1 << row
-        at = DI_Q + row * Q_LEN  # the channel's open stretch, if bit is set in EI_Q_PENDING
-        pending = bool(ei[kern.EI_Q_PENDING] & bit)
-        if bad:
-            ei[DI_FLAGS] |= FLAG_BITS["signal_quality"]
-            if not pending:
-                pending = True
-                ei[at : at + Q_LEN] = 0
-                ei[at + Q_T_START] = t0_ns
-                ei[kern.EI_Q_PENDING] |= bit
-            ei[at + Q_COUNTS : at + Q_COUNTS + 4] += counts
-            ei[at + Q_T_END] = t_end_ns
-            ei[at + Q_N_SAMPLES] += n_samples
-            ei[at + Q_N_FRAMES] += 1
-        if not pending:
-            return None
-        t_start_ns = int(ei[at + Q_T_START])
-        if bad and t_end_ns - t_start_ns < self.config.quality_every_s * 1e9:
-            return None
-        ei[kern.EI_Q_PENDING] &= ~bit
-        var = float(qf[kern.QF_NOISE_VAR])
-        n_flat, n_sat, n_spikes, n_nonfinite = (
-            int(v) for v in ei[at + Q_COUNTS : at + Q_COUNTS + 4]
-        )
-        return QualityRecord(
-            device=self._ids[i],
-            t_ns=t_start_ns,
-            kind="quality",
-            version=QUALITY_VERSION,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=t_start_ns,
-            t_end_ns=int(ei[at + Q_T_END]),
-            channel=channel,
-            noise_rms=math.sqrt(var / 2.0) if math.isfinite(var) else math.nan,
-            flatline=flat,
-            n_flat=n_flat,
-            n_saturated=n_sat,
-            n_spikes=n_spikes,
-            n_nonfinite=n_nonfinite,
-            n_samples=int(ei[at + Q_N_SAMPLES]),
-            n_frames=int(ei[at + Q_N_FRAMES]),
-        )
 
     # ---- closing -----------------------------------------------------------------------
 
