@@ -13,6 +13,11 @@ Python runs per sample. Records: `StepRecord` (kind "step" or "probe"), `LoadSha
 ("load_share"), `QualityRecord` ("quality"), `DailyRecord` ("daily", one per device and UTC
 day, emitted when the device's data pass into the next day, with phase, adherence,
 consolidation and anomaly `flags`). docs/dsp.md lists every field.
+
+This module dispatches; the rest of the estimator is in rooms of its own, each a set of
+functions of one device's rows: `dsp.state` (the state arrays, grown by doubling),
+`dsp.steprecord`, `dsp.loadtest`, `dsp.qualityrecord` and `dsp.daily` (each record kind with
+the rules it feeds), `dsp.config` (the settings) and `dsp.layout` (the rows' columns).
 """
 
 import json
@@ -27,22 +32,10 @@ from numpy.typing import NDArray
 from dsp import _kernels as kern
 from dsp.adherence import Protocol
 from dsp.checks import as_float_array, check_batch, check_rate
-from dsp.config import EstimatorConfig, kernel_params
-from dsp.daily import (
-    ESTIMATOR_VERSION,
-    close_day,
-    hold_probe_values,
-    hold_step_values,
-)
-from dsp.layout import (
-    DI_N_RECENT_K,
-    DI_SIGN_BAD,
-    NS_PER_DAY,
-    new_rows,
-)
-from dsp.loadshare import LoadShareTracker
+from dsp.config import EstimatorConfig
+from dsp.daily import ESTIMATOR_VERSION, close_day, hold_probe_values, hold_step_values
+from dsp.layout import DI_N_RECENT_K, DI_SIGN_BAD, NS_PER_DAY
 from dsp.loadtest import device_stiffness, load_share_record
-from dsp.quality import QualityMonitor
 from dsp.qualityrecord import quality_record
 from dsp.records import (
     DailyRecord,
@@ -53,10 +46,9 @@ from dsp.records import (
     StepKind,
     StepRecord,
 )
-from dsp.rows import DeviceRows
+from dsp.state import FleetState
 from dsp.steprecord import note_step_event, step_record
-from dsp.steps import StepEstimate, StepTracker
-from dsp.tracking import StiffnessTracker
+from dsp.steps import StepEstimate
 
 __all__ = [
     "ESTIMATOR_VERSION",
@@ -86,15 +78,6 @@ class FleetEstimator:
     not move the day back. Every call returns the records it completed, oldest first.
     """
 
-    _steps: StepTracker
-    _tracking: StiffnessTracker
-    _share: LoadShareTracker
-    _k_device: LoadShareTracker
-    _force_q: QualityMonitor
-    _disp_q: QualityMonitor
-    _ei: NDArray[np.int64]
-    _df: NDArray[np.float64]
-
     def __init__(self, config: EstimatorConfig | None = None, *, capacity: int = 16) -> None:
         """Create an empty fleet.
 
@@ -112,58 +95,15 @@ class FleetEstimator:
         # The day's step values beyond the row's room (more than TODAY_STEPS steps a day).
         self._today_extra: dict[int, list[tuple[float, float, float]]] = {}
         self._probes_extra: dict[int, list[tuple[float, float]]] = {}
-        self._fp, self._ip = kernel_params(self.config)
         # One-frame argument arrays of `frame`, reused so a frame allocates none of its own.
         self._one_row = np.zeros(1, dtype=np.int64)
         self._one_offsets = np.zeros(2, dtype=np.int64)
         self._one_t0 = np.zeros(1, dtype=np.int64)
         self._one_dt = np.zeros(1)
         self._q_delta = np.zeros((2, 4), dtype=np.int64)
-        self._allocate(max(capacity, 1))
-
-    def _allocate(self, n: int) -> None:
-        cfg = self.config
-        steps = StepTracker(n, cfg.step)
-        tracking = StiffnessTracker(n, cfg.tracking)
-        share = LoadShareTracker(n)
-        k_device = LoadShareTracker(n)
-        force_q = QualityMonitor(n, cfg.force_quality)
-        disp_q = QualityMonitor(n, cfg.disp_quality)
-        ei, df = new_rows(n)
-        if getattr(self, "_steps", None) is not None:
-            grown = (steps, tracking, share, k_device, force_q, disp_q)
-            for prev, new in zip(self._trackers().values(), grown, strict=True):
-                prev.copy_rows_to(new)
-            m = self._ei.shape[0]
-            ei[:m] = self._ei
-            df[:m] = self._df
-        self._steps, self._tracking = steps, tracking
-        self._share, self._k_device = share, k_device
-        self._force_q, self._disp_q = force_q, disp_q
-        self._ei, self._df = ei, df
-        self._block_ns = round(cfg.tracking.block_s * 1e9)
-        self._hold_ns = round(cfg.tracking.hold_s * 1e9)
-        # The fused kernel's arguments, gathered once: per call only the frames change, and
-        # the step tracker's window pool, which Python may replace between calls.
-        self._state_head = (ei, steps.float_state, steps.int_state)
-        self._state_tail = (
-            tracking.float_state,
-            tracking.int_state,
-            share.float_state,
-            share.int_state,
-            share.rows()["begin_ns"],
-            share.rows()["end_ns"],
-            k_device.float_state,
-            k_device.int_state,
-            k_device.rows()["begin_ns"],
-            k_device.rows()["end_ns"],
-            force_q.float_state,
-            force_q.int_state,
-            disp_q.float_state,
-            disp_q.int_state,
-            self._fp,
-            self._ip,
-        )
+        self._state = FleetState(self.config, max(capacity, 1))
+        self._block_ns = round(self.config.tracking.block_s * 1e9)
+        self._hold_ns = round(self.config.tracking.hold_s * 1e9)
 
     @property
     def devices(self) -> list[str]:
@@ -175,32 +115,11 @@ class FleetEstimator:
         step windows' pool (pool bytes over the devices seen). Python objects not included."""
         return sum(self.state_parts_per_device().values())
 
-    def _trackers(self) -> dict[str, DeviceRows]:
-        return {
-            "steps": self._steps,
-            "tracking": self._tracking,
-            "share": self._share,
-            "k_device": self._k_device,
-            "force_q": self._force_q,
-            "disp_q": self._disp_q,
-        }
-
     def state_parts_per_device(self) -> dict[str, int]:
         """The parts of `state_bytes_per_device` (bytes): "trackers" (the trackers' rows),
         "windows" (share of the step windows' pool, which holds one 2.5 KiB slot per open
         window) and "histories" (the estimator's own rows: histories and the day's tallies)."""
-        trackers = sum(
-            row[0].nbytes
-            for tracker in self._trackers().values()
-            for row in tracker.rows().values()
-        )
-        windows = self._steps.windows()
-        pool = windows["bins"].nbytes + windows["slot_owner"].nbytes
-        return {
-            "trackers": trackers,
-            "windows": round(pool / max(len(self._ids), 1)),
-            "histories": int(self._ei[0].nbytes + self._df[0].nbytes),
-        }
+        return self._state.parts_per_device(len(self._ids))
 
     def snapshot(self) -> dict[str, NDArray[Any]]:
         """The fleet's whole state as named arrays, for `restore` (e.g. through `numpy.savez`).
@@ -221,15 +140,8 @@ class FleetEstimator:
         arrays: dict[str, NDArray[Any]] = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         }
-        windows = {f"step_{name}": array for name, array in self._steps.windows().items()}
-        return arrays | windows | self._rows()
-
-    def _rows(self) -> dict[str, NDArray[Any]]:
-        """The state arrays with one row per device, by their names in a snapshot."""
-        rows: dict[str, NDArray[Any]] = {"ei": self._ei, "df": self._df}
-        for name, tracker in self._trackers().items():
-            rows |= {f"{name}_{key}": array for key, array in tracker.rows().items()}
-        return rows
+        windows = {f"step_{name}": array for name, array in self._state.steps.windows().items()}
+        return arrays | windows | self._state.rows()
 
     @classmethod
     def restore(
@@ -251,13 +163,13 @@ class FleetEstimator:
             raise ValueError(f"snapshot format {meta.get('format')!r}, not {_SNAPSHOT_FORMAT}")
         if meta.get("config") != repr(fleet.config):
             raise ValueError("the snapshot was made with other estimator settings")
-        for name, target in fleet._rows().items():
+        for name, target in fleet._state.rows().items():
             source = arrays[name]
             if source.shape != target.shape or source.dtype != target.dtype:
                 raise ValueError(f"snapshot array {name!r} is {source.dtype}{source.shape}, "
                                  f"this build's is {target.dtype}{target.shape}")  # fmt: skip
             target[...] = source  # in place: the kernels' argument tuples hold these arrays
-        fleet._steps.set_windows(
+        fleet._state.steps.set_windows(
             {name: arrays[f"step_{name}"] for name in ("bins", "slot_owner", "free")}
         )
         fleet._ids = list(meta["ids"])
@@ -277,8 +189,10 @@ class FleetEstimator:
         index = self._index.get(device)
         if index is None:
             index = len(self._ids)
-            if index >= self._steps.n_devices:
-                self._allocate(2 * self._steps.n_devices)
+            if index >= self._state.n_devices:
+                self._state = FleetState(
+                    self.config, 2 * self._state.n_devices, grown_from=self._state
+                )
             self._index[device] = index
             self._ids.append(device)
         return index
@@ -290,9 +204,9 @@ class FleetEstimator:
         if calibration_id != current:
             # Old stiffness estimates were made in other units of force, and perhaps the other
             # polarity: start afresh, the sign check too.
-            self._tracking.reset(i)
-            self._ei[i, DI_SIGN_BAD] = 0
-            self._ei[i, DI_N_RECENT_K] = 0
+            self._state.tracking.reset(i)
+            self._state.ei[i, DI_SIGN_BAD] = 0
+            self._state.ei[i, DI_N_RECENT_K] = 0
         if calibration_id is None:
             self._calibration.pop(i, None)
         else:
@@ -324,34 +238,34 @@ class FleetEstimator:
         """
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        self._steps.event(i, t_ns, delta_mm)
+        self._state.steps.event(i, t_ns, delta_mm)
         self._touch(i, t_ns, t_ns)
-        note_step_event(self._ei[i], self._df[i], t_ns, delta_mm, kind)
+        note_step_event(self._state.ei[i], self._state.df[i], t_ns, delta_mm, kind)
         return out
 
     def load_test_start(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test starts (UTC epoch ns); returns daily records it closed."""
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        self._share.start(i, t_ns)
-        self._k_device.start(i, t_ns)
-        self._ei[i, kern.EI_LOAD_TEST] = 1
+        self._state.share.start(i, t_ns)
+        self._state.k_device.start(i, t_ns)
+        self._state.ei[i, kern.EI_LOAD_TEST] = 1
         return out
 
     def load_test_end(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test ends (UTC epoch ns); returns its load-share record."""
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        ei, df = self._ei[i], self._df[i]
+        ei, df = self._state.ei[i], self._state.df[i]
         if not ei[kern.EI_LOAD_TEST]:
             return out
         ei[kern.EI_LOAD_TEST] = 0
-        est = self._share.end(i, t_ns)
-        k_est = self._k_device.end(i, t_ns)
+        est = self._state.share.end(i, t_ns)
+        k_est = self._state.k_device.end(i, t_ns)
         k_dev = math.nan
         if k_est.status == "ok":
-            noise_var = float(self._disp_q.float_state[i, kern.QF_NOISE_VAR])
-            k_dev = device_stiffness(self._k_device.float_state[i], noise_var)
+            noise_var = float(self._state.disp_q.float_state[i, kern.QF_NOISE_VAR])
+            k_dev = device_stiffness(self._state.k_device.float_state[i], noise_var)
         record = load_share_record(
             ei, df, est, t_ns=t_ns, k_device_n_per_mm=k_dev, config=self.config,
             device=self._ids[i], calibration_id=self._calibration.get(i),
@@ -406,9 +320,9 @@ class FleetEstimator:
             ref is not None,
             self._one_t0,
             self._one_dt,
-            *self._state_head,
-            self._steps.bins,
-            *self._state_tail,
+            *self._state.kernel_head,
+            self._state.steps.bins,
+            *self._state.kernel_tail,
             self._q_delta,
         )
         if stop == kern.STOP_NONE:
@@ -458,7 +372,7 @@ class FleetEstimator:
         rows = np.empty(n_frames, dtype=np.int64)
         for j, device in enumerate(devices):
             rows[j] = self._device(device)
-        # After every device exists: _allocate would replace the state arrays under the kernel.
+        # After every device exists: growing would replace the state arrays under the kernel.
         dt = 1e9 / rate
         out: list[EstimateRecord] = []
         j = 0
@@ -473,9 +387,9 @@ class FleetEstimator:
                 ref is not None,
                 t0,
                 dt,
-                *self._state_head,
-                self._steps.bins,
-                *self._state_tail,
+                *self._state.kernel_head,
+                self._state.steps.bins,
+                *self._state.kernel_tail,
                 self._q_delta,
             )
             if stop == kern.STOP_NONE:
@@ -507,17 +421,18 @@ class FleetEstimator:
         rate_hz: float,
     ) -> list[EstimateRecord]:
         """A frame that may close a day or a step window: one tracker call at a time."""
+        state = self._state
         dt_ns = 1e9 / rate_hz
         out = self._advance_day(i, t0_ns)
         t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
         self._touch(i, t0_ns, t_end_ns)
-        for est in self._steps.frame(i, force, disp, t0_ns, rate_hz):
+        for est in state.steps.frame(i, force, disp, t0_ns, rate_hz):
             out.append(self._step_record(i, est))
         if force.size:
             tc = self.config.tracking
             kern._rls_push(
-                self._tracking.float_state[i],
-                self._tracking.int_state[i],
+                state.tracking.float_state[i],
+                state.tracking.int_state[i],
                 force,
                 disp,
                 t0_ns,
@@ -528,12 +443,12 @@ class FleetEstimator:
                 self._hold_ns,
                 tc.sigma_alpha,
             )
-            if self._ei[i, kern.EI_LOAD_TEST]:
+            if state.ei[i, kern.EI_LOAD_TEST]:
                 if ref is not None:
-                    self._share.frame(i, force, ref, t0_ns, rate_hz)
-                self._k_device.frame(i, force, disp, t0_ns, rate_hz)
+                    state.share.frame(i, force, ref, t0_ns, rate_hz)
+                state.k_device.frame(i, force, disp, t0_ns, rate_hz)
             q_delta = self._q_delta
-            for row, (monitor, values) in enumerate(((self._force_q, force), (self._disp_q, disp))):
+            for row, (monitor, values) in enumerate(((state.force_q, force), (state.disp_q, disp))):
                 qi = monitor.int_state[i]
                 before = qi.copy()
                 qc = monitor.config
@@ -559,10 +474,10 @@ class FleetEstimator:
         t_end_ns = t0_ns + round((n_samples - 1) * dt_ns)
         out: list[EstimateRecord] = []
         for row, (channel, monitor) in enumerate(
-            (("force", self._force_q), ("disp", self._disp_q))
+            (("force", self._state.force_q), ("disp", self._state.disp_q))
         ):
             record = quality_record(
-                self._ei[i],
+                self._state.ei[i],
                 monitor.float_state[i],
                 monitor.int_state[i],
                 monitor_config=monitor.config,
@@ -589,15 +504,15 @@ class FleetEstimator:
         """
         out: list[EstimateRecord] = []
         for i in [self._index[device]] if device is not None else range(len(self._ids)):
-            est = self._steps.flush(i)
+            est = self._state.steps.flush(i)
             if est is not None:
                 out.append(self._step_record(i, est))
-            if self._ei[i, kern.EI_DAY] >= 0:
+            if self._state.ei[i, kern.EI_DAY] >= 0:
                 out.append(self._close_day(i))
         return out
 
     def _touch(self, i: int, t_start_ns: int, t_end_ns: int) -> None:
-        ei = self._ei[i]
+        ei = self._state.ei[i]
         if t_start_ns // NS_PER_DAY < ei[kern.EI_DAY]:
             return  # a late item from an earlier day
         if ei[kern.EI_T_FIRST] < 0:
@@ -607,20 +522,20 @@ class FleetEstimator:
     def _close_day(self, i: int) -> DailyRecord:
         # The day's values beyond the row's places end with the day.
         return close_day(
-            self._ei[i],
-            self._df[i],
+            self._state.ei[i],
+            self._state.df[i],
             config=self.config,
             protocol=self._protocols.get(i) or self.config.protocol,
             device=self._ids[i],
             calibration_id=self._calibration.get(i),
-            k_track_n_per_mm=self._tracking.estimate(i).k_eq_n_per_mm,
+            k_track_n_per_mm=self._state.tracking.estimate(i).k_eq_n_per_mm,
             extra_steps=self._today_extra.pop(i, []),
             extra_probes=self._probes_extra.pop(i, []),
         )
 
     def _advance_day(self, i: int, t_ns: int) -> list[EstimateRecord]:
         day = t_ns // NS_PER_DAY
-        ei = self._ei[i]
+        ei = self._state.ei[i]
         if ei[kern.EI_DAY] < 0:
             ei[kern.EI_DAY] = day
             return []
@@ -632,7 +547,7 @@ class FleetEstimator:
         return out
 
     def _step_record(self, i: int, est: StepEstimate) -> StepRecord:
-        ei, df = self._ei[i], self._df[i]
+        ei, df = self._state.ei[i], self._state.df[i]
         record = step_record(
             ei, df, est, config=self.config, device=self._ids[i],
             calibration_id=self._calibration.get(i),
