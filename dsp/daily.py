@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.adherence import Protocol, daily_adherence
@@ -44,6 +43,8 @@ from dsp.layout import (
     PHASES,
     TODAY_PROBES,
     TODAY_STEPS,
+    FloatRow,
+    IntRow,
     flag_names,
 )
 from dsp.records import DailyRecord, Phase
@@ -61,9 +62,6 @@ __all__ = [
 
 ESTIMATOR_VERSION = "dsp.estimator/1"
 """The daily record's version: the complete estimator's own."""
-
-IntRow = NDArray[np.int64]
-FloatRow = NDArray[np.float64]
 
 
 def _median(values: list[float]) -> float:

@@ -17,6 +17,10 @@ from dsp.records import Phase
 
 NS_PER_DAY = kern.NS_PER_DAY  # the day column kern.EI_DAY holds t_ns // NS_PER_DAY: UTC days
 
+# One device's rows, as the estimator's rooms take them: views into the fleet's arrays.
+IntRow = NDArray[np.int64]
+FloatRow = NDArray[np.float64]
+
 STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
 SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
 KDEV_HISTORY = 8  # daily device stiffnesses remembered for the loosening rule
@@ -86,7 +90,7 @@ def flag_names(bits: int) -> set[str]:
     return {name for name, bit in FLAG_BITS.items() if bits & bit}
 
 
-def new_rows(n_devices: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def new_rows(n_devices: int) -> tuple[IntRow, FloatRow]:
     """The int and float rows of devices before their first item: no day, input time, step or
     readiness day yet (-1), and no share or device stiffness today (NaN)."""
     ei = np.zeros((n_devices, DI_LEN), dtype=np.int64)

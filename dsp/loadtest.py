@@ -10,9 +10,6 @@ rows and calls these.
 
 import math
 
-import numpy as np
-from numpy.typing import NDArray
-
 from dsp import _kernels as kern
 from dsp.config import EstimatorConfig
 from dsp.daily import note_readiness, removal_criterion_met
@@ -37,6 +34,8 @@ from dsp.layout import (
     PHASE_CODE,
     PHASES,
     SHARE_HISTORY,
+    FloatRow,
+    IntRow,
     ring_push,
 )
 from dsp.loadshare import LoadShareEstimate
@@ -45,9 +44,6 @@ from dsp.rules import is_loosening, share_flags
 from dsp.steprecord import recent_steps_sign
 
 __all__ = ["device_stiffness", "load_share_record"]
-
-IntRow = NDArray[np.int64]
-FloatRow = NDArray[np.float64]
 
 # The load-share record restates these fields of its estimate as they are.
 _SHARE_FIELDS = (

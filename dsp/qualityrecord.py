@@ -8,9 +8,6 @@ place) and the channel monitor's rows as arguments; `dsp.estimator` owns the row
 
 import math
 
-import numpy as np
-from numpy.typing import NDArray
-
 from dsp import _kernels as kern
 from dsp.layout import (
     DI_FLAGS,
@@ -22,6 +19,8 @@ from dsp.layout import (
     Q_N_SAMPLES,
     Q_T_END,
     Q_T_START,
+    FloatRow,
+    IntRow,
 )
 from dsp.quality import QUALITY_VERSION, QualityConfig
 from dsp.records import QualityRecord
@@ -30,9 +29,9 @@ __all__ = ["quality_record"]
 
 
 def quality_record(
-    ei: NDArray[np.int64],
-    monitor_float_row: NDArray[np.float64],
-    monitor_int_row: NDArray[np.int64],
+    ei: IntRow,
+    monitor_float_row: FloatRow,
+    monitor_int_row: IntRow,
     *,
     monitor_config: QualityConfig,
     row: int,

@@ -9,9 +9,6 @@ rows and calls these.
 
 import math
 
-import numpy as np
-from numpy.typing import NDArray
-
 from dsp import _kernels as kern
 from dsp.config import EstimatorConfig
 from dsp.layout import (
@@ -37,6 +34,8 @@ from dsp.layout import (
     PHASE_CODE,
     STEP_HISTORY,
     STEP_KINDS,
+    FloatRow,
+    IntRow,
     ring_push,
 )
 from dsp.records import StepKind, StepRecord
@@ -44,9 +43,6 @@ from dsp.rules import is_poor_regenerate, is_separation, steps_sign
 from dsp.steps import StepEstimate
 
 __all__ = ["note_step_event", "recent_steps_sign", "step_record"]
-
-IntRow = NDArray[np.int64]
-FloatRow = NDArray[np.float64]
 
 # The step record restates these fields of the estimate as they are.
 _STEP_FIELDS = (
