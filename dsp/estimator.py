@@ -13,77 +13,30 @@ Python runs per sample. Records: `StepRecord` (kind "step" or "probe"), `LoadSha
 ("load_share"), `QualityRecord` ("quality"), `DailyRecord` ("daily", one per device and UTC
 day, emitted when the device's data pass into the next day, with phase, adherence,
 consolidation and anomaly `flags`). docs/dsp.md lists every field.
+
+This module dispatches; the rest of the estimator is in rooms of its own, each a set of
+functions of one device's rows: `dsp.state` (the state arrays, grown by doubling),
+`dsp.steprecord`, `dsp.loadtest`, `dsp.qualityrecord` and `dsp.daily` (each record kind with
+the rules it feeds), `dsp.config` (the settings) and `dsp.layout` (the rows' columns).
 """
 
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dsp import _kernels as kern
-from dsp.adherence import Protocol, daily_adherence
-from dsp.checks import as_float_array, check_rate
-from dsp.consolidation import ConsolidationConfig, consolidation_index, fit_trend
-from dsp.layout import (
-    DF_GAINED_MM,
-    DF_K_DEVICE,
-    DF_K_DEVICE_TODAY,
-    DF_LEN,
-    DF_MM_TODAY,
-    DF_PROBES_TODAY,
-    DF_RECENT_K,
-    DF_RECENT_KPEAK,
-    DF_RESIDUAL,
-    DF_SHARE,
-    DF_SHARE_DAY,
-    DF_SHARE_STD,
-    DF_SHARE_STD_TODAY,
-    DF_SHARE_TODAY,
-    DF_TODAY,
-    DI_FLAGS,
-    DI_KIND_PROBE,
-    DI_KIND_T,
-    DI_LAST_STEP_NS,
-    DI_LEN,
-    DI_N_K_DEVICE,
-    DI_N_KINDS,
-    DI_N_PROBES,
-    DI_N_PROBES_TODAY,
-    DI_N_RECENT_K,
-    DI_N_RESIDUAL,
-    DI_N_SHARES,
-    DI_N_STEPS,
-    DI_N_TESTS_TODAY,
-    DI_N_TODAY,
-    DI_N_USABLE_TODAY,
-    DI_PHASE,
-    DI_Q,
-    DI_READY,
-    DI_SIGN_BAD,
-    DI_STEPS_TODAY,
-    FLAG_BITS,
-    KDEV_HISTORY,
-    PHASE_CODE,
-    PHASES,
-    Q_COUNTS,
-    Q_LEN,
-    Q_N_FRAMES,
-    Q_N_SAMPLES,
-    Q_T_END,
-    Q_T_START,
-    SHARE_HISTORY,
-    STEP_HISTORY,
-    STEP_KINDS,
-    TODAY_PROBES,
-    TODAY_STEPS,
-    flag_names,
-)
-from dsp.loadshare import LoadShareEstimate, LoadShareTracker
-from dsp.quality import QUALITY_VERSION, QualityConfig, QualityMonitor
+from dsp.adherence import Protocol
+from dsp.checks import as_float_array, check_batch, check_rate
+from dsp.config import EstimatorConfig
+from dsp.daily import ESTIMATOR_VERSION, close_day, hold_probe_values, hold_step_values
+from dsp.layout import DI_N_RECENT_K, DI_SIGN_BAD, NS_PER_DAY
+from dsp.loadtest import device_stiffness, load_share_record
+from dsp.qualityrecord import quality_record
 from dsp.records import (
     DailyRecord,
     EstimateRecord,
@@ -93,17 +46,9 @@ from dsp.records import (
     StepKind,
     StepRecord,
 )
-from dsp.rows import DeviceRows
-from dsp.rules import (
-    is_loosening,
-    is_poor_regenerate,
-    is_separation,
-    qualifies_for_removal,
-    share_flags,
-    steps_sign,
-)
-from dsp.steps import StepConfig, StepEstimate, StepTracker
-from dsp.tracking import StiffnessTracker, TrackingConfig
+from dsp.state import FleetState
+from dsp.steprecord import note_step_event, step_record
+from dsp.steps import StepEstimate
 
 __all__ = [
     "ESTIMATOR_VERSION",
@@ -118,135 +63,8 @@ __all__ = [
     "StepRecord",
 ]
 
-ESTIMATOR_VERSION = "dsp.estimator/1"
-
-NS_PER_DAY = 86_400 * 1_000_000_000
-
 # Bumped whenever the meaning of a state array changes while its shape does not.
 _SNAPSHOT_FORMAT = 3
-
-
-@dataclass(frozen=True, kw_only=True)
-class EstimatorConfig:
-    """Settings of the complete estimator.
-
-    Attributes:
-        step: step-response settings (each step's ramp is measured from the displacement).
-        tracking: continuous stiffness tracker settings.
-        force_quality, disp_quality: signal-quality settings per channel.
-        consolidation: trend settings, including the removal criterion (load share < 10 %).
-        protocol: the prescription used when none is set per device.
-        consolidation_after_s: without a protocol target, distraction is over once no step
-            came for this long (s) and a whole UTC day passed without one.
-        share_min_load_range_n: a load test whose reference load varied by less than this (N)
-            is flagged `low_load_variation`: the clinical test has the patient step onto a
-            scale with a known part of the body weight, hundreds of N (Aarnes 2005, J Orthop
-            Res); 100 N keeps the share's leverage to within a few times the scale's noise.
-        share_max_resid_fraction: a load test whose force scatters about its line by more
-            than this fraction of the reference load's range is flagged `poor_fit` (the
-            patient moved, walked or leaned during the test). Not R^2: a healed bone's share
-            near 0 explains no variance with a perfect test.
-        share_margin: a share is `implausible` when it lies outside [-margin, 1 + margin] by
-            more than 2 standard errors: 0.03, the regression's own error does not hold the
-            scale's noise and the few seconds the load takes to settle, and early in
-            consolidation a share at 1 reads a hair above it.
-        sign_min_steps: distraction steps with a fit that the sign check waits for.
-        poor_k_inst_n_per_mm: flag `poor_regenerate` when the median step stiffness of the
-            last steps is below this (N/mm). Placeholder for limbs: poor regenerate keeps the
-            force near half of normal (dog ~60 N at week 3 vs 111-155 N by week 4, docs/domain.md);
-            set it per site (a mandible is much stiffer).
-        separation_drop: flag `separation` when the force before a step falls below this
-            fraction of the largest of the previous steps' (a sudden drop, docs/domain.md) ...
-        separation_min_n: ... by at least this much (N), so noise on a small force is no drop.
-        loosening_drop: flag `loosening` when the device's own stiffness (force per mm during
-            the weight-bearing test) falls by more than this fraction below the median of the
-            previous days (docs/domain.md: loosening shows as a stiffness drop).
-        quality_every_s: while a signal problem lasts, one quality record per this many s.
-        max_k_inst_rel_std: flag `low_snr` on a step or probe whose k_inst standard error
-            (`StepEstimate.k_inst_std_n_per_mm`) is unknown or above this fraction of
-            |k_inst|, or whose tau_fast the data do not bound (`tau_fast_held`: its k_inst
-            rests on the prior). At 0.08, over the independent physics family
-            (tests/physics.py: 10-200 Hz, ramps 0-180 s, tau_f 0.3-5 s) the 76 % of steps
-            that pass have a median error of 0.3 % and a 95th percentile of 5.3 % (8.1 % at
-            0.1, 12 % at 0.2). A 0.02 mm probe at 10 Hz with 0.5 N noise has an error of
-            ~40 N/mm: probes count from ~500 N/mm on.
-    """
-
-    step: StepConfig = field(default_factory=StepConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    force_quality: QualityConfig = field(default_factory=QualityConfig)
-    disp_quality: QualityConfig = field(default_factory=lambda: QualityConfig(full_scale=1e3))
-    consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
-    protocol: Protocol = field(default_factory=Protocol)
-    consolidation_after_s: float = 86_400.0
-    share_min_load_range_n: float = 100.0
-    share_max_resid_fraction: float = 0.05
-    share_margin: float = 0.03
-    sign_min_steps: int = 3
-    poor_k_inst_n_per_mm: float = 10.0
-    separation_drop: float = 0.5
-    separation_min_n: float = 5.0
-    loosening_drop: float = 0.02
-    quality_every_s: float = 60.0
-    max_k_inst_rel_std: float = 0.08
-
-
-# The step record restates these fields of the estimate as they are.
-_STEP_FIELDS = (
-    "t_onset_ns", "ramp_s", "delta_mm", "delta_event_mm", "k_inst_n_per_mm",
-    "k_inst_std_n_per_mm", "k_peak_n_per_mm", "k_eq_n_per_mm", "k_eq_std_n_per_mm",
-    "tau_fast_s", "tau_slow_s",
-    "f_residual_n", "f_peak_n", "f_inst_n", "f_settled_n", "fit_rmse_n", "fit_r2",
-    "fit_status", "closed_by", "n_samples",
-)  # fmt: skip
-
-
-# ... and the load-share record these of its estimate.
-_SHARE_FIELDS = (
-    "share", "share_std", "f_offset_n", "r2", "resid_sd_n", "ref_range_n", "status", "n_samples",
-)  # fmt: skip
-
-
-def _median(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else math.nan
-
-
-def _day_ns(day: float) -> int:
-    return round(day * NS_PER_DAY) if math.isfinite(day) else -1
-
-
-def _ring_push(row: NDArray[Any], at: int, cap: int, n: int, value: float) -> int:
-    """Append value to the history row[at:at + cap] holding n entries; the new length."""
-    if n == cap:
-        row[at : at + cap - 1] = row[at + 1 : at + cap]
-        n -= 1
-    row[at + n] = value
-    return n + 1
-
-
-def _check_batch(  # noqa: PLR0917 - the columns of a batch
-    n_frames: int,
-    offsets: NDArray[np.int64],
-    force: NDArray[np.float64],
-    disp: NDArray[np.float64],
-    ref: NDArray[np.float64] | None,
-    t0_ns: NDArray[np.int64],
-    rate_hz: NDArray[np.float64],
-) -> None:
-    """Reject a batch whose columns disagree, before any state changes."""
-    if force.shape != disp.shape or (ref is not None and ref.shape != force.shape):
-        raise ValueError("force_n, disp_mm and ref_load_n must have the same length")
-    if offsets.shape != (n_frames + 1,) or t0_ns.shape != (n_frames,):
-        raise ValueError(f"{n_frames} frames need {n_frames + 1} offsets and {n_frames} t0_ns")
-    if rate_hz.shape != (n_frames,):
-        raise ValueError(f"{n_frames} frames need {n_frames} rate_hz")
-    if offsets[0] != 0 or offsets[-1] != force.size or np.any(np.diff(offsets) < 0):
-        raise ValueError("offsets must rise from 0 to the sample count")
-    bad = ~(np.isfinite(rate_hz) & (rate_hz > 0.0))
-    if np.any(bad):
-        j = int(np.argmax(bad))
-        raise ValueError(f"rate_hz[{j}]={rate_hz[j]} must be positive and finite")
 
 
 _QUALITY_COUNTERS = (kern.QI_N_FLAT, kern.QI_N_SATURATED, kern.QI_N_SPIKES, kern.QI_N_NONFINITE)
@@ -259,15 +77,6 @@ class FleetEstimator:
     them); late frames older than the device's current day still feed the trackers but do
     not move the day back. Every call returns the records it completed, oldest first.
     """
-
-    _steps: StepTracker
-    _tracking: StiffnessTracker
-    _share: LoadShareTracker
-    _k_device: LoadShareTracker
-    _force_q: QualityMonitor
-    _disp_q: QualityMonitor
-    _ei: NDArray[np.int64]
-    _df: NDArray[np.float64]
 
     def __init__(self, config: EstimatorConfig | None = None, *, capacity: int = 16) -> None:
         """Create an empty fleet.
@@ -286,86 +95,15 @@ class FleetEstimator:
         # The day's step values beyond the row's room (more than TODAY_STEPS steps a day).
         self._today_extra: dict[int, list[tuple[float, float, float]]] = {}
         self._probes_extra: dict[int, list[tuple[float, float]]] = {}
-        self._fp, self._ip = self._kernel_params()
         # One-frame argument arrays of `frame`, reused so a frame allocates none of its own.
         self._one_row = np.zeros(1, dtype=np.int64)
         self._one_offsets = np.zeros(2, dtype=np.int64)
         self._one_t0 = np.zeros(1, dtype=np.int64)
         self._one_dt = np.zeros(1)
         self._q_delta = np.zeros((2, 4), dtype=np.int64)
-        self._allocate(max(capacity, 1))
-
-    def _allocate(self, n: int) -> None:
-        cfg = self.config
-        steps = StepTracker(n, cfg.step)
-        tracking = StiffnessTracker(n, cfg.tracking)
-        share = LoadShareTracker(n)
-        k_device = LoadShareTracker(n)
-        force_q = QualityMonitor(n, cfg.force_quality)
-        disp_q = QualityMonitor(n, cfg.disp_quality)
-        ei = np.zeros((n, DI_LEN), dtype=np.int64)
-        ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST, DI_LAST_STEP_NS]] = -1
-        ei[:, [DI_READY, DI_READY + 2]] = -1
-        df = np.zeros((n, DF_LEN))
-        df[:, [DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
-        if getattr(self, "_steps", None) is not None:
-            grown = (steps, tracking, share, k_device, force_q, disp_q)
-            for prev, new in zip(self._trackers().values(), grown, strict=True):
-                prev.copy_rows_to(new)
-            m = self._ei.shape[0]
-            ei[:m] = self._ei
-            df[:m] = self._df
-        self._steps, self._tracking = steps, tracking
-        self._share, self._k_device = share, k_device
-        self._force_q, self._disp_q = force_q, disp_q
-        self._ei, self._df = ei, df
-        self._block_ns = round(cfg.tracking.block_s * 1e9)
-        self._hold_ns = round(cfg.tracking.hold_s * 1e9)
-        # The fused kernel's arguments, gathered once: per call only the frames change, and
-        # the step tracker's window pool, which Python may replace between calls.
-        self._state_head = (ei, steps.float_state, steps.int_state)
-        self._state_tail = (
-            tracking.float_state,
-            tracking.int_state,
-            share.float_state,
-            share.int_state,
-            share.rows()["begin_ns"],
-            share.rows()["end_ns"],
-            k_device.float_state,
-            k_device.int_state,
-            k_device.rows()["begin_ns"],
-            k_device.rows()["end_ns"],
-            force_q.float_state,
-            force_q.int_state,
-            disp_q.float_state,
-            disp_q.int_state,
-            self._fp,
-            self._ip,
-        )
-
-    def _kernel_params(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """The scalars of the fused frame kernel at the P_* and PI_* offsets."""
-        cfg = self.config
-        c_s, h = cfg.step.bin_shape
-        fp = np.zeros(kern.FLEET_FLOAT_LEN)
-        fp[kern.P_C_S], fp[kern.P_H] = c_s, h
-        fp[kern.P_MAX_GAP_NS] = cfg.step.max_gap_s * 1e9
-        fp[kern.P_LAM] = cfg.tracking.forgetting
-        fp[kern.P_EXCITE_MM] = cfg.tracking.excite_mm
-        fp[kern.P_SIGMA_ALPHA] = cfg.tracking.sigma_alpha
-        ip = np.zeros(kern.FLEET_INT_LEN, dtype=np.int64)
-        ip[kern.PI_PRE_BIN_NS] = kern.PRE_BIN_NS
-        ip[kern.PI_N_BINS] = cfg.step.n_bins
-        ip[kern.PI_WINDOW_NS] = round(cfg.step.window_s * 1e9)
-        ip[kern.PI_BLOCK_NS] = round(cfg.tracking.block_s * 1e9)
-        ip[kern.PI_HOLD_NS] = round(cfg.tracking.hold_s * 1e9)
-        for at, at_flat, qc in (
-            (kern.P_FQ, kern.PI_FQ_FLAT, cfg.force_quality),
-            (kern.P_DQ, kern.PI_DQ_FLAT, cfg.disp_quality),
-        ):
-            fp[at : at + 4] = (qc.full_scale, qc.flat_eps, qc.spike_k, qc.noise_alpha)
-            ip[at_flat] = qc.flat_samples
-        return fp, ip
+        self._state = FleetState(self.config, max(capacity, 1))
+        self._block_ns = round(self.config.tracking.block_s * 1e9)
+        self._hold_ns = round(self.config.tracking.hold_s * 1e9)
 
     @property
     def devices(self) -> list[str]:
@@ -377,32 +115,11 @@ class FleetEstimator:
         step windows' pool (pool bytes over the devices seen). Python objects not included."""
         return sum(self.state_parts_per_device().values())
 
-    def _trackers(self) -> dict[str, DeviceRows]:
-        return {
-            "steps": self._steps,
-            "tracking": self._tracking,
-            "share": self._share,
-            "k_device": self._k_device,
-            "force_q": self._force_q,
-            "disp_q": self._disp_q,
-        }
-
     def state_parts_per_device(self) -> dict[str, int]:
         """The parts of `state_bytes_per_device` (bytes): "trackers" (the trackers' rows),
         "windows" (share of the step windows' pool, which holds one 2.5 KiB slot per open
         window) and "histories" (the estimator's own rows: histories and the day's tallies)."""
-        trackers = sum(
-            row[0].nbytes
-            for tracker in self._trackers().values()
-            for row in tracker.rows().values()
-        )
-        windows = self._steps.windows()
-        pool = windows["bins"].nbytes + windows["slot_owner"].nbytes
-        return {
-            "trackers": trackers,
-            "windows": round(pool / max(len(self._ids), 1)),
-            "histories": int(self._ei[0].nbytes + self._df[0].nbytes),
-        }
+        return self._state.parts_per_device(len(self._ids))
 
     def snapshot(self) -> dict[str, NDArray[Any]]:
         """The fleet's whole state as named arrays, for `restore` (e.g. through `numpy.savez`).
@@ -423,15 +140,8 @@ class FleetEstimator:
         arrays: dict[str, NDArray[Any]] = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         }
-        windows = {f"step_{name}": array for name, array in self._steps.windows().items()}
-        return arrays | windows | self._rows()
-
-    def _rows(self) -> dict[str, NDArray[Any]]:
-        """The state arrays with one row per device, by their names in a snapshot."""
-        rows: dict[str, NDArray[Any]] = {"ei": self._ei, "df": self._df}
-        for name, tracker in self._trackers().items():
-            rows |= {f"{name}_{key}": array for key, array in tracker.rows().items()}
-        return rows
+        windows = {f"step_{name}": array for name, array in self._state.steps.windows().items()}
+        return arrays | windows | self._state.rows()
 
     @classmethod
     def restore(
@@ -453,13 +163,13 @@ class FleetEstimator:
             raise ValueError(f"snapshot format {meta.get('format')!r}, not {_SNAPSHOT_FORMAT}")
         if meta.get("config") != repr(fleet.config):
             raise ValueError("the snapshot was made with other estimator settings")
-        for name, target in fleet._rows().items():
+        for name, target in fleet._state.rows().items():
             source = arrays[name]
             if source.shape != target.shape or source.dtype != target.dtype:
                 raise ValueError(f"snapshot array {name!r} is {source.dtype}{source.shape}, "
                                  f"this build's is {target.dtype}{target.shape}")  # fmt: skip
             target[...] = source  # in place: the kernels' argument tuples hold these arrays
-        fleet._steps.set_windows(
+        fleet._state.steps.set_windows(
             {name: arrays[f"step_{name}"] for name in ("bins", "slot_owner", "free")}
         )
         fleet._ids = list(meta["ids"])
@@ -479,8 +189,10 @@ class FleetEstimator:
         index = self._index.get(device)
         if index is None:
             index = len(self._ids)
-            if index >= self._steps.n_devices:
-                self._allocate(2 * self._steps.n_devices)
+            if index >= self._state.n_devices:
+                self._state = FleetState(
+                    self.config, 2 * self._state.n_devices, grown_from=self._state
+                )
             self._index[device] = index
             self._ids.append(device)
         return index
@@ -492,9 +204,9 @@ class FleetEstimator:
         if calibration_id != current:
             # Old stiffness estimates were made in other units of force, and perhaps the other
             # polarity: start afresh, the sign check too.
-            self._tracking.reset(i)
-            self._ei[i, DI_SIGN_BAD] = 0
-            self._ei[i, DI_N_RECENT_K] = 0
+            self._state.tracking.reset(i)
+            self._state.ei[i, DI_SIGN_BAD] = 0
+            self._state.ei[i, DI_N_RECENT_K] = 0
         if calibration_id is None:
             self._calibration.pop(i, None)
         else:
@@ -526,145 +238,39 @@ class FleetEstimator:
         """
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        self._steps.event(i, t_ns, delta_mm)
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_KINDS])
-        bits = int(ei[DI_KIND_PROBE])
-        if n == STEP_KINDS:
-            bits >>= 1
-        n = _ring_push(ei, DI_KIND_T, STEP_KINDS, n, t_ns)
-        ei[DI_N_KINDS] = n
-        bit = 1 << (n - 1)
-        ei[DI_KIND_PROBE] = bits | bit if kind == "probe" else bits & ~bit
+        self._state.steps.event(i, t_ns, delta_mm)
         self._touch(i, t_ns, t_ns)
-        if kind == "step":
-            ei[DI_N_STEPS] += 1
-            df[DF_GAINED_MM] += delta_mm
-            ei[DI_LAST_STEP_NS] = t_ns
-            if t_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
-                ei[DI_STEPS_TODAY] += 1
-                df[DF_MM_TODAY] += delta_mm
-            if ei[DI_PHASE] != PHASE_CODE["distraction"]:
-                ei[DI_PHASE] = PHASE_CODE["distraction"]
-        else:
-            ei[DI_N_PROBES] += 1
+        note_step_event(self._state.ei[i], self._state.df[i], t_ns, delta_mm, kind)
         return out
 
     def load_test_start(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test starts (UTC epoch ns); returns daily records it closed."""
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        self._share.start(i, t_ns)
-        self._k_device.start(i, t_ns)
-        self._ei[i, kern.EI_LOAD_TEST] = 1
+        self._state.share.start(i, t_ns)
+        self._state.k_device.start(i, t_ns)
+        self._state.ei[i, kern.EI_LOAD_TEST] = 1
         return out
 
     def load_test_end(self, device: str, t_ns: int) -> list[EstimateRecord]:
         """A weight-bearing test ends (UTC epoch ns); returns its load-share record."""
         i = self._device(device)
         out = self._advance_day(i, t_ns)
-        ei, df = self._ei[i], self._df[i]
+        ei, df = self._state.ei[i], self._state.df[i]
         if not ei[kern.EI_LOAD_TEST]:
             return out
         ei[kern.EI_LOAD_TEST] = 0
-        est = self._share.end(i, t_ns)
-        k_est = self._k_device.end(i, t_ns)
-        k_dev = self._device_stiffness(i) if k_est.status == "ok" else math.nan
-        if math.isfinite(k_dev) and k_dev > 0.0:
-            self._loosening_rule(i, k_dev)
-            df[DF_K_DEVICE_TODAY] = k_dev
-            n = int(ei[DI_N_K_DEVICE])
-            ei[DI_N_K_DEVICE] = _ring_push(df, DF_K_DEVICE, KDEV_HISTORY, n, k_dev)
-        flags = self._share_flags(i, est)
-        usable = est.status == "ok" and not flags
-        ei[DI_N_TESTS_TODAY] += 1
-        if usable:
-            ei[DI_N_USABLE_TODAY] += 1
-            df[DF_SHARE_TODAY] = est.share
-            df[DF_SHARE_STD_TODAY] = est.share_std
-            n = int(ei[DI_N_SHARES])
-            _ring_push(df, DF_SHARE_DAY, SHARE_HISTORY, n, t_ns / NS_PER_DAY)
-            _ring_push(df, DF_SHARE_STD, SHARE_HISTORY, n, est.share_std)
-            ei[DI_N_SHARES] = _ring_push(df, DF_SHARE, SHARE_HISTORY, n, est.share)
-            self._readiness_test(i, t_ns // NS_PER_DAY, est.share, est.share_std)
-        else:
-            ei[DI_FLAGS] |= FLAG_BITS["unusable_share"]
-        in_consolidation = PHASES[int(ei[DI_PHASE])] in ("consolidation", "ready")
-        met = in_consolidation and self._removal_criterion_met(i)
-        if in_consolidation:  # re-evaluated on every test: readiness can be lost again
-            ei[DI_PHASE] = PHASE_CODE["ready" if met else "consolidation"]
-        out.append(
-            LoadShareRecord(
-                device=self._ids[i],
-                t_ns=t_ns,
-                kind="load_share",
-                version=est.version,
-                calibration_id=self._calibration.get(i),
-                t_start_ns=est.t_start_ns,
-                t_end_ns=est.t_end_ns,
-                **{name: getattr(est, name) for name in _SHARE_FIELDS},
-                k_device_n_per_mm=k_dev,
-                flags=tuple(sorted(flags)),
-                usable=usable,
-                removal_criterion_met=met,
-            )
-        )
-        return out
-
-    def _share_flags(self, i: int, est: LoadShareEstimate) -> set[str]:
-        """Why a test's share may not be used (empty: it may), and the sign check it feeds."""
-        cfg = self.config
-        if est.status != "ok":
-            return set()
-        flags = share_flags(
-            est.share, est.share_std, est.resid_sd_n, est.ref_range_n, margin=cfg.share_margin,
-            max_resid_fraction=cfg.share_max_resid_fraction,
-            min_load_range_n=cfg.share_min_load_range_n,
+        est = self._state.share.end(i, t_ns)
+        k_est = self._state.k_device.end(i, t_ns)
+        k_dev = math.nan
+        if k_est.status == "ok":
+            noise_var = float(self._state.disp_q.float_state[i, kern.QF_NOISE_VAR])
+            k_dev = device_stiffness(self._state.k_device.float_state[i], noise_var)
+        record = load_share_record(
+            ei, df, est, t_ns=t_ns, k_device_n_per_mm=k_dev, config=self.config,
+            device=self._ids[i], calibration_id=self._calibration.get(i),
         )  # fmt: skip
-        # Loading that lowers the force (an implausible share below 0) while the steps raise
-        # it: the two disagree in sign.
-        if "implausible" in flags and est.share < 0.0 and self._steps_sign(i) > 0:
-            self._ei[i, DI_SIGN_BAD] = 1
-        if self._ei[i, DI_SIGN_BAD]:
-            flags.add("sign_inconsistent")
-        return flags
-
-    def _steps_sign(self, i: int) -> int:
-        n = int(self._ei[i, DI_N_RECENT_K])
-        recent = [
-            k
-            for k in self._df[i, DF_RECENT_KPEAK : DF_RECENT_KPEAK + n].tolist()
-            if math.isfinite(k)
-        ]
-        return steps_sign(recent, min_steps=self.config.sign_min_steps)
-
-    def _readiness_test(self, i: int, day: int, share: float, share_std: float) -> None:
-        """Note a usable test for the readiness rule: per UTC day its last test counts."""
-        ei = self._ei[i]
-        removal = self.config.consolidation.removal_share
-        qualified = int(qualifies_for_removal(share, share_std, removal_share=removal))
-        if ei[DI_READY] != day:
-            ei[DI_READY + 2], ei[DI_READY + 3] = ei[DI_READY], ei[DI_READY + 1]
-            ei[DI_READY] = day
-        ei[DI_READY + 1] = qualified
-
-    def _removal_criterion_met(self, i: int) -> bool:
-        """The last usable test of each of the last two days that had one qualified."""
-        ei = self._ei[i]
-        return bool(ei[DI_READY + 2] >= 0 and ei[DI_READY + 1] and ei[DI_READY + 3])
-
-    def _device_stiffness(self, index: int) -> float:
-        """Minus the slope of force on displacement over the test (N/mm): the load raises the
-        force and shortens the device. Corrected for the noise on the displacement, which
-        would bias it towards 0 by var(noise) / var(displacement): late in consolidation the
-        device moves only hundredths of a mm under the test load."""
-        lf = self._k_device.float_state[index]
-        n = float(lf[kern.LF_N])
-        noise_var = float(self._disp_q.float_state[index, kern.QF_NOISE_VAR]) / 2.0
-        c_xx = float(lf[kern.LF_C_RR])
-        if math.isfinite(noise_var):
-            c_xx -= n * noise_var
-        return -float(lf[kern.LF_C_RF]) / c_xx if c_xx > 0.0 else math.nan
+        return [*out, record]
 
     # ---- frames ------------------------------------------------------------------------
 
@@ -714,9 +320,9 @@ class FleetEstimator:
             ref is not None,
             self._one_t0,
             self._one_dt,
-            *self._state_head,
-            self._steps.bins,
-            *self._state_tail,
+            *self._state.kernel_head,
+            self._state.steps.bins,
+            *self._state.kernel_tail,
             self._q_delta,
         )
         if stop == kern.STOP_NONE:
@@ -762,11 +368,11 @@ class FleetEstimator:
         offs = np.ascontiguousarray(offsets, dtype=np.int64)
         t0 = np.ascontiguousarray(t0_ns, dtype=np.int64)
         rate = np.ascontiguousarray(rate_hz, dtype=np.float64)
-        _check_batch(n_frames, offs, force, disp, ref, t0, rate)
+        check_batch(n_frames, offs, force, disp, ref, t0, rate)
         rows = np.empty(n_frames, dtype=np.int64)
         for j, device in enumerate(devices):
             rows[j] = self._device(device)
-        # After every device exists: _allocate would replace the state arrays under the kernel.
+        # After every device exists: growing would replace the state arrays under the kernel.
         dt = 1e9 / rate
         out: list[EstimateRecord] = []
         j = 0
@@ -781,9 +387,9 @@ class FleetEstimator:
                 ref is not None,
                 t0,
                 dt,
-                *self._state_head,
-                self._steps.bins,
-                *self._state_tail,
+                *self._state.kernel_head,
+                self._state.steps.bins,
+                *self._state.kernel_tail,
                 self._q_delta,
             )
             if stop == kern.STOP_NONE:
@@ -815,17 +421,18 @@ class FleetEstimator:
         rate_hz: float,
     ) -> list[EstimateRecord]:
         """A frame that may close a day or a step window: one tracker call at a time."""
+        state = self._state
         dt_ns = 1e9 / rate_hz
         out = self._advance_day(i, t0_ns)
         t_end_ns = t0_ns + round((force.size - 1) * dt_ns) if force.size else t0_ns
         self._touch(i, t0_ns, t_end_ns)
-        for est in self._steps.frame(i, force, disp, t0_ns, rate_hz):
+        for est in state.steps.frame(i, force, disp, t0_ns, rate_hz):
             out.append(self._step_record(i, est))
         if force.size:
             tc = self.config.tracking
             kern._rls_push(
-                self._tracking.float_state[i],
-                self._tracking.int_state[i],
+                state.tracking.float_state[i],
+                state.tracking.int_state[i],
                 force,
                 disp,
                 t0_ns,
@@ -836,12 +443,12 @@ class FleetEstimator:
                 self._hold_ns,
                 tc.sigma_alpha,
             )
-            if self._ei[i, kern.EI_LOAD_TEST]:
+            if state.ei[i, kern.EI_LOAD_TEST]:
                 if ref is not None:
-                    self._share.frame(i, force, ref, t0_ns, rate_hz)
-                self._k_device.frame(i, force, disp, t0_ns, rate_hz)
+                    state.share.frame(i, force, ref, t0_ns, rate_hz)
+                state.k_device.frame(i, force, disp, t0_ns, rate_hz)
             q_delta = self._q_delta
-            for row, (monitor, values) in enumerate(((self._force_q, force), (self._disp_q, disp))):
+            for row, (monitor, values) in enumerate(((state.force_q, force), (state.disp_q, disp))):
                 qi = monitor.int_state[i]
                 before = qi.copy()
                 qc = monitor.config
@@ -867,82 +474,26 @@ class FleetEstimator:
         t_end_ns = t0_ns + round((n_samples - 1) * dt_ns)
         out: list[EstimateRecord] = []
         for row, (channel, monitor) in enumerate(
-            (("force", self._force_q), ("disp", self._disp_q))
+            (("force", self._state.force_q), ("disp", self._state.disp_q))
         ):
-            counts = [int(v) for v in self._q_delta[row]]
-            record = self._quality(
-                i,
+            record = quality_record(
+                self._state.ei[i],
+                monitor.float_state[i],
+                monitor.int_state[i],
+                monitor_config=monitor.config,
                 row=row,
                 channel=channel,
-                monitor=monitor,
-                counts=counts,
+                counts=[int(v) for v in self._q_delta[row]],
                 n_samples=n_samples,
                 t0_ns=t0_ns,
                 t_end_ns=t_end_ns,
+                quality_every_s=self.config.quality_every_s,
+                device=self._ids[i],
+                calibration_id=self._calibration.get(i),
             )
             if record is not None:
                 out.append(record)
         return out
-
-    def _quality(
-        self,
-        i: int,
-        *,
-        row: int,
-        channel: str,
-        monitor: QualityMonitor,
-        counts: list[int],
-        n_samples: int,
-        t0_ns: int,
-        t_end_ns: int,
-    ) -> QualityRecord | None:
-        qf, qi = monitor.float_state[i], monitor.int_state[i]
-        qc = monitor.config
-        flat = bool(qi[kern.QI_RUN] > qc.flat_samples)
-        bad = flat or any(counts)
-        ei = self._ei[i]
-        bit = 1 << row
-        at = DI_Q + row * Q_LEN  # the channel's open stretch, if bit is set in EI_Q_PENDING
-        pending = bool(ei[kern.EI_Q_PENDING] & bit)
-        if bad:
-            ei[DI_FLAGS] |= FLAG_BITS["signal_quality"]
-            if not pending:
-                pending = True
-                ei[at : at + Q_LEN] = 0
-                ei[at + Q_T_START] = t0_ns
-                ei[kern.EI_Q_PENDING] |= bit
-            ei[at + Q_COUNTS : at + Q_COUNTS + 4] += counts
-            ei[at + Q_T_END] = t_end_ns
-            ei[at + Q_N_SAMPLES] += n_samples
-            ei[at + Q_N_FRAMES] += 1
-        if not pending:
-            return None
-        t_start_ns = int(ei[at + Q_T_START])
-        if bad and t_end_ns - t_start_ns < self.config.quality_every_s * 1e9:
-            return None
-        ei[kern.EI_Q_PENDING] &= ~bit
-        var = float(qf[kern.QF_NOISE_VAR])
-        n_flat, n_sat, n_spikes, n_nonfinite = (
-            int(v) for v in ei[at + Q_COUNTS : at + Q_COUNTS + 4]
-        )
-        return QualityRecord(
-            device=self._ids[i],
-            t_ns=t_start_ns,
-            kind="quality",
-            version=QUALITY_VERSION,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=t_start_ns,
-            t_end_ns=int(ei[at + Q_T_END]),
-            channel=channel,
-            noise_rms=math.sqrt(var / 2.0) if math.isfinite(var) else math.nan,
-            flatline=flat,
-            n_flat=n_flat,
-            n_saturated=n_sat,
-            n_spikes=n_spikes,
-            n_nonfinite=n_nonfinite,
-            n_samples=int(ei[at + Q_N_SAMPLES]),
-            n_frames=int(ei[at + Q_N_FRAMES]),
-        )
 
     # ---- closing -----------------------------------------------------------------------
 
@@ -953,24 +504,38 @@ class FleetEstimator:
         """
         out: list[EstimateRecord] = []
         for i in [self._index[device]] if device is not None else range(len(self._ids)):
-            est = self._steps.flush(i)
+            est = self._state.steps.flush(i)
             if est is not None:
                 out.append(self._step_record(i, est))
-            if self._ei[i, kern.EI_DAY] >= 0:
+            if self._state.ei[i, kern.EI_DAY] >= 0:
                 out.append(self._close_day(i))
         return out
 
     def _touch(self, i: int, t_start_ns: int, t_end_ns: int) -> None:
-        ei = self._ei[i]
+        ei = self._state.ei[i]
         if t_start_ns // NS_PER_DAY < ei[kern.EI_DAY]:
             return  # a late item from an earlier day
         if ei[kern.EI_T_FIRST] < 0:
             ei[kern.EI_T_FIRST] = t_start_ns
         ei[kern.EI_T_LAST] = max(int(ei[kern.EI_T_LAST]), t_end_ns)
 
+    def _close_day(self, i: int) -> DailyRecord:
+        # The day's values beyond the row's places end with the day.
+        return close_day(
+            self._state.ei[i],
+            self._state.df[i],
+            config=self.config,
+            protocol=self._protocols.get(i) or self.config.protocol,
+            device=self._ids[i],
+            calibration_id=self._calibration.get(i),
+            k_track_n_per_mm=self._state.tracking.estimate(i).k_eq_n_per_mm,
+            extra_steps=self._today_extra.pop(i, []),
+            extra_probes=self._probes_extra.pop(i, []),
+        )
+
     def _advance_day(self, i: int, t_ns: int) -> list[EstimateRecord]:
         day = t_ns // NS_PER_DAY
-        ei = self._ei[i]
+        ei = self._state.ei[i]
         if ei[kern.EI_DAY] < 0:
             ei[kern.EI_DAY] = day
             return []
@@ -981,228 +546,22 @@ class FleetEstimator:
             ei[kern.EI_DAY] = max(int(ei[kern.EI_DAY]) + 1, day - 366)
         return out
 
-    def _today(self, i: int) -> tuple[list[float], list[float], list[float]]:
-        """The day's step values: k_inst, k_eq and residual force, in arrival order."""
-        n = int(self._ei[i, DI_N_TODAY])
-        rows = self._df[i, DF_TODAY : DF_TODAY + 3 * n].reshape(n, 3).tolist()
-        rows += [list(r) for r in self._today_extra.get(i, ())]
-        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-
-    def _probes_today(self, i: int) -> tuple[list[float], list[float]]:
-        """The day's lengthening probe values: k_inst and k_eq, in arrival order."""
-        n = int(self._ei[i, DI_N_PROBES_TODAY])
-        rows = self._df[i, DF_PROBES_TODAY : DF_PROBES_TODAY + 2 * n].reshape(n, 2).tolist()
-        rows += [list(r) for r in self._probes_extra.get(i, ())]
-        return [r[0] for r in rows], [r[1] for r in rows]
-
     def _step_record(self, i: int, est: StepEstimate) -> StepRecord:
-        ei, df = self._ei[i], self._df[i]
-        kind: StepKind = "step"
-        probe_bits = int(ei[DI_KIND_PROBE])
-        for j in range(int(ei[DI_N_KINDS])):
-            if ei[DI_KIND_T + j] == est.t_step_ns:
-                kind = "probe" if probe_bits >> j & 1 else "step"
-        flags = set(est.flags)
-        k_std = est.k_inst_std_n_per_mm
-        if "tau_fast_held" in est.flags or not (
-            k_std <= self.config.max_k_inst_rel_std * abs(est.k_inst_n_per_mm)
-        ):
-            # Within its own noise (a 0.02 mm probe on a soft regenerate): no measurement.
-            flags.add("low_snr")
-        if kind == "step":
-            if self._separation_rule(i, est.f_residual_n):
-                flags.add("separation")
-                ei[DI_FLAGS] |= FLAG_BITS["separation"]
+        ei, df = self._state.ei[i], self._state.df[i]
+        record = step_record(
+            ei, df, est, config=self.config, device=self._ids[i],
+            calibration_id=self._calibration.get(i),
+        )  # fmt: skip
+        # The day's values for its record; those beyond the row's places wait in a list.
+        if record.kind == "step":
             if est.t_step_ns // NS_PER_DAY >= ei[kern.EI_DAY]:
                 values = (est.k_inst_n_per_mm, est.k_eq_n_per_mm, est.f_residual_n)
-                n = int(ei[DI_N_TODAY])
-                if n < TODAY_STEPS:
-                    df[DF_TODAY + 3 * n : DF_TODAY + 3 * n + 3] = values
-                    ei[DI_N_TODAY] = n + 1
-                else:
+                if not hold_step_values(ei, df, values):
                     self._today_extra.setdefault(i, []).append(values)
-            if est.fit_status in ("ok", "short") and math.isfinite(est.k_inst_n_per_mm):
-                n = int(ei[DI_N_RECENT_K])
-                _ring_push(df, DF_RECENT_KPEAK, STEP_HISTORY, n, est.k_peak_n_per_mm)
-                k_upper = est.k_inst_n_per_mm + 2.0 * est.k_inst_std_n_per_mm
-                ei[DI_N_RECENT_K] = _ring_push(df, DF_RECENT_K, STEP_HISTORY, n, k_upper)
-                # Steps that lower the force: the polarity is wrong (or the channel).
-                if self._steps_sign(i) < 0:
-                    ei[DI_SIGN_BAD] = 1
-                self._stiffness_rules(i)
         elif est.delta_mm > 0.0:
             probe = (est.k_inst_n_per_mm, est.k_eq_n_per_mm)
-            n = int(ei[DI_N_PROBES_TODAY])
-            if n < TODAY_PROBES:
-                df[DF_PROBES_TODAY + 2 * n : DF_PROBES_TODAY + 2 * n + 2] = probe
-                ei[DI_N_PROBES_TODAY] = n + 1
-            else:
+            if not hold_probe_values(ei, df, probe):
                 self._probes_extra.setdefault(i, []).append(probe)
-        return StepRecord(
-            device=self._ids[i],
-            t_ns=est.t_step_ns,
-            kind=kind,
-            version=est.version,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=est.t_start_ns,
-            t_end_ns=est.t_end_ns,
-            number=int(ei[DI_N_STEPS] if kind == "step" else ei[DI_N_PROBES]),
-            **{name: getattr(est, name) for name in _STEP_FIELDS},
-            flags=tuple(sorted(flags)),
-        )
-
-    # ---- anomaly rules (documented in docs/dsp.md) ---------------------------------------
-
-    def _separation_rule(self, i: int, f_residual_n: float) -> bool:
-        cfg = self.config
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_RESIDUAL])
-        previous = df[DF_RESIDUAL : DF_RESIDUAL + n].tolist()
-        hit = is_separation(
-            f_residual_n, previous, drop=cfg.separation_drop, min_n=cfg.separation_min_n
-        )
-        if math.isfinite(f_residual_n):
-            ei[DI_N_RESIDUAL] = _ring_push(df, DF_RESIDUAL, 4, n, f_residual_n)
-        return hit
-
-    def _stiffness_rules(self, i: int) -> None:
-        ei, df = self._ei[i], self._df[i]
-        n = int(ei[DI_N_RECENT_K])
-        recent = df[DF_RECENT_K : DF_RECENT_K + n].tolist()
-        limit = self.config.poor_k_inst_n_per_mm
-        if not ei[DI_SIGN_BAD] and is_poor_regenerate(recent, limit_n_per_mm=limit):
-            ei[DI_FLAGS] |= FLAG_BITS["poor_regenerate"]
-
-    def _loosening_rule(self, i: int, k_dev: float) -> None:
-        n = int(self._ei[i, DI_N_K_DEVICE])
-        history = self._df[i, DF_K_DEVICE : DF_K_DEVICE + n].tolist()
-        if is_loosening(k_dev, history, drop=self.config.loosening_drop):
-            self._ei[i, DI_FLAGS] |= FLAG_BITS["loosening"]
-
-    # ---- the day's record ----------------------------------------------------------------
-
-    def _shares(self, i: int) -> tuple[list[float], list[float], list[float]]:
-        """The remembered usable load shares: their times (days), values and standard
-        errors, oldest first."""
-        n = int(self._ei[i, DI_N_SHARES])
-        df = self._df[i]
-        return (
-            df[DF_SHARE_DAY : DF_SHARE_DAY + n].tolist(),
-            df[DF_SHARE : DF_SHARE + n].tolist(),
-            df[DF_SHARE_STD : DF_SHARE_STD + n].tolist(),
-        )
-
-    def _phase(self, i: int, protocol: Protocol, day_end_ns: int) -> Phase:
-        ei = self._ei[i]
-        phase = PHASES[int(ei[DI_PHASE])]
-        if phase == "distraction":
-            target = protocol.target_mm
-            if target is not None:
-                done = float(self._df[i, DF_GAINED_MM]) >= target - 0.5 * protocol.step_mm
-            else:
-                quiet_ns = day_end_ns - int(ei[DI_LAST_STEP_NS])
-                done = (
-                    ei[DI_STEPS_TODAY] == 0 and quiet_ns >= self.config.consolidation_after_s * 1e9
-                )
-            if done:
-                phase = "consolidation"
-        if phase in ("consolidation", "ready"):
-            # The readiness rule, as the last test left it (a new step leaves it too).
-            phase = "ready" if self._removal_criterion_met(i) else "consolidation"
-        return phase
-
-    def _close_day(self, i: int) -> DailyRecord:
-        cfg = self.config
-        protocol = self._protocols.get(i) or cfg.protocol
-        ei, df = self._ei[i], self._df[i]
-        day_start = int(ei[kern.EI_DAY]) * NS_PER_DAY
-        day_end = day_start + NS_PER_DAY
-        was = PHASES[int(ei[DI_PHASE])]
-        phase = self._phase(i, protocol, day_end)
-        ei[DI_PHASE] = PHASE_CODE[phase]
-        steps_today = int(ei[DI_STEPS_TODAY])
-        mm_today = float(df[DF_MM_TODAY])
-        gained_mm = float(df[DF_GAINED_MM])
-        prescribed = was == "distraction" or steps_today > 0
-        if was == "distraction" and phase != "distraction" and steps_today == 0:
-            prescribed = False
-        adh = daily_adherence(
-            steps_today,
-            mm_today,
-            protocol=protocol,
-            prescribed_today=prescribed,
-            gained_mm=gained_mm - mm_today,
-        )
-        flags = flag_names(int(ei[DI_FLAGS]))
-        if adh.missed_steps:
-            flags.add("missed_steps")
-        if adh.extra_steps:
-            flags.add("extra_steps")
-        if ei[DI_SIGN_BAD]:
-            flags.add("sign_inconsistent")
-        days, shares, share_stds = self._shares(i)
-        trend = fit_trend(days, shares, share_stds, config=cfg.consolidation)
-        removal = cfg.consolidation.removal_share
-        if trend is not None and trend.n_days >= cfg.consolidation.min_days:
-            index = consolidation_index(trend.share_now, removal_share=removal)
-        else:
-            last = shares[-1] if shares else math.nan
-            index = consolidation_index(last, removal_share=removal)
-        projection = "none"
-        if phase in ("latency", "distraction"):
-            index = 0.0  # the device carries the load until consolidation begins
-            trend = None
-        else:
-            projection = trend.status if trend is not None else "insufficient_days"
-        shown = trend if trend is not None and trend.status == "ok" else None
-        track_k = self._tracking.estimate(i).k_eq_n_per_mm
-        k_today, k_eq_today, residual_today = self._today(i)
-        probe_k_today, probe_k_eq_today = self._probes_today(i)
-        record = DailyRecord(
-            device=self._ids[i],
-            t_ns=day_start,
-            kind="daily",
-            version=ESTIMATOR_VERSION,
-            calibration_id=self._calibration.get(i),
-            t_start_ns=int(ei[kern.EI_T_FIRST]) if ei[kern.EI_T_FIRST] >= 0 else day_start,
-            t_end_ns=int(ei[kern.EI_T_LAST]) if ei[kern.EI_T_LAST] >= 0 else day_start,
-            phase=phase,
-            steps_done=adh.steps_done,
-            steps_prescribed=adh.steps_prescribed,
-            missed_steps=adh.missed_steps,
-            extra_steps=adh.extra_steps,
-            mm_done=adh.mm_done,
-            mm_prescribed=adh.mm_prescribed,
-            adherence=adh.ratio,
-            gained_mm=gained_mm,
-            k_inst_n_per_mm=_median(k_today),
-            k_eq_n_per_mm=_median(k_eq_today),
-            f_residual_n=_median(residual_today),
-            probe_k_inst_n_per_mm=_median(probe_k_today),
-            probe_k_eq_n_per_mm=_median(probe_k_eq_today),
-            k_track_n_per_mm=track_k,
-            load_share=float(df[DF_SHARE_TODAY]),
-            load_share_std=float(df[DF_SHARE_STD_TODAY]),
-            n_load_tests=int(ei[DI_N_TESTS_TODAY]),
-            n_load_tests_usable=int(ei[DI_N_USABLE_TODAY]),
-            k_device_n_per_mm=float(df[DF_K_DEVICE_TODAY]),
-            consolidation_index=index,
-            trend_slope_per_day=trend.slope_per_day if trend is not None else math.nan,
-            trend_slope_std_per_day=trend.slope_std_per_day if trend is not None else math.nan,
-            projected_ready_ns=_day_ns(shown.projected_day) if shown else -1,
-            projected_ready_lo_ns=_day_ns(shown.projected_lo_day) if shown else -1,
-            projected_ready_hi_ns=_day_ns(shown.projected_hi_day) if shown else -1,
-            projection_status=projection,
-            projection_horizon_ns=_day_ns(trend.horizon_day) if trend is not None else -1,
-            flags=tuple(sorted(flags)),
-        )
-        ei[[DI_STEPS_TODAY, DI_FLAGS, DI_N_TODAY, DI_N_PROBES_TODAY]] = 0
-        ei[[DI_N_TESTS_TODAY, DI_N_USABLE_TODAY]] = 0
-        df[DF_MM_TODAY] = 0.0
-        df[[DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
-        self._today_extra.pop(i, None)
-        self._probes_extra.pop(i, None)
-        ei[kern.EI_T_FIRST] = ei[kern.EI_T_LAST] = -1
         return record
 
 

@@ -2,11 +2,24 @@
 of its int and float rows, the history lengths, the phase codes and the day's flag bits.
 
 Snapshots store the rows as they are, so a change of meaning here bumps the estimator's
-snapshot format (dsp/estimator.py).
+snapshot format (dsp/estimator.py). `new_rows` makes the rows of devices not seen yet;
+`ring_push` appends to a history.
 """
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from dsp import _kernels as kern
 from dsp.records import Phase
+
+NS_PER_DAY = kern.NS_PER_DAY  # the day column kern.EI_DAY holds t_ns // NS_PER_DAY: UTC days
+
+# One device's rows, as the estimator's rooms take them: views into the fleet's arrays.
+IntRow = NDArray[np.int64]
+FloatRow = NDArray[np.float64]
 
 STEP_HISTORY = 12  # distraction steps remembered for the stiffness-growth and residual rules
 SHARE_HISTORY = 40  # daily load shares remembered for the trend (more than trend_days)
@@ -75,3 +88,23 @@ FLAG_BITS = {
 
 def flag_names(bits: int) -> set[str]:
     return {name for name, bit in FLAG_BITS.items() if bits & bit}
+
+
+def new_rows(n_devices: int) -> tuple[IntRow, FloatRow]:
+    """The int and float rows of devices before their first item: no day, input time, step or
+    readiness day yet (-1), and no share or device stiffness today (NaN)."""
+    ei = np.zeros((n_devices, DI_LEN), dtype=np.int64)
+    ei[:, [kern.EI_DAY, kern.EI_T_FIRST, kern.EI_T_LAST, DI_LAST_STEP_NS]] = -1
+    ei[:, [DI_READY, DI_READY + 2]] = -1
+    df = np.zeros((n_devices, DF_LEN))
+    df[:, [DF_SHARE_TODAY, DF_SHARE_STD_TODAY, DF_K_DEVICE_TODAY]] = math.nan
+    return ei, df
+
+
+def ring_push(row: NDArray[Any], at: int, cap: int, n: int, value: float) -> int:
+    """Append value to the history row[at:at + cap] holding n entries; the new length."""
+    if n == cap:
+        row[at : at + cap - 1] = row[at + 1 : at + cap]
+        n -= 1
+    row[at + n] = value
+    return n + 1

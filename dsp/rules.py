@@ -1,5 +1,6 @@
 """The estimator's clinical rules as plain functions over one device's values: what each
-flag means, testable without a fleet. `dsp.estimator` keeps the rows and calls these.
+flag means, testable without a fleet. The estimator's record rooms (`dsp.steprecord`,
+`dsp.loadtest`, `dsp.daily`) read the rows and call these.
 
 Sources: separation and loosening signatures from docs/domain.md ("What goes wrong"); the
 removal criterion from Aarnes 2005 (J Orthop Res); the load share's physical range from the
