@@ -46,6 +46,15 @@ from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
 from .calibration import calibrate
+from .catchup import (
+    CatchUp,
+    CatchUpProgress,
+    ProgressCollector,
+    event_unfed,
+    feed_frame,
+    unfed_part,
+)
+from .checkpoint import Checkpoint, Position, read_checkpoint, take_checkpoint, write_checkpoint
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
@@ -58,7 +67,6 @@ from .records import (
     status_lines,
 )
 from .spool import Spool, SpoolFull
-from .state import load_estimator, save_estimator
 
 __all__ = ["IngestService", "partition_of"]
 
@@ -84,6 +92,8 @@ class _Work:
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
+    # Running number of the work in the order made (ingest/checkpoint.py).
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -142,31 +152,56 @@ class IngestService:
         self.metrics = IngestMetrics(self.accounting, self._spool)
         self.ready = asyncio.Event()
         self._source: MqttSource | None = None
+        # The checkpoint (ingest/checkpoint.py): each device's position in its data; where
+        # catch-up left it (a redelivered message at or before it is not fed again); the
+        # numbers of the last work made and the last committed; one checkpoint taken and
+        # waiting for its messages to be committed, and the one being written.
+        self._positions: dict[str, Position] = {}
+        self._fed_until: dict[str, Position] = {}
+        self._handled = 0
+        self._committed = 0
+        self._batches_since_checkpoint = 0
+        self._checkpoint_at = time.monotonic()
+        self._checkpoint: Checkpoint | None = None
+        self._checkpoint_write: asyncio.Task[bool] | None = None
+        self.catchup = CatchUpProgress()
+        self._caught_up = False
+        self.metrics.registry.register(ProgressCollector(self.catchup))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
         store = InfluxStore(self._settings.influx)
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
-        state_dir = self._settings.ingest.state_dir
-        restored = await asyncio.to_thread(load_estimator, state_dir)
+        restored = await asyncio.to_thread(
+            read_checkpoint, self._settings.ingest.state_dir, self._estimator.config
+        )
         if restored is not None:
-            self._estimator = restored
+            self._estimator, self._positions = restored
         try:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
             source = MqttSource(settings=self._settings.mqtt, subscriptions=SUBSCRIPTIONS)
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
-                receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
                 registry = tasks.create_task(self._watch_registry(store), name="ingest.registry")
                 drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
                 stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
+                # Live messages wait (unacknowledged, at the broker or in paho's buffer)
+                # until the estimator has read what was stored after its checkpoint.
+                catch_up = tasks.create_task(self._catch_up(store, source), name="ingest.catchup")
+                stopping = tasks.create_task(stop.wait(), name="ingest.stopping")
+                await asyncio.wait([catch_up, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if not catch_up.done():
+                    # The checkpoint on disk is still consistent with the store: leave it.
+                    catch_up.cancel()
+                    log.warning(kv("shutdown_during_catchup"))
+                receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 self.ready.set()
                 log.info(kv("ingest_started", influx_url=self._settings.influx.url))
-                await stop.wait()
+                await stopping
                 receive.cancel()
                 registry.cancel()
                 await asyncio.wait([receive])  # returns once it has stopped, raises nothing
@@ -174,10 +209,12 @@ class IngestService:
                     await asyncio.wait_for(self._drain(), _DRAIN_TIMEOUT_S)
                 except TimeoutError:
                     # Not acknowledged, so the broker delivers it again to the next ingest;
-                    # the estimator has seen it, so its state is not saved (ingest/state.py).
+                    # the last checkpoint written stays the one to start from.
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
-                    await asyncio.to_thread(save_estimator, self._estimator, state_dir)
+                    await self._final_checkpoint()
+                if self._checkpoint_write is not None:
+                    await self._checkpoint_write
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
@@ -198,8 +235,121 @@ class IngestService:
         )
 
     def _is_ready(self) -> bool:
-        """Connected to the broker and not blocked on a full spool."""
-        return self._source is not None and self._source.connected and not self._spool_full
+        """Caught up, connected to the broker and not blocked on a full spool."""
+        return (
+            self._caught_up
+            and self._source is not None
+            and self._source.connected
+            and not self._spool_full
+        )
+
+    def _owns(self, device: str) -> bool:
+        """Whether this process stores the device (as `partition_of` decides for its topics)."""
+        partitions = self._settings.ingest.partitions
+        return zlib.crc32(device.encode()) % partitions == self._settings.ingest.partition
+
+    async def _catch_up(self, store: InfluxStore, source: MqttSource) -> None:
+        """Feed the estimator what was stored after its checkpoint (ingest/catchup.py)."""
+        settings = self._settings.ingest
+        started = time.monotonic()
+        deadline = started + settings.catchup_store_wait_s
+        # Spooled batches were acknowledged and are not in InfluxDB yet: they go in first.
+        # A poll, not an Event: the drain task (not this helper's) lowers the count.
+        while self._spool.batches and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_RETRY_MIN_S)
+        registry = self._registry.current
+        checkpointed = set(self._positions)
+        devices = [
+            (device, device.id not in checkpointed)
+            for device in registry.devices.values()
+            if self._owns(device.id)
+        ]
+        for device, _ in devices:
+            self._know(device)
+        for device_id in sorted(checkpointed - set(registry.devices)):
+            log.info(kv("catchup_skipped", device=device_id, reason="not_in_registry"))
+
+        async def emit(records: list[EstimateRecord], lines: bytes) -> None:
+            current = self._registry.current
+            body = lines + b"".join(
+                estimate_line(current.devices[record.device].hub, record) for record in records
+            )
+            await self._store_or_spool(store, body, _Batch())
+            for record in records:
+                device = current.devices[record.device]
+                source.publish(
+                    derived_topic(record.device),
+                    estimate_message(device.hub, device.patient, record),
+                )
+
+        catch_up = CatchUp(
+            store=store,
+            fleet=self._estimator,
+            positions=self._positions,
+            progress=self.catchup,
+            wait_s=max(0.0, deadline - time.monotonic()),
+        )
+        rebuild_from_ns = time.time_ns() - round(settings.rebuild_max_days * 86_400e9)
+        statuses = await catch_up.run(devices, emit, rebuild_from_ns=rebuild_from_ns)
+        self._fed_until = {
+            device: Position(position.sample_ns, position.event_ns)
+            for device, position in self._positions.items()
+        }
+        self._caught_up = True
+        log.info(
+            kv(
+                "catchup_done",
+                devices=len(statuses),
+                rebuilt=sum(status != "caught_up" for status in statuses.values()),
+                samples=self.catchup.samples,
+                events=self.catchup.events,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
+
+    def _take_checkpoint_if_due(self) -> None:
+        """Copy the estimator's state now if a checkpoint is due and none is in the making."""
+        settings = self._settings.ingest
+        if self._checkpoint is not None or (
+            self._checkpoint_write is not None and not self._checkpoint_write.done()
+        ):
+            return
+        if (
+            self._batches_since_checkpoint < settings.checkpoint_batches
+            and time.monotonic() - self._checkpoint_at < settings.checkpoint_interval_s
+        ):
+            return
+        self._checkpoint = take_checkpoint(self._estimator, self._positions, self._handled)
+        self._batches_since_checkpoint = 0
+        self._checkpoint_at = time.monotonic()
+
+    def _write_checkpoint_if_committed(self) -> None:
+        """Write the waiting checkpoint, in a thread, once all it reflects is committed."""
+        checkpoint = self._checkpoint
+        if checkpoint is None or self._committed < checkpoint.handled:
+            return
+        self._checkpoint = None
+        self._checkpoint_write = asyncio.create_task(
+            asyncio.to_thread(
+                write_checkpoint,
+                checkpoint,
+                self._settings.ingest.state_dir,
+                self._estimator.config,
+            ),
+            name="ingest.checkpoint",
+        )
+
+    async def _final_checkpoint(self) -> None:
+        """After a complete drain: everything handled is committed, so the state is current."""
+        if not self._caught_up:
+            return
+        if self._checkpoint_write is not None:
+            await self._checkpoint_write
+        self._checkpoint = None
+        checkpoint = take_checkpoint(self._estimator, self._positions, self._handled)
+        await asyncio.to_thread(
+            write_checkpoint, checkpoint, self._settings.ingest.state_dir, self._estimator.config
+        )
 
     async def _write_stats(self, store: InfluxStore) -> None:
         instance = self._settings.mqtt.client_id
@@ -274,6 +424,10 @@ class IngestService:
                 self._estimate_frames(pending, registry)
             works.append(self._store(message, accepted, registry, pending))
         self._estimate_frames(pending, registry)
+        for work in works:
+            self._handled += 1
+            work.seq = self._handled
+        self._take_checkpoint_if_due()
         return works
 
     def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
@@ -282,19 +436,14 @@ class IngestService:
             return
         frames, works = pending.frames, pending.works
         pending.frames, pending.works = [], []
+        for frame in frames:
+            position = self._positions.setdefault(frame.device, Position())
+            position.sample_ns = max(position.sample_ns, frame.t_last_ns)
         with_ref = sum(frame.ref_load_n is not None for frame in frames)
         if len(frames) == 1 or 0 < with_ref < len(frames):
             # `frames` takes a reference load for all frames or for none: one at a time here.
             for frame, work in zip(frames, works, strict=True):
-                records = self._estimator.frame(
-                    frame.device,
-                    frame.force_n,
-                    frame.disp_mm,
-                    frame.ref_load_n,
-                    frame.t0_ns,
-                    frame.rate_hz,
-                )
-                self._attach(work, records, registry)
+                self._attach(work, feed_frame(self._estimator, frame), registry)
             return
         offsets = np.zeros(len(frames) + 1, dtype=np.int64)
         np.cumsum([frame.n for frame in frames], out=offsets[1:])
@@ -354,12 +503,23 @@ class IngestService:
             item = calibrate(item, device.calibration)
             work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
-            pending.frames.append(item)
+            unfed = unfed_part(item, self._fed_until.get(item.device))
+            if unfed is None:
+                # Delivered again after a restart: stored again (the same points), but the
+                # estimator read it before (ingest/checkpoint.py).
+                self.catchup.frames_not_fed += 1
+                return work
+            pending.frames.append(unfed)
             pending.works.append(work)
             return work
         self._know(registry.devices[item.device])
         work = _Work(message, event_lines(accepted.hub, item))
+        if not event_unfed(item, self._fed_until.get(item.device)):
+            self.catchup.events_not_fed += 1  # read before: stored again, not fed again
+            return work
         self._attach(work, feed_event(self._estimator, item), registry)
+        position = self._positions.setdefault(item.device, Position())
+        position.event_ns = max(position.event_ns, item.t_ns)
         return work
 
     def _know(self, device: Device) -> None:
@@ -466,6 +626,9 @@ class IngestService:
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
+        self._committed = batch.items[-1].seq
+        self._batches_since_checkpoint += 1
+        self._write_checkpoint_if_committed()
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""
