@@ -251,6 +251,7 @@ class IngestService:
     async def _catch_up(self, store: InfluxStore, source: MqttSource) -> None:
         """Feed the estimator what was stored after its checkpoint (ingest/catchup.py)."""
         settings = self._settings.ingest
+        self.catchup.running = True
         started = time.monotonic()
         deadline = started + settings.catchup_store_wait_s
         # Spooled batches were acknowledged and are not in InfluxDB yet: they go in first.

@@ -22,13 +22,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -170,21 +168,77 @@ def _caught_up_frames(log: str) -> int:
     return sum(int(frames) for frames in re.findall(r"device_caught_up .*?frames=(\d+)", log))
 
 
-@pytest.fixture
-def expected_db(influxdb: InfluxDB, influx_db_name: str) -> Iterator[str]:
-    """A second database for analyze's records, dropped after the test."""
-    name = f"{influx_db_name}_expected"
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=name, api="v1")) as store:
+@dataclass
+class _Treatment:
+    """An emulated treatment as published (hub statuses left out), and what it holds."""
+
+    capture: Path
+    messages: list[CapturedMessage]
+    samples: dict[str, set[int]] = field(default_factory=dict)  # sample times per device
+    steps: list[int] = field(default_factory=list)  # message numbers of distraction steps
+    tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
+
+
+def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
+    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
+    plan = FleetPlan.from_registry(
+        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
+    )
+    capture = directory / "treatment.jsonl.gz"
+    asyncio.run(capture_fleet(plan, capture))
+    # Retained on the shared broker, hub statuses would outlive the test: left out.
+    treatment = _Treatment(
+        capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
+    )
+    for number, message in enumerate(treatment.messages):
+        if message.topic.endswith("/telemetry"):
+            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
+            treatment.samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
+        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
+            treatment.steps.append(number)
+        elif kind == "load_test_start":
+            treatment.tests.append(number)
+    return treatment
+
+
+def _expect(
+    influxdb: InfluxDB, database: str, treatment: _Treatment, registry: Registry
+) -> dict[str, int]:
+    """Write analyze's records into `database` as ingest would; returns their counts."""
+    expected = _offline(treatment.capture, registry)
+    assert {record.kind for record in expected} == set(_MEASUREMENTS)
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
         store.ensure_database()
-        yield name
-        store.query(f'DROP DATABASE "{name}"')
+        store.write(b"".join(
+            estimate_line(registry.devices[record.device].hub, record) for record in expected
+        ))  # fmt: skip
+    return {m: _count(influxdb, database, m) for m in _MEASUREMENTS}
 
 
-def test_killed_ingest_stores_the_estimates_of_analyze(  # noqa: PLR0917 - pytest fixtures
+def _wait_stored(
+    influxdb: InfluxDB, database: str, treatment: _Treatment, counts: dict[str, int],
+    ingest: IngestProcess,
+) -> None:  # fmt: skip
+    """Wait until every sample and at least every expected estimate is stored."""
+
+    def stored_everything() -> bool:
+        return all(
+            _count(influxdb, database, "raw", device) == len(times)
+            for device, times in treatment.samples.items()
+        ) and all(_count(influxdb, database, m) >= counts[m] for m in _MEASUREMENTS)
+
+    wait_for(stored_everything, "every sample and estimate stored", ingest, deadline_s=90)
+
+
+def _drop_database(influxdb: InfluxDB, database: str) -> None:
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        store.query(f'DROP DATABASE "{database}"')
+
+
+def test_killed_ingest_stores_the_estimates_of_analyze(
     mosquitto: Mosquitto,
     influxdb: InfluxDB,
     influx_db_name: str,
-    expected_db: str,
     unique_id: str,
     tmp_path: Path,
 ) -> None:
@@ -192,33 +246,11 @@ def test_killed_ingest_stores_the_estimates_of_analyze(  # noqa: PLR0917 - pytes
     without a checkpoint leave exactly analyze's step, load-share and daily estimates stored,
     and every sample once."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
-    plan = FleetPlan.from_registry(
-        registry, days=_DAYS, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
-    )
-    capture = tmp_path / "treatment.jsonl.gz"
-    asyncio.run(capture_fleet(plan, capture))
-    # Hub statuses are left out: retained on the shared broker they would outlive the test.
-    messages = [m for m in read_capture(capture) if not m.topic.endswith("/status")]
-    samples: dict[str, set[int]] = {}
-    steps, tests = [], []
-    for number, message in enumerate(messages):
-        if message.topic.endswith("/telemetry"):
-            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
-            samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
-        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
-            steps.append(number)
-        elif kind == "load_test_start":
-            tests.append(number)
-    kills = _kill_points(steps, tests)
-
-    expected = _offline(capture, registry)
-    assert {record.kind for record in expected} == set(_MEASUREMENTS)
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=expected_db, api="v1")) as store:
-        store.write(b"".join(
-            estimate_line(registry.devices[record.device].hub, record) for record in expected
-        ))  # fmt: skip
-    counts = {m: _count(influxdb, expected_db, m) for m in _MEASUREMENTS}
+    treatment = _treatment(registry, tmp_path, _DAYS)
+    kills = _kill_points(treatment.steps, treatment.tests)
+    expected_db = f"{influx_db_name}_expected"
+    counts = _expect(influxdb, expected_db, treatment, registry)
+    messages = treatment.messages
 
     env = ingest_env(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
@@ -241,19 +273,12 @@ def test_killed_ingest_stores_the_estimates_of_analyze(  # noqa: PLR0917 - pytes
         publisher.join(60)
         assert publisher.failed is None
         assert publisher.published == len(messages)
-
-        def stored_everything() -> bool:
-            return all(
-                _count(influxdb, influx_db_name, "raw", device) == len(times)
-                for device, times in samples.items()
-            ) and all(_count(influxdb, influx_db_name, m) >= counts[m] for m in _MEASUREMENTS)
-
-        wait_for(stored_everything, "every sample and estimate stored", ingest, deadline_s=90)
+        _wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
         log = ingest.log()
         assert log.count("checkpoint_restored") == len(kills)
         assert _caught_up_frames(log) > 0, "no kill left acknowledged frames to catch up"
         _assert_estimates(influxdb, influx_db_name, expected_db)
-        for device, times in samples.items():
+        for device, times in treatment.samples.items():
             assert _count(influxdb, influx_db_name, "raw", device) == len(times), device
 
         # Rebuild from the store alone: no checkpoint, no estimates.
@@ -274,3 +299,89 @@ def test_killed_ingest_stores_the_estimates_of_analyze(  # noqa: PLR0917 - pytes
         publisher.close()
         if ingest.process is not None and ingest.process.poll() is None:
             ingest.stop()
+        _drop_database(influxdb, expected_db)
+
+
+def _ingest_metric(ingest: IngestProcess, name: str) -> float:
+    """The sum of a metric's samples on ingest's /metrics; -1 while it does not answer."""
+    try:
+        _, body = ingest.get("/metrics")
+    except OSError:
+        return -1.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+def _frames_stored(ingest: IngestProcess) -> float:
+    return _ingest_metric(ingest, "osteotel_ingest_frames_stored_total")
+
+
+def _frames(messages: list[CapturedMessage]) -> int:
+    """Frames among messages, a duplicate (the same payload again) counted once."""
+    return len({m.payload for m in messages if m.topic.endswith("/telemetry")})
+
+
+def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate(
+    mosquitto: Mosquitto, unique_id: str, tmp_path: Path
+) -> None:
+    """Killed while InfluxDB is away and batches sit in the spool (after a checkpoint that
+    counts them), ingest restarts not ready, waits for InfluxDB, drains the spool before
+    catching up, and stores exactly analyze's estimates."""
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    treatment = _treatment(registry, tmp_path, 8.5)
+    messages = treatment.messages
+    first = treatment.steps[len(treatment.steps) // 3] + 15
+    second = first + 200
+    with InfluxDB(tmp_path / "influxdb") as influx:
+        counts = _expect(influx, "expected", treatment, registry)
+        env = ingest_env(
+            mosquitto, influx, "crash", f"ingest-{unique_id}", tmp_path,
+            checkpoint_interval_s="0.5", checkpoint_batches="10", catchup_store_wait_s="120",
+        )  # fmt: skip
+        ingest = IngestProcess(env, tmp_path)
+        ingest.start()
+        publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+        publisher.start()
+        try:
+            publisher.limit = first
+            wait_for(lambda: _frames_stored(ingest) == _frames(messages[:first]),
+                     "the first part stored", ingest)  # fmt: skip
+            influx.stop()
+            written = ingest.log().count("checkpoint_written")
+            publisher.limit = second
+            wait_for(lambda: _frames_stored(ingest) == _frames(messages[:second]),
+                     "the second part spooled", ingest)  # fmt: skip
+            wait_for(lambda: ingest.log().count("checkpoint_written") > written,
+                     "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
+            assert any((tmp_path / "spool").iterdir())
+            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+
+            starting = threading.Thread(target=ingest.start, daemon=True)
+            starting.start()
+            wait_for(lambda: _ingest_metric(ingest, "osteotel_ingest_catchup_running") == 1.0,
+                     "catch-up waiting for InfluxDB")  # fmt: skip
+            assert ingest.get("/readyz")[0] == 503
+            influx.start()
+            starting.join(60)
+            assert ingest.get("/readyz")[0] == 200
+            log = ingest.log()
+            restart = log.rindex("checkpoint_restored")
+            assert (
+                restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
+            )
+
+            publisher.limit = len(messages)
+            publisher.join(60)
+            assert publisher.failed is None
+            _wait_stored(influx, "crash", treatment, counts, ingest)
+            _assert_estimates(influx, "crash", "expected")
+            for device, times in treatment.samples.items():
+                assert _count(influx, "crash", "raw", device) == len(times), device
+        finally:
+            publisher.limit = len(messages)
+            publisher.close()
+            if ingest.process is not None and ingest.process.poll() is None:
+                ingest.stop()
