@@ -18,11 +18,13 @@ other estimator settings) is renamed `checkpoint.npz.refused` and every device i
 from the store.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "FORMAT",
     "Checkpoint",
+    "Checkpointer",
     "Position",
     "fingerprint",
     "read_checkpoint",
@@ -180,3 +183,69 @@ def read_checkpoint(
         return None
     log.info(kv("checkpoint_restored", devices=len(fleet.devices)))
     return fleet, positions
+
+
+class Checkpointer:
+    """When ingest takes a checkpoint and when it may write it (ingest/service.py calls it).
+
+    Args:
+        directory: where `checkpoint.npz` goes.
+        config: the estimator's settings (their fingerprint goes into the file).
+        interval_s: a checkpoint is due this long after the last one ...
+        batches: ... or after this many committed batches, whichever comes first.
+    """
+
+    def __init__(
+        self, *, directory: Path, config: EstimatorConfig, interval_s: float, batches: int
+    ) -> None:
+        self._directory = directory
+        self._config = config
+        self._interval_s = interval_s
+        self._batches = batches
+        self._batches_since = 0
+        self._taken_at = time.monotonic()
+        self._committed = 0
+        # One taken and waiting for its messages to be committed, and one being written.
+        self._waiting: Checkpoint | None = None
+        self._writing: asyncio.Task[bool] | None = None
+
+    def handled(self, fleet: FleetEstimator, positions: Mapping[str, Position], seq: int) -> None:
+        """Call after handling messages up to number `seq`: copies the state if one is due."""
+        if self._waiting is not None or (self._writing is not None and not self._writing.done()):
+            return
+        if (
+            self._batches_since < self._batches
+            and time.monotonic() - self._taken_at < self._interval_s
+        ):
+            return
+        self._waiting = take_checkpoint(fleet, positions, seq)
+        self._batches_since = 0
+        self._taken_at = time.monotonic()
+
+    def committed(self, seq: int) -> None:
+        """Call once a batch up to message number `seq` is stored and acknowledged: writes
+        the waiting checkpoint, in a worker thread, when all it reflects is committed."""
+        self._committed = seq
+        self._batches_since += 1
+        waiting = self._waiting
+        if waiting is None or seq < waiting.handled:
+            return
+        self._waiting = None
+        self._writing = asyncio.create_task(
+            asyncio.to_thread(write_checkpoint, waiting, self._directory, self._config),
+            name="ingest.checkpoint",
+        )
+
+    async def final(
+        self, fleet: FleetEstimator, positions: Mapping[str, Position], seq: int
+    ) -> None:
+        """After a complete drain (everything handled is committed): write the state now."""
+        await self.written()
+        self._waiting = None
+        checkpoint = take_checkpoint(fleet, positions, seq)
+        await asyncio.to_thread(write_checkpoint, checkpoint, self._directory, self._config)
+
+    async def written(self) -> None:
+        """Wait for a write in progress, if any."""
+        if self._writing is not None:
+            await self._writing

@@ -54,7 +54,7 @@ from .catchup import (
     feed_frame,
     unfed_part,
 )
-from .checkpoint import Checkpoint, Position, read_checkpoint, take_checkpoint, write_checkpoint
+from .checkpoint import Checkpointer, Position, read_checkpoint
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
@@ -152,18 +152,18 @@ class IngestService:
         self.metrics = IngestMetrics(self.accounting, self._spool)
         self.ready = asyncio.Event()
         self._source: MqttSource | None = None
-        # The checkpoint (ingest/checkpoint.py): each device's position in its data; where
-        # catch-up left it (a redelivered message at or before it is not fed again); the
-        # numbers of the last work made and the last committed; one checkpoint taken and
-        # waiting for its messages to be committed, and the one being written.
+        # The checkpoint (ingest/checkpoint.py): each device's position in its data, where
+        # catch-up left it (a redelivered message at or before it is not fed again), and the
+        # number of the last work made.
         self._positions: dict[str, Position] = {}
         self._fed_until: dict[str, Position] = {}
         self._handled = 0
-        self._committed = 0
-        self._batches_since_checkpoint = 0
-        self._checkpoint_at = time.monotonic()
-        self._checkpoint: Checkpoint | None = None
-        self._checkpoint_write: asyncio.Task[bool] | None = None
+        self._checkpointer = Checkpointer(
+            directory=settings.ingest.state_dir,
+            config=self._estimator.config,
+            interval_s=settings.ingest.checkpoint_interval_s,
+            batches=settings.ingest.checkpoint_batches,
+        )
         self.catchup = CatchUpProgress()
         self._caught_up = False
         self.metrics.registry.register(ProgressCollector(self.catchup))
@@ -212,9 +212,11 @@ class IngestService:
                     # the last checkpoint written stays the one to start from.
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
-                    await self._final_checkpoint()
-                if self._checkpoint_write is not None:
-                    await self._checkpoint_write
+                    if self._caught_up:
+                        await self._checkpointer.final(
+                            self._estimator, self._positions, self._handled
+                        )
+                await self._checkpointer.written()
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
@@ -308,50 +310,6 @@ class IngestService:
             )
         )
 
-    def _take_checkpoint_if_due(self) -> None:
-        """Copy the estimator's state now if a checkpoint is due and none is in the making."""
-        settings = self._settings.ingest
-        if self._checkpoint is not None or (
-            self._checkpoint_write is not None and not self._checkpoint_write.done()
-        ):
-            return
-        if (
-            self._batches_since_checkpoint < settings.checkpoint_batches
-            and time.monotonic() - self._checkpoint_at < settings.checkpoint_interval_s
-        ):
-            return
-        self._checkpoint = take_checkpoint(self._estimator, self._positions, self._handled)
-        self._batches_since_checkpoint = 0
-        self._checkpoint_at = time.monotonic()
-
-    def _write_checkpoint_if_committed(self) -> None:
-        """Write the waiting checkpoint, in a thread, once all it reflects is committed."""
-        checkpoint = self._checkpoint
-        if checkpoint is None or self._committed < checkpoint.handled:
-            return
-        self._checkpoint = None
-        self._checkpoint_write = asyncio.create_task(
-            asyncio.to_thread(
-                write_checkpoint,
-                checkpoint,
-                self._settings.ingest.state_dir,
-                self._estimator.config,
-            ),
-            name="ingest.checkpoint",
-        )
-
-    async def _final_checkpoint(self) -> None:
-        """After a complete drain: everything handled is committed, so the state is current."""
-        if not self._caught_up:
-            return
-        if self._checkpoint_write is not None:
-            await self._checkpoint_write
-        self._checkpoint = None
-        checkpoint = take_checkpoint(self._estimator, self._positions, self._handled)
-        await asyncio.to_thread(
-            write_checkpoint, checkpoint, self._settings.ingest.state_dir, self._estimator.config
-        )
-
     async def _write_stats(self, store: InfluxStore) -> None:
         instance = self._settings.mqtt.client_id
         while True:
@@ -428,7 +386,7 @@ class IngestService:
         for work in works:
             self._handled += 1
             work.seq = self._handled
-        self._take_checkpoint_if_due()
+        self._checkpointer.handled(self._estimator, self._positions, self._handled)
         return works
 
     def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
@@ -627,9 +585,7 @@ class IngestService:
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
-        self._committed = batch.items[-1].seq
-        self._batches_since_checkpoint += 1
-        self._write_checkpoint_if_committed()
+        self._checkpointer.committed(batch.items[-1].seq)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "lineproto": "apps.bench.lineproto",
     "ingest": "apps.bench.ingest",
     "replay": "apps.bench.replay",
+    "restart": "apps.bench.restart",
 }
 """Benchmark name to the module that measures it."""
 
