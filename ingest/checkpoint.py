@@ -236,10 +236,11 @@ class Checkpointer:
             name="ingest.checkpoint",
         )
 
-    async def final(
+    async def write_now(
         self, fleet: FleetEstimator, positions: Mapping[str, Position], seq: int
     ) -> None:
-        """After a complete drain (everything handled is committed): write the state now."""
+        """Write the state now: only when everything handled is committed (after catch-up,
+        whose records are stored before it returns, and after a complete drain)."""
         await self.written()
         self._waiting = None
         checkpoint = take_checkpoint(fleet, positions, seq)

@@ -213,7 +213,7 @@ class IngestService:
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
                     if self._caught_up:
-                        await self._checkpointer.final(
+                        await self._checkpointer.write_now(
                             self._estimator, self._positions, self._handled
                         )
                 await self._checkpointer.written()
@@ -298,6 +298,8 @@ class IngestService:
             device: Position(position.sample_ns, position.event_ns)
             for device, position in self._positions.items()
         }
+        # A rebuild may have taken long: its result is on disk before anything else happens.
+        await self._checkpointer.write_now(self._estimator, self._positions, self._handled)
         self._caught_up = True
         log.info(
             kv(

@@ -12,7 +12,8 @@ log). At the end every stored `step`, `load_share` and `daily` point equals the 
 record gives (written through the same `estimate_line` into a second database and read back
 the same way), except the records only `flush()` closes, and the raw sample count is exact.
 Then ingest is killed once more, its checkpoint deleted and the estimates dropped: the rebuild
-from the store alone writes the same points again.
+from the store alone writes the same points again. A last rebuild bounded to one day marks
+every device `truncated`.
 """
 
 import asyncio
@@ -294,6 +295,16 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
         )  # fmt: skip
         assert ingest.log().count("status=rebuilt") == rebuilt + len(registry.devices)
         _assert_estimates(influxdb, influx_db_name, expected_db)
+
+        # A rebuild bounded to the last day cannot read the treatment's start: it says so.
+        assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        (tmp_path / "state" / CHECKPOINT_FILE).unlink()
+        ingest.env["OSTEOTEL_INGEST__REBUILD_MAX_DAYS"] = "1"
+        ingest.start()
+        statuses = query(influxdb, influx_db_name,
+                         'SELECT last("status") FROM "catchup" GROUP BY "device"')  # fmt: skip
+        assert [row[1] for row in statuses] == ["truncated"] * len(registry.devices)
+        assert ingest.log().count("status=truncated") == len(registry.devices)
     finally:
         publisher.limit = len(messages)
         publisher.close()
