@@ -55,6 +55,7 @@ CHECKPOINT_FILE = "checkpoint.npz"
 # Bumped whenever the file's layout changes.
 FORMAT = 1
 _FLEET = "fleet_"
+_OBSOLETE_FILE = "estimator.npz"  # the graceful-stop snapshot of earlier builds
 
 
 @dataclass(slots=True)
@@ -158,6 +159,11 @@ def read_checkpoint(
     """
     path = directory / CHECKPOINT_FILE
     if not path.exists():
+        obsolete = directory / _OBSOLETE_FILE
+        if obsolete.exists():
+            # Written by builds before the checkpoint, without positions: it cannot say what
+            # to catch up on, so every device is rebuilt; the file is left for the operator.
+            log.warning(kv("estimator_state_obsolete", path=obsolete, action="rebuild"))
         return None
     try:
         # The file opened here, not by numpy: numpy leaves it open when the archive is bad.

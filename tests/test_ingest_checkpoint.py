@@ -2,9 +2,11 @@
 again after a restart (ingest/catchup.py `unfed_part`, `event_unfed`)."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from apps.analyze import record_json
 from devices.contract import DistractionStep, Frame
@@ -85,6 +87,18 @@ def test_an_unreadable_checkpoint_is_set_aside(tmp_path: Path) -> None:
     assert read_checkpoint(tmp_path, CONFIG) is None
     assert not (tmp_path / CHECKPOINT_FILE).exists()
     assert (tmp_path / f"{CHECKPOINT_FILE}.refused").exists()
+
+
+def test_the_snapshot_of_earlier_builds_is_named_and_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An `estimator.npz` without a checkpoint gives no fleet (it has no positions), is
+    logged as obsolete, and stays where it is."""
+    (tmp_path / "estimator.npz").write_bytes(b"an earlier build's snapshot")
+    with caplog.at_level(logging.WARNING, logger="osteotel.ingest.checkpoint"):
+        assert read_checkpoint(tmp_path, CONFIG) is None
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["estimator_state_obsolete"]
+    assert (tmp_path / "estimator.npz").exists()
 
 
 def test_a_failed_write_is_reported_not_raised(tmp_path: Path) -> None:
