@@ -18,8 +18,8 @@ from the start of its stored data, at most `rebuild_max_days` back. Every device
 gets a `catchup` point (docs/schema.md) with its status: `caught_up` (from its checkpoint),
 `rebuilt` (from the start of its data), `truncated` (rebuilt, but it has data older than the
 bound that were not read) or `store_unreachable` (InfluxDB did not answer within
-`catchup_store_wait_s`: its estimates go on from an older state). The records it makes are
-written and published again (the same points: idempotent).
+`catchup_store_wait_s`, or refused the query: its estimates go on from an older state).
+The records it makes are written and published again (the same points: idempotent).
 """
 
 import asyncio
@@ -277,11 +277,19 @@ class CatchUp:
         return records
 
     async def _query(self, read: Callable[..., _T], *args: Any) -> _T:
-        """Run a read in a thread, retrying while InfluxDB is unavailable, up to the bound."""
+        """Run a read in a thread, retrying while InfluxDB is unavailable, up to the bound.
+
+        Raises:
+            StoreUnreachable: still unavailable at the bound, or the query was refused (bad
+                credentials, say): the rest of catch-up is given up either way.
+        """
         delay_s = _RETRY_MIN_S
         while True:
             try:
                 return await asyncio.to_thread(read, *args)
+            except StoreRejected as exc:
+                log.error(kv("catchup_query_refused", status=exc.status, detail=str(exc)))
+                raise StoreUnreachable from exc
             except StoreUnavailable as exc:
                 if time.monotonic() + delay_s > self._deadline:
                     log.error(kv("catchup_store_unreachable", detail=str(exc)))
