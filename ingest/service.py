@@ -46,10 +46,19 @@ from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
 from .calibration import calibrate
+from .catchup import (
+    CatchUp,
+    CatchUpProgress,
+    ProgressCollector,
+    event_unfed,
+    feed_frame,
+    unfed_part,
+)
+from .checkpoint import Checkpointer, Position, read_checkpoint
 from .deadletter import DeadLetter, DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
-from .partition import Subscriptions, partition_of, subscriptions
+from .partition import Subscriptions, hub_partition, partition_of, subscriptions
 from .records import (
     device_info_lines,
     event_lines,
@@ -65,12 +74,16 @@ from .redelivery import (
     take_all_acknowledged,
 )
 from .spool import Spool, SpoolFull
-from .state import load_estimator, save_estimator
 
 __all__ = ["IngestService"]
 
 log = logging.getLogger("osteotel.ingest")
 
+# Records catch-up makes again are published again only this recent: a crash can have kept
+# a record from being published, and the alert service recognises an estimate it has applied
+# for 30 days (alerts/store.py, APPLIED_KEEP_S). A rebuild's older history would reach the
+# rules as new input and raise alerts about weeks past.
+REPUBLISH_DAYS = 30.0
 # How long a graceful stop waits for received messages to be stored and acknowledged.
 _DRAIN_TIMEOUT_S = 10.0
 # Messages handled per turn of the event loop: enough to share the DSP call and the loop's
@@ -91,6 +104,8 @@ class _Work:
     # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.
     rejection: Identity | None = None
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
+    # Running number of the work in the order made (ingest/checkpoint.py).
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -140,21 +155,28 @@ class IngestService:
         self.metrics = IngestMetrics(self.accounting, self._spool)
         self.ready = asyncio.Event()
         self._source: MqttSource | None = None
+        # The checkpoint (ingest/checkpoint.py): each device's position in its data, where
+        # catch-up left it (a redelivered message at or before it is not fed again), and the
+        # number of the last work made.
+        self._positions: dict[str, Position] = {}
+        self._fed_until: dict[str, Position] = {}
+        self._handled = 0
+        self._checkpointer = Checkpointer(
+            directory=settings.ingest.state_dir,
+            config=self._estimator.config,
+            interval_s=settings.ingest.checkpoint_interval_s,
+            batches=settings.ingest.checkpoint_batches,
+        )
+        self.catchup = CatchUpProgress()
+        self._caught_up = False
+        self.metrics.registry.register(ProgressCollector(self.catchup))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
         store = InfluxStore(self._settings.influx)
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
-        state_dir = self._settings.ingest.state_dir
-        restored = await asyncio.to_thread(load_estimator, state_dir)
-        if restored is not None:
-            self._estimator = restored
-        if not await asyncio.to_thread(take_all_acknowledged, state_dir):
-            # The last stop may have left rejected messages unacknowledged: recognise them.
-            dead_letter_dir = self._settings.ingest.dead_letter_dir
-            await asyncio.to_thread(self._redeliveries.recall, dead_letter_dir)
-            log.info(kv("dead_letters_recalled", rejections=len(self._redeliveries)))
+        await self._restore()
         drained = False
         try:
             # No ensure_database here: the store creates the database on its first write, so
@@ -165,15 +187,24 @@ class IngestService:
             )
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
-                receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
                 registry = tasks.create_task(self._watch_registry(store), name="ingest.registry")
                 drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
                 stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
+                # Live messages wait (unacknowledged, at the broker or in paho's buffer)
+                # until the estimator has read what was stored after its checkpoint.
+                catch_up = tasks.create_task(self._catch_up(store, source), name="ingest.catchup")
+                stopping = tasks.create_task(stop.wait(), name="ingest.stopping")
+                await asyncio.wait([catch_up, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if not catch_up.done():
+                    # The checkpoint on disk is still consistent with the store: leave it.
+                    catch_up.cancel()
+                    log.warning(kv("shutdown_during_catchup"))
+                receive = tasks.create_task(self._receive(source), name="ingest.receive")
                 self.ready.set()
                 log.info(kv("ingest_started", influx_url=self._settings.influx.url))
-                await stop.wait()
+                await stopping
                 receive.cancel()
                 registry.cancel()
                 await asyncio.wait([receive])  # returns once it has stopped, raises nothing
@@ -181,21 +212,38 @@ class IngestService:
                     await asyncio.wait_for(self._drain(), _DRAIN_TIMEOUT_S)
                 except TimeoutError:
                     # Not acknowledged, so the broker delivers it again to the next ingest;
-                    # the estimator has seen it, so its state is not saved (ingest/state.py).
+                    # the last checkpoint written stays the one to start from.
                     log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
                 else:
-                    await asyncio.to_thread(save_estimator, self._estimator, state_dir)
                     drained = True
+                    if self._caught_up:
+                        await self._checkpointer.write_now(
+                            self._estimator, self._positions, self._handled
+                        )
+                await self._checkpointer.written()
                 write.cancel()
                 drain.cancel()
                 stats.cancel()
             if drained:
                 # Every message received is stored and acknowledged: nothing can come back.
-                await asyncio.to_thread(mark_all_acknowledged, state_dir)
+                await asyncio.to_thread(mark_all_acknowledged, self._settings.ingest.state_dir)
         finally:
             self._dead_letters.close()
             await asyncio.to_thread(store.close)
         log.info(kv("ingest_stopped"))
+
+    async def _restore(self) -> None:
+        """The estimator from its checkpoint, and the rejections a crash may bring back."""
+        ingest = self._settings.ingest
+        restored = await asyncio.to_thread(
+            read_checkpoint, ingest.state_dir, self._estimator.config
+        )
+        if restored is not None:
+            self._estimator, self._positions = restored
+        if not await asyncio.to_thread(take_all_acknowledged, ingest.state_dir):
+            # The last stop may have left rejected messages unacknowledged: recognise them.
+            await asyncio.to_thread(self._redeliveries.recall, ingest.dead_letter_dir)
+            log.info(kv("dead_letters_recalled", rejections=len(self._redeliveries)))
 
     def _subscriptions(self) -> Subscriptions:
         """This process's topic filters for the registry in force (ingest/partition.py)."""
@@ -214,8 +262,83 @@ class IngestService:
         )
 
     def _is_ready(self) -> bool:
-        """Connected to the broker and not blocked on a full spool."""
-        return self._source is not None and self._source.connected and not self._spool_full
+        """Caught up, connected to the broker and not blocked on a full spool."""
+        return (
+            self._caught_up
+            and self._source is not None
+            and self._source.connected
+            and not self._spool_full
+        )
+
+    def _owns(self, hub: str) -> bool:
+        """Whether this process stores the hub's devices (ingest/partition.py)."""
+        ingest = self._settings.ingest
+        return hub_partition(hub, ingest.partitions) == ingest.partition
+
+    async def _catch_up(self, store: InfluxStore, source: MqttSource) -> None:
+        """Feed the estimator what was stored after its checkpoint (ingest/catchup.py)."""
+        settings = self._settings.ingest
+        self.catchup.running = True
+        started = time.monotonic()
+        deadline = started + settings.catchup_store_wait_s
+        # Spooled batches were acknowledged and are not in InfluxDB yet: they go in first.
+        # A poll, not an Event: the drain task (not this helper's) lowers the count.
+        while self._spool.batches and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(settings.store_probe_interval_s)
+        registry = self._registry.current
+        checkpointed = set(self._positions)
+        devices = [
+            (device, device.id not in checkpointed)
+            for device in registry.devices.values()
+            if self._owns(device.hub)
+        ]
+        for device, _ in devices:
+            self._know(device)
+        for device_id in sorted(checkpointed - set(registry.devices)):
+            log.info(kv("catchup_skipped", device=device_id, reason="not_in_registry"))
+
+        async def emit(records: list[EstimateRecord], lines: bytes) -> None:
+            current = self._registry.current
+            body = lines + b"".join(
+                estimate_line(current.devices[record.device].hub, record) for record in records
+            )
+            await self._store_or_spool(store, body, _Batch())
+            republish_from_ns = time.time_ns() - round(REPUBLISH_DAYS * 86_400e9)
+            for record in records:
+                if record.t_ns < republish_from_ns:
+                    continue  # published long ago; the alert service would judge it anew
+                device = current.devices[record.device]
+                source.publish(
+                    derived_topic(record.device),
+                    estimate_message(device.hub, device.patient, record),
+                )
+
+        catch_up = CatchUp(
+            store=store,
+            fleet=self._estimator,
+            positions=self._positions,
+            progress=self.catchup,
+            wait_s=max(0.0, deadline - time.monotonic()),
+        )
+        rebuild_from_ns = time.time_ns() - round(settings.rebuild_max_days * 86_400e9)
+        statuses = await catch_up.run(devices, emit, rebuild_from_ns=rebuild_from_ns)
+        self._fed_until = {
+            device: Position(position.sample_ns, position.event_ns)
+            for device, position in self._positions.items()
+        }
+        # A rebuild may have taken long: its result is on disk before anything else happens.
+        await self._checkpointer.write_now(self._estimator, self._positions, self._handled)
+        self._caught_up = True
+        log.info(
+            kv(
+                "catchup_done",
+                devices=len(statuses),
+                rebuilt=sum(status != "caught_up" for status in statuses.values()),
+                samples=self.catchup.samples,
+                events=self.catchup.events,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
 
     async def _write_stats(self, store: InfluxStore) -> None:
         instance = self._settings.mqtt.client_id
@@ -296,6 +419,10 @@ class IngestService:
                 self._estimate_frames(pending, registry)
             works.append(self._store(message, accepted, registry, pending))
         self._estimate_frames(pending, registry)
+        for work in works:
+            self._handled += 1
+            work.seq = self._handled
+        self._checkpointer.handled(self._estimator, self._positions, self._handled)
         return works
 
     def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
@@ -304,19 +431,14 @@ class IngestService:
             return
         frames, works = pending.frames, pending.works
         pending.frames, pending.works = [], []
+        for frame in frames:
+            position = self._positions.setdefault(frame.device, Position())
+            position.sample_ns = max(position.sample_ns, frame.t_last_ns)
         with_ref = sum(frame.ref_load_n is not None for frame in frames)
         if len(frames) == 1 or 0 < with_ref < len(frames):
             # `frames` takes a reference load for all frames or for none: one at a time here.
             for frame, work in zip(frames, works, strict=True):
-                records = self._estimator.frame(
-                    frame.device,
-                    frame.force_n,
-                    frame.disp_mm,
-                    frame.ref_load_n,
-                    frame.t0_ns,
-                    frame.rate_hz,
-                )
-                self._attach(work, records, registry)
+                self._attach(work, feed_frame(self._estimator, frame), registry)
             return
         offsets = np.zeros(len(frames) + 1, dtype=np.int64)
         np.cumsum([frame.n for frame in frames], out=offsets[1:])
@@ -376,12 +498,23 @@ class IngestService:
             item = calibrate(item, device.calibration)
             work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
-            pending.frames.append(item)
+            unfed = unfed_part(item, self._fed_until.get(item.device))
+            if unfed is None:
+                # Delivered again after a restart: stored again (the same points), but the
+                # estimator read it before (ingest/checkpoint.py).
+                self.catchup.frames_not_fed += 1
+                return work
+            pending.frames.append(unfed)
             pending.works.append(work)
             return work
         self._know(registry.devices[item.device])
         work = _Work(message, event_lines(accepted.hub, item))
+        if not event_unfed(item, self._fed_until.get(item.device)):
+            self.catchup.events_not_fed += 1  # read before: stored again, not fed again
+            return work
         self._attach(work, feed_event(self._estimator, item), registry)
+        position = self._positions.setdefault(item.device, Position())
+        position.event_ns = max(position.event_ns, item.t_ns)
         return work
 
     def _know(self, device: Device) -> None:
@@ -509,6 +642,7 @@ class IngestService:
             source.ack(work.message)
             if work.rejection is not None:
                 self._redeliveries.forget(work.rejection)
+        self._checkpointer.committed(batch.items[-1].seq)
 
     async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""

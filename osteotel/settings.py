@@ -100,8 +100,17 @@ class IngestSettings(_Section):
     http_port: int = Field(9310, ge=0, le=65535)
     stats_interval_s: float = Field(10.0, gt=0)
     spool_dir: Path = Path("var/spool")
-    # The DSP estimator's state between a graceful stop and the next start (ingest/state.py).
+    # The DSP estimator's checkpoint (ingest/checkpoint.py, docs/ingest.md).
     state_dir: Path = Path("var/state")
+    # A checkpoint is taken after this long or this many committed batches, whichever first.
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    checkpoint_batches: int = Field(1_000, ge=1)
+    # How far back a device without a checkpoint is rebuilt from the store: a whole treatment.
+    # Gains reach about 10.6 cm (tibia 7.7 +/- 2.9 cm) at a healing index of up to 50 days per
+    # cm (docs/domain.md), i.e. about 530 days from osteotomy to removal.
+    rebuild_max_days: float = Field(540.0, gt=0)
+    # How long a start waits for InfluxDB to catch the estimator up before going live without.
+    catchup_store_wait_s: float = Field(300.0, ge=0)
     # An hour of 10 devices at 100 Hz is ~0.25 GB of line protocol: 2 GiB rides out a long outage.
     spool_max_bytes: int = Field(2 * 1024**3, ge=1024)
     # While InfluxDB is unavailable, it is asked `/ping` this often (never less often), and

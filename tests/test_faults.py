@@ -244,10 +244,13 @@ def test_mosquitto_restarted_mid_stream_loses_nothing(stack: Stack) -> None:
 
 
 def test_ingest_started_while_influxdb_is_down_spools_then_stores(tmp_path: Path) -> None:
-    """Ingest starts without InfluxDB, spools, and creates the database when it appears."""
+    """Ingest starts without InfluxDB, spools, and creates the database when it appears.
+
+    Ingest first waits for InfluxDB to catch its estimator up (ingest/catchup.py); with
+    `catchup_store_wait_s=1` it gives up after a second, marks its devices, and goes live."""
     with Mosquitto(tmp_path / "mosquitto") as broker:
         influx = InfluxDB(tmp_path / "influxdb")  # described, not started yet
-        env = ingest_env(broker, influx, "late", "ingest-late", tmp_path)
+        env = ingest_env(broker, influx, "late", "ingest-late", tmp_path, catchup_store_wait_s="1")
         ingest = IngestProcess(env, tmp_path)
         ingest.start()
         stack = Stack(broker, influx, ingest, database="late")
@@ -264,6 +267,7 @@ def test_ingest_started_while_influxdb_is_down_spools_then_stores(tmp_path: Path
 
             wait_for(database_created, "ingest to create its database", ingest)
             assert_exactly_stored(stack, hub.published)
+            assert ingest.log().count("status=store_unreachable") == 3
         finally:
             hub.close()
             ingest.stop()

@@ -12,7 +12,7 @@ registry. Two differences are by design and asserted as such: ingest stamps each
 the registry calibration id (analyze has none to give), and ingest never flushes its
 estimator, so the records `fleet.flush()` closes at the end of a capture (the last, partial
 day and a step window still open) exist offline only. A graceful stop and start of ingest in
-the middle (its estimator saved and restored) changes none of it.
+the middle (its estimator checkpointed and restored) changes none of it.
 """
 
 import asyncio
@@ -161,7 +161,7 @@ def test_a_capture_gives_the_same_estimates_offline_and_online(
 ) -> None:
     """Every estimate ingest publishes for a replayed capture equals analyze's, bit for bit,
     also when ingest is stopped and started again inside a step's window (its estimator
-    state saved and restored)."""
+    checkpoint written and restored)."""
     registry = Registry.load(EXAMPLE_REGISTRY)
     end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
     plan = FleetPlan.from_registry(
@@ -192,8 +192,8 @@ def test_a_capture_gives_the_same_estimates_offline_and_online(
         assert sent == written
         if restart:
             log = ingest.log()
-            assert "estimator_state_saved devices=3" in log
-            assert "estimator_state_restored devices=3" in log
+            assert "checkpoint_written devices=3" in log
+            assert "checkpoint_restored devices=3" in log
         wait_for(
             lambda: recorder.count() >= len(expected), "every online estimate", ingest,
             deadline_s=180.0,

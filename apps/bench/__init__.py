@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "apps.bench.ingest",
     "replay": "apps.bench.replay",
     "recovery": "apps.bench.recovery",
+    "restart": "apps.bench.restart",
 }
 """Benchmark name to the module that measures it."""
 
