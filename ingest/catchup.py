@@ -51,6 +51,7 @@ __all__ = [
     "ProgressCollector",
     "Status",
     "StoreUnreachable",
+    "catchup_line",
     "event_unfed",
     "feed_frame",
     "unfed_part",
@@ -135,6 +136,18 @@ class _Chunk:
     last: bool = True
     # The last sample of the last frame read, fed or not (an incomplete frame is not).
     end_ns: int = -1
+
+
+def catchup_line(
+    device: Device, status: Status, from_ns: int, counts: dict[str, int], t_ns: int
+) -> bytes:
+    """The `catchup` point of a device (docs/schema.md): how its estimator started."""
+    return point_line(
+        "catchup",
+        {"hub": device.hub, "device": device.id},
+        {"status": status, "from_ns": from_ns, **counts},
+        t_ns,
+    )
 
 
 def feed_frame(fleet: FleetEstimator, frame: Frame) -> list[EstimateRecord]:
@@ -222,20 +235,11 @@ class CatchUp:
             log_level = logging.INFO if status in {"caught_up", "rebuilt"} else logging.ERROR
             log.log(log_level, kv("device_caught_up", device=device.id, status=status,
                                   from_ns=from_ns, **counts))  # fmt: skip
-            await emit([], self._status_line(device, status, from_ns, counts))
+            await emit([], catchup_line(device, status, from_ns, counts, time.time_ns()))
             progress.devices_done += 1
             progress.seconds = time.monotonic() - started
         progress.running = False
         return statuses
-
-    @staticmethod
-    def _status_line(device: Device, status: Status, from_ns: int, counts: dict[str, int]) -> bytes:
-        return point_line(
-            "catchup",
-            {"hub": device.hub, "device": device.id},
-            {"status": status, "from_ns": from_ns, **counts},
-            time.time_ns(),
-        )
 
     async def _device(
         self,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
@@ -328,6 +328,9 @@ def test_bin_means_of_the_ramp_and_its_response_match_the_superposition(  # noqa
     equal the reference's sample-by-sample sums (the response by numerical superposition)."""
     dt = 1.0 / rate_hz
     t = start_s + dt * np.arange(n)
+    # A sample on the very edge of a sudden step (hypothesis found t = 0.0 against an onset of
+    # 6e-52 s) is on or off it by rounding alone: both answers are right.
+    assume(ramp > 0.0 or np.min(np.abs(t - t_on)) > 1e-9 * dt)
     assert_allclose(kern._ramp_avg(start_s, n, dt, t_on, ramp), ref_ramp(t, t_on, ramp).mean(),
                     rtol=1e-9, atol=1e-12)  # fmt: skip
     # The reference's 2,000 sub-steps resolve the ramp to 1/2000 of its length.

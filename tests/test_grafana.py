@@ -42,6 +42,7 @@ from devices.emulator.timeline import DeviceConfig
 from devices.registry import Calibration, Device, Hub, Protocol, Registry, SensorRange
 from dsp.estimator import FleetEstimator
 from ingest.accounting import Accounting
+from ingest.catchup import catchup_line
 from ingest.estimates import estimate_line, estimate_message, feed_event, register_device
 from ingest.metrics import stats_lines
 from ingest.records import (
@@ -212,6 +213,14 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
             )
         )
     store.write(stats_lines(accounting, spool, instance="osteotel-ingest", now_ns=END_NS))
+    counts_fed = {
+        "frames": counts["frames"],
+        "samples": 0,
+        "events": counts["events"],
+        "records": 0,
+    }
+    for device, *_ in DEVICES:
+        store.write(catchup_line(reg.devices[device], "rebuilt", START_NS, counts_fed, START_NS))
     # One engine call: each history point is stamped with its observation's own time.
     engine.observe(observations, now_ns=END_NS)
     counts["alert_points"] = write_alert_history(store, engine)

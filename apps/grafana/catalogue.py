@@ -188,6 +188,11 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     Measurement(
         "ingest_status", ("instance",), ("spool_bytes", "spool_batches", "spool_max_bytes")
     ),
+    Measurement(
+        "catchup",
+        ("hub", "device"),
+        ("status", "from_ns", "frames", "samples", "events", "records"),
+    ),
     # alerts: the history channel (alerts/engine.py, docs/alerts.md).
     Measurement(
         "alert",
