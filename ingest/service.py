@@ -12,9 +12,8 @@ calibration (ingest/calibration.py): storage and the DSP only ever see calibrate
 A message is acknowledged to the broker only after its points are in InfluxDB (and, for a
 rejection, its dead letter is on disk): a crash before that makes the broker deliver it again,
 and because a point's identity is its series and timestamp, a redelivery overwrites instead of
-duplicating. While InfluxDB is unavailable batches go to the spool and are acknowledged; the
-spool's drain task asks InfluxDB `/ping` every `store_probe_interval_s` and, as soon as it
-answers, replays the spool at full speed, after which batches are written directly again.
+duplicating. While InfluxDB is unavailable batches go to the spool and are acknowledged
+(ingest/storage.py).
 """
 
 import asyncio
@@ -33,12 +32,11 @@ from devices.contract import (
     Reason,
     Rejected,
     derived_topic,
-    parse_topic,
 )
 from devices.registry import Device, Registry, RegistryFile
 from devices.validation import Accepted, Limits, accept
 from dsp.estimator import EstimateRecord, FleetEstimator
-from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
+from osteotel.errors import StoreError, StoreRejected
 from osteotel.logs import kv
 from osteotel.mqtt import MqttSource, Received
 from osteotel.settings import Settings
@@ -63,17 +61,17 @@ from .records import (
     device_info_lines,
     event_lines,
     frame_lines,
-    rejection_lines,
     status_lines,
 )
 from .redelivery import (
     Identity,
     Redeliveries,
-    identity_of,
     mark_all_acknowledged,
     take_all_acknowledged,
 )
-from .spool import Spool, SpoolFull
+from .rejection import Rejections
+from .spool import Spool
+from .storage import Storage
 
 __all__ = ["IngestService"]
 
@@ -137,22 +135,25 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
-        self._redeliveries = Redeliveries(limit=settings.ingest.dead_letter_recall)
-        self._spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
-        self._spooled = asyncio.Event()
-        self._spool_full = False
-        # An outage, in monotonic seconds: when a write first failed, and when InfluxDB first
-        # answered again; both None while the store is up and nothing is left to recover.
-        self._store_lost_s: float | None = None
-        self._store_answered_s: float | None = None
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         # Work made from received messages and not in the queue yet (the queue was full).
         self._handed: deque[_Work] = deque()
-        self._last_rejection_ns = 0
         self.accounting = Accounting()
+        self._rejections = Rejections(
+            accounting=self.accounting,
+            redeliveries=Redeliveries(limit=settings.ingest.dead_letter_recall),
+        )
         self._estimator = FleetEstimator()
         self._estimated: set[str] = set()
-        self.metrics = IngestMetrics(self.accounting, self._spool)
+        spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
+        self.metrics = IngestMetrics(self.accounting, spool)
+        self._storage = Storage(
+            store=InfluxStore(settings.influx),
+            spool=spool,
+            dead_letters=self._dead_letters,
+            metrics=self.metrics,
+            probe_interval_s=settings.ingest.store_probe_interval_s,
+        )
         self.ready = asyncio.Event()
         self._source: MqttSource | None = None
         # The checkpoint (ingest/checkpoint.py): each device's position in its data, where
@@ -173,7 +174,6 @@ class IngestService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
-        store = InfluxStore(self._settings.influx)
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
         await self._restore()
@@ -187,14 +187,14 @@ class IngestService:
             )
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
-                write = tasks.create_task(self._write(source, store, stop), name="ingest.write")
-                registry = tasks.create_task(self._watch_registry(store), name="ingest.registry")
-                drain = tasks.create_task(self._drain_spool(store), name="ingest.spool")
-                stats = tasks.create_task(self._write_stats(store), name="ingest.stats")
+                write = tasks.create_task(self._write(source), name="ingest.write")
+                registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
+                drain = tasks.create_task(self._storage.drain(), name="ingest.spool")
+                stats = tasks.create_task(self._write_stats(), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
                 # Live messages wait (unacknowledged, at the broker or in paho's buffer)
                 # until the estimator has read what was stored after its checkpoint.
-                catch_up = tasks.create_task(self._catch_up(store, source), name="ingest.catchup")
+                catch_up = tasks.create_task(self._catch_up(source), name="ingest.catchup")
                 stopping = tasks.create_task(stop.wait(), name="ingest.stopping")
                 await asyncio.wait([catch_up, stopping], return_when=asyncio.FIRST_COMPLETED)
                 if not catch_up.done():
@@ -229,7 +229,7 @@ class IngestService:
                 await asyncio.to_thread(mark_all_acknowledged, self._settings.ingest.state_dir)
         finally:
             self._dead_letters.close()
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(self._storage.close)
         log.info(kv("ingest_stopped"))
 
     async def _restore(self) -> None:
@@ -242,8 +242,9 @@ class IngestService:
             self._estimator, self._positions = restored
         if not await asyncio.to_thread(take_all_acknowledged, ingest.state_dir):
             # The last stop may have left rejected messages unacknowledged: recognise them.
-            await asyncio.to_thread(self._redeliveries.recall, ingest.dead_letter_dir)
-            log.info(kv("dead_letters_recalled", rejections=len(self._redeliveries)))
+            redeliveries = self._rejections.redeliveries
+            await asyncio.to_thread(redeliveries.recall, ingest.dead_letter_dir)
+            log.info(kv("dead_letters_recalled", rejections=len(redeliveries)))
 
     def _subscriptions(self) -> Subscriptions:
         """This process's topic filters for the registry in force (ingest/partition.py)."""
@@ -267,7 +268,7 @@ class IngestService:
             self._caught_up
             and self._source is not None
             and self._source.connected
-            and not self._spool_full
+            and not self._storage.spool_full
         )
 
     def _owns(self, hub: str) -> bool:
@@ -275,16 +276,14 @@ class IngestService:
         ingest = self._settings.ingest
         return hub_partition(hub, ingest.partitions) == ingest.partition
 
-    async def _catch_up(self, store: InfluxStore, source: MqttSource) -> None:
+    async def _catch_up(self, source: MqttSource) -> None:
         """Feed the estimator what was stored after its checkpoint (ingest/catchup.py)."""
         settings = self._settings.ingest
         self.catchup.running = True
         started = time.monotonic()
         deadline = started + settings.catchup_store_wait_s
         # Spooled batches were acknowledged and are not in InfluxDB yet: they go in first.
-        # A poll, not an Event: the drain task (not this helper's) lowers the count.
-        while self._spool.batches and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(settings.store_probe_interval_s)
+        await self._storage.drained(deadline)
         registry = self._registry.current
         checkpointed = set(self._positions)
         devices = [
@@ -302,7 +301,7 @@ class IngestService:
             body = lines + b"".join(
                 estimate_line(current.devices[record.device].hub, record) for record in records
             )
-            await self._store_or_spool(store, body, _Batch())
+            await self._store_or_spool(body, _Batch())
             republish_from_ns = time.time_ns() - round(REPUBLISH_DAYS * 86_400e9)
             for record in records:
                 if record.t_ns < republish_from_ns:
@@ -314,7 +313,7 @@ class IngestService:
                 )
 
         catch_up = CatchUp(
-            store=store,
+            store=self._storage.store,
             fleet=self._estimator,
             positions=self._positions,
             progress=self.catchup,
@@ -340,32 +339,32 @@ class IngestService:
             )
         )
 
-    async def _write_stats(self, store: InfluxStore) -> None:
+    async def _write_stats(self) -> None:
         instance = self._settings.mqtt.client_id
         while True:
             await asyncio.sleep(self._settings.ingest.stats_interval_s)
             lines = stats_lines(
-                self.accounting, self._spool, instance=instance, now_ns=time.time_ns()
+                self.accounting, self._storage.spool, instance=instance, now_ns=time.time_ns()
             )
             try:
-                await asyncio.to_thread(store.write, lines)
+                await asyncio.to_thread(self._storage.store.write, lines)
             except StoreError as exc:
                 # A snapshot of cumulative counters: the next one carries the same information.
                 log.info(kv("stats_not_written", detail=str(exc)))
 
-    async def _write_device_info(self, store: InfluxStore, retired: set[str]) -> None:
+    async def _write_device_info(self, retired: set[str]) -> None:
         lines = device_info_lines(self._registry.current, retired=retired, now_ns=time.time_ns())
         # Through the spool like any batch: the boards must not lose a patient's entry.
-        await self._store_or_spool(store, lines, _Batch())
+        await self._store_or_spool(lines, _Batch())
 
-    async def _watch_registry(self, store: InfluxStore) -> None:
-        await self._write_device_info(store, retired=set())
+    async def _watch_registry(self) -> None:
+        await self._write_device_info(retired=set())
         while True:
             await asyncio.sleep(self._settings.ingest.registry_reload_s)
             before = set(self._registry.current.devices)
             if await asyncio.to_thread(self._registry.reload_if_changed):
                 registry = self._registry.current
-                await self._write_device_info(store, retired=before - set(registry.devices))
+                await self._write_device_info(retired=before - set(registry.devices))
                 self._estimated.clear()  # prescriptions may have changed: pass them on again
                 if self._source is not None and self._settings.ingest.partitions > 1:
                     filters = self._subscriptions()
@@ -524,65 +523,15 @@ class IngestService:
             self._estimated.add(device.id)
 
     def _reject(self, message: Received, rejected: Rejected) -> _Work:
-        hub = device = None
-        with contextlib.suppress(Rejected):
-            topic = parse_topic(message.topic)
-            hub, device = topic.hub, topic.device
-        identity = identity_of(message.topic, message.payload)
-        first_ns = self._redeliveries.first_received_ns(identity) if message.dup else None
-        if first_ns is not None:
-            # Delivered again (after a crash or a reconnect) before its acknowledgement: its
-            # dead letter is on disk, and its point is written again at the first receipt time.
-            self.accounting.reject_again(hub, rejected.reason)
-            log.info(
-                kv("rejected_again", reason=rejected.reason, topic=message.topic,
-                   received_ns=first_ns)
-            )  # fmt: skip
-            lines = rejection_lines(
-                rejected,
-                hub=hub,
-                topic=message.topic,
-                payload_bytes=len(message.payload),
-                received_ns=first_ns,
-            )
-            return _Work(message, lines, rejection=identity)
-        # Two rejections in the same nanosecond must stay two points.
-        received_ns = max(message.received_ns, self._last_rejection_ns + 1)
-        self._last_rejection_ns = received_ns
-        self._redeliveries.remember(identity, received_ns)
-        self.accounting.reject(hub, rejected.reason)
-        log.warning(
-            kv(
-                "rejected",
-                reason=rejected.reason,
-                topic=message.topic,
-                field=rejected.field,
-                index=rejected.index,
-                detail=rejected.detail,
-                payload_bytes=len(message.payload),
-            )
+        rejection = self._rejections.reject(message, rejected)
+        return _Work(
+            message,
+            rejection.lines,
+            dead_letter=rejection.dead_letter,
+            rejection=rejection.identity,
         )
-        letter = DeadLetter(
-            received_ns=received_ns,
-            topic=message.topic,
-            reason=rejected.reason,
-            detail=rejected.detail,
-            payload=message.payload,
-            hub=hub,
-            device=device,
-            field=rejected.field,
-            index=rejected.index,
-        )
-        lines = rejection_lines(
-            rejected,
-            hub=hub,
-            topic=message.topic,
-            payload_bytes=len(message.payload),
-            received_ns=received_ns,
-        )
-        return _Work(message, lines, dead_letter=letter, rejection=identity)
 
-    async def _write(self, source: MqttSource, store: InfluxStore, stop: asyncio.Event) -> None:
+    async def _write(self, source: MqttSource) -> None:
         limits = self._settings.ingest
         queue = self._queue
         while True:
@@ -610,11 +559,11 @@ class IngestService:
                     work = await asyncio.wait_for(queue.get(), timeout_s)
                 except TimeoutError:
                     break
-            await self._commit(batch, source, store)
+            await self._commit(batch, source)
             for _ in batch.items:
                 queue.task_done()
 
-    async def _commit(self, batch: _Batch, source: MqttSource, store: InfluxStore) -> None:
+    async def _commit(self, batch: _Batch, source: MqttSource) -> None:
         """Make a batch durable, then acknowledge its messages in the order received."""
         letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
         if letters:
@@ -623,7 +572,7 @@ class IngestService:
             await asyncio.to_thread(self._dead_letters.flush)
         body = b"".join(work.lines for work in batch.items)
         if body:
-            await self._store_or_spool(store, body, batch)
+            await self._store_or_spool(body, batch)
         now_ns = time.time_ns()
         for work in batch.items:
             if work.device is not None:
@@ -641,113 +590,22 @@ class IngestService:
                 source.publish(topic, payload)
             source.ack(work.message)
             if work.rejection is not None:
-                self._redeliveries.forget(work.rejection)
+                self._rejections.redeliveries.forget(work.rejection)
         self._checkpointer.committed(batch.items[-1].seq)
 
-    async def _store_or_spool(self, store: InfluxStore, body: bytes, batch: _Batch) -> None:
-        """Write to InfluxDB, or, while it is unavailable or the spool still drains, spool."""
-        if self._spool.batches == 0:
-            try:
-                await asyncio.to_thread(store.write, body)
-            except StoreUnavailable as exc:
-                self._store_lost(exc, action="spooling")
-            except StoreRejected as exc:
-                log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
-                await self._commit_one_by_one(batch, store)
-                return
-            else:
-                self._store_recovered()
-                return
-        while True:
-            try:
-                await asyncio.to_thread(self._spool.append, body)
-            except SpoolFull as exc:
-                # Not acknowledged until there is room: the broker holds the messages meanwhile.
-                self._spool_full = True
-                log.error(kv("spool_full", detail=str(exc)))
-                await asyncio.sleep(self._settings.ingest.store_probe_interval_s)
-            else:
-                self._spool_full = False
-                self._spooled.set()
-                return
+    async def _store_or_spool(self, body: bytes, batch: _Batch) -> None:
+        """Write to InfluxDB or the spool (ingest/storage.py); a refused batch is written message
+        by message so that the one the server refuses does not cost its neighbours."""
+        if not await self._storage.write_or_spool(body):
+            await self._commit_one_by_one(batch)
 
-    async def _drain_spool(self, store: InfluxStore) -> None:
-        """Replay spooled batches, oldest first and back to back, whenever InfluxDB takes them."""
-        while True:
-            body = await asyncio.to_thread(self._spool.oldest)
-            if body is None:
-                self._spooled.clear()
-                await self._spooled.wait()
-                continue
-            try:
-                await asyncio.to_thread(store.write, body)
-            except StoreUnavailable as exc:
-                self._store_lost(exc, action="probing")
-                await self._wait_for_store(store)
-                continue
-            except StoreRejected as exc:
-                # Lines that were stored before cannot be refused now, short of a schema
-                # change on the server: keep the batch for an operator, never drop it.
-                kept = self._dead_letters.keep_refused_batch(body)
-                log.error(kv("spooled_batch_rejected", kept=kept, detail=str(exc)))
-            else:
-                self._store_answered()
-            await asyncio.to_thread(self._spool.pop_oldest)
-            if self._spool.batches == 0:
-                log.info(kv("spool_drained"))
-                # The next batch goes directly to InfluxDB (`_store_or_spool`).
-                self._store_recovered()
-
-    def _store_lost(self, exc: StoreUnavailable, *, action: str) -> None:
-        """Note a failed write; the first one of an outage opens it."""
-        log.warning(kv("store_unavailable", action=action, detail=str(exc)))
-        if self._store_lost_s is None:
-            self._store_lost_s = time.monotonic()
-            self._store_answered_s = None
-            self.metrics.store_outages.inc()
-
-    def _store_answered(self) -> None:
-        """InfluxDB answers again: from now on the recovery is ingest's own time."""
-        if self._store_lost_s is not None and self._store_answered_s is None:
-            self._store_answered_s = time.monotonic()
-            log.info(kv("store_answered", outage_s=self._store_answered_s - self._store_lost_s))
-
-    def _store_recovered(self) -> None:
-        """The spool is drained, or a batch went directly to InfluxDB: an outage is over."""
-        if self._store_lost_s is None:
-            return
-        self._store_answered()
-        assert self._store_answered_s is not None
-        recovery_s = time.monotonic() - self._store_answered_s
-        self.metrics.store_recovery_s.observe(recovery_s)
-        log.info(kv("store_recovered", recovery_s=recovery_s))
-        self._store_lost_s = self._store_answered_s = None
-
-    async def _wait_for_store(self, store: InfluxStore) -> None:
-        """Ask InfluxDB `/ping` every probe interval until it answers.
-
-        The interval does not grow: a probe costs the server next to nothing, and each second
-        the spool waits after InfluxDB is back is a second of data the boards do not show.
-        """
-        while True:
-            await asyncio.sleep(self._settings.ingest.store_probe_interval_s)
-            try:
-                await asyncio.to_thread(store.ping)
-            except StoreUnavailable:
-                continue
-            except StoreRejected as exc:
-                # It answers, if not to this: the write that follows tells what it refuses.
-                log.warning(kv("store_probe_refused", status=exc.status, detail=str(exc)))
-            self._store_answered()
-            return
-
-    async def _commit_one_by_one(self, batch: _Batch, store: InfluxStore) -> None:
+    async def _commit_one_by_one(self, batch: _Batch) -> None:
         """Find the message the server refuses so that it does not cost its neighbours."""
         for work in batch.items:
             if not work.lines:
                 continue
             try:
-                await self._write_retrying(store, work.lines)
+                await self._storage.write_waiting(work.lines)
             except StoreRejected as exc:
                 refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
                 if refused.dead_letter is not None:  # else refused before, and redelivered
@@ -755,13 +613,3 @@ class IngestService:
                     await asyncio.to_thread(self._dead_letters.flush)
                 work.device = None
                 work.rejection = refused.rejection
-
-    async def _write_retrying(self, store: InfluxStore, body: bytes) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(store.write, body)
-            except StoreUnavailable as exc:
-                self._store_lost(exc, action="probing")
-                await self._wait_for_store(store)
-            else:
-                return
