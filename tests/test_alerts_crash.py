@@ -24,17 +24,17 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from test_alerts_service import Hook
 
 from alerts.inputs import estimates_topic
 from alerts.notify import alert_topic
-from apps.services import Alertmanager, Mosquitto, free_port
+from apps.services import Alertmanager, Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000
@@ -58,41 +58,6 @@ def _wait_for(condition: Callable[[], bool], what: str, service: "AlertsProcess"
                         f"{service.log()[-3000:]}")  # fmt: skip
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}\n{service.log()[-3000:]}")
-
-
-class Webhook:
-    """An HTTP receiver that counts every notification it is given, by idempotency key."""
-
-    def __init__(self) -> None:
-        self.keys: Counter[str] = Counter()
-        lock = threading.Lock()
-        self.lock = lock
-        keys = self.keys
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    keys.update(alert["key"] for alert in body["alerts"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def seen(self) -> Counter[str]:
-        with self.lock:
-            return Counter(self.keys)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 class MqttWatcher:
@@ -176,7 +141,7 @@ class Run:
 
     devices: list[str]
     service: AlertsProcess
-    webhook: Webhook
+    webhook: Hook
     mqtt: MqttWatcher
     alertmanager: Alertmanager
     mosquitto: Mosquitto
@@ -200,7 +165,7 @@ class Run:
         many open alerts as devices (the test then compares them with what is expected)."""
         expected = len(expected_keys())
         return (
-            len(self.webhook.seen()) >= expected
+            len(self.webhook.keys_seen()) >= expected
             and len(self.mqtt.seen()) >= expected
             and len(self.alertmanager_ids()) >= DEVICES
         )
@@ -292,7 +257,7 @@ def _run(
     workdir = tmp_path / name
     workdir.mkdir()
     (workdir / "registry.toml").write_text(_registry(devices))
-    webhook = Webhook()
+    webhook = Hook()
     mqtt = MqttWatcher(mosquitto, devices)
     env = {
         **os.environ,
@@ -338,7 +303,7 @@ def test_alerts_killed_twice_mid_stream_raise_and_notify_as_without_kills(
         _wait_for(ref.delivered, "every notification of the run without kills", ref.service)
         assert ref.service.stop() == 0
         assert ref.alerts() == EXPECTED_ALERTS
-        assert ref.webhook.seen() == Counter(expected_keys())
+        assert ref.webhook.keys_seen() == Counter(expected_keys())
         assert ref.mqtt.seen() == Counter(expected_keys())
         assert ref.alertmanager_ids() == OPEN_IDS
         assert ref.service.log().count("alerts_input_repeated") == DEVICES * len(REPUBLISHED)
@@ -348,11 +313,13 @@ def test_alerts_killed_twice_mid_stream_raise_and_notify_as_without_kills(
         run.publish(range(third))
         _wait_for(lambda: run.applied() >= DEVICES, "the first inputs", run.service)
         run.service.kill()
-        before = len(run.webhook.seen())
+        before = len(run.webhook.keys_seen())
         assert before < len(expected_keys())
         run.publish(range(third, 2 * third))  # queued by the broker while the service is down
         run.service.start()
-        _wait_for(lambda: len(run.webhook.seen()) >= before + 4, "the backlog to flow", run.service)
+        _wait_for(
+            lambda: len(run.webhook.keys_seen()) >= before + 4, "the backlog to flow", run.service
+        )
         run.service.kill()
         run.publish(REPUBLISHED)
         run.publish(range(2 * third, STEPS))
@@ -360,7 +327,7 @@ def test_alerts_killed_twice_mid_stream_raise_and_notify_as_without_kills(
         _wait_for(run.delivered, "every notification of the run with kills", run.service)
         assert run.service.stop() == 0
         assert run.alerts() == ref.alerts() == EXPECTED_ALERTS
-        webhook, mqtt = run.webhook.seen(), run.mqtt.seen()
+        webhook, mqtt = run.webhook.keys_seen(), run.mqtt.seen()
         assert set(webhook) == set(mqtt) == set(expected_keys())
         # A kill between a send and the outbox recording it sends that one message again.
         copies = (webhook.total() - len(webhook)) + (mqtt.total() - len(mqtt))

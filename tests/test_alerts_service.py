@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +61,16 @@ class Hook:
     def rules_seen(self) -> set[str]:
         return {a["rule"] for body in self.bodies for a in body["alerts"]}
 
+    def keys_seen(self) -> Counter[str]:
+        """Every notification's idempotency key, counted."""
+        with self.arrived:
+            return Counter(a["key"] for body in self.bodies for a in body["alerts"])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
     def wait_for_bodies(self, count: int) -> None:
         with self.arrived:
             if not self.arrived.wait_for(lambda: len(self.bodies) >= count, timeout=30):
@@ -77,9 +88,7 @@ def hook() -> Iterator[Hook]:
     """A webhook receiver on a free loopback port."""
     receiver = Hook()
     yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
-    receiver.thread.join()
+    receiver.close()
 
 
 def test_service_notifies_webhook(
