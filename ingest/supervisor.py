@@ -17,33 +17,57 @@ from types import FrameType
 
 from osteotel.settings import Settings
 
-__all__ = ["child_environment", "supervise"]
+__all__ = ["child_environment", "partitions_here", "supervise"]
 
 
-def child_environment(settings: Settings, partition: int, processes: int) -> dict[str, str]:
-    """The environment of child `partition` of `processes`."""
+def partitions_here(settings: Settings, processes: int) -> range:
+    """The partitions this machine's `processes` children own, of the site's total.
+
+    One machine (the default settings): 0..processes-1 of `processes`. Several machines share
+    the site's hubs by setting, on each, `partitions` to the site's total and `partition` to
+    this machine's first: machine A `partitions=4, partition=0`, machine B `partitions=4,
+    partition=2`, each with `--processes 2` (docs/ingest.md, "Across machines").
+
+    Raises:
+        ValueError: the children would run past the site's last partition.
+    """
+    first, total = settings.ingest.partition, max(settings.ingest.partitions, processes)
+    if first + processes > total:
+        raise ValueError(
+            f"partitions {first}..{first + processes - 1} do not exist: the site has {total}"
+        )
+    return range(first, first + processes)
+
+
+def child_environment(
+    settings: Settings, partition: int, partitions: int, local: int
+) -> dict[str, str]:
+    """The environment of the child owning `partition` of the site's `partitions`, the `local`-th
+    on this machine (its HTTP port is `http_port + local`)."""
     ingest = settings.ingest
     env = {
         **os.environ,
-        "OSTEOTEL_INGEST__PARTITIONS": str(processes),
+        "OSTEOTEL_INGEST__PARTITIONS": str(partitions),
         "OSTEOTEL_INGEST__PARTITION": str(partition),
         "OSTEOTEL_MQTT__CLIENT_ID": f"{settings.mqtt.client_id}-{partition}",
         "OSTEOTEL_INGEST__SPOOL_DIR": str(ingest.spool_dir / f"partition-{partition}"),
         "OSTEOTEL_INGEST__STATE_DIR": str(ingest.state_dir / f"partition-{partition}"),
     }
     if ingest.http_port:
-        env["OSTEOTEL_INGEST__HTTP_PORT"] = str(ingest.http_port + partition)
+        env["OSTEOTEL_INGEST__HTTP_PORT"] = str(ingest.http_port + local)
     return env
 
 
 def supervise(settings: Settings, processes: int) -> int:
     """Run `processes` ingest children until a signal stops them; returns the worst exit code."""
+    here = partitions_here(settings, processes)
+    total = max(settings.ingest.partitions, processes)
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "ingest"],
-            env=child_environment(settings, partition, processes),
+            env=child_environment(settings, partition, total, local),
         )
-        for partition in range(processes)
+        for local, partition in enumerate(here)
     ]
 
     def forward(signum: int, frame: FrameType | None) -> None:

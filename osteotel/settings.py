@@ -91,8 +91,9 @@ class IngestSettings(_Section):
     max_payload_bytes: int = Field(1_048_576, ge=1024)
     # Hub clocks are NTP-synchronised; 5 s ahead of server time already means a broken clock.
     future_skew_s: float = Field(5.0, ge=0)
-    # Scaling across processes: this process stores the devices whose CRC-32 modulo
-    # `partitions` is `partition` (docs/ingest.md).
+    # Scaling across processes and machines: this process owns the hubs whose BLAKE2b hash
+    # modulo `partitions` is `partition`; under `--processes N`, this machine's first
+    # partition of the site's total (docs/ingest.md, ingest/partition.py).
     partitions: int = Field(1, ge=1, le=64)
     partition: int = Field(0, ge=0)
     # /metrics, /healthz and /readyz; port 0 turns the endpoint off.

@@ -24,6 +24,8 @@ from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_json
 from devices.contract import SUBSCRIPTIONS, Frame, hub_filter, telemetry_topic
 from ingest.partition import hub_partition, partition_of, subscriptions
+from ingest.supervisor import child_environment, partitions_here
+from osteotel.settings import Settings
 
 DEVICES = (("HUB-A", "DX-0001"), ("HUB-A", "DX-0002"), ("HUB-B", "DX-0003"))
 FRAMES_PER_DEVICE = 30
@@ -205,3 +207,32 @@ def test_a_hub_added_to_the_registry_is_subscribed_by_its_owner(
         received = [_counter(ingest, k, "osteotel_ingest_messages_received_total") for k in (0, 1)]
     assert received[owner] == 10
     assert received[1 - owner] == 0
+
+
+def test_two_machines_share_the_site_partitions_between_their_children() -> None:
+    """Machine A (first partition 0) and B (first partition 2) of a 4-partition site, two
+    children each: every partition runs once, with its own client id, state and spool, and
+    every hub is subscribed by exactly one child; a machine cannot run past the last one."""
+
+    hubs = [f"HUB-{n:03d}" for n in range(1, 33)]
+    envs = []
+    for first in (0, 2):
+        settings = Settings(ingest={"partitions": 4, "partition": first})
+        for local, partition in enumerate(partitions_here(settings, 2)):
+            envs.append(child_environment(settings, partition, 4, local))
+    assert sorted(int(env["OSTEOTEL_INGEST__PARTITION"]) for env in envs) == [0, 1, 2, 3]
+    assert {env["OSTEOTEL_INGEST__PARTITIONS"] for env in envs} == {"4"}
+    for key in (
+        "OSTEOTEL_MQTT__CLIENT_ID",
+        "OSTEOTEL_INGEST__STATE_DIR",
+        "OSTEOTEL_INGEST__SPOOL_DIR",
+    ):
+        assert len({env[key] for env in envs}) == 4
+    wanted = [
+        set(subscriptions(hubs, 4, int(env["OSTEOTEL_INGEST__PARTITION"])).wanted) for env in envs
+    ]
+    assert sorted(f for w in wanted for f in w) == sorted(hub_filter(hub) for hub in hubs)
+    with pytest.raises(ValueError, match="do not exist"):
+        partitions_here(Settings(ingest={"partitions": 4, "partition": 3}), 2)
+    one_machine = Settings()
+    assert list(partitions_here(one_machine, 2)) == [0, 1]
