@@ -78,6 +78,14 @@ class _AccountingCollector(Collector):
         for (hub, reason), count in self._accounting.rejected_again.items():
             again.add_metric([hub, reason], count)
         yield again
+        stages = CounterMetricFamily(
+            "osteotel_ingest_stage_seconds",
+            "Event-loop time by stage (handle contains validate, dsp and checkpoint)",
+            labels=["stage"],
+        )
+        for stage, spent_ns in sorted(self._accounting.stage_ns.items()):
+            stages.add_metric([stage], spent_ns / 1e9)
+        yield stages
         yield CounterMetricFamily(
             "osteotel_ingest_messages_received",
             "Messages the broker delivered to this process, valid or not",

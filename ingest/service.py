@@ -394,6 +394,8 @@ class IngestService:
         registry = self._registry.current  # one version for the whole batch
         works: list[_Work] = []
         pending = _PendingFrames()
+        clock, spent = time.perf_counter_ns, self.accounting.stage_ns
+        handle_started = clock()
         for message in messages:
             self.accounting.messages_received += 1
             if partitions > 1 and partition_of(message.topic, partitions) != mine:
@@ -402,6 +404,7 @@ class IngestService:
                 self.accounting.messages_foreign += 1
                 works.append(_Work(message, b""))
                 continue
+            started = clock()
             try:
                 accepted = accept(
                     message.topic,
@@ -413,6 +416,8 @@ class IngestService:
             except Rejected as rejected:
                 works.append(self._reject(message, rejected))
                 continue
+            finally:
+                spent["validate"] += clock() - started
             if not isinstance(accepted.message, Frame):
                 # An event reaches the estimator after every frame received before it.
                 self._estimate_frames(pending, registry)
@@ -421,13 +426,23 @@ class IngestService:
         for work in works:
             self._handled += 1
             work.seq = self._handled
+        started = clock()
         self._checkpointer.handled(self._estimator, self._positions, self._handled)
+        spent["checkpoint"] += clock() - started
+        spent["handle"] += clock() - handle_started
         return works
 
     def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
         """Run the frames waiting for the DSP through it at once, in order of receipt."""
         if not pending.frames:
             return
+        started = time.perf_counter_ns()
+        try:
+            self._run_dsp(pending, registry)
+        finally:
+            self.accounting.stage_ns["dsp"] += time.perf_counter_ns() - started
+
+    def _run_dsp(self, pending: _PendingFrames, registry: Registry) -> None:
         frames, works = pending.frames, pending.works
         pending.frames, pending.works = [], []
         for frame in frames:
@@ -570,9 +585,13 @@ class IngestService:
             for letter in letters:
                 self._dead_letters.append(letter)
             await asyncio.to_thread(self._dead_letters.flush)
+        started = time.perf_counter_ns()
         body = b"".join(work.lines for work in batch.items)
+        spent = self.accounting.stage_ns
+        spent["join"] += time.perf_counter_ns() - started
         if body:
             await self._store_or_spool(body, batch)
+        started = time.perf_counter_ns()
         now_ns = time.time_ns()
         for work in batch.items:
             if work.device is not None:
@@ -592,6 +611,7 @@ class IngestService:
             if work.rejection is not None:
                 self._rejections.redeliveries.forget(work.rejection)
         self._checkpointer.committed(batch.items[-1].seq)
+        spent["acknowledge"] += time.perf_counter_ns() - started
 
     async def _store_or_spool(self, body: bytes, batch: _Batch) -> None:
         """Write to InfluxDB or the spool (ingest/storage.py); a refused batch is written message

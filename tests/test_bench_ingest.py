@@ -33,6 +33,16 @@ CPU_SHARES = tuple(
 # (ingest's supervisor and two children in the two-process run, influxd and Mosquitto).
 PROC_READ_SLACK_S = 2 * 0.01 * 5
 LATENCY_S = 1.0  # --latency-s of the run below
+THREADS = tuple(
+    f"ingest_{processes}p_thread_cpu_us_per_frame_{kind}"
+    for processes in (1, 2)
+    for kind in ("loop", "mqtt", "workers")
+)
+STAGES = tuple(
+    f"ingest_{processes}p_stage_us_per_frame_{stage}"
+    for processes in (1, 2)
+    for stage in ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge")
+)
 # Counts that a good run keeps at zero (the goal is no false critical alert): reported, not judged.
 NORMAL_RATES = tuple(
     f"normal_alerts_per_device_month_{severity}" for severity in ("critical", "warning", "info")
@@ -57,10 +67,10 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_every_documented_figure_and_no_other(figures: dict[str, object]) -> None:
     """The run returns exactly the keys docs/ingest.md documents."""
-    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES + CPU_SHARES)
+    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES + CPU_SHARES + THREADS + STAGES)
 
 
-@pytest.mark.parametrize("key", CPU_SHARES, ids=CPU_SHARES)
+@pytest.mark.parametrize("key", CPU_SHARES + THREADS, ids=CPU_SHARES + THREADS)
 def test_cpu_per_frame_is_not_negative(figures: dict[str, object], key: str) -> None:
     """Each process's CPU per frame is a finite number, zero or more."""
     value = figures[key]
@@ -239,3 +249,28 @@ def test_cpu_adds_up_within_the_cores(figures: dict[str, object], processes: int
     )
     window_s = _float(figures, f"ingest_{processes}p_cpu_window_s")
     assert used_s <= _float(figures, "cpu_cores") * window_s + PROC_READ_SLACK_S
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_ingest_threads_add_up_to_its_cpu(figures: dict[str, object], processes: int) -> None:
+    """The threads' CPU (each read from /proc/PID/task) adds up to no more than ingest's whole
+    CPU (a thread that ended between the readings is only in the whole), within the ticks."""
+    threads_us = sum(
+        _float(figures, f"ingest_{processes}p_thread_cpu_us_per_frame_{kind}")
+        for kind in ("loop", "mqtt", "workers")
+    )
+    slack_us = PROC_READ_SLACK_S / _float(figures, "frames") * 1e6
+    assert threads_us <= _float(figures, f"ingest_{processes}p_cpu_us_per_frame_ingest") + slack_us
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_handling_a_batch_holds_its_stages(figures: dict[str, object], processes: int) -> None:
+    """Every event-loop stage took time, and handling a batch took at least its parts (one
+    clock, nested intervals)."""
+    stage = {
+        name: _float(figures, f"ingest_{processes}p_stage_us_per_frame_{name}")
+        for name in ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge")
+    }
+    assert all(value > 0 for value in stage.values()), stage
+    parts = stage["validate"] + stage["dsp"] + stage["checkpoint"]
+    assert stage["handle"] >= parts * (1 - 1e-9)

@@ -24,6 +24,7 @@ __all__ = [
     "device_ids",
     "http_get",
     "process_tree",
+    "thread_cpu_s",
     "wait",
     "write_registry",
 ]
@@ -102,6 +103,29 @@ def cpu_s(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the processes' threads, by kind: `loop` (each process's main
+    thread: ingest's event loop), `mqtt` (paho's network threads) and `workers` (the rest:
+    asyncio's worker threads, which write to InfluxDB)."""
+    ticks = {"loop": 0, "mqtt": 0, "workers": 0}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended while being read
+            kind = (
+                "loop"
+                if task.name == str(pid)
+                else "mqtt"
+                if comm.startswith("paho")
+                else "workers"
+            )
+            ticks[kind] += int(fields[11]) + int(fields[12])
+    return {kind: count / os.sysconf("SC_CLK_TCK") for kind, count in ticks.items()}
 
 
 class Child:
