@@ -35,7 +35,15 @@ FRAMES_PER_DEVICE = 30
 def two_processes(
     mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
 ) -> Iterator[IngestProcess]:
-    """`osteotel ingest --processes 2`."""
+    """`osteotel ingest --processes 2`, on a broker holding no retained hub status (the broker
+    is shared by the session's tests: a child would receive one on subscribing)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"clear-{unique_id}")
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    for hub in {hub for hub, _ in DEVICES}:
+        client.publish(f"osteotel/v1/{hub}/status", b"", qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
     env = ingest_env(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
         stats_interval_s="0.5",
