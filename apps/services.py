@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -35,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from osteotel.errors import MissingBinaryError
 
-__all__ = ["Alertmanager", "InfluxDB", "Mosquitto", "VictoriaMetrics", "free_port"]
+__all__ = ["Alertmanager", "InfluxDB", "Mosquitto", "VictoriaMetrics", "free_port", "free_ports"]
 
 _READY_TIMEOUT_S = 20.0
 _PROBE_INTERVAL_S = 0.05
@@ -65,6 +66,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """Return the first of `count` consecutive TCP ports on `host` that nothing listens on.
+
+    Drawn below the kernel's ephemeral range (32768-60999 on Linux), where client connections
+    take ports at random: there the port after a free one was often in use (an ingest child's
+    `http_port + 1` answered `GET /readyz` with another server's bytes). The same race as
+    `free_port` remains, and is as rare.
+    """
+    draw = random.Random()  # noqa: S311 - spreads test ports, guards nothing
+    for _ in range(_PORT_DRAWS):
+        first = draw.randrange(20_000, 32_000 - count)
+        with contextlib.ExitStack() as bound:
+            try:
+                for port in range(first, first + count):
+                    sock = bound.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports on {host} in {_PORT_DRAWS} draws")
+
+
+_PORT_DRAWS = 200
 
 
 def _find_binary(binary: str | Path | None, default: str, install_hint: str) -> Path:

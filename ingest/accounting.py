@@ -95,9 +95,9 @@ class Accounting:
         self.last_stored_ns = 0  # UTC epoch ns when a frame was last made durable; 0: never
         self.messages_received = 0  # every message the broker delivered, whatever it held
         self.messages_foreign = 0  # ... of which another partition owns the hub (not stored)
-        # Event-loop time by stage, ns (docs/ingest.md, "Where ingest's time goes"): handle (a
-        # received batch into work: validate, dsp and checkpoint are parts of it), join (a
-        # commit's body), acknowledge (accounting, publishing estimates, PUBACKs).
+        # The event loop's CPU time by stage, ns (docs/ingest.md, "Where ingest's time goes"):
+        # handle (a received batch into work: validate, dsp and checkpoint are parts of it),
+        # join (a commit's body), acknowledge (accounting, publishing estimates, PUBACKs).
         self.stage_ns: Counter[str] = Counter()
         self._trackers: dict[str, SeqTracker] = {}
 

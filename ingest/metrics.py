@@ -19,7 +19,10 @@ device) and an `ingest_status` point (spool depth), so the board needs no Promet
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -80,12 +83,21 @@ class _AccountingCollector(Collector):
         yield again
         stages = CounterMetricFamily(
             "osteotel_ingest_stage_seconds",
-            "Event-loop time by stage (handle contains validate, dsp and checkpoint)",
+            "The event loop's CPU time by stage (handle contains validate, dsp and checkpoint)",
             labels=["stage"],
         )
         for stage, spent_ns in sorted(self._accounting.stage_ns.items()):
             stages.add_metric([stage], spent_ns / 1e9)
         yield stages
+        threads = CounterMetricFamily(
+            "osteotel_ingest_thread_cpu_seconds",
+            "CPU time of the live threads: loop (the event loop), mqtt (paho's network thread), "
+            "workers (the rest: InfluxDB writes, file syncs)",
+            labels=["thread"],
+        )
+        for thread, seconds in thread_cpu_s().items():
+            threads.add_metric([thread], seconds)
+        yield threads
         yield CounterMetricFamily(
             "osteotel_ingest_messages_received",
             "Messages the broker delivered to this process, valid or not",
@@ -110,6 +122,26 @@ class _AccountingCollector(Collector):
         yield GaugeMetricFamily(
             "osteotel_ingest_spool_max_bytes", "The spool's size limit", self._spool.max_bytes
         )
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's live threads by kind, from /proc/self/task (Linux; empty
+    elsewhere). Python does not name the kernel's threads, so they are told apart by their
+    Python names: MainThread runs the event loop, paho names its network thread `paho-...`."""
+    if not Path("/proc/self/task").is_dir():
+        return {}
+    seconds = {"loop": 0.0, "mqtt": 0.0, "workers": 0.0}
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        name = thread.name
+        kind = "loop" if name == "MainThread" else "mqtt" if name.startswith("paho") else "workers"
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue  # not started, or ended since enumerate()
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds[kind] += (int(fields[11]) + int(fields[12])) * tick_s  # utime, stime
+    return seconds
 
 
 class IngestMetrics:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from apps.services import InfluxDB, Mosquitto, free_port
+from apps.services import InfluxDB, Mosquitto, free_ports
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore, Series
 
@@ -120,7 +120,8 @@ def ingest_env(
         "OSTEOTEL_INGEST__SPOOL_DIR": str(workdir / "spool"),
         "OSTEOTEL_INGEST__STATE_DIR": str(workdir / "state"),
         "OSTEOTEL_INGEST__BATCH_MAX_DELAY_S": "0.05",
-        "OSTEOTEL_INGEST__HTTP_PORT": str(free_port()),
+        # With --processes N, child k listens on this port + k.
+        "OSTEOTEL_INGEST__HTTP_PORT": str(free_ports(4)),
         **{f"OSTEOTEL_INGEST__{key.upper()}": value for key, value in extra.items()},
     }
 

@@ -32,9 +32,9 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
     ingest_{1,2}p_thread_cpu_us_per_frame_{loop,mqtt,workers}
                                                 ingest's CPU per frame by thread: the event
                                                 loop, paho's network thread, the worker threads
-                                                (InfluxDB writes); they add up to ..._ingest
+                                                (InfluxDB writes); at most ..._ingest
     ingest_{1,2}p_stage_us_per_frame_{handle,validate,dsp,checkpoint,join,acknowledge}
-                                                event-loop time per frame by stage since start
+                                                event-loop CPU per frame by stage since start
                                                 (handle contains validate, dsp and checkpoint)
     ingest_{1,2}p_messages_received             messages the processes received, summed (each
                                                 message reaches one process: = frames)
@@ -71,7 +71,6 @@ from apps.bench.processes import (
     cpu_s,
     device_ids,
     process_tree,
-    thread_cpu_s,
     wait,
     write_registry,
 )
@@ -225,7 +224,7 @@ def _sustained(
             }
             cpu_started_s = time.time()
             cpu_before = {name: cpu_s(pids) for name, pids in servers.items()}
-            threads_before = thread_cpu_s(servers["ingest"])
+            threads_before = _labelled_seconds(ingest.metrics(), _THREAD_METRIC, "thread")
             publisher_before = time.process_time()
             started_s = time.time()  # wall clock, as the child's last-stored time
             publish_all(broker.host, broker.port, messages, f"osteotel-bench-{processes}p")
@@ -233,9 +232,10 @@ def _sustained(
             used_s = {name: cpu_s(pids) - cpu_before[name] for name, pids in servers.items()}
             used_s["publisher"] = time.process_time() - publisher_before
             cpu_window_s = time.time() - cpu_started_s
-            threads_s = thread_cpu_s(servers["ingest"])
+            after = ingest.metrics()
+            threads_s = _labelled_seconds(after, _THREAD_METRIC, "thread")
+            stages_s = _labelled_seconds(after, _STAGE_METRIC, "stage")
             received = ingest.counter_by_process("osteotel_ingest_messages_received_total")
-            stages_s = _stage_seconds(ingest.metrics())
         finally:
             ingest.stop()
     figures = {
@@ -248,27 +248,33 @@ def _sustained(
     }
     for name, seconds_used in used_s.items():
         figures[f"cpu_us_per_frame_{name}"] = seconds_used / len(messages) * 1e6
-    for kind, seconds_used in threads_s.items():
-        used = seconds_used - threads_before[kind]
+    for kind in _THREADS:
+        used = threads_s.get(kind, 0.0) - threads_before.get(kind, 0.0)
         figures[f"thread_cpu_us_per_frame_{kind}"] = used / len(messages) * 1e6
     for stage in _STAGES:
         figures[f"stage_us_per_frame_{stage}"] = stages_s.get(stage, 0.0) / len(messages) * 1e6
     return figures
 
 
-# ingest's event-loop stages (osteotel_ingest_stage_seconds_total): `handle` holds the others
-# of its line (docs/ingest.md, "Where ingest's time goes").
-_STAGES = ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge")
-_STAGE_LABEL = re.compile(r'stage="([a-z]+)"')
+# ingest's own CPU counters (docs/ingest.md, "Where ingest's time goes"): the event loop's by
+# stage since start (`handle` holds validate, dsp and checkpoint; the bench's run is nearly all
+# of the process's life), and by thread, read before and after the run.
+_STAGE_METRIC, _STAGES = (
+    "osteotel_ingest_stage_seconds_total",
+    ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge"),
+)
+_THREAD_METRIC, _THREADS = "osteotel_ingest_thread_cpu_seconds_total", ("loop", "mqtt", "workers")
 
 
-def _stage_seconds(metrics: list[tuple[str, str, float]]) -> dict[str, float]:
-    """Seconds by stage, summed over ingest's processes (they run from its start: the bench's
-    run is nearly all of it)."""
+def _labelled_seconds(
+    metrics: list[tuple[str, str, float]], metric: str, label: str
+) -> dict[str, float]:
+    """A counter's values by one label, summed over ingest's processes."""
+    pattern = re.compile(label + r'="([a-z]+)"')
     seconds: dict[str, float] = {}
     for name, labels, value in metrics:
-        match = _STAGE_LABEL.search(labels)
-        if name == "osteotel_ingest_stage_seconds_total" and match:
+        match = pattern.search(labels)
+        if name == metric and match:
             seconds[match[1]] = seconds.get(match[1], 0.0) + value
     return seconds
 

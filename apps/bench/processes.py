@@ -24,7 +24,6 @@ __all__ = [
     "device_ids",
     "http_get",
     "process_tree",
-    "thread_cpu_s",
     "wait",
     "write_registry",
 ]
@@ -105,29 +104,6 @@ def cpu_s(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_s(pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the processes' threads, by kind: `loop` (each process's main
-    thread: ingest's event loop), `mqtt` (paho's network threads) and `workers` (the rest:
-    asyncio's worker threads, which write to InfluxDB)."""
-    ticks = {"loop": 0, "mqtt": 0, "workers": 0}
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                comm = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # ended while being read
-            kind = (
-                "loop"
-                if task.name == str(pid)
-                else "mqtt"
-                if comm.startswith("paho")
-                else "workers"
-            )
-            ticks[kind] += int(fields[11]) + int(fields[12])
-    return {kind: count / os.sysconf("SC_CLK_TCK") for kind, count in ticks.items()}
-
-
 class Child:
     """An `osteotel` command run as a child process in its own session, logging to `workdir`."""
 
@@ -187,12 +163,11 @@ class IngestProcess(Child):
         database: str,
         registry: Path,
     ) -> None:
-        from apps.services import free_port  # noqa: PLC0415
+        from apps.services import free_ports  # noqa: PLC0415
 
         super().__init__(workdir)
         self.processes = processes
-        # Child k listens on port + k; the port after a free one is nearly always free too.
-        self.http_port = free_port()
+        self.http_port = free_ports(processes)  # child k listens on http_port + k
         self.env = {
             **os.environ,
             "OSTEOTEL_MQTT__HOST": mqtt[0],
