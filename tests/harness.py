@@ -341,13 +341,13 @@ def drop_database(influxdb: InfluxDB, database: str) -> None:
         store.query(f'DROP DATABASE "{database}"')
 
 
-def ingest_metric(ingest: IngestProcess, name: str) -> float:
-    """The sum of a metric's samples on the /metrics of every process of ingest; -1 while one
-    does not answer."""
+def ingest_metric(ingest: IngestProcess, name: str, partition: int | None = None) -> float:
+    """The sum of a metric's samples on the /metrics of one process of ingest, or of every
+    process with `partition` None; -1 while one does not answer."""
     total = 0.0
-    for partition in range(ingest.processes):
+    for k in range(ingest.processes) if partition is None else (partition,):
         try:
-            _, body = ingest.get("/metrics", partition)
+            _, body = ingest.get("/metrics", k)
         except OSError:
             return -1.0
         total += sum(
