@@ -15,8 +15,11 @@ The old layout's persistent sessions keep queueing their hubs' messages after th
 test reads what they hold and removes them as the operator does.
 """
 
+import contextlib
 import signal
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +29,7 @@ from harness import (
     EXAMPLE_REGISTRY,
     IngestProcess,
     Publisher,
+    Treatment,
     assert_estimates,
     count,
     drop_database,
@@ -34,6 +38,7 @@ from harness import (
     frames_stored,
     ingest_env,
     ingest_metric,
+    query,
     query_series,
     wait_for,
     wait_stored,
@@ -45,7 +50,7 @@ from devices.codec import decode_frame
 from devices.contract import parse_topic, status_topic
 from devices.emulator.capture import CapturedMessage
 from devices.registry import Registry
-from ingest.partition import hub_partition
+from ingest.partition import Subscriptions, hub_partition, subscriptions
 
 _DAYS = 8.5  # latency 7 days, then a day and a half of steps (20); a load test every day
 _HELD = 100  # messages published to a stopped (SIGSTOP) process before it is killed
@@ -121,6 +126,28 @@ def _clear_retained_statuses(mosquitto: Mosquitto, registry: Registry, client_id
         client.loop_stop()
 
 
+def _make_session(mosquitto: Mosquitto, client_id: str, filters: Subscriptions) -> None:
+    """The operator's step (docs/ingest.md): a persistent session with a process's filters,
+    made before the process exists, so that the broker queues its hubs' messages from now."""
+    topics = [argument for topic in filters.wanted for argument in ("-t", topic)]
+    subprocess.run(
+        ["mosquitto_sub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-i", client_id,
+         "-c", "-q", "1", *topics, "-E"],
+        check=True, timeout=30,
+    )  # fmt: skip
+
+
+def _stored_frames(influxdb: InfluxDB, database: str, registry: Registry) -> dict[str, int]:
+    """Frames stored per device (the `frame` measurement)."""
+    stored = {}
+    for device in registry.devices:
+        rows = query(
+            influxdb, database, f"SELECT count(\"n\") FROM frame WHERE device = '{device}'"
+        )
+        stored[device] = int(str(rows[0][1])) if rows else 0
+    return stored
+
+
 def _sessions(client_id: str, processes: int) -> list[str]:
     """The persistent sessions of a layout (ingest/supervisor.py names the children's)."""
     return [client_id] if processes == 1 else [f"{client_id}-{k}" for k in range(processes)]
@@ -132,6 +159,99 @@ class _Move(NamedTuple):
     before: int
     after: int
     stop: signal.Signals
+
+
+@dataclass
+class _Run:
+    """One test's treatment, servers, ingest layouts and publisher."""
+
+    registry: Registry
+    treatment: Treatment
+    counts: dict[str, int]  # analyze's estimates per measurement
+    client_id: str
+    first: IngestProcess
+    second: IngestProcess
+    publisher: Publisher
+    cut: int  # messages published to the first layout
+
+
+@contextlib.contextmanager
+def _running(
+    mosquitto: Mosquitto, influxdb: InfluxDB, database: str, unique_id: str, workdir: Path,
+    *, move: _Move,
+) -> Iterator[_Run]:  # fmt: skip
+    """The treatment, analyze's estimates and both layouts; everything is stopped, removed or
+    dropped on leaving. The cut lies 20 frames into a distraction step's relaxation window."""
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    assert {hub_partition(hub, 2) for hub in registry.hubs} == {0, 1}
+    _clear_retained_statuses(mosquitto, registry, f"hubs-{unique_id}")
+    treatment = emulated_treatment(registry, workdir, _DAYS)
+    expected_db = f"{database}_expected"
+    counts = expect(influxdb, expected_db, treatment, registry)
+    client_id = f"ingest-{unique_id}"
+    env = ingest_env(
+        mosquitto, influxdb, database, client_id, workdir,
+        checkpoint_interval_s="0.1", checkpoint_batches="3",
+    )  # fmt: skip
+    first, second = (
+        IngestProcess(env, workdir / f"{n}p", args=("--processes", str(n)), processes=n)
+        for n in (move.before, move.after)
+    )
+    for ingest in (first, second):
+        ingest.workdir.mkdir()
+    publisher = Publisher(mosquitto, treatment.messages, f"publisher-{unique_id}")
+    cut = treatment.steps[len(treatment.steps) // 3] + 60
+    run = _Run(registry, treatment, counts, client_id, first, second, publisher, cut)
+    try:
+        yield run
+    finally:
+        publisher.limit = len(treatment.messages)
+        publisher.close()
+        for ingest in (first, second):
+            if ingest.process is not None and ingest.process.poll() is None:
+                ingest.stop()
+        for session in _sessions(client_id, 1) + _sessions(client_id, 2):
+            _remove_session(mosquitto, session)
+        drop_database(influxdb, expected_db)
+
+
+def _first_part(run: _Run) -> None:
+    """Start the first layout and publish the first part to it; wait until it is stored and
+    a checkpoint written."""
+    run.first.start()
+    run.publisher.start()
+    run.publisher.limit = run.cut
+    part = sum(_frames(run.treatment.messages[: run.cut]).values())
+    wait_for(lambda: frames_stored(run.first) == part, "the first part stored", run.first)
+    wait_for(lambda: "checkpoint_written" in run.first.log(), "a checkpoint", run.first)
+
+
+def _assert_moved(
+    run: _Run, influxdb: InfluxDB, database: str, rebuilt_from: dict[str, int]
+) -> None:
+    """Once the second layout stored everything: analyze's estimates, every sample once, each
+    device `rebuilt` from `rebuilt_from` frames, and each message published after the cut
+    received by its hub's new owner only."""
+    messages = run.treatment.messages
+    second, after = run.second, run.second.processes
+    wait_stored(influxdb, database, run.treatment, run.counts, second)
+    assert_estimates(influxdb, database, f"{database}_expected")
+    for device, times in run.treatment.samples.items():
+        assert count(influxdb, database, "raw", device) == len(times), device
+    started = query_series(
+        influxdb, database, 'SELECT "status", "frames" FROM "catchup" GROUP BY "device"'
+    )
+    assert {s.tags["device"]: s.values[-1][1:] for s in started} == {
+        device: ["rebuilt", rebuilt_from.get(device, 0)] for device in run.registry.devices
+    }
+    assert second.log().count("status=rebuilt") == len(run.registry.devices)
+    for k in range(after):
+        owned = sum(
+            hub_partition(parse_topic(m.topic).hub, after) == k for m in messages[run.cut :]
+        )
+        received = ingest_metric(second, "osteotel_ingest_messages_received_total", k)
+        assert received == owned, k
+        assert ingest_metric(second, "osteotel_ingest_messages_foreign_total", k) == 0
 
 
 @pytest.mark.parametrize(
@@ -148,105 +268,92 @@ def test_moved_hubs_keep_the_estimates_of_analyze(
     tmp_path: Path,
     move: _Move,
 ) -> None:
-    """Stopping one layout inside a step window and starting the other leaves exactly
-    analyze's step, load-share and daily estimates and every sample once; the new processes
-    rebuild their devices from the store, each hub's messages reach its new owner only, and
-    the old layout's sessions hold the messages published since the move until removed."""
-    before, after, stop = move
-    registry = Registry.load(EXAMPLE_REGISTRY)
-    assert {hub_partition(hub, 2) for hub in registry.hubs} == {0, 1}
-    _clear_retained_statuses(mosquitto, registry, f"hubs-{unique_id}")
-    treatment = emulated_treatment(registry, tmp_path, _DAYS)
-    messages = treatment.messages
-    cut = treatment.steps[len(treatment.steps) // 3] + 60  # 20 frames into a step's window
-    expected_db = f"{influx_db_name}_expected"
-    counts = expect(influxdb, expected_db, treatment, registry)
-    client_id = f"ingest-{unique_id}"
-    env = ingest_env(
-        mosquitto, influxdb, influx_db_name, client_id, tmp_path,
-        checkpoint_interval_s="0.1", checkpoint_batches="3",
-    )  # fmt: skip
-
-    def layout(processes: int) -> IngestProcess:
-        return IngestProcess(
-            env, tmp_path / f"{processes}p", args=("--processes", str(processes)),
-            processes=processes,
-        )  # fmt: skip
-
-    first, second = layout(before), layout(after)
-    for ingest in (first, second):
-        ingest.workdir.mkdir()
-    publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
-    try:
-        first.start()
-        publisher.start()
-        publisher.limit = cut
-        wait_for(lambda: frames_stored(first) == sum(_frames(messages[:cut]).values()),
-                 "the first part stored", first)  # fmt: skip
-        wait_for(lambda: "checkpoint_written" in first.log(), "a checkpoint", first)
-        if stop == signal.SIGKILL:
+    """Stopping one layout inside a step window and starting the other, with the hubs quiet
+    in between, leaves exactly analyze's step, load-share and daily estimates and every sample
+    once; the new processes rebuild their devices from the store, each hub's messages reach
+    its new owner only, and the old layout's sessions hold the messages published since the
+    move until removed."""
+    database = influx_db_name
+    with _running(mosquitto, influxdb, database, unique_id, tmp_path, move=move) as run:
+        messages, first, publisher = run.treatment.messages, run.first, run.publisher
+        _first_part(run)
+        if move.stop == signal.SIGKILL:
             # Frozen, the process receives nothing more: what is published now stays
             # unacknowledged in its session, which is where a crash leaves messages.
             assert first.process is not None
             first.process.send_signal(signal.SIGSTOP)
-            cut += _HELD
-            publisher.limit = cut
-            wait_for(lambda: publisher.published == cut, "messages held for the frozen process")
+            run.cut += _HELD
+            publisher.limit = run.cut
+            wait_for(lambda: publisher.published == run.cut, "messages for the frozen process")
             assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-            assert _samples(influxdb, influx_db_name, registry) == _expected_samples(
-                messages[: cut - _HELD], registry
+            assert _samples(influxdb, database, run.registry) == _expected_samples(
+                messages[: run.cut - _HELD], run.registry
             )
             # After a crash the old layout starts again before the move: only its session
             # holds those messages (docs/ingest.md, "Moving hubs between processes").
             first.start()
-            wait_for(lambda: _samples(influxdb, influx_db_name, registry)
-                     == _expected_samples(messages[:cut], registry),
+            wait_for(lambda: _samples(influxdb, database, run.registry)
+                     == _expected_samples(messages[: run.cut], run.registry),
                      "the held messages stored by the restarted process", first)  # fmt: skip
         assert first.stop(signal.SIGTERM) == 0
 
-        second.start()  # each process ready once its devices are rebuilt
+        run.second.start()  # each process ready once its devices are rebuilt
         publisher.limit = len(messages)
         publisher.join(60)
         assert publisher.failed is None
         assert publisher.published == len(messages)
-        wait_stored(influxdb, influx_db_name, treatment, counts, second)
-        assert_estimates(influxdb, influx_db_name, expected_db)
-        for device, times in treatment.samples.items():
-            assert count(influxdb, influx_db_name, "raw", device) == len(times), device
-
-        # How each device of the new layout started: rebuilt from the first part's frames.
-        moved_from = dict.fromkeys(registry.devices, 0) | _frames(messages[:cut])
-        started = query_series(
-            influxdb, influx_db_name,
-            'SELECT "status", "frames" FROM "catchup" GROUP BY "device"',
-        )  # fmt: skip
-        assert {s.tags["device"]: s.values[-1][1:] for s in started} == {
-            device: ["rebuilt", frames] for device, frames in moved_from.items()
-        }
-        assert second.log().count("status=rebuilt") == len(registry.devices)
-        # The rest reached each hub's new owner, once, and no other process.
-        rest = messages[cut:]
-        for k in range(after):
-            owned = sum(hub_partition(parse_topic(m.topic).hub, after) == k for m in rest)
-            received = ingest_metric(second, "osteotel_ingest_messages_received_total", k)
-            assert received == owned, k
-            assert ingest_metric(second, "osteotel_ingest_messages_foreign_total", k) == 0
-        assert second.stop() == 0
+        _assert_moved(run, influxdb, database, _frames(messages[: run.cut]))
+        assert run.second.stop() == 0
 
         # The old layout's sessions queued their hubs' messages since the move: the new
         # processes got their own copies. Removing them is the last step of a move.
-        for k, session in enumerate(_sessions(client_id, before)):
-            held = sum(hub_partition(parse_topic(m.topic).hub, before) == k for m in rest)
+        for k, session in enumerate(_sessions(run.client_id, move.before)):
+            held = sum(
+                hub_partition(parse_topic(m.topic).hub, move.before) == k
+                for m in messages[run.cut :]
+            )
             assert _take_session(mosquitto, session, held) == (True, held)
             _remove_session(mosquitto, session)
             assert _take_session(mosquitto, session, 0) == (False, 0)
             _remove_session(mosquitto, session)  # the check left an empty session
-    finally:
+
+
+def test_hubs_publishing_through_a_move_lose_nothing_once_the_new_sessions_exist(
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    *,
+    influx_db_name: str,
+    unique_id: str,
+    tmp_path: Path,
+) -> None:
+    """With the new layout's sessions made before the old layout stops (docs/ingest.md), hubs
+    that publish on through the stop and the start lose nothing: the new processes rebuild
+    what the old one stored, store again without feeding again what it had read, and end with
+    analyze's estimates."""
+    database = influx_db_name
+    move = _Move(1, 2, signal.SIGTERM)
+    with _running(mosquitto, influxdb, database, unique_id, tmp_path, move=move) as run:
+        messages, publisher = run.treatment.messages, run.publisher
+        _first_part(run)
+        for k, session in enumerate(_sessions(run.client_id, move.after)):
+            _make_session(mosquitto, session, subscriptions(run.registry.hubs, move.after, k))
+        # The old layout reads on for a while, is stopped while the hubs publish, and the
+        # rest is published while no process runs.
+        publisher.limit = run.cut + 600
+        wait_for(lambda: publisher.published >= run.cut + 300, "the old layout reading on")
+        assert run.first.stop() == 0
+        stored_by_old = _stored_frames(influxdb, database, run.registry)
+        assert sum(_frames(messages[: run.cut]).values()) < sum(stored_by_old.values())
+        assert sum(stored_by_old.values()) <= sum(_frames(messages[: run.cut + 600]).values())
         publisher.limit = len(messages)
-        publisher.close()
-        for ingest in (first, second):
-            if ingest.process is not None and ingest.process.poll() is None:
-                ingest.stop()
-        for session in _sessions(client_id, 1) + _sessions(client_id, 2):
-            _remove_session(mosquitto, session)
-        drop_database(influxdb, expected_db)
+        publisher.join(60)
+        assert publisher.failed is None
+        assert publisher.published == len(messages)
+
+        run.second.start()
+        _assert_moved(run, influxdb, database, stored_by_old)
+        # What the old layout read after the sessions were made reached the new one too:
+        # stored again, not fed again.
+        not_fed = ingest_metric(run.second, "osteotel_ingest_catchup_frames_not_fed_total")
+        assert not_fed == sum(stored_by_old.values()) - sum(_frames(messages[: run.cut]).values())
+        assert run.second.stop() == 0
