@@ -5,14 +5,15 @@ once.
 
 An emulated treatment of the example registry (HUB-A with DX-0001 and DX-0002, HUB-B with
 DX-0003: BLAKE2b puts the two hubs on different children of two) is published in order by an
-independent publisher, part-way to the first layout, which checkpoints. The first part is
-split inside a distraction step's relaxation window. The first layout stops (SIGTERM, or
-SIGKILL as docs/ingest.md "Moving hubs between processes" says to recover from it), the
-publisher waits, and the second layout starts: each of its processes has its own state
+independent publisher, part-way to the first layout, which checkpoints; the part ends inside a
+distraction step's relaxation window. The first layout stops (SIGTERM; or SIGKILL, after which
+it is started again and stopped gracefully before the move, as docs/ingest.md "Moving hubs
+between processes" says) and the second starts: each of its processes has its own state
 directory with no checkpoint, so the devices are new to it and it rebuilds them from InfluxDB
 (their `catchup` points say `rebuilt`, with the exact frame counts) before it reads the rest.
 The old layout's persistent sessions keep queueing their hubs' messages after the move; the
-test reads what they hold and removes them as the operator does.
+test reads what they hold and removes them as the operator does. In the last test the hubs
+publish on through the stop and the start, and the new layout's sessions are made first.
 """
 
 import contextlib
@@ -47,10 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import decode_frame
-from devices.contract import parse_topic, status_topic
+from devices.contract import SUBSCRIPTIONS, parse_topic, status_topic
 from devices.emulator.capture import CapturedMessage
 from devices.registry import Registry
-from ingest.partition import Subscriptions, hub_partition, subscriptions
+from ingest.partition import hub_partition
 
 _DAYS = 8.5  # latency 7 days, then a day and a half of steps (20); a load test every day
 _HELD = 100  # messages published to a stopped (SIGSTOP) process before it is killed
@@ -126,10 +127,10 @@ def _clear_retained_statuses(mosquitto: Mosquitto, registry: Registry, client_id
         client.loop_stop()
 
 
-def _make_session(mosquitto: Mosquitto, client_id: str, filters: Subscriptions) -> None:
-    """The operator's step (docs/ingest.md): a persistent session with a process's filters,
-    made before the process exists, so that the broker queues its hubs' messages from now."""
-    topics = [argument for topic in filters.wanted for argument in ("-t", topic)]
+def _make_session(mosquitto: Mosquitto, client_id: str) -> None:
+    """The operator's step (docs/ingest.md): a persistent session with every hub's filters,
+    made before its process exists, so that the broker queues for it from now on."""
+    topics = [argument for topic in SUBSCRIPTIONS for argument in ("-t", topic)]
     subprocess.run(
         ["mosquitto_sub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-i", client_id,
          "-c", "-q", "1", *topics, "-E"],
@@ -230,10 +231,8 @@ def _assert_moved(
     run: _Run, influxdb: InfluxDB, database: str, rebuilt_from: dict[str, int]
 ) -> None:
     """Once the second layout stored everything: analyze's estimates, every sample once, each
-    device `rebuilt` from `rebuilt_from` frames, and each message published after the cut
-    received by its hub's new owner only."""
-    messages = run.treatment.messages
-    second, after = run.second, run.second.processes
+    device `rebuilt` from `rebuilt_from` frames."""
+    second = run.second
     wait_stored(influxdb, database, run.treatment, run.counts, second)
     assert_estimates(influxdb, database, f"{database}_expected")
     for device, times in run.treatment.samples.items():
@@ -245,13 +244,23 @@ def _assert_moved(
         device: ["rebuilt", rebuilt_from.get(device, 0)] for device in run.registry.devices
     }
     assert second.log().count("status=rebuilt") == len(run.registry.devices)
-    for k in range(after):
-        owned = sum(
-            hub_partition(parse_topic(m.topic).hub, after) == k for m in messages[run.cut :]
+
+
+def _received(run: _Run) -> list[tuple[float, float]]:
+    """Each new process's received and foreign messages, from its /metrics."""
+    return [
+        (
+            ingest_metric(run.second, "osteotel_ingest_messages_received_total", k),
+            ingest_metric(run.second, "osteotel_ingest_messages_foreign_total", k),
         )
-        received = ingest_metric(second, "osteotel_ingest_messages_received_total", k)
-        assert received == owned, k
-        assert ingest_metric(second, "osteotel_ingest_messages_foreign_total", k) == 0
+        for k in range(run.second.processes)
+    ]
+
+
+def _owned(run: _Run, messages: list[CapturedMessage], processes: int) -> list[int]:
+    """How many of the messages belong to each process of `processes`."""
+    owners = [hub_partition(parse_topic(m.topic).hub, processes) for m in messages]
+    return [owners.count(k) for k in range(processes)]
 
 
 @pytest.mark.parametrize(
@@ -303,15 +312,15 @@ def test_moved_hubs_keep_the_estimates_of_analyze(
         assert publisher.failed is None
         assert publisher.published == len(messages)
         _assert_moved(run, influxdb, database, _frames(messages[: run.cut]))
+        # The rest reached each hub's new owner, once, and no other process.
+        owned = _owned(run, messages[run.cut :], move.after)
+        assert _received(run) == [(n, 0) for n in owned]
         assert run.second.stop() == 0
 
         # The old layout's sessions queued their hubs' messages since the move: the new
         # processes got their own copies. Removing them is the last step of a move.
         for k, session in enumerate(_sessions(run.client_id, move.before)):
-            held = sum(
-                hub_partition(parse_topic(m.topic).hub, move.before) == k
-                for m in messages[run.cut :]
-            )
+            held = _owned(run, messages[run.cut :], move.before)[k]
             assert _take_session(mosquitto, session, held) == (True, held)
             _remove_session(mosquitto, session)
             assert _take_session(mosquitto, session, 0) == (False, 0)
@@ -335,8 +344,8 @@ def test_hubs_publishing_through_a_move_lose_nothing_once_the_new_sessions_exist
     with _running(mosquitto, influxdb, database, unique_id, tmp_path, move=move) as run:
         messages, publisher = run.treatment.messages, run.publisher
         _first_part(run)
-        for k, session in enumerate(_sessions(run.client_id, move.after)):
-            _make_session(mosquitto, session, subscriptions(run.registry.hubs, move.after, k))
+        for session in _sessions(run.client_id, move.after):
+            _make_session(mosquitto, session)
         # The old layout reads on for a while, is stopped while the hubs publish, and the
         # rest is published while no process runs.
         publisher.limit = run.cut + 600
@@ -356,4 +365,10 @@ def test_hubs_publishing_through_a_move_lose_nothing_once_the_new_sessions_exist
         # stored again, not fed again.
         not_fed = ingest_metric(run.second, "osteotel_ingest_catchup_frames_not_fed_total")
         assert not_fed == sum(stored_by_old.values()) - sum(_frames(messages[: run.cut]).values())
+        # Each session held every hub's messages since it was made (all published before its
+        # process connected and dropped the other hubs' filters): the other process's are
+        # acknowledged as foreign, not stored, and stored by their owner.
+        rest = messages[run.cut :]
+        owned = _owned(run, rest, move.after)
+        assert _received(run) == [(len(rest), len(rest) - n) for n in owned]
         assert run.second.stop() == 0
