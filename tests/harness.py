@@ -1,21 +1,37 @@
-"""`osteotel ingest` as a real process, for the end-to-end and fault tests."""
+"""`osteotel ingest` as a real process, for the end-to-end and fault tests, and an emulated
+treatment published to it by an independent publisher and compared with `osteotel analyze`
+(tests/test_crash_recovery.py, tests/test_move.py)."""
 
+import asyncio
 import contextlib
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.analyze import analyze_capture
 from apps.services import InfluxDB, Mosquitto, free_ports
+from devices.codec import decode_frame
+from devices.emulator.capture import CapturedMessage, capture_fleet, read_capture
+from devices.emulator.fleet import FleetPlan
+from devices.registry import Registry
+from dsp.adherence import Protocol
+from dsp.estimator import EstimateRecord
+from ingest.estimates import estimate_line
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore, Series
 
@@ -24,6 +40,10 @@ EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
 DEADLINE_S = 60.0
 # Starting ingest compiles the numba kernels when their on-disk cache is cold (a new clone).
 START_DEADLINE_S = 240.0
+# The estimates an emulated treatment is compared on.
+MEASUREMENTS = ("step", "load_share", "daily")
+_RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
+_PUBLISH_PER_S = 600.0
 
 
 @dataclass
@@ -45,13 +65,13 @@ class IngestProcess:
     def dead_letter_dir(self) -> Path:
         return self.workdir / "dead-letter"
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['OSTEOTEL_INGEST__HTTP_PORT']}"
+    def http_url(self, partition: int = 0) -> str:
+        """The HTTP endpoint of one process (`--processes N`: child k on `http_port + k`)."""
+        return f"http://127.0.0.1:{int(self.env['OSTEOTEL_INGEST__HTTP_PORT']) + partition}"
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, partition: int = 0) -> tuple[int, str]:
         """GET one of ingest's HTTP endpoints; returns the status and the body."""
-        request = urllib.request.Request(self.http_url + path)  # noqa: S310 - loopback
+        request = urllib.request.Request(self.http_url(partition) + path)  # noqa: S310
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(request, timeout=10) as answer:
@@ -154,3 +174,195 @@ def query_series(influxdb: InfluxDB, database: str, influxql: str) -> list[Serie
 def query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]]:
     """The rows of every series an InfluxQL query returns."""
     return [row for series in query_series(influxdb, database, influxql) for row in series.values]
+
+
+class Publisher(threading.Thread):
+    """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
+
+    def __init__(self, broker: Mosquitto, messages: list[CapturedMessage], client_id: str):
+        super().__init__(name="publisher", daemon=True)
+        self.messages = messages
+        self.published = 0
+        self.limit = 0
+        self.failed: str | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.max_inflight_messages_set(100)
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+
+    def run(self) -> None:
+        info = None
+        started = time.monotonic()
+        try:
+            for number, message in enumerate(self.messages):
+                while number >= self.limit:
+                    time.sleep(0.01)
+                    started = time.monotonic() - number / _PUBLISH_PER_S
+                ahead_s = started + number / _PUBLISH_PER_S - time.monotonic()
+                if ahead_s > 0:
+                    time.sleep(ahead_s)
+                info = self._client.publish(message.topic, message.payload, qos=1)
+                self.published = number + 1
+            if info is not None:
+                info.wait_for_publish(30)
+        except Exception as exc:  # reported by the test, not lost in the thread
+            self.failed = repr(exc)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def offline_records(capture: Path, registry: Registry) -> list[EstimateRecord]:
+    """analyze's records per device with its registry protocol and calibration id, without
+    those only `flush()` closes (ingest never flushes): the last day and open windows."""
+    records: list[EstimateRecord] = []
+    for device in registry.devices.values():
+        prescribed = device.protocol
+        protocol = Protocol(
+            steps_per_day=prescribed.steps_per_day,
+            step_mm=prescribed.rate_mm_per_day / prescribed.steps_per_day,
+            target_mm=prescribed.target_mm,
+        )
+        mine = [
+            replace(record, calibration_id=device.calibration.id)
+            for record in analyze_capture(capture, protocol=protocol)
+            if record.device == device.id and record.kind in {"step", "load_share", "daily"}
+        ]
+        last_day = max(record.t_ns for record in mine if record.kind == "daily")
+        records += [
+            record
+            for record in mine
+            if not (record.kind == "daily" and record.t_ns == last_day)
+            and getattr(record, "closed_by", None) != "flush"
+        ]
+    return records
+
+
+def estimate_rows(influxdb: InfluxDB, database: str, measurement: str) -> list[dict[str, Any]]:
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        series = store.query(f'SELECT * FROM "{measurement}"')
+    rows = [dict(zip(s.columns, row, strict=True)) for s in series for row in s.values]
+    return sorted(rows, key=lambda row: (row["device"], row["time"], row.get("kind", "")))
+
+
+def same_point(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
+    if stored.keys() != expected.keys():
+        return False
+    for key, value in expected.items():
+        other = stored[key]
+        if isinstance(value, float) or isinstance(other, float):
+            if not math.isclose(float(other), float(value), rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif other != value:
+            return False
+    return True
+
+
+def assert_estimates(influxdb: InfluxDB, database: str, expected_db: str) -> None:
+    for measurement in MEASUREMENTS:
+        expected = estimate_rows(influxdb, expected_db, measurement)
+        stored = estimate_rows(influxdb, database, measurement)
+        assert len(stored) == len(expected), measurement
+        for got, want in zip(stored, expected, strict=True):
+            assert same_point(got, want), (measurement, got, want)
+
+
+def count(influxdb: InfluxDB, database: str, measurement: str, device: str = "") -> int:
+    """Points of an estimate measurement, or samples of a device in `raw`."""
+    field, where = ("force_n", f" WHERE \"device\" = '{device}'") if device else ("version", "")
+    rows = query(influxdb, database, f'SELECT count("{field}") FROM "{measurement}"{where}')
+    return int(str(rows[0][1])) if rows else 0
+
+
+@dataclass
+class Treatment:
+    """An emulated treatment as published (hub statuses left out), and what it holds."""
+
+    capture: Path
+    messages: list[CapturedMessage]
+    samples: dict[str, set[int]] = field(default_factory=dict)  # sample times per device
+    steps: list[int] = field(default_factory=list)  # message numbers of distraction steps
+    tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
+
+
+def emulated_treatment(registry: Registry, directory: Path, days: float) -> Treatment:
+    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
+    plan = FleetPlan.from_registry(
+        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
+    )
+    capture = directory / "treatment.jsonl.gz"
+    asyncio.run(capture_fleet(plan, capture))
+    # Retained on the shared broker, hub statuses would outlive the test: left out.
+    treatment = Treatment(
+        capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
+    )
+    for number, message in enumerate(treatment.messages):
+        if message.topic.endswith("/telemetry"):
+            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
+            treatment.samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
+        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
+            treatment.steps.append(number)
+        elif kind == "load_test_start":
+            treatment.tests.append(number)
+    return treatment
+
+
+def expect(
+    influxdb: InfluxDB, database: str, treatment: Treatment, registry: Registry
+) -> dict[str, int]:
+    """Write analyze's records into `database` as ingest would; returns their counts."""
+    expected = offline_records(treatment.capture, registry)
+    assert {record.kind for record in expected} == set(MEASUREMENTS)
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        store.ensure_database()
+        store.write(b"".join(
+            estimate_line(registry.devices[record.device].hub, record) for record in expected
+        ))  # fmt: skip
+    return {m: count(influxdb, database, m) for m in MEASUREMENTS}
+
+
+def wait_stored(
+    influxdb: InfluxDB, database: str, treatment: Treatment, counts: dict[str, int],
+    ingest: IngestProcess,
+) -> None:  # fmt: skip
+    """Wait until every sample and at least every expected estimate is stored."""
+
+    def stored_everything() -> bool:
+        return all(
+            count(influxdb, database, "raw", device) == len(times)
+            for device, times in treatment.samples.items()
+        ) and all(count(influxdb, database, m) >= counts[m] for m in MEASUREMENTS)
+
+    wait_for(stored_everything, "every sample and estimate stored", ingest, deadline_s=90)
+
+
+def drop_database(influxdb: InfluxDB, database: str) -> None:
+    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
+        store.query(f'DROP DATABASE "{database}"')
+
+
+def ingest_metric(ingest: IngestProcess, name: str, partition: int | None = None) -> float:
+    """The sum of a metric's samples on the /metrics of one process of ingest, or of every
+    process with `partition` None; -1 while one does not answer."""
+    total = 0.0
+    for k in range(ingest.processes) if partition is None else (partition,):
+        try:
+            _, body = ingest.get("/metrics", k)
+        except OSError:
+            return -1.0
+        total += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith(name) and line[len(name)] in " {"
+        )
+    return total
+
+
+def frames_stored(ingest: IngestProcess) -> float:
+    return ingest_metric(ingest, "osteotel_ingest_frames_stored_total")
+
+
+def frames_of(messages: list[CapturedMessage]) -> int:
+    """Frames among messages, a duplicate (the same payload again) counted once."""
+    return len({m.payload for m in messages if m.topic.endswith("/telemetry")})

@@ -17,77 +17,38 @@ from the store alone writes the same points again. A last rebuild bounded to one
 every device `truncated`.
 """
 
-import asyncio
-import json
-import math
 import re
 import signal
 import threading
-import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
-from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from harness import (
+    EXAMPLE_REGISTRY,
+    MEASUREMENTS,
+    IngestProcess,
+    Publisher,
+    assert_estimates,
+    count,
+    drop_database,
+    emulated_treatment,
+    expect,
+    frames_of,
+    frames_stored,
+    ingest_env,
+    ingest_metric,
+    query,
+    wait_for,
+    wait_stored,
+)
 
-from apps.analyze import analyze_capture
 from apps.services import InfluxDB, Mosquitto
-from devices.codec import decode_frame
-from devices.emulator.capture import CapturedMessage, capture_fleet, read_capture
-from devices.emulator.fleet import FleetPlan
 from devices.registry import Registry
-from dsp.adherence import Protocol
-from dsp.estimator import EstimateRecord, EstimatorConfig
+from dsp.estimator import EstimatorConfig
 from ingest.checkpoint import CHECKPOINT_FILE, read_checkpoint
-from ingest.estimates import estimate_line
-from osteotel.settings import InfluxSettings
-from osteotel.store.influx import InfluxStore
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day
-_RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
-_PUBLISH_PER_S = 600.0
 _KILLS = 10
 _PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
-_MEASUREMENTS = ("step", "load_share", "daily")
-
-
-class _Publisher(threading.Thread):
-    """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
-
-    def __init__(self, broker: Mosquitto, messages: list[CapturedMessage], client_id: str):
-        super().__init__(name="publisher", daemon=True)
-        self.messages = messages
-        self.published = 0
-        self.limit = 0
-        self.failed: str | None = None
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self._client.max_inflight_messages_set(100)
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-
-    def run(self) -> None:
-        info = None
-        started = time.monotonic()
-        try:
-            for number, message in enumerate(self.messages):
-                while number >= self.limit:
-                    time.sleep(0.01)
-                    started = time.monotonic() - number / _PUBLISH_PER_S
-                ahead_s = started + number / _PUBLISH_PER_S - time.monotonic()
-                if ahead_s > 0:
-                    time.sleep(ahead_s)
-                info = self._client.publish(message.topic, message.payload, qos=1)
-                self.published = number + 1
-            if info is not None:
-                info.wait_for_publish(30)
-        except Exception as exc:  # reported by the test, not lost in the thread
-            self.failed = repr(exc)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
 
 
 def _kill_points(steps: list[int], tests: list[int]) -> list[int]:
@@ -105,68 +66,6 @@ def _kill_points(steps: list[int], tests: list[int]) -> list[int]:
     return [number for number, _ in chosen]
 
 
-def _offline(capture: Path, registry: Registry) -> list[EstimateRecord]:
-    """analyze's records per device with its registry protocol and calibration id, without
-    those only `flush()` closes (ingest never flushes): the last day and open windows."""
-    records: list[EstimateRecord] = []
-    for device in registry.devices.values():
-        prescribed = device.protocol
-        protocol = Protocol(
-            steps_per_day=prescribed.steps_per_day,
-            step_mm=prescribed.rate_mm_per_day / prescribed.steps_per_day,
-            target_mm=prescribed.target_mm,
-        )
-        mine = [
-            replace(record, calibration_id=device.calibration.id)
-            for record in analyze_capture(capture, protocol=protocol)
-            if record.device == device.id and record.kind in {"step", "load_share", "daily"}
-        ]
-        last_day = max(record.t_ns for record in mine if record.kind == "daily")
-        records += [
-            record
-            for record in mine
-            if not (record.kind == "daily" and record.t_ns == last_day)
-            and getattr(record, "closed_by", None) != "flush"
-        ]
-    return records
-
-
-def _rows(influxdb: InfluxDB, database: str, measurement: str) -> list[dict[str, Any]]:
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
-        series = store.query(f'SELECT * FROM "{measurement}"')
-    rows = [dict(zip(s.columns, row, strict=True)) for s in series for row in s.values]
-    return sorted(rows, key=lambda row: (row["device"], row["time"], row.get("kind", "")))
-
-
-def _same(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
-    if stored.keys() != expected.keys():
-        return False
-    for key, value in expected.items():
-        other = stored[key]
-        if isinstance(value, float) or isinstance(other, float):
-            if not math.isclose(float(other), float(value), rel_tol=1e-9, abs_tol=1e-12):
-                return False
-        elif other != value:
-            return False
-    return True
-
-
-def _assert_estimates(influxdb: InfluxDB, database: str, expected_db: str) -> None:
-    for measurement in _MEASUREMENTS:
-        expected = _rows(influxdb, expected_db, measurement)
-        stored = _rows(influxdb, database, measurement)
-        assert len(stored) == len(expected), measurement
-        for got, want in zip(stored, expected, strict=True):
-            assert _same(got, want), (measurement, got, want)
-
-
-def _count(influxdb: InfluxDB, database: str, measurement: str, device: str = "") -> int:
-    """Points of an estimate measurement, or samples of a device in `raw`."""
-    field, where = ("force_n", f" WHERE \"device\" = '{device}'") if device else ("version", "")
-    rows = query(influxdb, database, f'SELECT count("{field}") FROM "{measurement}"{where}')
-    return int(str(rows[0][1])) if rows else 0
-
-
 def _step_window_open(state_dir: Path) -> bool:
     """Whether the checkpoint there holds a step whose relaxation window is still open."""
     restored = read_checkpoint(state_dir, EstimatorConfig())
@@ -177,73 +76,6 @@ def _step_window_open(state_dir: Path) -> bool:
 
 def _caught_up_frames(log: str) -> int:
     return sum(int(frames) for frames in re.findall(r"device_caught_up .*?frames=(\d+)", log))
-
-
-@dataclass
-class _Treatment:
-    """An emulated treatment as published (hub statuses left out), and what it holds."""
-
-    capture: Path
-    messages: list[CapturedMessage]
-    samples: dict[str, set[int]] = field(default_factory=dict)  # sample times per device
-    steps: list[int] = field(default_factory=list)  # message numbers of distraction steps
-    tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
-
-
-def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
-    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
-    plan = FleetPlan.from_registry(
-        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
-    )
-    capture = directory / "treatment.jsonl.gz"
-    asyncio.run(capture_fleet(plan, capture))
-    # Retained on the shared broker, hub statuses would outlive the test: left out.
-    treatment = _Treatment(
-        capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
-    )
-    for number, message in enumerate(treatment.messages):
-        if message.topic.endswith("/telemetry"):
-            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
-            treatment.samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
-        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
-            treatment.steps.append(number)
-        elif kind == "load_test_start":
-            treatment.tests.append(number)
-    return treatment
-
-
-def _expect(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, registry: Registry
-) -> dict[str, int]:
-    """Write analyze's records into `database` as ingest would; returns their counts."""
-    expected = _offline(treatment.capture, registry)
-    assert {record.kind for record in expected} == set(_MEASUREMENTS)
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
-        store.ensure_database()
-        store.write(b"".join(
-            estimate_line(registry.devices[record.device].hub, record) for record in expected
-        ))  # fmt: skip
-    return {m: _count(influxdb, database, m) for m in _MEASUREMENTS}
-
-
-def _wait_stored(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, counts: dict[str, int],
-    ingest: IngestProcess,
-) -> None:  # fmt: skip
-    """Wait until every sample and at least every expected estimate is stored."""
-
-    def stored_everything() -> bool:
-        return all(
-            _count(influxdb, database, "raw", device) == len(times)
-            for device, times in treatment.samples.items()
-        ) and all(_count(influxdb, database, m) >= counts[m] for m in _MEASUREMENTS)
-
-    wait_for(stored_everything, "every sample and estimate stored", ingest, deadline_s=90)
-
-
-def _drop_database(influxdb: InfluxDB, database: str) -> None:
-    with InfluxStore(InfluxSettings(url=influxdb.url, database=database, api="v1")) as store:
-        store.query(f'DROP DATABASE "{database}"')
 
 
 def test_killed_ingest_stores_the_estimates_of_analyze(
@@ -257,10 +89,10 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     without a checkpoint leave exactly analyze's step, load-share and daily estimates stored,
     and every sample once."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, _DAYS)
+    treatment = emulated_treatment(registry, tmp_path, _DAYS)
     kills = _kill_points(treatment.steps, treatment.tests)
     expected_db = f"{influx_db_name}_expected"
-    counts = _expect(influxdb, expected_db, treatment, registry)
+    counts = expect(influxdb, expected_db, treatment, registry)
     messages = treatment.messages
 
     env = ingest_env(
@@ -269,7 +101,7 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     )  # fmt: skip
     ingest = IngestProcess(env, tmp_path)
     ingest.start()
-    publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+    publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
     publisher.start()
     in_window = 0  # kills whose checkpoint holds an open step window
     try:
@@ -289,27 +121,27 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
         publisher.join(60)
         assert publisher.failed is None
         assert publisher.published == len(messages)
-        _wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
+        wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
         log = ingest.log()
         assert log.count("checkpoint_restored") == len(kills)
         assert _caught_up_frames(log) > 0, "no kill left acknowledged frames to catch up"
-        _assert_estimates(influxdb, influx_db_name, expected_db)
+        assert_estimates(influxdb, influx_db_name, expected_db)
         for device, times in treatment.samples.items():
-            assert _count(influxdb, influx_db_name, "raw", device) == len(times), device
+            assert count(influxdb, influx_db_name, "raw", device) == len(times), device
 
         # Rebuild from the store alone: no checkpoint, no estimates.
         assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
         rebuilt = ingest.log().count("status=rebuilt")
         (tmp_path / "state" / CHECKPOINT_FILE).unlink()
-        for measurement in _MEASUREMENTS:
+        for measurement in MEASUREMENTS:
             query(influxdb, influx_db_name, f'DROP MEASUREMENT "{measurement}"')
         ingest.start()  # ready once caught up
         wait_for(
-            lambda: all(_count(influxdb, influx_db_name, m) >= counts[m] for m in _MEASUREMENTS),
+            lambda: all(count(influxdb, influx_db_name, m) >= counts[m] for m in MEASUREMENTS),
             "the rebuilt estimates", ingest,
         )  # fmt: skip
         assert ingest.log().count("status=rebuilt") == rebuilt + len(registry.devices)
-        _assert_estimates(influxdb, influx_db_name, expected_db)
+        assert_estimates(influxdb, influx_db_name, expected_db)
 
         # A rebuild bounded to the last day cannot read the treatment's start: it says so.
         assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -325,29 +157,7 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
         publisher.close()
         if ingest.process is not None and ingest.process.poll() is None:
             ingest.stop()
-        _drop_database(influxdb, expected_db)
-
-
-def _ingest_metric(ingest: IngestProcess, name: str) -> float:
-    """The sum of a metric's samples on ingest's /metrics; -1 while it does not answer."""
-    try:
-        _, body = ingest.get("/metrics")
-    except OSError:
-        return -1.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith(name) and line[len(name)] in " {"
-    )
-
-
-def _frames_stored(ingest: IngestProcess) -> float:
-    return _ingest_metric(ingest, "osteotel_ingest_frames_stored_total")
-
-
-def _frames(messages: list[CapturedMessage]) -> int:
-    """Frames among messages, a duplicate (the same payload again) counted once."""
-    return len({m.payload for m in messages if m.topic.endswith("/telemetry")})
+        drop_database(influxdb, expected_db)
 
 
 def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate(
@@ -357,28 +167,28 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
     counts them), ingest restarts not ready, waits for InfluxDB, drains the spool before
     catching up, and stores exactly analyze's estimates."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, 8.5)
+    treatment = emulated_treatment(registry, tmp_path, 8.5)
     messages = treatment.messages
     first = treatment.steps[len(treatment.steps) // 3] + 15
     second = first + 200
     with InfluxDB(tmp_path / "influxdb") as influx:
-        counts = _expect(influx, "expected", treatment, registry)
+        counts = expect(influx, "expected", treatment, registry)
         env = ingest_env(
             mosquitto, influx, "crash", f"ingest-{unique_id}", tmp_path,
             checkpoint_interval_s="0.5", checkpoint_batches="10", catchup_store_wait_s="120",
         )  # fmt: skip
         ingest = IngestProcess(env, tmp_path)
         ingest.start()
-        publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
         publisher.start()
         try:
             publisher.limit = first
-            wait_for(lambda: _frames_stored(ingest) == _frames(messages[:first]),
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:first]),
                      "the first part stored", ingest)  # fmt: skip
             influx.stop()
             written = ingest.log().count("checkpoint_written")
             publisher.limit = second
-            wait_for(lambda: _frames_stored(ingest) == _frames(messages[:second]),
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:second]),
                      "the second part spooled", ingest)  # fmt: skip
             wait_for(lambda: ingest.log().count("checkpoint_written") > written,
                      "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
@@ -387,7 +197,7 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
 
             starting = threading.Thread(target=ingest.start, daemon=True)
             starting.start()
-            wait_for(lambda: _ingest_metric(ingest, "osteotel_ingest_catchup_running") == 1.0,
+            wait_for(lambda: ingest_metric(ingest, "osteotel_ingest_catchup_running") == 1.0,
                      "catch-up waiting for InfluxDB")  # fmt: skip
             assert ingest.get("/readyz")[0] == 503
             influx.start()
@@ -402,10 +212,10 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
             publisher.limit = len(messages)
             publisher.join(60)
             assert publisher.failed is None
-            _wait_stored(influx, "crash", treatment, counts, ingest)
-            _assert_estimates(influx, "crash", "expected")
+            wait_stored(influx, "crash", treatment, counts, ingest)
+            assert_estimates(influx, "crash", "expected")
             for device, times in treatment.samples.items():
-                assert _count(influx, "crash", "raw", device) == len(times), device
+                assert count(influx, "crash", "raw", device) == len(times), device
         finally:
             publisher.limit = len(messages)
             publisher.close()
