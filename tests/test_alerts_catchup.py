@@ -4,21 +4,31 @@ and `store_unreachable`, and a later `caught_up` or `rebuilt` clears it."""
 
 import asyncio
 import contextlib
+import json
+import os
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
+from test_alerts_crash import AlertsProcess
+from test_alerts_service import Hook
+from test_crash_recovery import Publisher, emulated_treatment
 
 from alerts.inputs import CatchupInput, estimates_topic, input_key, parse_estimate
 from alerts.model import RULES, AlertState, Severity
 from alerts.rules import RuleBook
 from alerts.service import AlertService
 from alerts.settings import AlertSettings
+from apps.services import InfluxDB, Mosquitto
 from devices.registry import Registry
 from ingest.catchup import Outcome, Status, catchup_message
+from ingest.checkpoint import CHECKPOINT_FILE
 from osteotel.settings import InfluxSettings, MqttSettings
 
-REGISTRY_PATH = Path(__file__).parent.parent / "deploy" / "registry.example.toml"
+REGISTRY_PATH = EXAMPLE_REGISTRY
 REGISTRY = Registry.load(REGISTRY_PATH)
 S = 1_000_000_000
 T0 = 1_793_491_200 * S  # 2026-11-01 00:00 UTC
@@ -154,3 +164,114 @@ def test_a_kind_the_service_does_not_know_is_refused_and_counted(tmp_path: Path)
     )
     assert [a.started_ns for a in service.store.alerts()] == [T0 + S]
     service.store.close()
+
+
+def _alerts_env(
+    mosquitto: Mosquitto, webhook: Hook, workdir: Path, client_id: str
+) -> dict[str, str]:
+    """`osteotel alerts run` on the example registry, notifying one webhook only."""
+    return {
+        **os.environ,
+        "OSTEOTEL_MQTT__HOST": mosquitto.host,
+        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
+        "OSTEOTEL_ALERTS__DATA_DIR": str(workdir / "data"),
+        "OSTEOTEL_ALERTS__REGISTRY": str(EXAMPLE_REGISTRY),
+        "OSTEOTEL_ALERTS__CLIENT_ID": client_id,
+        "OSTEOTEL_ALERTS__WEBHOOK_URLS": json.dumps([webhook.url]),
+        "OSTEOTEL_ALERTS__MQTT_ALERTS": "false",
+        "OSTEOTEL_ALERTS__WRITE_HISTORY": "false",
+        "OSTEOTEL_ALERTS__WATCH_TELEMETRY": "false",
+        "OSTEOTEL_ALERTS__HTTP_PORT": "0",
+        "OSTEOTEL_ALERTS__TICK_S": "0.2",
+        "OSTEOTEL_ALERTS__RETRY_MIN_S": "0.2",
+    }
+
+
+def _sqlite(alerts: AlertsProcess, sql: str) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(alerts.workdir / "data" / "alerts.db")) as db:
+        return db.execute(sql).fetchall()
+
+
+def _notified(webhook: Hook, rule: str) -> list[tuple[str, str]]:
+    """The device and event of every notification of `rule` the webhook received, in order."""
+    with webhook.arrived:
+        return [(a["device"], a["event"]) for body in webhook.bodies for a in body["alerts"]
+                if a["rule"] == rule]  # fmt: skip
+
+
+def test_a_device_with_data_beyond_the_rebuild_bound_raises_one_alert_end_to_end(
+    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Real ingest and alert-service processes: two days of one device stored through ingest,
+    then ingest started without its checkpoint and `rebuild_max_days` 1 marks that device
+    `truncated` and the other two `rebuilt`: exactly one `estimates_incomplete` alert, for that
+    device, fires at the webhook; the next start (from the checkpoint: `caught_up`) resolves
+    it. Nine catch-up statuses (three starts, three devices) are applied, no other alert of
+    the rule is raised."""
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    device = "DX-0002"
+    treatment = emulated_treatment(registry, tmp_path, 2.0)
+    messages = [m for m in treatment.messages if m.topic.split("/")[3] == device]
+    samples = len(treatment.samples[device])
+    webhook = Hook()
+    alerts = AlertsProcess(
+        _alerts_env(mosquitto, webhook, tmp_path, f"alerts-{unique_id}"), tmp_path
+    )
+    ingest = IngestProcess(
+        ingest_env(mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path),
+        tmp_path,
+    )
+    publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
+    where = f"\"device\" = '{device}'"
+    try:
+        alerts.start()
+        ingest.start()  # nothing stored yet: every device `rebuilt`
+        publisher.limit = len(messages)
+        publisher.start()
+        publisher.join(60)
+        assert (publisher.failed, publisher.published) == (None, len(messages))
+
+        def stored_samples() -> int:
+            rows = query(
+                influxdb, influx_db_name, f'SELECT count("force_n") FROM "raw" WHERE {where}'
+            )
+            return int(str(rows[0][1])) if rows else 0
+
+        wait_for(lambda: stored_samples() == samples, "the device's samples stored", ingest)
+        [[first_ns, _]] = query(
+            influxdb, influx_db_name, f'SELECT first("n") FROM "frame" WHERE {where}'
+        )
+        first = int(str(first_ns))
+        assert first < time.time_ns() - 86_400 * S  # older than the bound set below
+        assert ingest.stop() == 0
+
+        (tmp_path / "state" / CHECKPOINT_FILE).unlink()
+        ingest.env["OSTEOTEL_INGEST__REBUILD_MAX_DAYS"] = "1"
+        ingest.start()
+        wait_for(lambda: _notified(webhook, "estimates_incomplete") == [(device, "firing")],
+                 "the estimates_incomplete notification", ingest)  # fmt: skip
+        assert ingest.log().count("status=truncated") == 1
+        assert ingest.stop() == 0
+
+        ingest.start()  # from the checkpoint just written: `caught_up`
+        applied = "SELECT COUNT(*) FROM applied WHERE key LIKE 'estimate/%/catchup/%'"
+        wait_for(lambda: _sqlite(alerts, applied) == [(9,)], "nine catch-up statuses", ingest)
+        wait_for(lambda: len(_notified(webhook, "estimates_incomplete")) == 2,
+                 "the resolution", ingest)  # fmt: skip
+        assert _notified(webhook, "estimates_incomplete") == [
+            (device, "firing"),
+            (device, "resolved"),
+        ]
+        assert _sqlite(
+            alerts, "SELECT device, severity, state FROM alerts WHERE rule = 'estimates_incomplete'"
+        ) == [(device, "info", "resolved")]
+        assert ingest.log().count("status=caught_up") == 3
+        assert ingest.stop() == 0
+    finally:
+        publisher.close()
+        if ingest.process is not None and ingest.process.poll() is None:
+            ingest.stop()
+        if alerts.process is not None and alerts.process.poll() is None:
+            alerts.stop()
+        webhook.close()

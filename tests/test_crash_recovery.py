@@ -53,7 +53,7 @@ _PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhi
 _MEASUREMENTS = ("step", "load_share", "daily")
 
 
-class _Publisher(threading.Thread):
+class Publisher(threading.Thread):
     """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
 
     def __init__(self, broker: Mosquitto, messages: list[CapturedMessage], client_id: str):
@@ -180,7 +180,7 @@ def _caught_up_frames(log: str) -> int:
 
 
 @dataclass
-class _Treatment:
+class Treatment:
     """An emulated treatment as published (hub statuses left out), and what it holds."""
 
     capture: Path
@@ -190,7 +190,7 @@ class _Treatment:
     tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
 
 
-def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
+def emulated_treatment(registry: Registry, directory: Path, days: float) -> Treatment:
     end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
     plan = FleetPlan.from_registry(
         registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
@@ -198,7 +198,7 @@ def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
     capture = directory / "treatment.jsonl.gz"
     asyncio.run(capture_fleet(plan, capture))
     # Retained on the shared broker, hub statuses would outlive the test: left out.
-    treatment = _Treatment(
+    treatment = Treatment(
         capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
     )
     for number, message in enumerate(treatment.messages):
@@ -213,7 +213,7 @@ def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
 
 
 def _expect(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, registry: Registry
+    influxdb: InfluxDB, database: str, treatment: Treatment, registry: Registry
 ) -> dict[str, int]:
     """Write analyze's records into `database` as ingest would; returns their counts."""
     expected = _offline(treatment.capture, registry)
@@ -227,7 +227,7 @@ def _expect(
 
 
 def _wait_stored(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, counts: dict[str, int],
+    influxdb: InfluxDB, database: str, treatment: Treatment, counts: dict[str, int],
     ingest: IngestProcess,
 ) -> None:  # fmt: skip
     """Wait until every sample and at least every expected estimate is stored."""
@@ -257,7 +257,7 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     without a checkpoint leave exactly analyze's step, load-share and daily estimates stored,
     and every sample once."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, _DAYS)
+    treatment = emulated_treatment(registry, tmp_path, _DAYS)
     kills = _kill_points(treatment.steps, treatment.tests)
     expected_db = f"{influx_db_name}_expected"
     counts = _expect(influxdb, expected_db, treatment, registry)
@@ -269,7 +269,7 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     )  # fmt: skip
     ingest = IngestProcess(env, tmp_path)
     ingest.start()
-    publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+    publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
     publisher.start()
     in_window = 0  # kills whose checkpoint holds an open step window
     try:
@@ -357,7 +357,7 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
     counts them), ingest restarts not ready, waits for InfluxDB, drains the spool before
     catching up, and stores exactly analyze's estimates."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, 8.5)
+    treatment = emulated_treatment(registry, tmp_path, 8.5)
     messages = treatment.messages
     first = treatment.steps[len(treatment.steps) // 3] + 15
     second = first + 200
@@ -369,7 +369,7 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
         )  # fmt: skip
         ingest = IngestProcess(env, tmp_path)
         ingest.start()
-        publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
         publisher.start()
         try:
             publisher.limit = first
