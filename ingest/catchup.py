@@ -16,11 +16,11 @@ live ingest did:
 A device the checkpoint does not know (no checkpoint, a refused one, a new device) is rebuilt
 from the start of its stored data, at most `rebuild_max_days` back. Every device caught up
 gets a `catchup` point (docs/schema.md) and a `catchup` message on its estimates topic
-(docs/derived.md; the alert service raises `estimates_incomplete` on the last two) with its
-status: `caught_up` (from its checkpoint), `rebuilt` (from the start of its data),
-`truncated` (rebuilt, but it has data older than the bound that were not read) or
-`store_unreachable` (InfluxDB did not answer within `catchup_store_wait_s`, or refused the
-query: its estimates go on from an older state).
+(docs/derived.md) with its status: `caught_up` (from its checkpoint), `rebuilt` (from the
+start of its data), `truncated` (rebuilt, but it has data older than the bound that were not
+read) or `store_unreachable` (InfluxDB did not answer within `catchup_store_wait_s`, or
+refused the query: its estimates go on from an older state). The alert service raises
+`estimates_incomplete` on the last two.
 The records it makes are written and published again (the same points: idempotent).
 """
 
