@@ -2,11 +2,12 @@
 
 Estimates arrive on `osteotel/v1/derived/{device}/estimates` as JSON objects with an envelope
 (`v`, `device`, `hub`, `patient`, `t_ns`, `kind`) and the fields of the DSP records
-(dsp/estimator.py: StepRecord, LoadShareRecord, QualityRecord, DailyRecord). This module is the
+(dsp/estimator.py: StepRecord, LoadShareRecord, QualityRecord, DailyRecord), or of ingest's
+catch-up status of the device at its start (`catchup`, ingest/catchup.py). This module is the
 one place that names those fields: if dsp renames one, change it here (an alias keeps the old
 name readable during a migration). Unknown keys are ignored; a missing field, or a JSON null
 (ingest's spelling of NaN), is NaN or empty, never an error, so a newer DSP does not stop the
-alerts.
+alerts. An unknown `kind` is refused (a ValueError the service counts, logs and acknowledges).
 """
 
 import json
@@ -28,6 +29,7 @@ from devices.registry import PATIENT_PATTERN
 
 __all__ = [
     "ESTIMATES_FILTER",
+    "CatchupInput",
     "DailyInput",
     "Estimate",
     "LoadShareInput",
@@ -149,8 +151,22 @@ class DailyInput(_Envelope):
     flags: list[str] = []
 
 
+class CatchupInput(_Envelope):
+    """How ingest started a device's estimator (docs/derived.md): `truncated` and
+    `store_unreachable` mean its estimates lack part of the stored history."""
+
+    kind: Literal["catchup"]
+    status: Literal["caught_up", "rebuilt", "truncated", "store_unreachable"]
+    from_ns: int = -1
+    frames: int = 0
+    samples: int = 0
+    events: int = 0
+    records: int = 0
+
+
 Estimate = Annotated[
-    StepInput | LoadShareInput | QualityInput | DailyInput, Field(discriminator="kind")
+    StepInput | LoadShareInput | QualityInput | DailyInput | CatchupInput,
+    Field(discriminator="kind"),
 ]
 _ESTIMATE: TypeAdapter[Estimate] = TypeAdapter(Estimate)
 
@@ -160,15 +176,16 @@ def input_key(item: "Estimate | Event | HubStatus") -> str:
 
     An estimate is its device, kind and time (and a quality record's channel: both channels
     may report a stretch from the same sample): a redelivered message and an estimate ingest
-    re-derives after its own restart have the same key. An event is its device, type and
-    time; a hub status its hub, state and time (a retained status comes again on every
-    subscription).
+    re-derives after its own restart have the same key. A catch-up status is its device and
+    the time ingest caught the device up (a new one at every start of ingest). An event is
+    its device, type and time; a hub status its hub, state and time (a retained status
+    comes again on every subscription).
     """
     if isinstance(item, HubStatus):
         return f"status/{item.hub}/{'online' if item.online else 'offline'}/{item.t_ns}"
     if isinstance(item, QualityInput):
         return f"estimate/{item.device}/quality/{item.channel}/{item.t_ns}"
-    if isinstance(item, StepInput | LoadShareInput | DailyInput):
+    if isinstance(item, StepInput | LoadShareInput | DailyInput | CatchupInput):
         return f"estimate/{item.device}/{item.kind}/{item.t_ns}"
     return f"event/{item.device}/{item.type}/{item.t_ns}"
 

@@ -33,6 +33,7 @@ RULES = (
     "readiness",
     "sign_inconsistent",
     "poor_regenerate",
+    "estimates_incomplete",
 )
 """Every rule id, as used in alerts, silences and the CLI."""
 

@@ -21,6 +21,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | readiness | info | load share, daily | the DSP's readiness rule holds (it can be withdrawn) |
 | sign_inconsistent | info | load share, daily | the device's steps and loading disagree in sign |
 | poor_regenerate | warning | daily | the DSP's day flag: recent steps softer than the limit |
+| estimates_incomplete | info | catchup | ingest could not read part of the stored history |
 
 Patient-relative rules compare with the patient's own history (drops, overload, delayed).
 Everything is plain Python on small deques: per input a few dozen operations.
@@ -31,8 +32,17 @@ import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from alerts.inputs import DailyInput, Estimate, LoadShareInput, QualityInput, StepInput, finite
+from alerts.inputs import (
+    CatchupInput,
+    DailyInput,
+    Estimate,
+    LoadShareInput,
+    QualityInput,
+    StepInput,
+    finite,
+)
 from alerts.model import RULES, Observation, Severity
 from alerts.thresholds import AlertOverrides, Thresholds
 from devices.contract import Battery, Event, Fault, Frame, HubStatus, Reboot
@@ -192,6 +202,8 @@ class RuleBook:
             UnknownDeviceError: the device is not in the registry or not on that hub.
         """
         config, track = self._device(est.device, est.hub)
+        if isinstance(est, CatchupInput):
+            return self._catchup(config, est)  # ingest's word, not the device's: not "seen"
         track.last_seen_ns = max(track.last_seen_ns, est.t_ns)
         th = self._thresholds[config.id]
         if isinstance(est, StepInput):
@@ -201,6 +213,38 @@ class RuleBook:
         if isinstance(est, QualityInput):
             return self._quality(config, track, th, est)
         return self._daily(config, track, th, est)
+
+    def _catchup(self, d: Device, est: CatchupInput) -> list[Observation]:
+        # Ingest's catch-up at its start (ingest/catchup.py): a device whose stored history it
+        # could not read goes on with trends that lack part of it. Not the device's fault and
+        # no danger in itself, but readiness and the projection build on those trends.
+        since = (
+            datetime.fromtimestamp(est.from_ns // _NS, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+            if est.from_ns > 0
+            else "the start of its data"
+        )
+        consequence = (
+            "so the trends lack part of the history and readiness or the projected removal "
+            "may come late or not at all; an engineer should look"
+        )
+        if est.status == "truncated":
+            summary = (
+                f"the device's estimates were rebuilt from {since} on only: older stored data "
+                f"lie beyond ingest's rebuild_max_days and were not read, {consequence}"
+            )
+        elif est.status == "store_unreachable":
+            summary = (
+                "ingest could not read the device's stored data at its start (InfluxDB "
+                f"unreachable): its estimates go on without what was stored since {since}, "
+                f"{consequence}"
+            )
+        else:
+            summary = f"ingest read the device's stored history at its start ({est.status})"
+        incomplete = est.status in {"truncated", "store_unreachable"}
+        return self._obs(
+            d, "estimates_incomplete", est.t_ns, incomplete, not incomplete, Severity.INFO,
+            None, summary,
+        )  # fmt: skip
 
     def _step(self, d: Device, track: _Track, th: Thresholds, est: StepInput) -> list[Observation]:
         out: list[Observation] = []

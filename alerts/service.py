@@ -37,6 +37,7 @@ from pydantic import TypeAdapter, ValidationError
 from alerts.engine import HISTORY_CHANNEL, AlertEngine
 from alerts.inputs import (
     ESTIMATES_FILTER,
+    CatchupInput,
     Estimate,
     estimates_topic,
     input_key,
@@ -206,7 +207,9 @@ class AlertService:
             estimate = parse_estimate(payload)
             if topic != estimates_topic(estimate.device):
                 raise ValueError(f"device {estimate.device} does not match topic {topic}")
-            source = Input(input_key(estimate), estimate=estimate.model_dump())
+            # A catch-up status is kept for nothing: the rules need no history of it.
+            kept = None if isinstance(estimate, CatchupInput) else estimate.model_dump()
+            source = Input(input_key(estimate), estimate=kept)
             return estimate.kind, source, lambda: self.rules.estimate(estimate)
         parsed = parse_topic(topic)
         if parsed.kind is MessageKind.STATUS:

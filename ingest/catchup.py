@@ -15,14 +15,17 @@ live ingest did:
 
 A device the checkpoint does not know (no checkpoint, a refused one, a new device) is rebuilt
 from the start of its stored data, at most `rebuild_max_days` back. Every device caught up
-gets a `catchup` point (docs/schema.md) with its status: `caught_up` (from its checkpoint),
-`rebuilt` (from the start of its data), `truncated` (rebuilt, but it has data older than the
-bound that were not read) or `store_unreachable` (InfluxDB did not answer within
-`catchup_store_wait_s`, or refused the query: its estimates go on from an older state).
+gets a `catchup` point (docs/schema.md) and a `catchup` message on its estimates topic
+(docs/derived.md) with its status: `caught_up` (from its checkpoint), `rebuilt` (from the
+start of its data), `truncated` (rebuilt, but it has data older than the bound that were not
+read) or `store_unreachable` (InfluxDB did not answer within `catchup_store_wait_s`, or
+refused the query: its estimates go on from an older state). The alert service raises
+`estimates_incomplete` on the last two.
 The records it makes are written and published again (the same points: idempotent).
 """
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,10 +51,12 @@ from .estimates import feed_event
 __all__ = [
     "CatchUp",
     "CatchUpProgress",
+    "Outcome",
     "ProgressCollector",
     "Status",
     "StoreUnreachable",
     "catchup_line",
+    "catchup_message",
     "event_unfed",
     "feed_frame",
     "unfed_part",
@@ -138,16 +143,39 @@ class _Chunk:
     end_ns: int = -1
 
 
-def catchup_line(
-    device: Device, status: Status, from_ns: int, counts: dict[str, int], t_ns: int
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one device's estimator started: its status, where reading began (UTC epoch ns),
+    what was fed (`frames`, `samples`, `events`, `records`) and when it was done (UTC epoch ns).
+    """
+
+    device: Device
+    status: Status
+    from_ns: int
+    counts: dict[str, int]
+    t_ns: int
+
+
+def catchup_line(outcome: Outcome) -> bytes:
     """The `catchup` point of a device (docs/schema.md): how its estimator started."""
+    device = outcome.device
     return point_line(
         "catchup",
         {"hub": device.hub, "device": device.id},
-        {"status": status, "from_ns": from_ns, **counts},
-        t_ns,
+        {"status": outcome.status, "from_ns": outcome.from_ns, **outcome.counts},
+        outcome.t_ns,
     )
+
+
+def catchup_message(outcome: Outcome) -> bytes:
+    """The `catchup` message on the device's estimates topic (docs/derived.md), for the alerts."""
+    device = outcome.device
+    body = {
+        "v": 1, "hub": device.hub, "patient": device.patient, "device": device.id,
+        "t_ns": outcome.t_ns, "kind": "catchup", "status": outcome.status,
+        "from_ns": outcome.from_ns, **outcome.counts,
+    }  # fmt: skip
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def feed_frame(fleet: FleetEstimator, frame: Frame) -> list[EstimateRecord]:
@@ -193,16 +221,16 @@ class CatchUp:
     async def run(
         self,
         devices: Iterable[tuple[Device, bool]],
-        emit: Callable[[list[EstimateRecord], bytes], Awaitable[None]],
+        emit: Callable[[list[EstimateRecord], Outcome | None], Awaitable[None]],
         *,
         rebuild_from_ns: int,
     ) -> dict[str, Status]:
-        """Catch every device up; `emit` stores and publishes records and status lines.
+        """Catch every device up; `emit` stores and publishes records and outcomes.
 
         Args:
             devices: each device, and whether it is rebuilt (unknown to the checkpoint).
-            emit: called with the records of each chunk (and no lines), and at each device's
-                end with its `catchup` point (and no records).
+            emit: called with the records of each chunk (and no outcome), and at each
+                device's end with its outcome (and no records).
             rebuild_from_ns: where a rebuilt device starts (UTC epoch ns, exclusive).
 
         Returns:
@@ -235,7 +263,7 @@ class CatchUp:
             log_level = logging.INFO if status in {"caught_up", "rebuilt"} else logging.ERROR
             log.log(log_level, kv("device_caught_up", device=device.id, status=status,
                                   from_ns=from_ns, **counts))  # fmt: skip
-            await emit([], catchup_line(device, status, from_ns, counts, time.time_ns()))
+            await emit([], Outcome(device, status, from_ns, counts, time.time_ns()))
             progress.devices_done += 1
             progress.seconds = time.monotonic() - started
         progress.running = False
@@ -245,7 +273,7 @@ class CatchUp:
         self,
         device: str,
         position: Position,
-        emit: Callable[[list[EstimateRecord], bytes], Awaitable[None]],
+        emit: Callable[[list[EstimateRecord], Outcome | None], Awaitable[None]],
         counts: dict[str, int],
     ) -> None:
         progress = self._progress
@@ -264,7 +292,7 @@ class CatchUp:
             progress.events += len(chunk.items) - len(frames)
             progress.records += len(records)
             if records:
-                await emit(records, b"")
+                await emit(records, None)
             if chunk.last:
                 return
 

@@ -47,7 +47,10 @@ from .calibration import calibrate
 from .catchup import (
     CatchUp,
     CatchUpProgress,
+    Outcome,
     ProgressCollector,
+    catchup_line,
+    catchup_message,
     event_unfed,
     feed_frame,
     unfed_part,
@@ -296,12 +299,18 @@ class IngestService:
         for device_id in sorted(checkpointed - set(registry.devices)):
             log.info(kv("catchup_skipped", device=device_id, reason="not_in_registry"))
 
-        async def emit(records: list[EstimateRecord], lines: bytes) -> None:
+        async def emit(records: list[EstimateRecord], outcome: Outcome | None) -> None:
             current = self._registry.current
-            body = lines + b"".join(
+            body = b"".join(
                 estimate_line(current.devices[record.device].hub, record) for record in records
             )
+            if outcome is not None:
+                body += catchup_line(outcome)
             await self._store_or_spool(body, _Batch())
+            if outcome is not None:
+                # Stored first, like an estimate: the alert service hears of a device whose
+                # history could not be read (docs/derived.md, `catchup`).
+                source.publish(derived_topic(outcome.device.id), catchup_message(outcome))
             republish_from_ns = time.time_ns() - round(REPUBLISH_DAYS * 86_400e9)
             for record in records:
                 if record.t_ns < republish_from_ns:

@@ -42,7 +42,7 @@ from devices.emulator.timeline import DeviceConfig
 from devices.registry import Calibration, Device, Hub, Protocol, Registry, SensorRange
 from dsp.estimator import FleetEstimator
 from ingest.accounting import Accounting
-from ingest.catchup import catchup_line
+from ingest.catchup import Outcome, catchup_line
 from ingest.estimates import estimate_line, estimate_message, feed_event, register_device
 from ingest.metrics import stats_lines
 from ingest.records import (
@@ -220,7 +220,8 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
         "records": 0,
     }
     for device, *_ in DEVICES:
-        store.write(catchup_line(reg.devices[device], "rebuilt", START_NS, counts_fed, START_NS))
+        outcome = Outcome(reg.devices[device], "rebuilt", START_NS, counts_fed, START_NS)
+        store.write(catchup_line(outcome))
     # One engine call: each history point is stamped with its observation's own time.
     engine.observe(observations, now_ns=END_NS)
     counts["alert_points"] = write_alert_history(store, engine)
