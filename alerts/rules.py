@@ -240,7 +240,11 @@ class RuleBook:
             )
         else:
             summary = f"ingest read the device's stored history at its start ({est.status})"
+        # Only a rebuild read the whole history again: a `caught_up` start goes on from the
+        # checkpoint, whose trends still lack what was not read, so it changes nothing here.
         incomplete = est.status in {"truncated", "store_unreachable"}
+        if not (incomplete or est.status == "rebuilt"):
+            return []
         return self._obs(
             d, "estimates_incomplete", est.t_ns, incomplete, not incomplete, Severity.INFO,
             None, summary,
