@@ -1,21 +1,32 @@
-"""`osteotel ingest` as a real process, for the end-to-end and fault tests."""
+"""`osteotel ingest` as a real process, for the end-to-end and fault tests; and an emulated
+treatment published at a bounded pace while ingest is killed at chosen messages, for the
+crash tests."""
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.services import InfluxDB, Mosquitto, free_port
+from devices.codec import decode_frame
+from devices.emulator.capture import CapturedMessage, capture_fleet, read_capture
+from devices.emulator.fleet import FleetPlan
+from devices.registry import Registry
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore, Series
 
@@ -24,6 +35,9 @@ EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.toml"
 DEADLINE_S = 60.0
 # Starting ingest compiles the numba kernels when their on-disk cache is cold (a new clone).
 START_DEADLINE_S = 240.0
+TREATMENT_RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
+PUBLISH_PER_S = 600.0
+PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
 
 
 @dataclass
@@ -153,3 +167,134 @@ def query_series(influxdb: InfluxDB, database: str, influxql: str) -> list[Serie
 def query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]]:
     """The rows of every series an InfluxQL query returns."""
     return [row for series in query_series(influxdb, database, influxql) for row in series.values]
+
+
+def stored_count(influxdb: InfluxDB, database: str, measurement: str, device: str = "") -> int:
+    """Points of an estimate measurement, or samples of a device in `raw`."""
+    field, where = ("force_n", f" WHERE \"device\" = '{device}'") if device else ("version", "")
+    rows = query(influxdb, database, f'SELECT count("{field}") FROM "{measurement}"{where}')
+    return int(str(rows[0][1])) if rows else 0
+
+
+def clear_hub_status(mosquitto: Mosquitto, hubs: Iterable[str], client_id: str) -> None:
+    """Remove the hubs' retained status from the broker (shared by the session's tests: a
+    subscriber would receive an earlier test's status)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    for hub in hubs:
+        client.publish(f"osteotel/v1/{hub}/status", b"", qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+@dataclass
+class Treatment:
+    """An emulated treatment as published (hub statuses left out), and what it holds."""
+
+    capture: Path
+    messages: list[CapturedMessage]
+    samples: dict[str, set[int]] = field(default_factory=dict)  # sample times per device
+    steps: list[int] = field(default_factory=list)  # message numbers of distraction steps
+    tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
+
+
+def emulated_treatment(
+    registry: Registry, directory: Path, days: float, scenario: str = "normal"
+) -> Treatment:
+    """The registry's devices emulated for `days` at 10 Hz, ending an hour ago (nothing in
+    ingest's future), written as a capture in `directory` and read back."""
+    end_ns = time.time_ns() - 3_600_000_000_000
+    plan = FleetPlan.from_registry(
+        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=TREATMENT_RATE_HZ,
+        scenario=scenario,
+    )  # fmt: skip
+    capture = directory / "treatment.jsonl.gz"
+    asyncio.run(capture_fleet(plan, capture))
+    # Retained on the shared broker, hub statuses would outlive the test: left out.
+    treatment = Treatment(
+        capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
+    )
+    for number, message in enumerate(treatment.messages):
+        if message.topic.endswith("/telemetry"):
+            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
+            treatment.samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
+        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
+            treatment.steps.append(number)
+        elif kind == "load_test_start":
+            treatment.tests.append(number)
+    return treatment
+
+
+class Publisher(threading.Thread):
+    """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
+
+    def __init__(self, broker: Mosquitto, messages: list[CapturedMessage], client_id: str):
+        super().__init__(name="publisher", daemon=True)
+        self.messages = messages
+        self.published = 0
+        self.limit = 0
+        self.failed: str | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.max_inflight_messages_set(100)
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+
+    def run(self) -> None:
+        info = None
+        started = time.monotonic()
+        try:
+            for number, message in enumerate(self.messages):
+                while number >= self.limit:
+                    time.sleep(0.01)
+                    started = time.monotonic() - number / PUBLISH_PER_S
+                ahead_s = started + number / PUBLISH_PER_S - time.monotonic()
+                if ahead_s > 0:
+                    time.sleep(ahead_s)
+                info = self._client.publish(message.topic, message.payload, qos=1)
+                self.published = number + 1
+            if info is not None:
+                info.wait_for_publish(30)
+        except Exception as exc:  # reported by the test, not lost in the thread
+            self.failed = repr(exc)
+
+    def finish(self) -> None:
+        """Publish the rest and wait until every message is acknowledged by the broker."""
+        self.limit = len(self.messages)
+        self.join(60)
+        assert self.failed is None
+        assert self.published == len(self.messages)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def kill_points(steps: list[int], tests: list[int], kills: int) -> list[int]:
+    """`kills` message numbers, apart by more than `PAST_KILL`: 60 messages after a step (20
+    frames a device, 200 s: its 600 s relaxation window is open, and the last checkpoint,
+    0.1 s behind, holds it open) or 3 after a load test's start, some of each."""
+    candidates = sorted([(n + 60, "step") for n in steps] + [(n + 3, "test") for n in tests])
+    spaced: list[tuple[int, str]] = []
+    for number, kind in candidates:
+        if not spaced or number - spaced[-1][0] > PAST_KILL:
+            spaced.append((number, kind))
+    # Evenly over what is eligible, so both kinds stay in.
+    chosen = [spaced[len(spaced) * k // kills] for k in range(kills)]
+    assert len({kind for _, kind in chosen}) == 2, chosen
+    return [number for number, _ in chosen]
+
+
+def killed_at(ingest: IngestProcess, publisher: Publisher, kills: list[int]) -> Iterator[int]:
+    """At each kill point, once the publisher has passed it and ingest has written a
+    checkpoint since its start, SIGKILL ingest; yield the point while it is down (the
+    publisher goes on, at most `PAST_KILL` messages further), then start it again."""
+    for kill in kills:
+        written = ingest.log().count("checkpoint_written")
+        publisher.limit = kill + PAST_KILL
+        wait_for(lambda k=kill: publisher.published >= k, "the kill point", ingest)  # type: ignore[misc]
+        wait_for(lambda w=written: ingest.log().count("checkpoint_written") > w,  # type: ignore[misc]
+                 "a checkpoint since the start", ingest)  # fmt: skip
+        assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        yield kill
+        ingest.start()

@@ -17,26 +17,31 @@ from the store alone writes the same points again. A last rebuild bounded to one
 every device `truncated`.
 """
 
-import asyncio
-import json
 import math
 import re
 import signal
 import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from harness import EXAMPLE_REGISTRY, IngestProcess, ingest_env, query, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from harness import (
+    EXAMPLE_REGISTRY,
+    IngestProcess,
+    Publisher,
+    Treatment,
+    emulated_treatment,
+    ingest_env,
+    kill_points,
+    killed_at,
+    query,
+    stored_count,
+    wait_for,
+)
 
 from apps.analyze import analyze_capture
 from apps.services import InfluxDB, Mosquitto
-from devices.codec import decode_frame
-from devices.emulator.capture import CapturedMessage, capture_fleet, read_capture
-from devices.emulator.fleet import FleetPlan
+from devices.emulator.capture import CapturedMessage
 from devices.registry import Registry
 from dsp.adherence import Protocol
 from dsp.estimator import EstimateRecord, EstimatorConfig
@@ -46,63 +51,8 @@ from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day
-_RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
-_PUBLISH_PER_S = 600.0
 _KILLS = 10
-_PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
 _MEASUREMENTS = ("step", "load_share", "daily")
-
-
-class _Publisher(threading.Thread):
-    """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
-
-    def __init__(self, broker: Mosquitto, messages: list[CapturedMessage], client_id: str):
-        super().__init__(name="publisher", daemon=True)
-        self.messages = messages
-        self.published = 0
-        self.limit = 0
-        self.failed: str | None = None
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self._client.max_inflight_messages_set(100)
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-
-    def run(self) -> None:
-        info = None
-        started = time.monotonic()
-        try:
-            for number, message in enumerate(self.messages):
-                while number >= self.limit:
-                    time.sleep(0.01)
-                    started = time.monotonic() - number / _PUBLISH_PER_S
-                ahead_s = started + number / _PUBLISH_PER_S - time.monotonic()
-                if ahead_s > 0:
-                    time.sleep(ahead_s)
-                info = self._client.publish(message.topic, message.payload, qos=1)
-                self.published = number + 1
-            if info is not None:
-                info.wait_for_publish(30)
-        except Exception as exc:  # reported by the test, not lost in the thread
-            self.failed = repr(exc)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-
-def _kill_points(steps: list[int], tests: list[int]) -> list[int]:
-    """Ten message numbers, apart by more than `_PAST_KILL`: 60 messages after a step (20
-    frames a device, 200 s: its 600 s relaxation window is open, and the last checkpoint,
-    0.1 s behind, holds it open) or 3 after a load test's start, some of each."""
-    candidates = sorted([(n + 60, "step") for n in steps] + [(n + 3, "test") for n in tests])
-    kills: list[tuple[int, str]] = []
-    for number, kind in candidates:
-        if not kills or number - kills[-1][0] > _PAST_KILL:
-            kills.append((number, kind))
-    # Evenly over what is eligible, so both kinds stay in.
-    chosen = [kills[len(kills) * k // _KILLS] for k in range(_KILLS)]
-    assert len({kind for _, kind in chosen}) == 2, chosen
-    return [number for number, _ in chosen]
 
 
 def _offline(capture: Path, registry: Registry) -> list[EstimateRecord]:
@@ -160,13 +110,6 @@ def _assert_estimates(influxdb: InfluxDB, database: str, expected_db: str) -> No
             assert _same(got, want), (measurement, got, want)
 
 
-def _count(influxdb: InfluxDB, database: str, measurement: str, device: str = "") -> int:
-    """Points of an estimate measurement, or samples of a device in `raw`."""
-    field, where = ("force_n", f" WHERE \"device\" = '{device}'") if device else ("version", "")
-    rows = query(influxdb, database, f'SELECT count("{field}") FROM "{measurement}"{where}')
-    return int(str(rows[0][1])) if rows else 0
-
-
 def _step_window_open(state_dir: Path) -> bool:
     """Whether the checkpoint there holds a step whose relaxation window is still open."""
     restored = read_checkpoint(state_dir, EstimatorConfig())
@@ -179,41 +122,8 @@ def _caught_up_frames(log: str) -> int:
     return sum(int(frames) for frames in re.findall(r"device_caught_up .*?frames=(\d+)", log))
 
 
-@dataclass
-class _Treatment:
-    """An emulated treatment as published (hub statuses left out), and what it holds."""
-
-    capture: Path
-    messages: list[CapturedMessage]
-    samples: dict[str, set[int]] = field(default_factory=dict)  # sample times per device
-    steps: list[int] = field(default_factory=list)  # message numbers of distraction steps
-    tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
-
-
-def _treatment(registry: Registry, directory: Path, days: float) -> _Treatment:
-    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
-    plan = FleetPlan.from_registry(
-        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
-    )
-    capture = directory / "treatment.jsonl.gz"
-    asyncio.run(capture_fleet(plan, capture))
-    # Retained on the shared broker, hub statuses would outlive the test: left out.
-    treatment = _Treatment(
-        capture, [m for m in read_capture(capture) if not m.topic.endswith("/status")]
-    )
-    for number, message in enumerate(treatment.messages):
-        if message.topic.endswith("/telemetry"):
-            frame, _ = decode_frame(message.payload, topic_device=message.topic.split("/")[3])
-            treatment.samples.setdefault(frame.device, set()).update(frame.timestamps_ns().tolist())
-        elif (kind := json.loads(message.payload)["type"]) == "distraction_step":
-            treatment.steps.append(number)
-        elif kind == "load_test_start":
-            treatment.tests.append(number)
-    return treatment
-
-
 def _expect(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, registry: Registry
+    influxdb: InfluxDB, database: str, treatment: Treatment, registry: Registry
 ) -> dict[str, int]:
     """Write analyze's records into `database` as ingest would; returns their counts."""
     expected = _offline(treatment.capture, registry)
@@ -223,20 +133,20 @@ def _expect(
         store.write(b"".join(
             estimate_line(registry.devices[record.device].hub, record) for record in expected
         ))  # fmt: skip
-    return {m: _count(influxdb, database, m) for m in _MEASUREMENTS}
+    return {m: stored_count(influxdb, database, m) for m in _MEASUREMENTS}
 
 
 def _wait_stored(
-    influxdb: InfluxDB, database: str, treatment: _Treatment, counts: dict[str, int],
+    influxdb: InfluxDB, database: str, treatment: Treatment, counts: dict[str, int],
     ingest: IngestProcess,
 ) -> None:  # fmt: skip
     """Wait until every sample and at least every expected estimate is stored."""
 
     def stored_everything() -> bool:
         return all(
-            _count(influxdb, database, "raw", device) == len(times)
+            stored_count(influxdb, database, "raw", device) == len(times)
             for device, times in treatment.samples.items()
-        ) and all(_count(influxdb, database, m) >= counts[m] for m in _MEASUREMENTS)
+        ) and all(stored_count(influxdb, database, m) >= counts[m] for m in _MEASUREMENTS)
 
     wait_for(stored_everything, "every sample and estimate stored", ingest, deadline_s=90)
 
@@ -257,8 +167,8 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     without a checkpoint leave exactly analyze's step, load-share and daily estimates stored,
     and every sample once."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, _DAYS)
-    kills = _kill_points(treatment.steps, treatment.tests)
+    treatment = emulated_treatment(registry, tmp_path, _DAYS)
+    kills = kill_points(treatment.steps, treatment.tests, _KILLS)
     expected_db = f"{influx_db_name}_expected"
     counts = _expect(influxdb, expected_db, treatment, registry)
     messages = treatment.messages
@@ -269,33 +179,23 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     )  # fmt: skip
     ingest = IngestProcess(env, tmp_path)
     ingest.start()
-    publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+    publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
     publisher.start()
     in_window = 0  # kills whose checkpoint holds an open step window
     try:
-        for kill in kills:
-            written = ingest.log().count("checkpoint_written")
-            publisher.limit = kill + _PAST_KILL
-            wait_for(lambda k=kill: publisher.published >= k, "the kill point", ingest)  # type: ignore[misc]
-            wait_for(lambda w=written: ingest.log().count("checkpoint_written") > w,  # type: ignore[misc]
-                     "a checkpoint since the start", ingest)  # fmt: skip
-            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        for _ in killed_at(ingest, publisher, kills):
             in_window += _step_window_open(tmp_path / "state")
-            ingest.start()
         # Where ingest was at a kill depends on timing: 4 of the 5 kills after a step (the
         # other 5 are in load tests) found a window open in their checkpoint in two runs.
         assert in_window >= _KILLS // 3, in_window
-        publisher.limit = len(messages)
-        publisher.join(60)
-        assert publisher.failed is None
-        assert publisher.published == len(messages)
+        publisher.finish()
         _wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
         log = ingest.log()
         assert log.count("checkpoint_restored") == len(kills)
         assert _caught_up_frames(log) > 0, "no kill left acknowledged frames to catch up"
         _assert_estimates(influxdb, influx_db_name, expected_db)
         for device, times in treatment.samples.items():
-            assert _count(influxdb, influx_db_name, "raw", device) == len(times), device
+            assert stored_count(influxdb, influx_db_name, "raw", device) == len(times), device
 
         # Rebuild from the store alone: no checkpoint, no estimates.
         assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -305,7 +205,9 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
             query(influxdb, influx_db_name, f'DROP MEASUREMENT "{measurement}"')
         ingest.start()  # ready once caught up
         wait_for(
-            lambda: all(_count(influxdb, influx_db_name, m) >= counts[m] for m in _MEASUREMENTS),
+            lambda: all(
+                stored_count(influxdb, influx_db_name, m) >= counts[m] for m in _MEASUREMENTS
+            ),
             "the rebuilt estimates", ingest,
         )  # fmt: skip
         assert ingest.log().count("status=rebuilt") == rebuilt + len(registry.devices)
@@ -357,7 +259,7 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
     counts them), ingest restarts not ready, waits for InfluxDB, drains the spool before
     catching up, and stores exactly analyze's estimates."""
     registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = _treatment(registry, tmp_path, 8.5)
+    treatment = emulated_treatment(registry, tmp_path, 8.5)
     messages = treatment.messages
     first = treatment.steps[len(treatment.steps) // 3] + 15
     second = first + 200
@@ -369,7 +271,7 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
         )  # fmt: skip
         ingest = IngestProcess(env, tmp_path)
         ingest.start()
-        publisher = _Publisher(mosquitto, messages, f"publisher-{unique_id}")
+        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
         publisher.start()
         try:
             publisher.limit = first
@@ -399,13 +301,11 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
                 restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
             )
 
-            publisher.limit = len(messages)
-            publisher.join(60)
-            assert publisher.failed is None
+            publisher.finish()
             _wait_stored(influx, "crash", treatment, counts, ingest)
             _assert_estimates(influx, "crash", "expected")
             for device, times in treatment.samples.items():
-                assert _count(influx, "crash", "raw", device) == len(times), device
+                assert stored_count(influx, "crash", "raw", device) == len(times), device
         finally:
             publisher.limit = len(messages)
             publisher.close()
