@@ -38,6 +38,7 @@ START_DEADLINE_S = 240.0
 TREATMENT_RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
 PUBLISH_PER_S = 600.0
 PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
+_DAY_NS = 86_400_000_000_000
 
 
 @dataclass
@@ -200,11 +201,16 @@ class Treatment:
 
 
 def emulated_treatment(
-    registry: Registry, directory: Path, days: float, scenario: str = "normal"
-) -> Treatment:
+    registry: Registry, directory: Path, days: float, scenario: str = "normal",
+    *, at_midnight: bool = False,
+) -> Treatment:  # fmt: skip
     """The registry's devices emulated for `days` at 10 Hz, ending an hour ago (nothing in
-    ingest's future), written as a capture in `directory` and read back."""
+    ingest's future) or, `at_midnight`, at the UTC midnight before that (the same treatment
+    then falls on the same UTC days, and so makes the same daily records, whenever the test
+    runs); written as a capture in `directory` and read back."""
     end_ns = time.time_ns() - 3_600_000_000_000
+    if at_midnight:
+        end_ns -= end_ns % _DAY_NS
     plan = FleetPlan.from_registry(
         registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=TREATMENT_RATE_HZ,
         scenario=scenario,
