@@ -8,11 +8,13 @@ prescribed steps are not done, so the daily records raise `missed_steps` warning
 runs) is published twice by the crash tests' paced publisher (tests/harness.py), each time to
 a fresh ingest (`python -m apps.cli ingest`, its own database) and a fresh alert service
 (`osteotel alerts run`, its own database and client id) that notifies a webhook receiver:
-once without kills (the reference), once with ingest SIGKILLed at four points (shortly after a
-distraction step or a load test's start, each after a checkpoint) and started again. Ingest
-publishes the estimates it makes; after a kill it publishes again those it re-derives while
-catching up, which the alert service must recognise as applied. The alert service sees the
-hubs' events straight from the broker, and the estimates only through ingest.
+once without kills (the reference), once with ingest SIGKILLed, each time after a checkpoint,
+shortly after a distraction step, a load test's start, and the end of each UTC day whose daily
+record raised or resolved an alert in the reference, and started again. Ingest publishes the
+estimates it makes; after a kill it publishes those it re-derives while catching up: one the
+kill kept from being published reaches the alert service then, one published before is
+recognised as applied. The alert service sees the hubs' events straight from the broker, and
+the estimates only through ingest.
 
 Alerts are compared by what they are (device, rule, severity, state, start), never by their
 database ids, which differ between the runs; a notification key (`{id}:{event}:{t_ns}`) is
@@ -48,12 +50,13 @@ from test_alerts_service import Hook
 
 from alerts.inputs import input_key
 from apps.services import InfluxDB, Mosquitto
-from devices.codec import decode_event
+from devices.codec import decode_event, decode_frame
 from devices.registry import Registry
 
 _DAYS = 10.5  # latency 7 days, then three and a half days of steps; a load test every day
 _SCENARIO = "missed_steps"
-_KILLS = 4
+_KILLS = 2  # in a step window and in a load test, besides one after each alert's decision
+_DAY_NS = 86_400_000_000_000
 _ESTIMATES = ("step", "load_share", "daily", "quality")  # every measurement ingest publishes
 
 # What an alert is, whichever database id it got: device, rule, severity, state, start.
@@ -165,6 +168,21 @@ def _event_keys(treatment: Treatment) -> set[str]:
     }
 
 
+def _deciding(treatment: Treatment, decisions: set[tuple[str, int]]) -> set[int]:
+    """For each (device, day start) whose daily record raised or resolved an alert, the message
+    number 3 after the frame that closes that day (its data pass into the next UTC day)."""
+    points = set()
+    for device, day_ns in decisions:
+        for number, message in enumerate(treatment.messages):
+            if message.topic.endswith(f"/{device}/telemetry"):
+                frame, _ = decode_frame(message.payload, topic_device=device)
+                if frame.t_last_ns >= day_ns + _DAY_NS:
+                    points.add(number + 3)
+                    break
+    assert len(points) == len(decisions), decisions
+    return points
+
+
 def _settle(run: _Pipeline, influxdb: InfluxDB, treatment: Treatment, events: int) -> None:
     """Wait until every sample is stored, the alert service has applied every event and every
     estimate ingest stored (published after it is stored), and the outbox is empty; then
@@ -189,7 +207,7 @@ def test_alerts_of_a_stream_through_killed_ingest_are_those_without_kills(
     mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """With ingest SIGKILLed four times mid-stream, the alert service applies the same inputs,
+    """With ingest SIGKILLed six times mid-stream, the alert service applies the same inputs,
     holds the same alerts (device, rule, severity, state, start) as without kills, raises each
     once, the webhook gets every notification of the run without kills (there exactly once)
     and no more than once more, and every sample is stored exactly once."""
@@ -197,7 +215,6 @@ def test_alerts_of_a_stream_through_killed_ingest_are_those_without_kills(
     clear_hub_status(mosquitto, registry.hubs, f"clear-{unique_id}")
     treatment = emulated_treatment(registry, tmp_path, _DAYS, _SCENARIO, at_midnight=True)
     events = len(_event_keys(treatment))
-    kills = kill_points(treatment.steps, treatment.tests, _KILLS)
 
     with _pipeline("ref", mosquitto, influxdb, f"{influx_db_name}_ref", tmp_path) as ref:
         publisher = Publisher(mosquitto, treatment.messages, f"publisher-ref-{unique_id}")
@@ -221,6 +238,13 @@ def test_alerts_of_a_stream_through_killed_ingest_are_those_without_kills(
     ]
     assert set(ref_firings.values()) == {1}
     assert set(ref_notified.values()) == {1}
+    # Killed just after each daily record that raised or resolved an alert was made, the
+    # restart re-derives it when the last checkpoint came before it, and publishes it.
+    decisions = {(alert[0], int(t_ns)) for alert, _, t_ns in ref_notified}
+    kills = sorted(
+        set(kill_points(treatment.steps, treatment.tests, _KILLS)) | _deciding(treatment, decisions)
+    )
+    assert len(kills) == _KILLS + len(decisions) == 6
 
     with _pipeline("kill", mosquitto, influxdb, influx_db_name, tmp_path) as run:
         publisher = Publisher(mosquitto, treatment.messages, f"publisher-kill-{unique_id}")
