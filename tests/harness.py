@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ START_DEADLINE_S = 240.0
 MEASUREMENTS = ("step", "load_share", "daily")
 _RATE_HZ = 10.0  # the slowest rate that resolves the fast relaxation (docs/domain.md)
 _PUBLISH_PER_S = 600.0
+PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
+_DAY_NS = 86_400_000_000_000
 
 
 @dataclass
@@ -208,9 +210,58 @@ class Publisher(threading.Thread):
         except Exception as exc:  # reported by the test, not lost in the thread
             self.failed = repr(exc)
 
+    def finish(self) -> None:
+        """Publish the rest and wait until every message is acknowledged by the broker."""
+        self.limit = len(self.messages)
+        self.join(60)
+        assert self.failed is None
+        assert self.published == len(self.messages)
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def clear_hub_status(mosquitto: Mosquitto, hubs: Iterable[str], client_id: str) -> None:
+    """Remove the hubs' retained status from the broker (shared by the session's tests: a
+    subscriber would receive an earlier test's status)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    for hub in hubs:
+        client.publish(f"osteotel/v1/{hub}/status", b"", qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+def kill_points(steps: list[int], tests: list[int], kills: int) -> list[int]:
+    """`kills` message numbers, apart by more than `PAST_KILL`: 60 messages after a step (20
+    frames a device, 200 s: its 600 s relaxation window is open, and the last checkpoint,
+    0.1 s behind, holds it open) or 3 after a load test's start, some of each."""
+    candidates = sorted([(n + 60, "step") for n in steps] + [(n + 3, "test") for n in tests])
+    spaced: list[tuple[int, str]] = []
+    for number, kind in candidates:
+        if not spaced or number - spaced[-1][0] > PAST_KILL:
+            spaced.append((number, kind))
+    # Evenly over what is eligible, so both kinds stay in.
+    chosen = [spaced[len(spaced) * k // kills] for k in range(kills)]
+    assert len({kind for _, kind in chosen}) == 2, chosen
+    return [number for number, _ in chosen]
+
+
+def killed_at(ingest: IngestProcess, publisher: Publisher, kills: list[int]) -> Iterator[int]:
+    """At each kill point, once the publisher has passed it and ingest has written a
+    checkpoint since its start, SIGKILL ingest; yield the point while it is down (the
+    publisher goes on, at most `PAST_KILL` messages further), then start it again."""
+    for kill in kills:
+        written = ingest.log().count("checkpoint_written")
+        publisher.limit = kill + PAST_KILL
+        wait_for(lambda k=kill: publisher.published >= k, "the kill point", ingest)  # type: ignore[misc]
+        wait_for(lambda w=written: ingest.log().count("checkpoint_written") > w,  # type: ignore[misc]
+                 "a checkpoint since the start", ingest)  # fmt: skip
+        assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        yield kill
+        ingest.start()
 
 
 def offline_records(capture: Path, registry: Registry) -> list[EstimateRecord]:
@@ -286,11 +337,21 @@ class Treatment:
     tests: list[int] = field(default_factory=list)  # ... and of load tests' starts
 
 
-def emulated_treatment(registry: Registry, directory: Path, days: float) -> Treatment:
-    end_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: nothing in ingest's future
+def emulated_treatment(
+    registry: Registry, directory: Path, days: float, scenario: str = "normal",
+    *, at_midnight: bool = False,
+) -> Treatment:  # fmt: skip
+    """The registry's devices emulated for `days` at 10 Hz, ending an hour ago (nothing in
+    ingest's future) or, `at_midnight`, at the UTC midnight before that (the same treatment
+    then falls on the same UTC days, and so makes the same daily records, whenever the test
+    runs); written as a capture in `directory` and read back."""
+    end_ns = time.time_ns() - 3_600_000_000_000
+    if at_midnight:
+        end_ns -= end_ns % _DAY_NS
     plan = FleetPlan.from_registry(
-        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ
-    )
+        registry, days=days, speed=None, end_ns=end_ns, seed=11, rate_hz=_RATE_HZ,
+        scenario=scenario,
+    )  # fmt: skip
     capture = directory / "treatment.jsonl.gz"
     asyncio.run(capture_fleet(plan, capture))
     # Retained on the shared broker, hub statuses would outlive the test: left out.

@@ -36,6 +36,8 @@ from harness import (
     frames_stored,
     ingest_env,
     ingest_metric,
+    kill_points,
+    killed_at,
     query,
     wait_for,
     wait_stored,
@@ -48,22 +50,6 @@ from ingest.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day
 _KILLS = 10
-_PAST_KILL = 150  # messages the publisher may run ahead of a kill point meanwhile
-
-
-def _kill_points(steps: list[int], tests: list[int]) -> list[int]:
-    """Ten message numbers, apart by more than `_PAST_KILL`: 60 messages after a step (20
-    frames a device, 200 s: its 600 s relaxation window is open, and the last checkpoint,
-    0.1 s behind, holds it open) or 3 after a load test's start, some of each."""
-    candidates = sorted([(n + 60, "step") for n in steps] + [(n + 3, "test") for n in tests])
-    kills: list[tuple[int, str]] = []
-    for number, kind in candidates:
-        if not kills or number - kills[-1][0] > _PAST_KILL:
-            kills.append((number, kind))
-    # Evenly over what is eligible, so both kinds stay in.
-    chosen = [kills[len(kills) * k // _KILLS] for k in range(_KILLS)]
-    assert len({kind for _, kind in chosen}) == 2, chosen
-    return [number for number, _ in chosen]
 
 
 def _step_window_open(state_dir: Path) -> bool:
@@ -90,7 +76,7 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     and every sample once."""
     registry = Registry.load(EXAMPLE_REGISTRY)
     treatment = emulated_treatment(registry, tmp_path, _DAYS)
-    kills = _kill_points(treatment.steps, treatment.tests)
+    kills = kill_points(treatment.steps, treatment.tests, _KILLS)
     expected_db = f"{influx_db_name}_expected"
     counts = expect(influxdb, expected_db, treatment, registry)
     messages = treatment.messages
@@ -105,22 +91,12 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
     publisher.start()
     in_window = 0  # kills whose checkpoint holds an open step window
     try:
-        for kill in kills:
-            written = ingest.log().count("checkpoint_written")
-            publisher.limit = kill + _PAST_KILL
-            wait_for(lambda k=kill: publisher.published >= k, "the kill point", ingest)  # type: ignore[misc]
-            wait_for(lambda w=written: ingest.log().count("checkpoint_written") > w,  # type: ignore[misc]
-                     "a checkpoint since the start", ingest)  # fmt: skip
-            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        for _ in killed_at(ingest, publisher, kills):
             in_window += _step_window_open(tmp_path / "state")
-            ingest.start()
         # Where ingest was at a kill depends on timing: 4 of the 5 kills after a step (the
         # other 5 are in load tests) found a window open in their checkpoint in two runs.
         assert in_window >= _KILLS // 3, in_window
-        publisher.limit = len(messages)
-        publisher.join(60)
-        assert publisher.failed is None
-        assert publisher.published == len(messages)
+        publisher.finish()
         wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
         log = ingest.log()
         assert log.count("checkpoint_restored") == len(kills)

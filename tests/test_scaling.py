@@ -12,6 +12,7 @@ import pytest
 from harness import (
     EXAMPLE_REGISTRY,
     IngestProcess,
+    clear_hub_status,
     ingest_env,
     query,
     query_series,
@@ -37,13 +38,7 @@ def two_processes(
 ) -> Iterator[IngestProcess]:
     """`osteotel ingest --processes 2`, on a broker holding no retained hub status (the broker
     is shared by the session's tests: a child would receive one on subscribing)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"clear-{unique_id}")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    for hub in {hub for hub, _ in DEVICES}:
-        client.publish(f"osteotel/v1/{hub}/status", b"", qos=1, retain=True).wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
+    clear_hub_status(mosquitto, {hub for hub, _ in DEVICES}, f"clear-{unique_id}")
     env = ingest_env(
         mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
         stats_interval_s="0.5",
