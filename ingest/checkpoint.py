@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,9 +228,12 @@ class Checkpointer:
         self._batches_since = 0
         self._taken_at = time.monotonic()
 
-    def committed(self, seq: int) -> None:
+    def committed(self, seq: int, published: Callable[[], Awaitable[bool]]) -> None:
         """Call once a batch up to message number `seq` is stored and acknowledged: writes
-        the waiting checkpoint, in a worker thread, when all it reflects is committed."""
+        the waiting checkpoint when all it reflects is committed and the estimates published
+        before it are acknowledged by the broker (`published`): a record published but still
+        in this process's send queue would be lost to the alert service by a crash after the
+        write, as catch-up starts after the checkpoint."""
         self._committed = seq
         self._batches_since += 1
         waiting = self._waiting
@@ -238,19 +241,30 @@ class Checkpointer:
             return
         self._waiting = None
         self._writing = asyncio.create_task(
-            asyncio.to_thread(write_checkpoint, waiting, self._directory, self._config),
-            name="ingest.checkpoint",
+            self._write(waiting, published), name="ingest.checkpoint"
         )
 
     async def write_now(
-        self, fleet: FleetEstimator, positions: Mapping[str, Position], seq: int
+        self,
+        fleet: FleetEstimator,
+        positions: Mapping[str, Position],
+        seq: int,
+        published: Callable[[], Awaitable[bool]],
     ) -> None:
         """Write the state now: only when everything handled is committed (after catch-up,
         whose records are stored before it returns, and after a complete drain)."""
         await self.written()
         self._waiting = None
-        checkpoint = take_checkpoint(fleet, positions, seq)
-        await asyncio.to_thread(write_checkpoint, checkpoint, self._directory, self._config)
+        await self._write(take_checkpoint(fleet, positions, seq), published)
+
+    async def _write(
+        self, checkpoint: Checkpoint, published: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        if not await published():
+            # The broker is away: the next checkpoint is taken and tried again.
+            log.warning(kv("checkpoint_deferred", reason="estimates_not_acknowledged"))
+            return False
+        return await asyncio.to_thread(write_checkpoint, checkpoint, self._directory, self._config)
 
     async def written(self) -> None:
         """Wait for a write in progress, if any."""

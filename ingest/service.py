@@ -221,7 +221,7 @@ class IngestService:
                     drained = True
                     if self._caught_up:
                         await self._checkpointer.write_now(
-                            self._estimator, self._positions, self._handled
+                            self._estimator, self._positions, self._handled, source.confirmed
                         )
                 await self._checkpointer.written()
                 write.cancel()
@@ -335,7 +335,9 @@ class IngestService:
             for device, position in self._positions.items()
         }
         # A rebuild may have taken long: its result is on disk before anything else happens.
-        await self._checkpointer.write_now(self._estimator, self._positions, self._handled)
+        await self._checkpointer.write_now(
+            self._estimator, self._positions, self._handled, source.confirmed
+        )
         self._caught_up = True
         log.info(
             kv(
@@ -619,7 +621,7 @@ class IngestService:
             source.ack(work.message)
             if work.rejection is not None:
                 self._rejections.redeliveries.forget(work.rejection)
-        self._checkpointer.committed(batch.items[-1].seq)
+        self._checkpointer.committed(batch.items[-1].seq, source.confirmed)
         spent["acknowledge"] += time.thread_time_ns() - started
 
     async def _store_or_spool(self, body: bytes, batch: _Batch) -> None:

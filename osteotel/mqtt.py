@@ -38,6 +38,8 @@ log = logging.getLogger("osteotel.mqtt")
 _RECONNECT_MIN_S = 1
 _RECONNECT_MAX_S = 30
 _SETTLE_TIMEOUT_S = 5.0
+_CONFIRM_TIMEOUT_S = 5.0
+_CONFIRM_POLL_S = 0.005
 # Never subscribed: only its UNSUBACK matters (see MqttSource._settle).
 _SETTLE_FILTER = "osteotel/v1/settle"
 
@@ -83,6 +85,14 @@ class MqttSource:
         # under the lock so that paho's thread cannot see a SUBACK before its mid is recorded.
         self._subscribing: dict[int, list[tuple[str, int]]] = {}
         self._subscribing_lock = threading.Lock()
+        # Message ids `publish` sent that the broker has not acknowledged in order yet, oldest
+        # first, and ids it acknowledged out of that order (paho's thread adds them; a PUBACK
+        # can come before `publish` has recorded its id, so acknowledgements are kept, not
+        # looked up).
+        self._sent: deque[int] = deque()
+        self._acknowledged: set[int] = set()
+        self._acknowledged_lock = threading.Lock()
+        self._published = 0
         # Bounded by the broker's in-flight window: it sends no more until we acknowledge.
         self._inbox: deque[Received] = deque()
         self._arrived = asyncio.Event()
@@ -106,6 +116,7 @@ class MqttSource:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_publish = self._on_publish
         self._subscribe_mid: int | None = None
         self._settled = asyncio.Event()
         self._settle_mid: int | None = None
@@ -203,8 +214,31 @@ class MqttSource:
         return mid
 
     def publish(self, topic: str, payload: bytes) -> None:
-        """Publish with QoS 1; paho queues it while the broker is away and sends it on reconnect."""
-        self._client.publish(topic, payload, qos=1)
+        """Publish with QoS 1; paho queues it while the broker is away and sends it on reconnect
+        (in this process: a crash loses what the broker has not acknowledged, see `confirmed`)."""
+        info = self._client.publish(topic, payload, qos=1)
+        self._sent.append(info.mid)
+        self._published += 1
+        self._match_acknowledged()
+
+    async def confirmed(self, timeout_s: float = _CONFIRM_TIMEOUT_S) -> bool:
+        """Whether the broker acknowledged everything published so far, waiting up to
+        `timeout_s` (polled: paho's thread records each PUBACK as it arrives)."""
+        goal = self._published
+        deadline = time.monotonic() + timeout_s
+        while self._match_acknowledged() < goal:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_CONFIRM_POLL_S)
+        return True
+
+    def _match_acknowledged(self) -> int:
+        """Drop the oldest published messages the broker has acknowledged; returns how many of
+        all published are acknowledged, counted in order."""
+        with self._acknowledged_lock:
+            while self._sent and self._sent[0] in self._acknowledged:
+                self._acknowledged.discard(self._sent.popleft())
+        return self._published - len(self._sent)
 
     def ack(self, message: Received) -> None:
         """Acknowledge a message to the broker: call only once its effect is durable, and in
@@ -259,6 +293,12 @@ class MqttSource:
             return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        with self._acknowledged_lock:
+            self._acknowledged.add(mid)
 
     def _on_unsubscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any

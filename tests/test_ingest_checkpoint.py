@@ -1,6 +1,7 @@
 """The estimator's checkpoint file (ingest/checkpoint.py) and the rule for messages delivered
 again after a restart (ingest/catchup.py `unfed_part`, `event_unfed`)."""
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -9,16 +10,20 @@ import numpy as np
 import pytest
 
 from apps.analyze import record_json
+from apps.services import Mosquitto
 from devices.contract import DistractionStep, Frame
 from dsp.estimator import EstimatorConfig, FleetEstimator
 from ingest.catchup import event_unfed, feed_frame, unfed_part
 from ingest.checkpoint import (
     CHECKPOINT_FILE,
+    Checkpointer,
     Position,
     read_checkpoint,
     take_checkpoint,
     write_checkpoint,
 )
+from osteotel.mqtt import MqttSource
+from osteotel.settings import MqttSettings
 
 START_NS = 1_700_000_000_000_000_000
 SECOND_NS = 1_000_000_000
@@ -169,3 +174,45 @@ def test_catch_up_republishes_only_what_the_alert_service_still_recognises() -> 
     from ingest.service import REPUBLISH_DAYS  # noqa: PLC0415
 
     assert REPUBLISH_DAYS * 86_400.0 <= APPLIED_KEEP_S
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "not_acknowledged"])
+def test_a_checkpoint_waits_for_the_broker_to_have_the_estimates_before_it(
+    tmp_path: Path, acknowledged: bool
+) -> None:
+    """A due checkpoint is written once what it reflects is committed and the broker has
+    acknowledged the estimates published before it; without that acknowledgement it is not
+    written (a crash after the write would lose those estimates to the alert service)."""
+    fleet = FleetEstimator()
+    checkpointer = Checkpointer(directory=tmp_path, config=CONFIG, interval_s=0.0, batches=1)
+
+    async def published() -> bool:
+        return acknowledged
+
+    async def commit() -> None:
+        checkpointer.handled(fleet, {}, 1)
+        checkpointer.committed(1, published)
+        await checkpointer.written()
+
+    asyncio.run(commit())
+    assert (tmp_path / CHECKPOINT_FILE).exists() is acknowledged
+
+
+def test_published_messages_are_confirmed_only_by_the_broker(tmp_path: Path) -> None:
+    """`MqttSource.confirmed` holds once the broker has acknowledged every message published,
+    and not while the broker is away (the messages wait in paho's queue)."""
+
+    async def scenario(broker: Mosquitto) -> tuple[bool, bool]:
+        settings = MqttSettings(host=broker.host, port=broker.port, client_id="confirm-test")
+        async with MqttSource(settings=settings, subscriptions=["osteotel/v1/settle-none"]) as src:
+            await src.wait_connected(timeout_s=30)
+            for number in range(50):
+                src.publish("osteotel/v1/derived/DX-0001/estimates", b"%d" % number)
+            up = await src.confirmed(timeout_s=10.0)
+            broker.stop()
+            src.publish("osteotel/v1/derived/DX-0001/estimates", b"while away")
+            away = await src.confirmed(timeout_s=0.5)
+            return up, away
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        assert asyncio.run(scenario(broker)) == (True, False)
