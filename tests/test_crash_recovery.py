@@ -197,3 +197,64 @@ def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate
             publisher.close()
             if ingest.process is not None and ingest.process.poll() is None:
                 ingest.stop()
+
+
+def test_a_kill_during_the_spool_drain_loses_no_estimate(
+    mosquitto: Mosquitto, unique_id: str, tmp_path: Path
+) -> None:
+    """InfluxDB away while a third of the treatment is published (spooled, acknowledged, a
+    checkpoint written); InfluxDB back; ingest killed while the spool drains (some batches
+    replayed, some not; one may be in InfluxDB but not yet taken from the spool). The restart
+    drains the rest before catching up and stores exactly analyze's estimates and every
+    sample once."""
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    treatment = emulated_treatment(registry, tmp_path, 8.5)
+    messages = treatment.messages
+    first = treatment.steps[len(treatment.steps) // 3] + 15
+    second = first + (len(messages) - first) // 2
+    with InfluxDB(tmp_path / "influxdb") as influx:
+        counts = expect(influx, "expected", treatment, registry)
+        env = ingest_env(
+            mosquitto, influx, "drain", f"ingest-{unique_id}", tmp_path,
+            checkpoint_interval_s="0.5", checkpoint_batches="10",
+        )  # fmt: skip
+        ingest = IngestProcess(env, tmp_path)
+        ingest.start()
+        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
+        publisher.start()
+        try:
+            publisher.limit = first
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:first]),
+                     "the first part stored", ingest)  # fmt: skip
+            influx.stop()
+            written = ingest.log().count("checkpoint_written")
+            publisher.limit = second
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:second]),
+                     "the second part spooled", ingest)  # fmt: skip
+            wait_for(lambda: ingest.log().count("checkpoint_written") > written,
+                     "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
+            spooled = ingest_metric(ingest, "osteotel_ingest_spool_batches")
+            assert spooled >= 10, spooled
+            influx.start()
+            wait_for(lambda: 0 < ingest_metric(ingest, "osteotel_ingest_spool_batches") < spooled,
+                     "the drain under way", ingest, deadline_s=120)  # fmt: skip
+            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+            left = sum(1 for _ in (tmp_path / "spool").iterdir())
+            assert 0 < left < spooled, (left, spooled)
+
+            ingest.start()  # ready once the spool is drained and the devices caught up
+            log = ingest.log()
+            restart = log.rindex("checkpoint_restored")
+            assert (
+                restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
+            )
+            publisher.finish()
+            wait_stored(influx, "drain", treatment, counts, ingest)
+            assert_estimates(influx, "drain", "expected")
+            for device, times in treatment.samples.items():
+                assert count(influx, "drain", "raw", device) == len(times), device
+        finally:
+            publisher.limit = len(messages)
+            publisher.close()
+            if ingest.process is not None and ingest.process.poll() is None:
+                ingest.stop()
