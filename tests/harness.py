@@ -148,6 +148,27 @@ def ingest_env(
     }
 
 
+def alerts_env(
+    mosquitto: Mosquitto, webhook_url: str, workdir: Path, client_id: str
+) -> dict[str, str]:
+    """`osteotel alerts run` on the example registry, notifying one webhook only, quick timers."""
+    return {
+        **os.environ,
+        "OSTEOTEL_MQTT__HOST": mosquitto.host,
+        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
+        "OSTEOTEL_ALERTS__DATA_DIR": str(workdir / "data"),
+        "OSTEOTEL_ALERTS__REGISTRY": str(EXAMPLE_REGISTRY),
+        "OSTEOTEL_ALERTS__CLIENT_ID": client_id,
+        "OSTEOTEL_ALERTS__WEBHOOK_URLS": json.dumps([webhook_url]),
+        "OSTEOTEL_ALERTS__MQTT_ALERTS": "false",
+        "OSTEOTEL_ALERTS__WRITE_HISTORY": "false",
+        "OSTEOTEL_ALERTS__WATCH_TELEMETRY": "false",
+        "OSTEOTEL_ALERTS__HTTP_PORT": "0",
+        "OSTEOTEL_ALERTS__TICK_S": "0.2",
+        "OSTEOTEL_ALERTS__RETRY_MIN_S": "0.2",
+    }
+
+
 def wait_for(
     condition: Callable[[], bool],
     what: str,

@@ -5,8 +5,6 @@ checkpoint that still lacks what was not read)."""
 
 import asyncio
 import contextlib
-import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from harness import (
     EXAMPLE_REGISTRY,
     IngestProcess,
     Publisher,
+    alerts_env,
     emulated_treatment,
     ingest_env,
     query,
@@ -177,27 +176,6 @@ def test_a_kind_the_service_does_not_know_is_refused_and_counted(tmp_path: Path)
     service.store.close()
 
 
-def _alerts_env(
-    mosquitto: Mosquitto, webhook: Hook, workdir: Path, client_id: str
-) -> dict[str, str]:
-    """`osteotel alerts run` on the example registry, notifying one webhook only."""
-    return {
-        **os.environ,
-        "OSTEOTEL_MQTT__HOST": mosquitto.host,
-        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
-        "OSTEOTEL_ALERTS__DATA_DIR": str(workdir / "data"),
-        "OSTEOTEL_ALERTS__REGISTRY": str(EXAMPLE_REGISTRY),
-        "OSTEOTEL_ALERTS__CLIENT_ID": client_id,
-        "OSTEOTEL_ALERTS__WEBHOOK_URLS": json.dumps([webhook.url]),
-        "OSTEOTEL_ALERTS__MQTT_ALERTS": "false",
-        "OSTEOTEL_ALERTS__WRITE_HISTORY": "false",
-        "OSTEOTEL_ALERTS__WATCH_TELEMETRY": "false",
-        "OSTEOTEL_ALERTS__HTTP_PORT": "0",
-        "OSTEOTEL_ALERTS__TICK_S": "0.2",
-        "OSTEOTEL_ALERTS__RETRY_MIN_S": "0.2",
-    }
-
-
 def _sqlite(alerts: AlertsProcess, sql: str) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(alerts.workdir / "data" / "alerts.db")) as db:
         return db.execute(sql).fetchall()
@@ -228,7 +206,7 @@ def test_a_device_with_data_beyond_the_rebuild_bound_raises_one_alert_end_to_end
     samples = len(treatment.samples[device])
     webhook = Hook()
     alerts = AlertsProcess(
-        _alerts_env(mosquitto, webhook, tmp_path, f"alerts-{unique_id}"), tmp_path
+        alerts_env(mosquitto, webhook.url, tmp_path, f"alerts-{unique_id}"), tmp_path
     )
     ingest = IngestProcess(
         ingest_env(mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path),

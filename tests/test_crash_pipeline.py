@@ -23,7 +23,6 @@ data time, so no notification depends on the wall clock (escalations and repeats
 """
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections import Counter
@@ -36,6 +35,7 @@ from harness import (
     IngestProcess,
     Publisher,
     Treatment,
+    alerts_env,
     clear_hub_status,
     count,
     emulated_treatment,
@@ -113,24 +113,6 @@ class _Pipeline:
         return seen
 
 
-def _alerts_env(mosquitto: Mosquitto, workdir: Path, client_id: str, hook: Hook) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OSTEOTEL_MQTT__HOST": mosquitto.host,
-        "OSTEOTEL_MQTT__PORT": str(mosquitto.port),
-        "OSTEOTEL_ALERTS__DATA_DIR": str(workdir / "data"),
-        "OSTEOTEL_ALERTS__REGISTRY": str(EXAMPLE_REGISTRY),
-        "OSTEOTEL_ALERTS__CLIENT_ID": client_id,
-        "OSTEOTEL_ALERTS__WEBHOOK_URLS": json.dumps([hook.url]),
-        "OSTEOTEL_ALERTS__MQTT_ALERTS": "false",
-        "OSTEOTEL_ALERTS__WRITE_HISTORY": "false",
-        "OSTEOTEL_ALERTS__WATCH_TELEMETRY": "false",
-        "OSTEOTEL_ALERTS__HTTP_PORT": "0",
-        "OSTEOTEL_ALERTS__TICK_S": "0.2",
-        "OSTEOTEL_ALERTS__RETRY_MIN_S": "0.2",
-    }
-
-
 @contextlib.contextmanager
 def _pipeline(
     name: str, mosquitto: Mosquitto, influxdb: InfluxDB, database: str, tmp_path: Path
@@ -141,7 +123,7 @@ def _pipeline(
     workdir.mkdir()
     webhook = Hook()
     alerts = AlertsProcess(
-        _alerts_env(mosquitto, workdir, f"alerts-{name}-{tag}", webhook), workdir
+        alerts_env(mosquitto, webhook.url, workdir, f"alerts-{name}-{tag}"), workdir
     )
     env = ingest_env(
         mosquitto, influxdb, database, f"ingest-{name}-{tag}", workdir,

@@ -17,9 +17,12 @@ from the store alone writes the same points again. A last rebuild bounded to one
 every device `truncated`.
 """
 
+import contextlib
 import re
 import signal
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import (
@@ -27,6 +30,7 @@ from harness import (
     MEASUREMENTS,
     IngestProcess,
     Publisher,
+    Treatment,
     assert_estimates,
     count,
     drop_database,
@@ -136,125 +140,111 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
         drop_database(influxdb, expected_db)
 
 
+@dataclass
+class _Outage:
+    """A run whose store went away after the first third of the treatment."""
+
+    influx: InfluxDB
+    ingest: IngestProcess
+    publisher: Publisher
+    treatment: Treatment
+    counts: dict[str, int]
+
+
+@contextlib.contextmanager
+def _spooled(
+    mosquitto: Mosquitto, name: str, tmp_path: Path, spool_messages: int | None, **settings: str
+) -> Iterator[_Outage]:
+    """The treatment's first third stored; then InfluxDB stopped while `spool_messages` more
+    (None: half the rest) are spooled and acknowledged, and a checkpoint written since.
+    Yields with InfluxDB down."""
+    registry = Registry.load(EXAMPLE_REGISTRY)
+    treatment = emulated_treatment(registry, tmp_path, 8.5)
+    messages = treatment.messages
+    first = treatment.steps[len(treatment.steps) // 3] + 15
+    second = first + (spool_messages or (len(messages) - first) // 2)
+    with InfluxDB(tmp_path / "influxdb") as influx:
+        counts = expect(influx, "expected", treatment, registry)
+        env = ingest_env(
+            mosquitto, influx, name, f"ingest-{name}", tmp_path,
+            checkpoint_interval_s="0.5", checkpoint_batches="10", **settings,
+        )  # fmt: skip
+        ingest = IngestProcess(env, tmp_path)
+        ingest.start()
+        publisher = Publisher(mosquitto, messages, f"publisher-{name}")
+        publisher.start()
+        try:
+            publisher.limit = first
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:first]),
+                     "the first part stored", ingest)  # fmt: skip
+            influx.stop()
+            written = ingest.log().count("checkpoint_written")
+            publisher.limit = second
+            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:second]),
+                     "the second part spooled", ingest)  # fmt: skip
+            wait_for(lambda: ingest.log().count("checkpoint_written") > written,
+                     "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
+            yield _Outage(influx, ingest, publisher, treatment, counts)
+        finally:
+            publisher.limit = len(messages)
+            publisher.close()
+            if ingest.process is not None and ingest.process.poll() is None:
+                ingest.stop()
+
+
+def _drained_then_caught_up_to_analyze(run: _Outage, database: str) -> None:
+    """The restart drained the spool before catching up; once the rest of the treatment is
+    published, analyze's estimates are stored and every sample once."""
+    log = run.ingest.log()
+    restart = log.rindex("checkpoint_restored")
+    assert restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
+    run.publisher.finish()
+    wait_stored(run.influx, database, run.treatment, run.counts, run.ingest)
+    assert_estimates(run.influx, database, "expected")
+    for device, times in run.treatment.samples.items():
+        assert count(run.influx, database, "raw", device) == len(times), device
+
+
 def test_a_kill_with_a_full_spool_and_influxdb_down_at_restart_loses_no_estimate(
     mosquitto: Mosquitto, unique_id: str, tmp_path: Path
 ) -> None:
     """Killed while InfluxDB is away and batches sit in the spool (after a checkpoint that
     counts them), ingest restarts not ready, waits for InfluxDB, drains the spool before
     catching up, and stores exactly analyze's estimates."""
-    registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = emulated_treatment(registry, tmp_path, 8.5)
-    messages = treatment.messages
-    first = treatment.steps[len(treatment.steps) // 3] + 15
-    second = first + 200
-    with InfluxDB(tmp_path / "influxdb") as influx:
-        counts = expect(influx, "expected", treatment, registry)
-        env = ingest_env(
-            mosquitto, influx, "crash", f"ingest-{unique_id}", tmp_path,
-            checkpoint_interval_s="0.5", checkpoint_batches="10", catchup_store_wait_s="120",
-        )  # fmt: skip
-        ingest = IngestProcess(env, tmp_path)
-        ingest.start()
-        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
-        publisher.start()
-        try:
-            publisher.limit = first
-            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:first]),
-                     "the first part stored", ingest)  # fmt: skip
-            influx.stop()
-            written = ingest.log().count("checkpoint_written")
-            publisher.limit = second
-            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:second]),
-                     "the second part spooled", ingest)  # fmt: skip
-            wait_for(lambda: ingest.log().count("checkpoint_written") > written,
-                     "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
-            assert any((tmp_path / "spool").iterdir())
-            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
-
-            starting = threading.Thread(target=ingest.start, daemon=True)
-            starting.start()
-            wait_for(lambda: ingest_metric(ingest, "osteotel_ingest_catchup_running") == 1.0,
-                     "catch-up waiting for InfluxDB")  # fmt: skip
-            assert ingest.get("/readyz")[0] == 503
-            influx.start()
-            starting.join(60)
-            assert ingest.get("/readyz")[0] == 200
-            log = ingest.log()
-            restart = log.rindex("checkpoint_restored")
-            assert (
-                restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
-            )
-
-            publisher.limit = len(messages)
-            publisher.join(60)
-            assert publisher.failed is None
-            wait_stored(influx, "crash", treatment, counts, ingest)
-            assert_estimates(influx, "crash", "expected")
-            for device, times in treatment.samples.items():
-                assert count(influx, "crash", "raw", device) == len(times), device
-        finally:
-            publisher.limit = len(messages)
-            publisher.close()
-            if ingest.process is not None and ingest.process.poll() is None:
-                ingest.stop()
+    name = f"full_{unique_id}".replace("-", "_")
+    with _spooled(mosquitto, name, tmp_path, 200, catchup_store_wait_s="120") as run:
+        ingest = run.ingest
+        assert any((tmp_path / "spool").iterdir())
+        assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        starting = threading.Thread(target=ingest.start, daemon=True)
+        starting.start()
+        wait_for(lambda: ingest_metric(ingest, "osteotel_ingest_catchup_running") == 1.0,
+                 "catch-up waiting for InfluxDB")  # fmt: skip
+        assert ingest.get("/readyz")[0] == 503
+        run.influx.start()
+        starting.join(60)
+        assert ingest.get("/readyz")[0] == 200
+        _drained_then_caught_up_to_analyze(run, name)
 
 
 def test_a_kill_during_the_spool_drain_loses_no_estimate(
     mosquitto: Mosquitto, unique_id: str, tmp_path: Path
 ) -> None:
-    """InfluxDB away while a third of the treatment is published (spooled, acknowledged, a
+    """InfluxDB away while half of the treatment's rest is published (spooled, acknowledged, a
     checkpoint written); InfluxDB back; ingest killed while the spool drains (some batches
     replayed, some not; one may be in InfluxDB but not yet taken from the spool). The restart
     drains the rest before catching up and stores exactly analyze's estimates and every
     sample once."""
-    registry = Registry.load(EXAMPLE_REGISTRY)
-    treatment = emulated_treatment(registry, tmp_path, 8.5)
-    messages = treatment.messages
-    first = treatment.steps[len(treatment.steps) // 3] + 15
-    second = first + (len(messages) - first) // 2
-    with InfluxDB(tmp_path / "influxdb") as influx:
-        counts = expect(influx, "expected", treatment, registry)
-        env = ingest_env(
-            mosquitto, influx, "drain", f"ingest-{unique_id}", tmp_path,
-            checkpoint_interval_s="0.5", checkpoint_batches="10",
-        )  # fmt: skip
-        ingest = IngestProcess(env, tmp_path)
-        ingest.start()
-        publisher = Publisher(mosquitto, messages, f"publisher-{unique_id}")
-        publisher.start()
-        try:
-            publisher.limit = first
-            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:first]),
-                     "the first part stored", ingest)  # fmt: skip
-            influx.stop()
-            written = ingest.log().count("checkpoint_written")
-            publisher.limit = second
-            wait_for(lambda: frames_stored(ingest) == frames_of(messages[:second]),
-                     "the second part spooled", ingest)  # fmt: skip
-            wait_for(lambda: ingest.log().count("checkpoint_written") > written,
-                     "a checkpoint while InfluxDB is away", ingest)  # fmt: skip
-            spooled = ingest_metric(ingest, "osteotel_ingest_spool_batches")
-            assert spooled >= 10, spooled
-            influx.start()
-            wait_for(lambda: 0 < ingest_metric(ingest, "osteotel_ingest_spool_batches") < spooled,
-                     "the drain under way", ingest, deadline_s=120)  # fmt: skip
-            assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
-            left = sum(1 for _ in (tmp_path / "spool").iterdir())
-            assert 0 < left < spooled, (left, spooled)
-
-            ingest.start()  # ready once the spool is drained and the devices caught up
-            log = ingest.log()
-            restart = log.rindex("checkpoint_restored")
-            assert (
-                restart < log.index("spool_drained", restart) < log.index("catchup_done", restart)
-            )
-            publisher.finish()
-            wait_stored(influx, "drain", treatment, counts, ingest)
-            assert_estimates(influx, "drain", "expected")
-            for device, times in treatment.samples.items():
-                assert count(influx, "drain", "raw", device) == len(times), device
-        finally:
-            publisher.limit = len(messages)
-            publisher.close()
-            if ingest.process is not None and ingest.process.poll() is None:
-                ingest.stop()
+    name = f"drain_{unique_id}".replace("-", "_")
+    with _spooled(mosquitto, name, tmp_path, None) as run:
+        ingest = run.ingest
+        spooled = ingest_metric(ingest, "osteotel_ingest_spool_batches")
+        assert spooled >= 10, spooled
+        run.influx.start()
+        wait_for(lambda: 0 < ingest_metric(ingest, "osteotel_ingest_spool_batches") < spooled,
+                 "the drain under way", ingest, deadline_s=120)  # fmt: skip
+        assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+        left = sum(1 for _ in (tmp_path / "spool").iterdir())
+        assert 0 < left < spooled, (left, spooled)
+        ingest.start()  # ready once the spool is drained and the devices caught up
+        _drained_then_caught_up_to_analyze(run, name)
