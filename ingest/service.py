@@ -21,7 +21,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,7 +55,7 @@ from .catchup import (
     unfed_part,
 )
 from .checkpoint import Checkpointer, Position, read_checkpoint
-from .deadletter import DeadLetter, DeadLetterWriter
+from .deadletter import DeadLetterWriter
 from .estimates import estimate_line, estimate_message, feed_event, register_device
 from .metrics import HealthServer, IngestMetrics, stats_lines
 from .partition import Subscriptions, hub_partition, partition_of, subscriptions
@@ -67,7 +66,6 @@ from .records import (
     status_lines,
 )
 from .redelivery import (
-    Identity,
     Redeliveries,
     mark_all_acknowledged,
     take_all_acknowledged,
@@ -75,6 +73,7 @@ from .redelivery import (
 from .rejection import Rejections
 from .spool import Spool
 from .storage import Storage
+from .work import Batch, PendingFrames, Work
 
 __all__ = ["IngestService"]
 
@@ -92,37 +91,6 @@ _DRAIN_TIMEOUT_S = 10.0
 _HANDLE_MAX_MESSAGES = 200
 
 
-@dataclass(slots=True)
-class _Work:
-    """One received message turned into what must be stored before it is acknowledged."""
-
-    message: Received
-    lines: bytes
-    device: str | None = None
-    samples: int = 0
-    t_last_ns: int = 0
-    dead_letter: DeadLetter | None = None
-    # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.
-    rejection: Identity | None = None
-    estimates: list[tuple[str, bytes]] = field(default_factory=list)
-    # Running number of the work in the order made (ingest/checkpoint.py).
-    seq: int = 0
-
-
-@dataclass(slots=True)
-class _PendingFrames:
-    """Accepted frames of a batch not yet through the DSP, and the work each belongs to."""
-
-    frames: list[Frame] = field(default_factory=list)
-    works: list[_Work] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Batch:
-    items: list[_Work] = field(default_factory=list)
-    lines: int = 0
-
-
 class IngestService:
     """Subscribes to every hub, validates, stores, and accounts for each message.
 
@@ -138,9 +106,9 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
-        self._queue: asyncio.Queue[_Work] = asyncio.Queue(settings.ingest.queue_max_messages)
+        self._queue: asyncio.Queue[Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         # Work made from received messages and not in the queue yet (the queue was full).
-        self._handed: deque[_Work] = deque()
+        self._handed: deque[Work] = deque()
         self.accounting = Accounting()
         self._rejections = Rejections(
             accounting=self.accounting,
@@ -306,7 +274,7 @@ class IngestService:
             )
             if outcome is not None:
                 body += catchup_line(outcome)
-            await self._store_or_spool(body, _Batch())
+            await self._store_or_spool(body, Batch())
             if outcome is not None:
                 # Stored first, like an estimate: the alert service hears of a device whose
                 # history could not be read (docs/derived.md, `catchup`).
@@ -366,7 +334,7 @@ class IngestService:
     async def _write_device_info(self, retired: set[str]) -> None:
         lines = device_info_lines(self._registry.current, retired=retired, now_ns=time.time_ns())
         # Through the spool like any batch: the boards must not lose a patient's entry.
-        await self._store_or_spool(lines, _Batch())
+        await self._store_or_spool(lines, Batch())
 
     async def _watch_registry(self) -> None:
         await self._write_device_info(retired=set())
@@ -398,13 +366,13 @@ class IngestService:
             await self._queue.put(self._handed.popleft())
         await self._queue.join()
 
-    def _handle_batch(self, messages: list[Received]) -> list[_Work]:
+    def _handle_batch(self, messages: list[Received]) -> list[Work]:
         """Turn a batch of messages into work, in order; the DSP runs frames in runs."""
         partitions = self._settings.ingest.partitions
         mine = self._settings.ingest.partition
         registry = self._registry.current  # one version for the whole batch
-        works: list[_Work] = []
-        pending = _PendingFrames()
+        works: list[Work] = []
+        pending = PendingFrames()
         clock, spent = time.thread_time_ns, self.accounting.stage_ns
         handle_started = clock()
         for message in messages:
@@ -413,7 +381,7 @@ class IngestService:
                 # Another process owns this hub: queued for this session before its hub moved
                 # (a registry change, another process count). Acknowledge in turn, store nothing.
                 self.accounting.messages_foreign += 1
-                works.append(_Work(message, b""))
+                works.append(Work(message, b""))
                 continue
             started = clock()
             try:
@@ -443,7 +411,7 @@ class IngestService:
         spent["handle"] += clock() - handle_started
         return works
 
-    def _estimate_frames(self, pending: _PendingFrames, registry: Registry) -> None:
+    def _estimate_frames(self, pending: PendingFrames, registry: Registry) -> None:
         """Run the frames waiting for the DSP through it at once, in order of receipt."""
         if not pending.frames:
             return
@@ -453,7 +421,7 @@ class IngestService:
         finally:
             self.accounting.stage_ns["dsp"] += time.thread_time_ns() - started
 
-    def _run_dsp(self, pending: _PendingFrames, registry: Registry) -> None:
+    def _run_dsp(self, pending: PendingFrames, registry: Registry) -> None:
         frames, works = pending.frames, pending.works
         pending.frames, pending.works = [], []
         for frame in frames:
@@ -482,7 +450,7 @@ class IngestService:
         # carries them all, so they are stored and published in the order the DSP made them.
         self._attach(works[-1], records, registry)
 
-    def _attach(self, work: _Work, records: list[EstimateRecord], registry: Registry) -> None:
+    def _attach(self, work: Work, records: list[EstimateRecord], registry: Registry) -> None:
         """Add estimate points and messages to a message's work."""
         if not records:
             return
@@ -507,21 +475,21 @@ class IngestService:
         message: Received,
         accepted: Accepted,
         registry: Registry,
-        pending: _PendingFrames,
-    ) -> _Work:
+        pending: PendingFrames,
+    ) -> Work:
         item = accepted.message
         if isinstance(item, HubStatus):
-            return _Work(message, status_lines(item))
+            return Work(message, status_lines(item))
         if isinstance(item, Frame):
             assert accepted.encoding is not None
             if not self.accounting.frame(item.device, item.seq, item.t0_ns):
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
-                return _Work(message, b"")
+                return Work(message, b"")
             device = registry.devices[item.device]
             self._know(device)
             # Calibrated before anything else: stored samples and the DSP see physical units.
             item = calibrate(item, device.calibration)
-            work = _Work(message, frame_lines(accepted.hub, item, accepted.encoding))
+            work = Work(message, frame_lines(accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
             unfed = unfed_part(item, self._fed_until.get(item.device))
             if unfed is None:
@@ -533,7 +501,7 @@ class IngestService:
             pending.works.append(work)
             return work
         self._know(registry.devices[item.device])
-        work = _Work(message, event_lines(accepted.hub, item))
+        work = Work(message, event_lines(accepted.hub, item))
         if not event_unfed(item, self._fed_until.get(item.device)):
             self.catchup.events_not_fed += 1  # read before: stored again, not fed again
             return work
@@ -548,9 +516,9 @@ class IngestService:
             register_device(self._estimator, device)
             self._estimated.add(device.id)
 
-    def _reject(self, message: Received, rejected: Rejected) -> _Work:
+    def _reject(self, message: Received, rejected: Rejected) -> Work:
         rejection = self._rejections.reject(message, rejected)
-        return _Work(
+        return Work(
             message,
             rejection.lines,
             dead_letter=rejection.dead_letter,
@@ -561,7 +529,7 @@ class IngestService:
         limits = self._settings.ingest
         queue = self._queue
         while True:
-            batch = _Batch()
+            batch = Batch()
             work = await queue.get()
             deadline = time.monotonic() + limits.batch_max_delay_s
             while True:
@@ -589,7 +557,7 @@ class IngestService:
             for _ in batch.items:
                 queue.task_done()
 
-    async def _commit(self, batch: _Batch, source: MqttSource) -> None:
+    async def _commit(self, batch: Batch, source: MqttSource) -> None:
         """Make a batch durable, then acknowledge its messages in the order received."""
         letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
         if letters:
@@ -624,13 +592,13 @@ class IngestService:
         self._checkpointer.committed(batch.items[-1].seq, source.confirmed)
         spent["acknowledge"] += time.thread_time_ns() - started
 
-    async def _store_or_spool(self, body: bytes, batch: _Batch) -> None:
+    async def _store_or_spool(self, body: bytes, batch: Batch) -> None:
         """Write to InfluxDB or the spool (ingest/storage.py); a refused batch is written message
         by message so that the one the server refuses does not cost its neighbours."""
         if not await self._storage.write_or_spool(body):
             await self._commit_one_by_one(batch)
 
-    async def _commit_one_by_one(self, batch: _Batch) -> None:
+    async def _commit_one_by_one(self, batch: Batch) -> None:
         """Find the message the server refuses so that it does not cost its neighbours."""
         for work in batch.items:
             if not work.lines:

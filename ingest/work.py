@@ -1,0 +1,48 @@
+"""What ingest makes of received messages on their way to the store and the acknowledgement.
+
+`IngestService` (ingest/service.py) turns each batch of received messages into `Work`, runs the
+accepted frames through the DSP together (`PendingFrames`), and commits work in `Batch`es.
+"""
+
+from dataclasses import dataclass, field
+
+from devices.contract import Frame
+from osteotel.mqtt import Received
+
+from .deadletter import DeadLetter
+from .redelivery import Identity
+
+__all__ = ["Batch", "PendingFrames", "Work"]
+
+
+@dataclass(slots=True)
+class Work:
+    """One received message turned into what must be stored before it is acknowledged."""
+
+    message: Received
+    lines: bytes
+    device: str | None = None
+    samples: int = 0
+    t_last_ns: int = 0
+    dead_letter: DeadLetter | None = None
+    # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.
+    rejection: Identity | None = None
+    estimates: list[tuple[str, bytes]] = field(default_factory=list)
+    # Running number of the work in the order made (ingest/checkpoint.py).
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class PendingFrames:
+    """Accepted frames of a batch not yet through the DSP, and the work each belongs to."""
+
+    frames: list[Frame] = field(default_factory=list)
+    works: list[Work] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Work committed together: one write to the store, then the acknowledgements in order."""
+
+    items: list[Work] = field(default_factory=list)
+    lines: int = 0
