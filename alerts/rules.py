@@ -30,7 +30,6 @@ Everything is plain Python on small deques: per input a few dozen operations.
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,10 +44,11 @@ from alerts.inputs import (
 )
 from alerts.model import RULES, Observation, Severity
 from alerts.thresholds import AlertOverrides, Thresholds
+from alerts.trend import slope_per_day, slope_with_error
 from devices.contract import Battery, Event, Fault, Frame, HubStatus, Reboot
 from devices.registry import Device, Registry
 
-__all__ = ["RULES", "RuleBook", "UnknownDeviceError", "slope_per_day", "slope_with_error"]
+__all__ = ["RULES", "RuleBook", "UnknownDeviceError"]
 
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
@@ -59,32 +59,6 @@ _HISTORY = 200  # steps, daily records and gap entries kept per device
 
 class UnknownDeviceError(LookupError):
     """A message names a device the registry does not know (or from another hub)."""
-
-
-def slope_per_day(points: Iterable[tuple[int, float]]) -> float:
-    """Least-squares slope of (t_ns, value) points, value units per day; NaN below 2 times."""
-    return slope_with_error(points)[0]
-
-
-def slope_with_error(points: Iterable[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares slope of (t_ns, value) points and its standard error, both per day.
-
-    Non-finite values are skipped. The slope is NaN below 2 distinct times; the standard
-    error (from the residuals, n - 2 degrees of freedom) is NaN below 3 points.
-    """
-    pts = [(t / _DAY_NS, v) for t, v in points if math.isfinite(v)]
-    if len(pts) < 2:
-        return math.nan, math.nan
-    mean_t = sum(t for t, _ in pts) / len(pts)
-    mean_v = sum(v for _, v in pts) / len(pts)
-    sxx = sum((t - mean_t) ** 2 for t, _ in pts)
-    if sxx == 0.0:
-        return math.nan, math.nan
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in pts) / sxx
-    if len(pts) < 3:
-        return slope, math.nan
-    residual = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in pts)
-    return slope, math.sqrt(residual / (len(pts) - 2) / sxx)
 
 
 @dataclass

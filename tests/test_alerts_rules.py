@@ -8,8 +8,9 @@ import pytest
 
 from alerts.inputs import parse_estimate
 from alerts.model import Observation, Severity
-from alerts.rules import RuleBook, UnknownDeviceError, slope_per_day, slope_with_error
+from alerts.rules import RuleBook, UnknownDeviceError
 from alerts.thresholds import AlertOverrides, load_overrides
+from alerts.trend import slope_per_day, slope_with_error
 from devices.contract import Battery, Fault, Frame, HubStatus, Reboot
 from devices.registry import Registry
 from osteotel.errors import ConfigError
