@@ -9,6 +9,8 @@ subscription hashed by the publishing hub (EMQX: `$share/osteotel/...` with
 (docs/ingest.md).
 """
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -52,20 +54,38 @@ def child_environment(
         "OSTEOTEL_MQTT__CLIENT_ID": f"{settings.mqtt.client_id}-{partition}",
         "OSTEOTEL_INGEST__SPOOL_DIR": str(ingest.spool_dir / f"partition-{partition}"),
         "OSTEOTEL_INGEST__STATE_DIR": str(ingest.state_dir / f"partition-{partition}"),
+        # Each child appends to its own files: two processes' flushes to one file could
+        # interleave their lines, and a child reads back only the letters it wrote.
+        "OSTEOTEL_INGEST__DEAD_LETTER_DIR": str(ingest.dead_letter_dir / f"partition-{partition}"),
     }
     if ingest.http_port:
         env["OSTEOTEL_INGEST__HTTP_PORT"] = str(ingest.http_port + local)
     return env
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with(supervisor: int) -> None:
+    """In a child, before it runs ingest: ask Linux for a SIGTERM (a graceful stop) when the
+    supervisor dies, however it dies — a SIGKILLed supervisor otherwise left its children
+    running, still subscribed, beside the next supervisor's. Elsewhere nothing happens."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(settings: Settings, processes: int) -> int:
     """Run `processes` ingest children until a signal stops them; returns the worst exit code."""
     here = partitions_here(settings, processes)
     total = max(settings.ingest.partitions, processes)
+    supervisor = os.getpid()
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "ingest"],
             env=child_environment(settings, partition, total, local),
+            preexec_fn=lambda: _stop_with(supervisor),  # noqa: PLW1509 - no threads here yet
         )
         for local, partition in enumerate(here)
     ]

@@ -1,6 +1,8 @@
 """Two ingest processes share the hubs: each message is received by exactly one, and each
 device is stored by exactly one, all of it."""
 
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from harness import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.bench.processes import process_tree
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_frame_json
 from devices.contract import SUBSCRIPTIONS, Frame, hub_filter, telemetry_topic
@@ -239,3 +242,48 @@ def test_two_machines_share_the_site_partitions_between_their_children() -> None
         partitions_here(Settings(ingest={"partitions": 4, "partition": 3}), 2)
     one_machine = Settings()
     assert list(partitions_here(one_machine, 2)) == [0, 1]
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_each_child_keeps_its_dead_letters_and_stops_with_its_supervisor(
+    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
+) -> None:
+    """With two processes, a bad message of each hub is dead-lettered in its owner's own
+    directory (dead_letter_dir/partition-k); a SIGKILLed supervisor takes its children with it
+    (they stop gracefully instead of running on, subscribed, beside the next supervisor's)."""
+    env = ingest_env(mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path)
+    ingest = IngestProcess(env, tmp_path, args=("--processes", "2"), processes=2)
+    ingest.start()
+    assert ingest.process is not None
+    supervisor = ingest.process.pid
+    children = [pid for pid in process_tree(supervisor) if pid != supervisor]
+    assert len(children) == 2
+    try:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bad-{unique_id}")
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        for hub, device in (("HUB-A", "DX-0001"), ("HUB-B", "DX-0003")):
+            client.publish(telemetry_topic(hub, device), b"{not json", 1).wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()
+        for hub in ("HUB-A", "HUB-B"):
+            own = tmp_path / "dead-letter" / f"partition-{hub_partition(hub, 2)}"
+            wait_for(lambda own=own, hub=hub: any(  # type: ignore[misc]
+                f"/{hub}/" in path.read_text() for path in own.glob("dead-letter-*.jsonl")
+            ), f"{hub}'s dead letter in its owner's directory", ingest)  # fmt: skip
+        ingest.process.kill()
+        ingest.process.wait(10)
+        wait_for(lambda: not any(_running(pid) for pid in children),
+                 "the children to stop with their supervisor")  # fmt: skip
+    finally:
+        for pid in children:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
