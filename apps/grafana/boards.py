@@ -420,6 +420,23 @@ _QUALITY = Board(
             description="Frames stored over frames stored and still missing (sequence gaps not "
             "filled late), since the ingest process started.",
         ),
+        Panel(
+            "How each device's estimator started (ingest's last start)",
+            (
+                Query(
+                    "catchup",
+                    ("last({status})", "last({frames})", "last({samples})", "last({events})"),
+                    group_tags=("hub", "device"),
+                    # A start long ago still tells how the estimates running now began.
+                    time_filter=False,
+                ),
+            ),
+            kind="table",
+            width=24,
+            description="caught_up: from the checkpoint, with what was stored after it; rebuilt: "
+            "from the store; truncated or store_unreachable: the device's trends lack part of "
+            "its history (the estimates_incomplete alert says so, docs/ingest.md).",
+        ),
     ),
 )
 
