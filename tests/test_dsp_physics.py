@@ -303,3 +303,28 @@ def test_a_soft_regenerate_measured_through_noise_is_poor() -> None:
         k_inst_n_per_mm=6.0, ramp_s=0.5, tau_f_s=1.0, rate_hz=50.0, force_noise_n=0.5
     )
     assert all("poor_regenerate" in flags for flags in days)
+
+
+@pytest.mark.parametrize("tau_f_s", [0.3, 1.0, 5.0])
+@pytest.mark.parametrize("ramp_s", [0.0, 5.0, 60.0, 180.0])
+@pytest.mark.parametrize("rate_hz", [10.0, 25.0, 100.0, 200.0])
+def test_the_day_rules_hold_over_the_range_of_real_devices(
+    rate_hz: float, ramp_s: float, tau_f_s: float
+) -> None:
+    """Over rates 10-200 Hz, ramps from one sample to 3 min and tau_f 0.3-5 s, a healthy
+    15 N/mm regenerate is never poor_regenerate nor sign_inconsistent, and the same device
+    with its force channel inverted is sign_inconsistent every day."""
+    healthy, inverted = (
+        _days_of_steps(
+            k_inst_n_per_mm=15.0,
+            ramp_s=ramp_s,
+            tau_f_s=tau_f_s,
+            rate_hz=rate_hz,
+            force_noise_n=0.5,
+            polarity=polarity,
+            seed=int(rate_hz + ramp_s),
+        )
+        for polarity in (1.0, -1.0)
+    )
+    assert healthy == [(), (), ()]
+    assert all("sign_inconsistent" in flags for flags in inverted), inverted
