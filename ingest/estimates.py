@@ -17,7 +17,7 @@ from dsp.adherence import Protocol
 from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.store.lineproto import point_line
 
-__all__ = ["estimate_line", "estimate_message", "feed_event", "register_device"]
+__all__ = ["dsp_protocol", "estimate_line", "estimate_message", "feed_event", "register_device"]
 
 # kind -> (measurement, the record field that becomes a tag besides hub and device)
 _MEASUREMENTS: dict[str, tuple[str, str | None]] = {
@@ -30,17 +30,19 @@ _MEASUREMENTS: dict[str, tuple[str, str | None]] = {
 _ENVELOPE = frozenset({"device", "t_ns", "kind"})
 
 
+def dsp_protocol(device: Device) -> Protocol:
+    """The registry's prescription of a device as the estimator takes it."""
+    prescribed = device.protocol
+    return Protocol(
+        steps_per_day=prescribed.steps_per_day,
+        step_mm=prescribed.step_mm,
+        target_mm=prescribed.target_mm,
+    )
+
+
 def register_device(estimator: FleetEstimator, device: Device) -> None:
     """Tell the estimator a device's prescription and calibration from the registry."""
-    protocol = device.protocol
-    estimator.set_protocol(
-        device.id,
-        Protocol(
-            steps_per_day=protocol.steps_per_day,
-            step_mm=protocol.rate_mm_per_day / protocol.steps_per_day,
-            target_mm=protocol.target_mm,
-        ),
-    )
+    estimator.set_protocol(device.id, dsp_protocol(device))
     estimator.set_calibration(device.id, device.calibration.id)
 
 

@@ -29,9 +29,8 @@ from devices.codec import decode_frame
 from devices.emulator.capture import CapturedMessage, capture_fleet, read_capture
 from devices.emulator.fleet import FleetPlan
 from devices.registry import Registry
-from dsp.adherence import Protocol
 from dsp.estimator import EstimateRecord
-from ingest.estimates import estimate_line
+from ingest.estimates import dsp_protocol, estimate_line
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore, Series
 
@@ -290,12 +289,7 @@ def offline_records(capture: Path, registry: Registry) -> list[EstimateRecord]:
     those only `flush()` closes (ingest never flushes): the last day and open windows."""
     records: list[EstimateRecord] = []
     for device in registry.devices.values():
-        prescribed = device.protocol
-        protocol = Protocol(
-            steps_per_day=prescribed.steps_per_day,
-            step_mm=prescribed.rate_mm_per_day / prescribed.steps_per_day,
-            target_mm=prescribed.target_mm,
-        )
+        protocol = dsp_protocol(device)
         mine = [
             replace(record, calibration_id=device.calibration.id)
             for record in analyze_capture(capture, protocol=protocol)

@@ -35,8 +35,8 @@ from devices.contract import status_topic
 from devices.emulator.capture import CaptureWriter, capture_fleet, read_capture, replay
 from devices.emulator.fleet import FleetPlan
 from devices.registry import Registry
-from dsp.adherence import Protocol
 from dsp.estimator import EstimateRecord
+from ingest.estimates import dsp_protocol
 from osteotel.settings import MqttSettings
 
 _DAYS = 9.5  # latency 7 days, then two and a half days of steps; a load test every day
@@ -108,12 +108,7 @@ def _offline(capture: Path, registry: Registry) -> tuple[list[dict[str, Any]], A
     records: list[dict[str, Any]] = []
     stats = AnalyzeStats()
     for device in registry.devices.values():
-        prescribed = device.protocol
-        protocol = Protocol(
-            steps_per_day=prescribed.steps_per_day,
-            step_mm=prescribed.rate_mm_per_day / prescribed.steps_per_day,
-            target_mm=prescribed.target_mm,
-        )
+        protocol = dsp_protocol(device)
         stats = AnalyzeStats()
         records += [
             _comparable(record)
