@@ -34,6 +34,7 @@ RULES = (
     "sign_inconsistent",
     "poor_regenerate",
     "estimates_incomplete",
+    "stiffness_unmeasured",
 )
 """Every rule id, as used in alerts, silences and the CLI."""
 

@@ -8,7 +8,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | distraction_force | warning/critical | step | force before the step plus its jump over a limit |
 | premature_consolidation | warning | step | step stiffness growing faster than the limit (/day) |
 | delayed_consolidation | warning | daily | load share falling too slowly, or projected too late |
-| stiffness_drop | critical | step, probe, daily | k_inst below half the recent median; loosening |
+| stiffness_drop | critical | step, probe, daily | k_peak / k_inst below half the recent median |
 | force_drop | critical | step | residual force below half the patient's recent median |
 | overload | warning | telemetry | frame peak far above the patient's daily loading |
 | missed_steps, extra_steps | warning | daily | steps against the prescribed rhythm |
@@ -22,6 +22,7 @@ the device's thresholds (alerts.thresholds). Rules, their ids and inputs (docs/a
 | sign_inconsistent | info | load share, daily | the device's steps and loading disagree in sign |
 | poor_regenerate | warning | daily | the DSP's day flag: recent steps softer than the limit |
 | estimates_incomplete | info | catchup | ingest could not read part of the stored history |
+| stiffness_unmeasured | info | step | too few measured k_inst to judge premature growth |
 
 Patient-relative rules compare with the patient's own history (drops, overload, delayed).
 Everything is plain Python on small deques: per input a few dozen operations.
@@ -32,6 +33,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from alerts.inputs import (
     CatchupInput,
@@ -61,11 +63,21 @@ class UnknownDeviceError(LookupError):
     """A message names a device the registry does not know (or from another hub)."""
 
 
+class _StepMemory(NamedTuple):
+    """What the step rules keep of one distraction step."""
+
+    t_ns: int
+    k_inst_n_per_mm: float  # NaN unless measured (not `low_snr`)
+    f_residual_n: float
+    k_peak_n_per_mm: float
+    ramp_s: float
+
+
 @dataclass
 class _Track:
     """Per-device memory of the rules."""
 
-    steps: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    steps: deque[_StepMemory] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     probes: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     daily_shares: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     consolidation_start_ns: int | None = None
@@ -264,16 +276,23 @@ class RuleBook:
             return out
         # A distraction step moves the force by several N: its residual force is judged on
         # every step (a failed fit there is the tissue doing something else, a separation).
-        # Its k_inst only where it is a measurement: the DSP marks `low_snr` a k_inst within
-        # its own error or resting on a held tau_fast (a ramp of many tau_fast).
-        measured = "low_snr" not in est.flags
-        history = [s[1] for s in track.steps]
-        if measured:
-            out += self._drop(
-                d, "stiffness_drop", est.t_ns, k, history, th, 0.0, "instantaneous stiffness",
-                "N/mm",
-            )  # fmt: skip
-        residuals = [s[2] for s in track.steps]
+        # A sudden loss of stiffness (loosening, separation) is judged on k_peak, the force the
+        # step really reached at its ramp's end per mm: it is measured whatever the drive's
+        # ramp, where k_inst is not (a ramp of many tau_fast leaves it `low_snr`; on the
+        # independent physics, a loosening to 30 % was seen by k_inst on 11 of 48 devices and
+        # by k_peak on all 48, tests/test_alerts_physics.py). k_peak depends on the ramp as
+        # much as on the tissue, so it is compared only with steps of a similar ramp.
+        k_peak = est.k_peak_n_per_mm
+        comparable = [
+            s.k_peak_n_per_mm
+            for s in track.steps
+            if math.isclose(s.ramp_s, est.ramp_s, rel_tol=0.25, abs_tol=1.0)
+        ]
+        out += self._drop(
+            d, "stiffness_drop", est.t_ns, k_peak, comparable, th, 0.0, "peak step stiffness",
+            "N/mm",
+        )  # fmt: skip
+        residuals = [s.f_residual_n for s in track.steps]
         # The DSP judges a separation on the step itself (the force before it below half of
         # the last steps' and >= 5 N lower, docs/dsp.md): then the drop needs no absolute
         # size here, which early in distraction, when the residual force is tens of N, the
@@ -283,24 +302,52 @@ class RuleBook:
             d, "force_drop", est.t_ns, est.f_residual_n, residuals, th, min_drop,
             "residual force", "N",
         )  # fmt: skip
-        track.steps.append((est.t_ns, k if measured else math.nan, est.f_residual_n))
+        # k_inst is the growth rule's input only where it is a measurement: the DSP marks
+        # `low_snr` a k_inst whose standard error exceeds 8 % of it or that rests on a held
+        # tau_fast, so every k_inst the rule reads is known within 8 %.
+        measured = "low_snr" not in est.flags
+        track.steps.append(
+            _StepMemory(
+                est.t_ns, est.k_inst_n_per_mm if measured else math.nan, est.f_residual_n,
+                k_peak, est.ramp_s,
+            )
+        )  # fmt: skip
         return out + self._premature(d, track, th, est.t_ns)
 
     def _premature(self, d: Device, track: _Track, th: Thresholds, t_ns: int) -> list[Observation]:
         # Relative to the patient's own trajectory: the growth rate of ln k_inst is scale-free,
-        # so it needs no absolute force and holds for any gain, site or tissue.
+        # so it needs no absolute force and holds for any gain, site or tissue. Not on k_peak:
+        # the relaxation's fast share falls step by step (Bachmeier 2022), so on a slow ramp
+        # k_peak grows several times faster than the tissue's stiffness.
         window_ns = round(th.premature_window_days * _DAY_NS)
-        recent = [(t, math.log(k)) for t, k, _ in track.steps if t > t_ns - window_ns and k > 0]
+        window = [s for s in track.steps if s.t_ns > t_ns - window_ns]
+        recent = [(s.t_ns, math.log(s.k_inst_n_per_mm)) for s in window if s.k_inst_n_per_mm > 0]
         # (a step whose k_inst is no measurement is kept as NaN, and k > 0 leaves it out)
-        if len(recent) < th.premature_min_steps:
+        if len(window) < th.premature_min_steps:
             return []
+        # Enough steps to judge, too few of them measured: say so, never stay silent. Raised
+        # below the growth rule's count or half the steps, cleared at both the count and
+        # three quarters: a device measuring about half its steps does not flap.
+        measured, steps = len(recent), len(window)
+        out = self._obs(
+            d, "stiffness_unmeasured", t_ns,
+            measured < th.premature_min_steps or 2 * measured < steps,
+            measured >= th.premature_min_steps and 4 * measured >= 3 * steps,
+            Severity.INFO, float(measured),
+            f"k_inst measured on {measured} of the last {steps} steps (the growth rule needs "
+            f"{th.premature_min_steps}): premature consolidation is judged on few steps or not "
+            "at all; the steps' ramps are long against the fast relaxation, or the force signal "
+            "is noisy",
+        )  # fmt: skip
+        if len(recent) < th.premature_min_steps:
+            return out
         growth, error = slope_with_error(recent)
         if not (finite(growth) and finite(error)):
-            return []
+            return out
         limit = math.log1p(th.premature_k_growth_per_day)
         # Two standard errors either way: one noisy day of step fits neither fires nor clears.
         rate = math.expm1(growth)
-        return self._obs(
+        return out + self._obs(
             d, "premature_consolidation", t_ns, growth - 2.0 * error > limit,
             growth + 2.0 * error < limit, Severity.WARNING, rate,
             f"step stiffness growing {100 * rate:.0f} %/day over {len(recent)} steps "
@@ -425,6 +472,14 @@ class RuleBook:
             f"{extra} distraction steps beyond the {est.steps_prescribed} prescribed on that day",
         )  # fmt: skip
         out += self._loosening(d, track, est)
+        if est.phase in ("consolidation", "ready") and self._emitted.get(
+            (d.id, "stiffness_unmeasured"), (False, True)
+        ) != (False, True):
+            # Distraction is over: there is no growth left to judge.
+            out += self._obs(
+                d, "stiffness_unmeasured", est.t_ns, False, True, Severity.INFO, None,
+                "distraction is over: no step growth to judge",
+            )  # fmt: skip
         if "signal_quality" not in est.flags and (track.faulty_channels or track.episodes):
             # A whole day without a problem stretch: every channel is clean again.
             track.faulty_channels.clear()

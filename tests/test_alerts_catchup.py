@@ -63,7 +63,7 @@ def test_the_alert_service_reads_ingests_catchup_message() -> None:
         "kind": "catchup", "status": "truncated", "from_ns": FROM_NS, **COUNTS,
     }  # fmt: skip
     assert input_key(parsed) == f"estimate/DX-0001/catchup/{T0}"
-    assert RULES[-1] == "estimates_incomplete"
+    assert "estimates_incomplete" in RULES
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,7 @@ def _estimate(device: str, step: int) -> bytes:
     return json.dumps({
         "v": 1, "device": device, "hub": "HUB-A", "patient": f"P-{device[-6:].upper()}",
         "t_ns": T0 + step * STEP_NS, "kind": "step", "f_peak_n": _peak_n(step),
+        "k_inst_n_per_mm": 50.0,  # measured: the growth rule judges it, and it is steady
     }).encode()  # fmt: skip
 
 

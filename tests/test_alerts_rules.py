@@ -111,11 +111,22 @@ def test_unknown_override_key_is_a_config_error(tmp_path: Path) -> None:
         load_overrides(path)
 
 
+RAMP_S = 0.5  # the drive's ramp of every step here
+
+
 def steps(rules: RuleBook, residuals: list[float], *, k: float = 50.0) -> list[Observation]:
     out: list[Observation] = []
     for i, f in enumerate(residuals):
         out += rules.estimate(
-            est("step", T0 + i * DAY // 4, k_inst_n_per_mm=k, f_residual_n=f, f_peak_n=f + 20)
+            est(
+                "step",
+                T0 + i * DAY // 4,
+                k_inst_n_per_mm=k,
+                k_peak_n_per_mm=k,
+                ramp_s=RAMP_S,
+                f_residual_n=f,
+                f_peak_n=f + 20,
+            )
         )
     return out
 
@@ -161,12 +172,34 @@ def test_premature_consolidation_value_is_the_growth_rate() -> None:
     assert o.value == pytest.approx(0.5)
 
 
+def low(t_ns: int, k_peak: float, ramp_s: float = RAMP_S) -> Any:
+    """A step whose peak stiffness is `k_peak`; its k_inst is no measurement (`low_snr`)."""
+    return est(
+        "step", t_ns, k_inst_n_per_mm=k_peak, k_peak_n_per_mm=k_peak, ramp_s=ramp_s,
+        flags=["low_snr"],
+    )  # fmt: skip
+
+
 def test_stiffness_drop_fires_against_own_history() -> None:
-    """A step stiffness a third of the patient's recent median fires stiffness_drop (critical)."""
+    """A step's peak stiffness a third of the patient's recent median fires stiffness_drop
+    (critical), whether or not its k_inst is a measurement."""
     rules = book()
     steps(rules, [100.0] * 8, k=60.0)
-    [o] = fired(rules.estimate(est("step", T0 + 3 * DAY, k_inst_n_per_mm=20.0)), "stiffness_drop")
+    [o] = fired(rules.estimate(low(T0 + 3 * DAY, 20.0)), "stiffness_drop")
     assert o.severity is Severity.CRITICAL
+    assert o.value == 20.0
+
+
+def test_stiffness_drop_compares_only_steps_of_a_similar_ramp() -> None:
+    """k_peak depends on the drive's ramp: the same tissue driven over a minute instead of
+    half a second reads a third of it, and that is no drop; the next minute-long steps are
+    judged against each other."""
+    rules = book()
+    steps(rules, [100.0] * 8, k=60.0)
+    out = [o for i in range(3) for o in rules.estimate(low(T0 + (3 + i) * DAY, 20.0, 60.0))]
+    assert fired(out, "stiffness_drop") == []
+    [o] = fired(rules.estimate(low(T0 + 6 * DAY, 8.0, 60.0)), "stiffness_drop")
+    assert o.value == 8.0
 
 
 def test_stiffness_drop_baseline_stays_frozen() -> None:
@@ -174,13 +207,9 @@ def test_stiffness_drop_baseline_stays_frozen() -> None:
     rules = book()
     steps(rules, [100.0] * 8, k=60.0)
     for i in range(10):
-        out = rules.estimate(est("step", T0 + (3 + i) * DAY, k_inst_n_per_mm=20.0))
+        out = rules.estimate(low(T0 + (3 + i) * DAY, 20.0))
     assert not [o for o in out if o.rule == "stiffness_drop" and o.clear]
-    [back] = [
-        o
-        for o in rules.estimate(est("step", T0 + 20 * DAY, k_inst_n_per_mm=55.0))
-        if o.rule == "stiffness_drop"
-    ]
+    [back] = [o for o in rules.estimate(low(T0 + 20 * DAY, 55.0)) if o.rule == "stiffness_drop"]
     assert back.clear
 
 

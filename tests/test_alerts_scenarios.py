@@ -129,7 +129,15 @@ def test_normal_healing_raises_only_the_readiness_notice(tmp_path: Path) -> None
     assert removal, "the emulated treatment does not reach removal"
     alerts, _ = _run(config, end_ns, tmp_path / "alerts.db")
     assert [a for a in alerts if a.severity is not Severity.INFO] == [], _summary(alerts)
-    assert [(a.rule, a.state) for a in alerts] == [("readiness", AlertState.FIRING)]
+    assert [(a.rule, a.state) for a in alerts if a.rule != "stiffness_unmeasured"] == [
+        ("readiness", AlertState.FIRING)
+    ]
+    # At 10 Hz the emulated steps leave k_inst `low_snr` on most steps (7 of 28 measured at
+    # the end of distraction): the care team is told premature consolidation is not judged
+    # then, and the notice is gone once distraction is over.
+    unmeasured = [a for a in alerts if a.rule == "stiffness_unmeasured"]
+    assert unmeasured, _summary(alerts)
+    assert all(a.state is not AlertState.FIRING for a in unmeasured), _summary(alerts)
 
 
 def _summary(alerts: list[Alert]) -> list[str]:

@@ -214,8 +214,9 @@ def test_alerts_of_a_stream_through_killed_ingest_are_those_without_kills(
         ref_alerts = sorted(ref.alerts_by_id().values())
         ref_notified = ref.notifications()
         ref_firings = ref.firings()
-    # The stream raises a few alerts, each once, and notifies each change exactly once.
-    assert [alert[:4] for alert in ref_alerts] == [
+    # The stream raises a few alerts, each once, and notifies each change exactly once
+    # (besides `stiffness_unmeasured` notices: the emulated steps leave most k_inst low_snr).
+    assert [alert[:4] for alert in ref_alerts if alert[1] != "stiffness_unmeasured"] == [
         ("DX-0001", "missed_steps", "warning", "resolved"),
         ("DX-0002", "missed_steps", "warning", "firing"),
         ("DX-0003", "missed_steps", "warning", "firing"),
@@ -224,7 +225,9 @@ def test_alerts_of_a_stream_through_killed_ingest_are_those_without_kills(
     assert set(ref_notified.values()) == {1}
     # Killed just after each daily record that raised or resolved an alert was made, the
     # restart re-derives it when the last checkpoint came before it, and publishes it.
-    decisions = {(alert[0], int(t_ns)) for alert, _, t_ns in ref_notified}
+    decisions = {
+        (alert[0], int(t_ns)) for alert, _, t_ns in ref_notified if alert[1] == "missed_steps"
+    }
     kills = sorted(
         set(kill_points(treatment.steps, treatment.tests, _KILLS)) | _deciding(treatment, decisions)
     )
