@@ -48,6 +48,7 @@ __all__ = [
     "WebhookNotifier",
     "alert_topic",
     "marker_topic",
+    "message_id",
     "notification_key",
 ]
 

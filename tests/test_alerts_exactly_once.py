@@ -34,6 +34,7 @@ from test_alerts_crash import (
 )
 
 from alerts.inputs import estimates_topic
+from alerts.notify import alert_topic, marker_topic, message_id, notification_key
 from apps.services import Mosquitto, free_port
 
 RAISE_KEY = f"1:firing:{T0}"
@@ -204,3 +205,62 @@ def test_mqtt_exactly_once_when_killed_between_publish_and_record(tmp_path: Path
         ([RESOLVE_KEY], f'"{RESOLVE_KEY}"'),
     ]
     assert service.log().count("alerts_mqtt_already_published") == 1
+
+
+def test_the_marker_comes_after_everything_queued_for_the_session(
+    mosquitto: Mosquitto, unique_id: str
+) -> None:
+    """Mosquitto delivers a persistent session's queue in the order it accepted the messages,
+    whatever their topic: a marker the session publishes after reconnecting arrives after
+    all 200 alerts another client published on 25 topics while it was away, in their order."""
+    client_id = f"alerts-order-{unique_id}"
+    topics = [alert_topic(f"DX-{unique_id}-{d}") for d in range(25)]
+    received: list[tuple[str, bytes]] = []
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic in topics or message.topic == marker_topic(client_id):
+            received.append((message.topic, bytes(message.payload)))
+        if message.topic == marker_topic(client_id):
+            done.set()
+
+    def session() -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+            protocol=paho.MQTTv311,
+        )  # fmt: skip
+        client.on_message = on_message
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        return client
+
+    away = session()
+    away.subscribe([(alert_topic("+"), 1), (marker_topic(client_id), 1)])
+    assert subscribed.wait(DEADLINE_S)
+    away.disconnect()
+    away.loop_stop()
+    published = [(topics[i % len(topics)], f"alert {i}".encode()) for i in range(200)]
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    publisher.connect(mosquitto.host, mosquitto.port)
+    publisher.loop_start()
+    for topic, body in published:
+        publisher.publish(topic, body, qos=1).wait_for_publish(timeout=DEADLINE_S)
+    publisher.disconnect()
+    publisher.loop_stop()
+    back = session()
+    back.publish(marker_topic(client_id), b"marker", qos=1)
+    assert done.wait(DEADLINE_S)
+    back.disconnect()
+    back.loop_stop()
+    assert received == [*published, (marker_topic(client_id), b"marker")]
+
+
+def test_webhook_and_email_carry_the_notification_key() -> None:
+    """The webhook's Idempotency-Key header is the quoted notification key; the e-mail's
+    Message-ID is derived from it; both are the same for every copy of a notification."""
+    payload = {"event": "firing", "alerts": [{"key": RAISE_KEY}, {"key": RESOLVE_KEY}]}
+    assert notification_key(payload) == f"{RAISE_KEY} {RESOLVE_KEY}"
+    left = f"{RAISE_KEY}+{RESOLVE_KEY}".replace(":", ".")
+    assert message_id(payload) == f"<{left}@osteotel.alerts>"
