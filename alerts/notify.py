@@ -306,24 +306,36 @@ class MqttNotifier:
         """Read back what the broker accepted, publish the rest of the alerts (QoS 1), and
         return once the broker acknowledged them; raises `NotifyError` otherwise."""
         source = MqttSource(settings=self._settings, subscriptions=[alert_topic("+"), self._marker])
-        with _delivering(self._name):
-            async with asyncio.timeout(self._timeout_s), source:
-                await source.wait_connected(self._timeout_s)
-                await self._read_back(source)
-                accepted = await asyncio.to_thread(self._published.published, self._name)
-                skipped = 0
-                for alert in payload["alerts"]:
-                    if (alert["device"], alert.get("key")) in accepted:
-                        skipped += 1
-                        continue
-                    body = {"v": 1, "event": payload["event"], **alert}
-                    source.publish(alert_topic(alert["device"]), json.dumps(body).encode())
-                if skipped:
-                    _log.info(
-                        kv("alerts_mqtt_already_published", channel=self._name, alerts=skipped)
-                    )
-                if not await source.confirmed(self._timeout_s):
-                    raise TimeoutError("the broker did not acknowledge every alert")
+        # What a timeout was waiting for: a read-back that never ends is most likely an ACL
+        # that lets this account write alert topics but not read them.
+        waiting = "the broker's CONNACK and SUBACK"
+        try:
+            with _delivering(self._name):
+                async with asyncio.timeout(self._timeout_s), source:
+                    await source.wait_connected(self._timeout_s)
+                    waiting = f"the marker on {self._marker} (can this account read it?)"
+                    await self._read_back(source)
+                    waiting = "the broker's PUBACKs"
+                    await self._publish_rest(source, payload)
+        except NotifyError as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise NotifyError(self._name, f"timed out waiting for {waiting}") from exc
+            raise
+
+    async def _publish_rest(self, source: MqttSource, payload: dict[str, Any]) -> None:
+        """Publish the payload's alerts the broker has not accepted yet; wait for the PUBACKs."""
+        accepted = await asyncio.to_thread(self._published.published, self._name)
+        skipped = 0
+        for alert in payload["alerts"]:
+            if (alert["device"], alert.get("key")) in accepted:
+                skipped += 1
+                continue
+            body = {"v": 1, "event": payload["event"], **alert}
+            source.publish(alert_topic(alert["device"]), json.dumps(body).encode())
+        if skipped:
+            _log.info(kv("alerts_mqtt_already_published", channel=self._name, alerts=skipped))
+        if not await source.confirmed(self._timeout_s):
+            raise TimeoutError("the broker did not acknowledge every alert")
 
     async def _read_back(self, source: MqttSource) -> None:
         """Read the session's queue up to a marker published now, recording each alert of an

@@ -280,7 +280,9 @@ class MqttSource:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        log.warning(kv("mqtt_disconnected", reason=str(reason)))
+        # Our own disconnect (a stop, or a notifier's short session) is no warning.
+        level = logging.WARNING if reason.is_failure else logging.INFO
+        log.log(level, kv("mqtt_disconnected", reason=str(reason)))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
 

@@ -115,6 +115,7 @@ def payload(
             {
                 "id": 7,
                 "event": event,
+                "key": f"7:{event}:{T0}",
                 "patient": "P-7F3A",
                 "device": device,
                 "hub": "HUB-A",
@@ -154,13 +155,15 @@ def test_webhook_down_raises_notify_error() -> None:
 
 
 def test_email_reaches_smtp_server(smtp_server: tuple[Mailbox, int]) -> None:
-    """The e-mail notifier delivers one message with the pseudonym, rule and board link."""
+    """The e-mail notifier delivers one message with the pseudonym, rule and board link, and a
+    Message-ID derived from the notification's key."""
     mailbox, port = smtp_server
     settings = SmtpSettings(host="127.0.0.1", port=port, to=["ward3@example.org"], timeout_s=5)
     asyncio.run(EmailNotifier(settings).send(payload()))
     [(recipients, raw)] = mailbox.messages
     message = message_from_bytes(raw, policy=email.policy.default)
     assert recipients == ["ward3@example.org"]
+    assert message["Message-ID"] == f"<7.firing.{T0}@osteotel.alerts>"  # from the key
     assert "P-7F3A" in str(message["Subject"])
     assert isinstance(message, EmailMessage)
     body = message.get_content()
