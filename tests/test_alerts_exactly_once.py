@@ -9,12 +9,14 @@ then takes SQLite's write lock, lets the broker go on, and kills the service onc
 reached the subscriber, while the service waits for the lock to record the MQTT row.
 """
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,9 +35,13 @@ from test_alerts_crash import (
     _wait_for,
 )
 
+from alerts.engine import AlertEngine
 from alerts.inputs import estimates_topic
-from alerts.notify import alert_topic, marker_topic, message_id, notification_key
+from alerts.model import Observation, Severity
+from alerts.notify import MqttNotifier, alert_topic, marker_topic, message_id, notification_key
+from alerts.store import AlertStore
 from apps.services import Mosquitto, free_port
+from osteotel.settings import MqttSettings
 
 RAISE_KEY = f"1:firing:{T0}"
 RESOLVE_KEY = f"1:resolved:{T0 + STEP_NS}"
@@ -264,3 +270,60 @@ def test_webhook_and_email_carry_the_notification_key() -> None:
     assert notification_key(payload) == f"{RAISE_KEY} {RESOLVE_KEY}"
     left = f"{RAISE_KEY}+{RESOLVE_KEY}".replace(":", ".")
     assert message_id(payload) == f"<{left}@osteotel.alerts>"
+
+
+def test_a_row_sent_again_publishes_only_what_the_broker_did_not_accept(
+    mosquitto: Mosquitto, unique_id: str, tmp_path: Path
+) -> None:
+    """Sending an undelivered row again (as after a crash before its record) publishes none of
+    its alerts a second time; the record of what the broker accepted holds that row's
+    notifications only until the row is delivered."""
+    devices = [f"DX-{unique_id}-{d}" for d in range(3)]
+    watcher = MqttWatcher(mosquitto, devices)
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    try:
+        with AlertStore(tmp_path / "alerts.db") as store:
+            engine = AlertEngine(
+                store, channels=["mqtt"], grafana_url="http://grafana.test", repeat_s=3600,
+                escalate_after_s=600, history=False,
+            )  # fmt: skip
+            raises = [_raise(device) for device in devices]
+            engine.observe(raises, now_ns=T0)
+            rows = store.due(now_ns=T0)
+            keys = [a["key"] for row in rows for a in row.payload["alerts"]]
+            notifier = MqttNotifier(
+                settings, client_id=f"alerts-{unique_id}-notify", published=store, timeout_s=10
+            )
+            for row in rows:
+                asyncio.run(notifier.send(row.payload))  # the first time
+            for row in rows:
+                asyncio.run(notifier.send(row.payload))  # again: nothing is published
+            _wait_for_keys(watcher, set(keys))
+            accepted = {(a["device"], a["key"]) for row in rows for a in row.payload["alerts"]}
+            assert store.published("mqtt") == accepted
+            for row in rows:
+                store.delivered(row.id, now_ns=T0)
+            assert store.published("mqtt") == set()
+            # A barrier: one more alert on the same topics arrives after any copy would have.
+            barrier = {"event": "firing", "alerts": [{"device": devices[0], "key": "barrier"}]}
+            asyncio.run(notifier.send(barrier))
+            _wait_for_keys(watcher, {*keys, "barrier"})
+    finally:
+        watcher.close()
+    assert len(keys) == len(devices)
+    assert watcher.seen() == Counter({*keys, "barrier"})
+
+
+def _raise(device: str) -> Observation:
+    return Observation(
+        device=device, hub="HUB-A", patient="P-7F3A", rule="distraction_force", t_ns=T0,
+        trigger=True, clear=False, severity=Severity.WARNING, value=800.0, summary="800 N",
+    )  # fmt: skip
+
+
+def _wait_for_keys(watcher: MqttWatcher, keys: set[str]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not keys <= set(watcher.seen()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"MQTT saw {sorted(watcher.seen())}, not all of {sorted(keys)}")
+        time.sleep(0.05)
