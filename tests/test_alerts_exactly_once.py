@@ -137,8 +137,9 @@ def _service(
         "OSTEOTEL_ALERTS__WRITE_HISTORY": "false",
         "OSTEOTEL_ALERTS__WATCH_TELEMETRY": "false",
         "OSTEOTEL_ALERTS__HTTP_PORT": "0",
-        # The tick writes SQLite: a long period keeps it off the lock the test takes.
-        "OSTEOTEL_ALERTS__TICK_S": "30",
+        # The tick writes SQLite: it runs at start only, never while the test holds the lock
+        # (nothing here needs it: the outbox is also sent at start and when an input raised).
+        "OSTEOTEL_ALERTS__TICK_S": "3600",
         "OSTEOTEL_ALERTS__SEND_TIMEOUT_S": "30",
     }
     service = AlertsProcess(env, tmp_path)
