@@ -71,13 +71,13 @@ def _engine(settings: AlertSettings) -> "AlertEngine":
     from alerts.engine import AlertEngine  # noqa: PLC0415 - see TYPE_CHECKING above
     from alerts.service import build_notifiers  # noqa: PLC0415 - loads MQTT and HTTP clients
 
-    channels = [
-        n.name
-        for n in build_notifiers(settings, mqtt=MqttSettings(), influx=InfluxSettings())
-        if n.name != "history"
-    ]
+    store = AlertStore(settings.db_path)
+    notifiers = build_notifiers(
+        settings, mqtt=MqttSettings(), influx=InfluxSettings(), published=store
+    )
+    channels = [n.name for n in notifiers if n.name != "history"]
     return AlertEngine(
-        AlertStore(settings.db_path),
+        store,
         channels=channels,
         grafana_url=settings.grafana_url,
         repeat_s=settings.repeat_s,

@@ -5,25 +5,34 @@ Every notifier takes the engine's payload (`{"v", "event", "patient", "alerts": 
 libraries raise is mapped to `NotifyError` in `_delivering`, so the outbox (alerts.outbox) sees
 one exception type and retries it later; nothing else in alerts imports these libraries.
 
-Blocking clients (urllib, smtplib, InfluxStore) run in a worker thread; MQTT uses aiomqtt.
+Blocking clients (urllib, smtplib, InfluxStore) run in a worker thread; MQTT goes through
+`osteotel.mqtt.MqttSource`, whose persistent session also tells which alerts the broker already
+accepted (`MqttNotifier`).
+
+Every notification carries an idempotency key per alert (`key`, alert id:event:t_ns, the same in
+every copy); `notification_key` joins a payload's keys into the key of the whole message: the
+webhook's `Idempotency-Key` header and the e-mail's Message-ID.
 """
 
 import asyncio
 import http.client
 import json
+import logging
+import os
 import smtplib
 import ssl
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-import aiomqtt
-
 from alerts.settings import SmtpSettings
 from osteotel.errors import OsteotelError, StoreError
+from osteotel.logs import kv
+from osteotel.mqtt import MQTT_ERRORS, MqttSource, Received
 from osteotel.settings import InfluxSettings, MqttSettings
 from osteotel.store.influx import InfluxStore
 
@@ -35,9 +44,16 @@ __all__ = [
     "MqttNotifier",
     "Notifier",
     "NotifyError",
+    "PublishedLog",
     "WebhookNotifier",
     "alert_topic",
+    "marker_topic",
+    "message_id",
+    "notification_key",
 ]
+
+_log = logging.getLogger("osteotel.alerts.notify")
+_DRAIN_BATCH = 100  # messages of the session read back, recorded and acknowledged at once
 
 # Notifications go straight to their peers: proxy variables are for other traffic.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -45,7 +61,7 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # urllib's URLError and HTTPError, smtplib's SMTPException, sockets, TLS
     http.client.HTTPException,
-    aiomqtt.MqttError,
+    *MQTT_ERRORS,  # paho's, behind osteotel.mqtt (TimeoutError, a wait's end, is an OSError)
     StoreError,
     ValueError,  # a malformed URL or header
 )
@@ -93,13 +109,31 @@ def alert_topic(device: str) -> str:
     return f"osteotel/v1/alerts/{device}"
 
 
-def _post_json(url: str, body: object, timeout_s: float) -> int:
+def marker_topic(client_id: str) -> str:
+    """Where the MQTT notifier with `client_id` publishes the marker that ends reading back its
+    session: two levels below `osteotel/v1/alerts/`, so no alert topic filter (`+`) sees it."""
+    return f"osteotel/v1/alerts/marker/{client_id}"
+
+
+def notification_key(payload: dict[str, Any]) -> str:
+    """The idempotency key of a whole notification: its alerts' keys, space-separated (one
+    alert, the usual case: that alert's key). The same in every copy of the message."""
+    return " ".join(alert["key"] for alert in payload["alerts"] if "key" in alert)
+
+
+def _post_json(
+    url: str, body: object, timeout_s: float, *, idempotency_key: str | None = None
+) -> int:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
     data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key:
+        # draft-ietf-httpapi-idempotency-key-header: a Structured Field string, quoted.
+        headers["Idempotency-Key"] = f'"{idempotency_key}"'
     # S310: the scheme was checked above, so no file: URL can be opened.
     request = urllib.request.Request(  # noqa: S310
-        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+        url, data=data, method="POST", headers=headers
     )
     with _OPENER.open(request, timeout=timeout_s) as response:
         response.read()
@@ -108,7 +142,8 @@ def _post_json(url: str, body: object, timeout_s: float) -> int:
 
 
 class WebhookNotifier:
-    """POSTs the payload as JSON to a URL; any 2xx counts as delivered."""
+    """POSTs the payload as JSON to a URL, with its `notification_key` as the
+    `Idempotency-Key` header; any 2xx counts as delivered."""
 
     def __init__(self, url: str, *, name: str = "webhook", timeout_s: float = 10.0) -> None:
         """Args: url: the receiver; name: the outbox channel; timeout_s: seconds."""
@@ -123,8 +158,11 @@ class WebhookNotifier:
 
     async def send(self, payload: dict[str, Any]) -> None:
         """POST `payload`; raises `NotifyError` on any failure (urllib raises for >= 400)."""
+        key = notification_key(payload)
         with _delivering(self._name):
-            await asyncio.to_thread(_post_json, self._url, payload, self._timeout_s)
+            await asyncio.to_thread(
+                _post_json, self._url, payload, self._timeout_s, idempotency_key=key
+            )
 
 
 def email_text(payload: dict[str, Any]) -> tuple[str, str]:
@@ -147,6 +185,13 @@ def email_text(payload: dict[str, Any]) -> tuple[str, str]:
         ]
     lines += ["", "Acknowledge: osteotel alerts ack ID --by NAME --note TEXT"]
     return subject, "\n".join(lines) + "\n"
+
+
+def message_id(payload: dict[str, Any]) -> str:
+    """The e-mail's Message-ID, derived from the `notification_key` (RFC 5322 allows no ':' or
+    space on its left: they become '.' and '+'), the same in every copy."""
+    left = notification_key(payload).replace(":", ".").replace(" ", "+")
+    return f"<{left}@osteotel.alerts>"
 
 
 class EmailNotifier:
@@ -186,25 +231,69 @@ class EmailNotifier:
         message["From"] = self._settings.sender
         message["To"] = ", ".join(recipients)
         message["Subject"] = subject
+        if notification_key(payload):
+            message["Message-ID"] = message_id(payload)
         message.set_content(body)
         with _delivering(self._name):
             await asyncio.to_thread(self._send_blocking, message, recipients)
 
 
+class PublishedLog(Protocol):
+    """Where the MQTT notifier records what the broker accepted (`alerts.store.AlertStore`)."""
+
+    def record_published(
+        self, channel: str, pairs: Collection[tuple[str, str]], *, now_ns: int
+    ) -> int:
+        """Record accepted notifications (device, key) of undelivered rows; returns how many."""
+        ...
+
+    def published(self, channel: str) -> set[tuple[str, str]]:
+        """The accepted notifications (device, key) of `channel`'s undelivered rows."""
+        ...
+
+
+def _notified(message: Received) -> tuple[str, str] | None:
+    """The (device, key) of an alert read back from the broker; None for anything else."""
+    try:
+        body = json.loads(message.payload)
+    except ValueError:  # not JSON, or not UTF-8: someone else's message on an alert topic
+        return None
+    if not isinstance(body, dict):
+        return None
+    device, key = body.get("device"), body.get("key")
+    return (device, key) if isinstance(device, str) and isinstance(key, str) else None
+
+
 class MqttNotifier:
-    """Publishes each alert of a payload, QoS 1, on `osteotel/v1/alerts/{device}`."""
+    """Publishes each alert of a payload, QoS 1, on `osteotel/v1/alerts/{device}`, exactly once
+    even across a crash between the broker's PUBACK and the outbox recording it.
+
+    Its client holds a persistent session subscribed (QoS 1) to `osteotel/v1/alerts/+`, so the
+    broker queues every alert published, ours included, for it. Before publishing, `send`
+    reads that queue back up to a marker it publishes itself, records in `published` every
+    (device, key) it finds of an undelivered outbox row, acknowledges what it read, and then
+    publishes only the alerts not found. Why the marker ends the read-back: the previous
+    connection with this client id has ended (Mosquitto closes an old connection when the same
+    id connects), so the broker has queued every PUBLISH of it that it accepted before ours;
+    Mosquitto 2.0 keeps one FIFO list of outgoing messages per session, whatever the topic
+    (docs/alerts.md, "After a crash"). The session's queue holds what was published on alert
+    topics since the previous send: bounded, and read at every send.
+    """
 
     def __init__(
         self,
         settings: MqttSettings,
         *,
         client_id: str,
+        published: PublishedLog,
         name: str = "mqtt",
         timeout_s: float = 10.0,
     ) -> None:
-        """Args: settings: the broker; client_id: our MQTT id; name: channel; timeout_s: s."""
-        self._settings = settings
-        self._client_id = client_id
+        """Args: settings: the broker; client_id: our MQTT id (a persistent session);
+        published: the record of accepted alerts; name: channel; timeout_s: seconds."""
+        self._settings = settings.model_copy(update={"client_id": client_id})
+        self._marker = marker_topic(client_id)
+        self._published = published
         self._name = name
         self._timeout_s = timeout_s
 
@@ -214,30 +303,57 @@ class MqttNotifier:
         return self._name
 
     async def send(self, payload: dict[str, Any]) -> None:
-        """Connect, publish every alert (QoS 1, acknowledged by the broker), disconnect."""
-        settings = self._settings
-        password = settings.password_text()
-        tls = (
-            aiomqtt.TLSParameters(ca_certs=str(settings.tls_ca_file))
-            if settings.tls_ca_file is not None
-            else None
-        )
-        with _delivering(self._name):
-            async with asyncio.timeout(self._timeout_s):
-                async with aiomqtt.Client(
-                    settings.host,
-                    settings.port,
-                    identifier=self._client_id,
-                    username=settings.username,
-                    password=password,
-                    tls_params=tls,
-                    timeout=self._timeout_s,
-                ) as client:
-                    for alert in payload["alerts"]:
-                        body = {"v": 1, "event": payload["event"], **alert}
-                        await client.publish(
-                            alert_topic(alert["device"]), json.dumps(body).encode(), qos=1
-                        )
+        """Read back what the broker accepted, publish the rest of the alerts (QoS 1), and
+        return once the broker acknowledged them; raises `NotifyError` otherwise."""
+        source = MqttSource(settings=self._settings, subscriptions=[alert_topic("+"), self._marker])
+        # What a timeout was waiting for: a read-back that never ends is most likely an ACL
+        # that lets this account write alert topics but not read them.
+        waiting = "the broker's CONNACK and SUBACK"
+        try:
+            with _delivering(self._name):
+                async with asyncio.timeout(self._timeout_s), source:
+                    await source.wait_connected(self._timeout_s)
+                    waiting = f"the marker on {self._marker} (can this account read it?)"
+                    await self._read_back(source)
+                    waiting = "the broker's PUBACKs"
+                    await self._publish_rest(source, payload)
+        except NotifyError as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise NotifyError(self._name, f"timed out waiting for {waiting}") from exc
+            raise
+
+    async def _publish_rest(self, source: MqttSource, payload: dict[str, Any]) -> None:
+        """Publish the payload's alerts the broker has not accepted yet; wait for the PUBACKs."""
+        accepted = await asyncio.to_thread(self._published.published, self._name)
+        skipped = 0
+        for alert in payload["alerts"]:
+            if (alert["device"], alert.get("key")) in accepted:
+                skipped += 1
+                continue
+            body = {"v": 1, "event": payload["event"], **alert}
+            source.publish(alert_topic(alert["device"]), json.dumps(body).encode())
+        if skipped:
+            _log.info(kv("alerts_mqtt_already_published", channel=self._name, alerts=skipped))
+        if not await source.confirmed(self._timeout_s):
+            raise TimeoutError("the broker did not acknowledge every alert")
+
+    async def _read_back(self, source: MqttSource) -> None:
+        """Read the session's queue up to a marker published now, recording each alert of an
+        undelivered row before acknowledging it (a crash in between reads it again)."""
+        token = os.urandom(8).hex().encode()
+        source.publish(self._marker, token)
+        async for batch in source.batches(max_messages=_DRAIN_BATCH):
+            pairs = [
+                p for m in batch if m.topic != self._marker and (p := _notified(m)) is not None
+            ]
+            if pairs:
+                await asyncio.to_thread(
+                    self._published.record_published, self._name, pairs, now_ns=time.time_ns()
+                )
+            for message in batch:
+                source.ack(message)
+            if any(m.topic == self._marker and m.payload == token for m in batch):
+                return
 
 
 def alertmanager_alerts(payload: dict[str, Any]) -> list[dict[str, Any]]:

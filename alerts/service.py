@@ -22,7 +22,9 @@ redelivered too, and its key makes it change nothing (counted in
 `osteotel_alerts_repeated_total`). So every input raises, escalates or resolves what it should
 exactly once. Notifications leave the outbox at least once: a crash after a notifier's send
 and before the outbox records it sends that message again after the restart, with the same
-idempotency key (`key`: alert id, event and time) for the receiver to drop the copy.
+idempotency key (`key`: alert id, event and time; the webhook's `Idempotency-Key` header) for
+the receiver to drop the copy; the MQTT notifier drops it itself: it reads back from its
+persistent session what the broker accepted and publishes only the rest (exactly once).
 """
 
 import asyncio
@@ -51,6 +53,7 @@ from alerts.notify import (
     HistoryWriter,
     MqttNotifier,
     Notifier,
+    PublishedLog,
     WebhookNotifier,
 )
 from alerts.outbox import Dispatcher
@@ -76,12 +79,17 @@ _ESTIMATE: TypeAdapter[Estimate] = TypeAdapter(Estimate)
 
 
 def build_notifiers(
-    settings: AlertSettings, *, mqtt: MqttSettings, influx: InfluxSettings
+    settings: AlertSettings,
+    *,
+    mqtt: MqttSettings,
+    influx: InfluxSettings,
+    published: PublishedLog,
 ) -> list[Notifier]:
     """The notifiers the settings ask for, each with its outbox channel name.
 
     Webhooks are `webhook-0`, `webhook-1`... in settings order; e-mail only with recipients;
-    `history` writes InfluxDB when `write_history` is set.
+    `history` writes InfluxDB when `write_history` is set. `published` is where the MQTT
+    notifier records the alerts its broker already accepted (the service's store).
     """
     timeout_s = settings.send_timeout_s
     notifiers: list[Notifier] = [
@@ -92,7 +100,12 @@ def build_notifiers(
         notifiers.append(EmailNotifier(settings.smtp))
     if settings.mqtt_alerts:
         notifiers.append(
-            MqttNotifier(mqtt, client_id=f"{settings.client_id}-notify", timeout_s=timeout_s)
+            MqttNotifier(
+                mqtt,
+                client_id=f"{settings.client_id}-notify",
+                published=published,
+                timeout_s=timeout_s,
+            )
         )
     if settings.alertmanager_url:
         notifiers.append(AlertmanagerNotifier(settings.alertmanager_url, timeout_s=timeout_s))
@@ -129,7 +142,7 @@ class AlertService:
         self.rules = RuleBook(
             self._registry_file.current, load_overrides(settings.registry), now_ns=time.time_ns()
         )
-        notifiers = build_notifiers(settings, mqtt=mqtt, influx=influx)
+        notifiers = build_notifiers(settings, mqtt=mqtt, influx=influx, published=self.store)
         self.engine = AlertEngine(
             self.store,
             channels=[n.name for n in notifiers if n.name != HISTORY_CHANNEL],

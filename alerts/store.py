@@ -10,6 +10,9 @@ audit line survives a power cut):
 - `outbox`: notifications and history points waiting for delivery, with retry bookkeeping;
 - `inputs`: the recent estimates per device, replayed into the rules at start-up so that
   patient-relative rules keep their trajectory across restarts;
+- `published`: notifications of undelivered outbox rows that the MQTT broker is known to have
+  accepted (read back from its session by `alerts.notify.MqttNotifier`), so that sending the
+  row again skips them; a row's keys leave with the row's delivery;
 - `applied`: the key of every MQTT input (estimate, event, hub status) whose effect is
   committed, written in the same transaction as that effect, so that a redelivered input
   is recognised and changes nothing (kept `APPLIED_KEEP_S`).
@@ -22,7 +25,7 @@ All methods are synchronous: the service calls them from a worker thread.
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered_ns, next_attempt_ns);
+CREATE TABLE IF NOT EXISTS published (
+    channel TEXT NOT NULL,
+    device TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seen_ns INTEGER NOT NULL,
+    PRIMARY KEY (channel, device, key)
+);
 CREATE TABLE IF NOT EXISTS inputs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device TEXT NOT NULL,
@@ -134,6 +144,12 @@ class OutboxItem:
     channel: str
     payload: dict[str, Any]
     attempts: int
+
+
+def _notifications(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (device, key) of every alert in an outbox payload (none for a history row)."""
+    alerts: list[dict[str, Any]] = payload.get("alerts", [])
+    return [(alert["device"], alert["key"]) for alert in alerts if "key" in alert]
 
 
 def _alert(row: sqlite3.Row) -> Alert:
@@ -344,9 +360,16 @@ class AlertStore:
         ]
 
     def delivered(self, item_id: int, *, now_ns: int) -> None:
-        """Mark a message delivered."""
+        """Mark a message delivered, and forget which of its notifications a broker had
+        accepted (a delivered row is never sent again)."""
         with self.transaction() as db:
             db.execute("UPDATE outbox SET delivered_ns = ? WHERE id = ?", (now_ns, item_id))
+            row = db.execute("SELECT channel, payload FROM outbox WHERE id = ?", (item_id,))
+            for channel, payload in row.fetchall():
+                db.executemany(
+                    "DELETE FROM published WHERE channel = ? AND device = ? AND key = ?",
+                    [(channel, *pair) for pair in _notifications(json.loads(payload))],
+                )
 
     def failed(self, item_id: int, *, error: str, next_attempt_ns: int) -> None:
         """Count a failed attempt and schedule the next one."""
@@ -356,6 +379,35 @@ class AlertStore:
                 "WHERE id = ?",
                 (error[:500], next_attempt_ns, item_id),
             )
+
+    def record_published(
+        self, channel: str, pairs: Collection[tuple[str, str]], *, now_ns: int
+    ) -> int:
+        """Record that `channel`'s peer accepted these notifications (device, key); only those
+        of undelivered rows are kept. Returns how many were kept. Writes nothing (takes no
+        write lock) when none belongs to an undelivered row, the usual case."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM outbox WHERE channel = ? AND delivered_ns IS NULL", (channel,)
+            ).fetchall()
+            undelivered = {p for row in rows for p in _notifications(json.loads(row["payload"]))}
+            kept = sorted(undelivered & set(pairs))
+            if kept:
+                with self.transaction() as db:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO published (channel, device, key, seen_ns) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(channel, device, key, now_ns) for device, key in kept],
+                    )
+        return len(kept)
+
+    def published(self, channel: str) -> set[tuple[str, str]]:
+        """The notifications (device, key) of `channel`'s undelivered rows its peer accepted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device, key FROM published WHERE channel = ?", (channel,)
+            ).fetchall()
+        return {(row["device"], row["key"]) for row in rows}
 
     def backlog(self) -> dict[str, int]:
         """Undelivered messages per channel."""

@@ -137,10 +137,12 @@ def broker_accounts(registry: Registry, *, include_emulator: bool = False) -> tu
                 # the subscriptions and delivers nothing: those alerts would never fire.
                 AclRule("read", f"{_PREFIX}/+/+/events"),
                 AclRule("read", f"{_PREFIX}/+/+/telemetry"),
-                AclRule("write", f"{_PREFIX}/alerts/#"),
+                # readwrite: the MQTT notifier's session reads back what it published
+                # (alerts.notify.MqttNotifier: exactly once across a crash).
+                AclRule("readwrite", f"{_PREFIX}/alerts/#"),
             ),
             "service: reads derived results, hub status, device events and telemetry; "
-            "writes alerts",
+            "writes alerts and reads them back",
         )
     )
     if include_emulator:

@@ -27,13 +27,18 @@ from typing import Any, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MQTTException
 
 from osteotel.logs import kv
 from osteotel.settings import MqttSettings
 
-__all__ = ["MqttSource", "Received"]
+__all__ = ["MQTT_ERRORS", "MqttSource", "Received"]
 
 log = logging.getLogger("osteotel.mqtt")
+
+MQTT_ERRORS: tuple[type[BaseException], ...] = (MQTTException,)
+"""paho's own exception root (its other classes derive from it or from OSError), for a
+caller's error mapping that must not import paho."""
 
 _RECONNECT_MIN_S = 1
 _RECONNECT_MAX_S = 30
@@ -275,7 +280,9 @@ class MqttSource:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        log.warning(kv("mqtt_disconnected", reason=str(reason)))
+        # Our own disconnect (a stop, or a notifier's short session) is no warning.
+        level = logging.WARNING if reason.is_failure else logging.INFO
+        log.log(level, kv("mqtt_disconnected", reason=str(reason)))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
 

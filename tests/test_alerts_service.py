@@ -38,14 +38,16 @@ class Hook:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.idempotency_keys: list[str | None] = []  # each POST's header, as bodies
         self.arrived = threading.Condition()
-        bodies, arrived = self.bodies, self.arrived
+        bodies, arrived, idempotency_keys = self.bodies, self.arrived, self.idempotency_keys
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with arrived:
                     bodies.append(body)
+                    idempotency_keys.append(self.headers.get("Idempotency-Key"))
                     arrived.notify_all()
                 self.send_response(200)
                 self.end_headers()

@@ -27,9 +27,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from alerts.inputs import estimates_topic
-from alerts.notify import alert_topic
+from alerts.notify import MqttNotifier, NotifyError, alert_topic
 from alerts.service import AlertService
 from alerts.settings import AlertSettings
+from alerts.store import AlertStore
 from apps.brokerconf import (
     ALERTS_USER,
     EMULATOR_USER,
@@ -376,6 +377,28 @@ def test_the_alerts_service_reads_the_device_topics_its_rules_need(connect: _Con
     assert alerts.wait_for("osteotel/v1/HUB-A/DX-0001/events") == [
         "osteotel/v1/HUB-A/DX-0001/events"
     ]
+
+
+def test_an_account_that_cannot_read_its_alert_topics_publishes_no_alert(
+    secured: _Secured, connect: _Connect, tmp_path: Path
+) -> None:
+    """The MQTT notifier under an account that may not read back the alert topics (here a
+    hub's) fails with a NotifyError naming the read-back, and publishes no alert: without
+    the read-back it could not publish exactly once."""
+    observer = connect(INGEST_USER)
+    assert not observer.subscribe("osteotel/v1/#").is_failure
+    settings = MqttSettings(
+        host=secured.broker.host, port=secured.broker.port, username="HUB-A",
+        password=secured.passwords["HUB-A"],
+    )  # fmt: skip
+    alert = {"device": "DX-0001", "key": "1:firing:1", "rule": "distraction_force"}
+    with AlertStore(tmp_path / "alerts.db") as store:
+        notifier = MqttNotifier(settings, client_id="hub-as-notifier", published=store, timeout_s=2)
+        with pytest.raises(NotifyError, match="timed out waiting for the marker"):
+            asyncio.run(notifier.send({"event": "firing", "alerts": [alert]}))
+    # A QoS 1 round trip after the failure: an alert the broker had taken would be here first.
+    connect(INGEST_USER).publish("osteotel/v1/derived/DX-0001/x", b"barrier")
+    assert observer.wait_for("osteotel/v1/derived/DX-0001/x") == ["osteotel/v1/derived/DX-0001/x"]
 
 
 # --- TLS ---------------------------------------------------------------------------------------
