@@ -31,6 +31,7 @@ Everything is plain Python on small deques: per input a few dozen operations.
 import math
 import statistics
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -78,7 +79,7 @@ class _Track:
     """Per-device memory of the rules."""
 
     steps: deque[_StepMemory] = field(default_factory=lambda: deque(maxlen=_HISTORY))
-    probes: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    probes: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     daily_shares: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     consolidation_start_ns: int | None = None
     hourly_max_n: dict[int, float] = field(default_factory=dict)
@@ -254,43 +255,20 @@ class RuleBook:
                 peak < th.force_warning_n * th.force_clear_fraction, severity, peak,
                 f"peak distraction force {peak:.0f} N (limit {limit:.0f} N)",
             )  # fmt: skip
-        k = est.k_inst_n_per_mm
         if est.kind == "probe":
-            # A probe's 0.02 mm answer is k_inst x 0.02 mm: a few N until the regenerate is
-            # stiff, where the fitted peak's error (~40 N/mm at 10 Hz) is as large as the
-            # value. Only a converged fit that explains the relaxation and whose k_inst the
-            # DSP does not flag `low_snr` (standard error > 8 % of it) measures a stiffness.
-            # R^2 alone is no guard: two normal probes with R^2 0.96 read half the truth.
-            if (
-                est.fit_status != "ok"
-                or not est.fit_r2 >= th.probe_min_fit_r2
-                or "low_snr" in est.flags
-            ):
+            # A probe's 0.02 mm answer is a few N until the regenerate is stiff: on the soft
+            # one it is inside the noise. Only a converged fit that explains the relaxation
+            # (R^2 >= 0.9: signal variance >= 9 x the noise's) has a peak worth judging.
+            if est.fit_status != "ok" or not est.fit_r2 >= th.probe_min_fit_r2:
                 return out
-            out += self._drop(
-                d, "stiffness_drop", est.t_ns, k, list(track.probes), th, 0.0,
-                "instantaneous stiffness (probe)", "N/mm",
-            )  # fmt: skip
-            if finite(k):
-                track.probes.append(k)
+            out += self._peak_drop(d, track.probes, est, th, "peak stiffness (probe)")
+            track.probes.append((est.k_peak_n_per_mm, est.ramp_s))
             return out
         # A distraction step moves the force by several N: its residual force is judged on
         # every step (a failed fit there is the tissue doing something else, a separation).
-        # A sudden loss of stiffness (loosening, separation) is judged on k_peak, the force the
-        # step really reached at its ramp's end per mm: it is measured whatever the drive's
-        # ramp, where k_inst is not (a ramp of many tau_fast leaves it `low_snr`; on the
-        # independent physics, a loosening to 30 % was seen by k_inst on 11 of 48 devices and
-        # by k_peak on all 48, tests/test_alerts_physics.py). k_peak depends on the ramp as
-        # much as on the tissue, so it is compared only with steps of a similar ramp.
-        k_peak = est.k_peak_n_per_mm
-        comparable = [
-            s.k_peak_n_per_mm
-            for s in track.steps
-            if math.isclose(s.ramp_s, est.ramp_s, rel_tol=0.25, abs_tol=1.0)
-        ]
-        out += self._drop(
-            d, "stiffness_drop", est.t_ns, k_peak, comparable, th, 0.0, "peak step stiffness",
-            "N/mm",
+        out += self._peak_drop(
+            d, [(s.k_peak_n_per_mm, s.ramp_s) for s in track.steps], est, th,
+            "peak step stiffness",
         )  # fmt: skip
         residuals = [s.f_residual_n for s in track.steps]
         # The DSP judges a separation on the step itself (the force before it below half of
@@ -309,10 +287,33 @@ class RuleBook:
         track.steps.append(
             _StepMemory(
                 est.t_ns, est.k_inst_n_per_mm if measured else math.nan, est.f_residual_n,
-                k_peak, est.ramp_s,
+                est.k_peak_n_per_mm, est.ramp_s,
             )
         )  # fmt: skip
         return out + self._premature(d, track, th, est.t_ns)
+
+    def _peak_drop(
+        self,
+        d: Device,
+        history: Iterable[tuple[float, float]],
+        est: StepInput,
+        th: Thresholds,
+        what: str,
+    ) -> list[Observation]:
+        # A sudden loss of stiffness (loosening, separation) is judged on k_peak, the force the
+        # step or probe really reached at its ramp's end per mm: it is measured whatever the
+        # drive's ramp, where k_inst is not (a ramp of many tau_fast leaves it `low_snr`). On
+        # the independent physics, a loosening to 30 % was seen by the steps' k_inst on 11 of
+        # 48 devices and by their k_peak on all 48 (tests/test_alerts_physics.py). k_peak
+        # depends on the ramp as much as on the tissue: compared only with similar ramps.
+        comparable = [
+            k_peak
+            for k_peak, ramp_s in history
+            if math.isclose(ramp_s, est.ramp_s, rel_tol=0.25, abs_tol=1.0)
+        ]
+        return self._drop(
+            d, "stiffness_drop", est.t_ns, est.k_peak_n_per_mm, comparable, th, 0.0, what, "N/mm"
+        )
 
     def _premature(self, d: Device, track: _Track, th: Thresholds, t_ns: int) -> list[Observation]:
         # Relative to the patient's own trajectory: the growth rate of ln k_inst is scale-free,

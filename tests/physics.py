@@ -560,9 +560,10 @@ def identity_violations(record: Any, *, rel_tol: float = 1e-6) -> int:
     return bad
 
 
-def feed_step(case: StepCase, estimator: Estimator) -> list[Any]:
-    """Feed one step's data frame by frame, as a hub publishes it: the event just before the
-    first frame that reaches the earlier of its stamp and the true onset. Returns the records."""
+def feed_step(case: StepCase, estimator: Estimator, *, kind: str = "step") -> list[Any]:
+    """Feed one step's (or probe's) data frame by frame, as a hub publishes it: the event just
+    before the first frame that reaches the earlier of its stamp and the true onset. Returns
+    the records."""
     t, force, disp = case.samples()
     records: list[Any] = []
     announced = False
@@ -570,7 +571,7 @@ def feed_step(case: StepCase, estimator: Estimator) -> list[Any]:
     dt_ns = round(NS_PER_S / case.rate_hz)
     for a, b in frames(t, case.rate_hz):
         if not announced and int(t[b - 1]) + dt_ns > first_ns:
-            records += estimator.step(case.stamp_ns, case.delta_announced_mm, kind="step")
+            records += estimator.step(case.stamp_ns, case.delta_announced_mm, kind=kind)
             announced = True
         records += estimator.frame(force[a:b], disp[a:b], None, int(t[a]), case.rate_hz)
     return records
