@@ -83,7 +83,8 @@ class _AccountingCollector(Collector):
         yield again
         stages = CounterMetricFamily(
             "osteotel_ingest_stage_seconds",
-            "The event loop's CPU time by stage (handle contains validate, dsp and checkpoint)",
+            "The event loop's CPU time by stage "
+            "(handle contains validate, lines, dsp and checkpoint)",
             labels=["stage"],
         )
         for stage, spent_ns in sorted(self._accounting.stage_ns.items()):

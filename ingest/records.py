@@ -1,6 +1,7 @@
 """What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
 
 import functools
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -10,9 +11,17 @@ from devices.codec import Encoding
 from devices.contract import Event as DeviceEvent
 from devices.contract import Frame, HubStatus, Rejected
 from devices.registry import Registry
-from osteotel.store.lineproto import array_lines, point_line
+from osteotel.store.lineproto import array_lines, point_line, series_lines
 
-__all__ = ["device_info_lines", "event_lines", "frame_lines", "rejection_lines", "status_lines"]
+__all__ = [
+    "device_info_lines",
+    "event_lines",
+    "frame_lines",
+    "frames_lines",
+    "rejection_lines",
+    "status_lines",
+    "warm_up",
+]
 
 # Keys that become the point's tags and timestamp; the rest, `v` included, are its fields, so
 # that an event with no data of its own (reboot, load_test_start) is still a point.
@@ -36,9 +45,62 @@ def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
         fields["ref_load_n"] = frame.ref_load_n
     timestamps_ns = np.int64(frame.t0_ns) + _sample_offsets_ns(frame.n, frame.rate_hz)
     raw = array_lines("raw", tags, fields, timestamps_ns)
-    meta = point_line(
+    return raw + _meta_line(hub, frame, encoding)
+
+
+def frames_lines(
+    frames: Sequence[tuple[str, Frame, Encoding]],
+) -> list[tuple[memoryview, bytes]]:
+    """`frame_lines` of many frames (hub, frame, encoding), one kernel call for all the frames
+    with the same fields: each frame's `raw` lines, a slice of one buffer (not copied), and
+    its `frame` line. The two one after the other are `frame_lines`' bytes."""
+    parts: list[tuple[memoryview, bytes] | None] = [None] * len(frames)
+    # The fields make a line's layout: frames with a reference load go in a call of their own.
+    groups: dict[bool, list[int]] = {}
+    for index, (_, frame, _) in enumerate(frames):
+        groups.setdefault(frame.ref_load_n is not None, []).append(index)
+    for with_ref, indices in groups.items():
+        chosen = [frames[index][1] for index in indices]
+        fields = {
+            "force_n": np.concatenate([frame.force_n for frame in chosen]),
+            "disp_mm": np.concatenate([frame.disp_mm for frame in chosen]),
+        }
+        if with_ref:
+            fields["ref_load_n"] = np.concatenate(
+                [frame.ref_load_n for frame in chosen if frame.ref_load_n is not None]
+            )
+        counts = [frame.n for frame in chosen]
+        timestamps_ns = np.concatenate(
+            [_sample_offsets_ns(frame.n, frame.rate_hz) for frame in chosen]
+        )
+        timestamps_ns += np.repeat(np.array([frame.t0_ns for frame in chosen], np.int64), counts)
+        tags = [
+            (("device", frame.device), ("hub", frames[index][0]))
+            for index, frame in zip(indices, chosen, strict=True)
+        ]
+        lines, line_ends = series_lines(
+            "raw", tags, fields, timestamps_ns, np.cumsum(counts, dtype=np.int64)
+        )
+        view = lines.data  # a memoryview: its slices share the buffer
+        start = 0
+        for index, end in zip(indices, line_ends.tolist(), strict=True):
+            hub, frame, encoding = frames[index]
+            parts[index] = (view[start:end], _meta_line(hub, frame, encoding))
+            start = end
+    return [part for part in parts if part is not None]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the line protocol kernel for the argument types the
+    frame path gives it (`frames_lines`), so that the first live frame does not pay for it."""
+    frame = Frame("warm-up", 0, 0, 100.0, np.zeros(2), np.zeros(2))
+    frames_lines([("warm-up", frame, "json")])
+
+
+def _meta_line(hub: str, frame: Frame, encoding: Encoding) -> bytes:
+    return point_line(
         "frame",
-        {**tags, "encoding": encoding},
+        {"hub": hub, "device": frame.device, "encoding": encoding},
         {
             "seq": frame.seq,
             "n": frame.n,
@@ -48,7 +110,6 @@ def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
         },
         frame.t0_ns,
     )
-    return raw + meta
 
 
 def event_lines(hub: str, event: DeviceEvent) -> bytes:

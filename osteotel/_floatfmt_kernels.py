@@ -373,7 +373,9 @@ def _format_ints(
 
 @njit(cache=True)
 def _array_lines(
-    prefix: npt.NDArray[np.uint8],
+    prefixes: npt.NDArray[np.uint8],
+    prefix_starts: npt.NDArray[np.int64],
+    segment_ends: npt.NDArray[np.int64],
     keys: npt.NDArray[np.uint8],
     key_starts: npt.NDArray[np.int64],
     kinds: npt.NDArray[np.int64],
@@ -383,34 +385,46 @@ def _array_lines(
     bools: npt.NDArray[np.bool_],
     ts_ns: npt.NDArray[np.int64],
     out: npt.NDArray[np.uint8],
+    line_ends: npt.NDArray[np.int64],
 ) -> int:
     """Write one line protocol line per timestamp into `out`; return the bytes used.
 
-    Field j has its key text (`,` before all but the first, `=` after) at
-    keys[key_starts[j]:key_starts[j + 1]], its kind in kinds[j] and its values in row rows[j]
-    of the matrix for that kind.
+    The timestamps come in segments, one series each: segment s holds timestamps
+    segment_ends[s - 1]:segment_ends[s] (from 0 for the first), its lines start with the
+    prefix prefixes[prefix_starts[s]:prefix_starts[s + 1]], and line_ends[s] gets the position
+    in `out` after its last line. Field j has its key text (`,` before all but the first, `=`
+    after) at keys[key_starts[j]:key_starts[j + 1]], its kind in kinds[j] and its values in
+    row rows[j] of the matrix for that kind.
     """
     pos = 0
     n_fields = kinds.size
-    for i in range(ts_ns.size):
-        pos = _put_word(prefix, out, pos)
-        for j in range(n_fields):
-            for b in range(key_starts[j], key_starts[j + 1]):
-                out[pos] = keys[b]
+    i = 0
+    for s in range(segment_ends.size):
+        prefix_start = prefix_starts[s]
+        prefix_end = prefix_starts[s + 1]
+        while i < segment_ends[s]:
+            for b in range(prefix_start, prefix_end):
+                out[pos] = prefixes[b]
                 pos += 1
-            kind = kinds[j]
-            if kind == KIND_FLOAT:
-                pos = _put_float(float_bits[rows[j], i], out, pos)
-            elif kind == KIND_INT:
-                pos = _put_int(ints[rows[j], i], out, pos)
-                out[pos] = _INT_SUFFIX
-                pos += 1
-            elif bools[rows[j], i]:
-                pos = _put_word(_TRUE, out, pos)
-            else:
-                pos = _put_word(_FALSE, out, pos)
-        out[pos] = _SPACE
-        pos = _put_int(ts_ns[i], out, pos + 1)
-        out[pos] = _NEWLINE
-        pos += 1
+            for j in range(n_fields):
+                for b in range(key_starts[j], key_starts[j + 1]):
+                    out[pos] = keys[b]
+                    pos += 1
+                kind = kinds[j]
+                if kind == KIND_FLOAT:
+                    pos = _put_float(float_bits[rows[j], i], out, pos)
+                elif kind == KIND_INT:
+                    pos = _put_int(ints[rows[j], i], out, pos)
+                    out[pos] = _INT_SUFFIX
+                    pos += 1
+                elif bools[rows[j], i]:
+                    pos = _put_word(_TRUE, out, pos)
+                else:
+                    pos = _put_word(_FALSE, out, pos)
+            out[pos] = _SPACE
+            pos = _put_int(ts_ns[i], out, pos + 1)
+            out[pos] = _NEWLINE
+            pos += 1
+            i += 1
+        line_ends[s] = pos
     return pos
