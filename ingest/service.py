@@ -33,7 +33,7 @@ from devices.contract import (
     derived_topic,
 )
 from devices.registry import Device, Registry, RegistryFile
-from devices.validation import Accepted, Limits, accept
+from devices.validation import Accepted, Limits, accept_many
 from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.errors import StoreError, StoreRejected
 from osteotel.logs import kv
@@ -377,28 +377,35 @@ class IngestService:
         pending = PendingFrames()
         clock, spent = time.thread_time_ns, self.accounting.stage_ns
         handle_started = clock()
-        for message in messages:
-            self.accounting.messages_received += 1
-            if partitions > 1 and partition_of(message.topic, partitions) != mine:
+        self.accounting.messages_received += len(messages)
+        owned = [
+            partitions == 1 or partition_of(message.topic, partitions) == mine
+            for message in messages
+        ]
+        started = clock()
+        verdicts = iter(
+            accept_many(
+                [
+                    (message.topic, message.payload, message.received_ns)
+                    for message, own in zip(messages, owned, strict=True)
+                    if own
+                ],
+                registry=registry,
+                limits=self._limits,
+            )
+        )
+        spent["validate"] += clock() - started
+        for message, own in zip(messages, owned, strict=True):
+            if not own:
                 # Another process owns this hub: queued for this session before its hub moved
                 # (a registry change, another process count). Acknowledge in turn, store nothing.
                 self.accounting.messages_foreign += 1
                 works.append(Work(message, [], 0))
                 continue
-            started = clock()
-            try:
-                accepted = accept(
-                    message.topic,
-                    message.payload,
-                    registry=registry,
-                    now_ns=message.received_ns,
-                    limits=self._limits,
-                )
-            except Rejected as rejected:
-                works.append(self._reject(message, rejected))
+            accepted = next(verdicts)
+            if isinstance(accepted, Rejected):
+                works.append(self._reject(message, accepted))
                 continue
-            finally:
-                spent["validate"] += clock() - started
             if not isinstance(accepted.message, Frame):
                 # An event reaches the estimator after every frame received before it.
                 self._estimate_frames(pending, registry)
