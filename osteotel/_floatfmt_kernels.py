@@ -208,7 +208,18 @@ def _decimal(bits: int) -> tuple[int, int]:
             f, e = c >> shift, 0
         else:
             f, e = _shortest(c, biased - _Q_SHIFT, fraction != 0 or biased == 1)
-    while f % 10 == 0:
+    # Trailing zeros off, eight at a time first: a short decimal (150.23) comes out of
+    # Schubfach with up to 16 digits, most of them zeros.
+    while f % 100_000_000 == 0:
+        f //= 100_000_000
+        e += 8
+    if f % 10_000 == 0:
+        f //= 10_000
+        e += 4
+    if f % 100 == 0:
+        f //= 100
+        e += 2
+    if f % 10 == 0:
         f //= 10
         e += 1
     return f, e
