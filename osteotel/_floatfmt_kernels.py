@@ -115,6 +115,7 @@ _SPACE = ord(" ")
 _POW10 = np.array([10**i for i in range(19)], dtype=np.int64)
 _DIGIT_PAIRS = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), dtype=np.uint8)
 _NEWLINE = ord("\n")
+_NS_PER_S = 1_000_000_000
 _INT_SUFFIX = ord("i")
 
 # Positional notation while the decimal point is within these bounds (Python's repr rule).
@@ -410,6 +411,7 @@ def _array_lines(
     pos = 0
     n_fields = kinds.size
     i = 0
+    last_seconds, seconds_at, seconds_width = -1, 0, 0
     for s in range(segment_ends.size):
         prefix_start = prefix_starts[s]
         prefix_end = prefix_starts[s + 1]
@@ -433,7 +435,24 @@ def _array_lines(
                 else:
                     pos = _put_word(_FALSE, out, pos)
             out[pos] = _SPACE
-            pos = _put_int(ts_ns[i], out, pos + 1)
+            pos += 1
+            t_ns = ts_ns[i]
+            if t_ns >= _NS_PER_S:
+                # Whole seconds, then nine digits of nanoseconds: a series' lines mostly share
+                # their seconds, whose digits are copied from the line that wrote them last.
+                seconds = t_ns // _NS_PER_S
+                if seconds != last_seconds:
+                    seconds_width = _digit_count(seconds)
+                    _put_digits(seconds, seconds_width, out, pos)
+                    last_seconds, seconds_at = seconds, pos
+                else:
+                    for b in range(seconds_width):
+                        out[pos + b] = out[seconds_at + b]
+                pos += seconds_width
+                _put_digits(t_ns - seconds * _NS_PER_S, 9, out, pos)
+                pos += 9
+            else:
+                pos = _put_int(t_ns, out, pos)
             out[pos] = _NEWLINE
             pos += 1
             i += 1
