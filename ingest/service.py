@@ -357,8 +357,12 @@ class IngestService:
     async def _receive(self, source: MqttSource) -> None:
         async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
             self._handed.extend(self._handle_batch(messages))
+            queue = self._queue
             while self._handed:
-                await self._queue.put(self._handed[0])
+                if queue.full():
+                    await queue.put(self._handed[0])  # waits for the writer to make room
+                else:
+                    queue.put_nowait(self._handed[0])  # no coroutine per message
                 self._handed.popleft()
 
     async def _drain(self) -> None:
@@ -601,12 +605,9 @@ class IngestService:
                 counts = self.accounting.device(work.device)
                 counts.stored += 1
                 counts.samples_stored += work.samples
-                self.metrics.receive_to_stored_s.labels(work.device).observe(
-                    (now_ns - work.message.received_ns) / 1e9
-                )
-                self.metrics.sample_to_stored_s.labels(work.device).observe(
-                    max(0, now_ns - work.t_last_ns) / 1e9
-                )
+                receive_to_stored_s, sample_to_stored_s = self.metrics.latencies(work.device)
+                receive_to_stored_s.observe((now_ns - work.message.received_ns) / 1e9)
+                sample_to_stored_s.observe(max(0, now_ns - work.t_last_ns) / 1e9)
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
