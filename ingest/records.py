@@ -1,6 +1,7 @@
 """What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
 
 import functools
+import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
@@ -11,7 +12,7 @@ from devices.codec import Encoding
 from devices.contract import Event as DeviceEvent
 from devices.contract import Frame, HubStatus, Rejected
 from devices.registry import Registry
-from osteotel.store.lineproto import array_lines, point_line, series_lines
+from osteotel.store.lineproto import array_lines, escape_tag, point_line, series_lines
 
 __all__ = [
     "device_info_lines",
@@ -26,6 +27,7 @@ __all__ = [
 # Keys that become the point's tags and timestamp; the rest, `v` included, are its fields, so
 # that an event with no data of its own (reboot, load_test_start) is still a point.
 _EVENT_ENVELOPE = frozenset({"device", "t_ns", "type"})
+_INT64_MAX = 2**63 - 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -45,7 +47,7 @@ def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
         fields["ref_load_n"] = frame.ref_load_n
     timestamps_ns = np.int64(frame.t0_ns) + _sample_offsets_ns(frame.n, frame.rate_hz)
     raw = array_lines("raw", tags, fields, timestamps_ns)
-    return raw + _meta_line(hub, frame, encoding)
+    return raw + _frame_point(hub, frame, encoding)
 
 
 def frames_lines(
@@ -98,6 +100,29 @@ def warm_up() -> None:
 
 
 def _meta_line(hub: str, frame: Frame, encoding: Encoding) -> bytes:
+    # Every accepted frame has these types and finite values: its `frame` line is written here
+    # as point_line writes them (repr of a float, `i` after an int), without its per-field
+    # dispatch; anything else goes through point_line (_frame_point).
+    rate_hz, temp_c, battery_pct = frame.rate_hz, frame.temp_c, frame.battery_pct
+    if (
+        type(frame.seq) is int
+        and 0 <= frame.seq <= _INT64_MAX
+        and type(rate_hz) is float
+        and math.isfinite(rate_hz)
+        and (temp_c is None or (type(temp_c) is float and math.isfinite(temp_c)))
+        and (battery_pct is None or (type(battery_pct) is float and math.isfinite(battery_pct)))
+    ):
+        prefix = _meta_prefix(hub, frame.device, encoding)
+        line = f"{prefix} seq={frame.seq}i,n={frame.n}i,rate_hz={rate_hz!r}"
+        if temp_c is not None:
+            line += f",temp_c={temp_c!r}"
+        if battery_pct is not None:
+            line += f",battery_pct={battery_pct!r}"
+        return f"{line} {int(frame.t0_ns)}\n".encode()
+    return _frame_point(hub, frame, encoding)
+
+
+def _frame_point(hub: str, frame: Frame, encoding: Encoding) -> bytes:
     return point_line(
         "frame",
         {"hub": hub, "device": frame.device, "encoding": encoding},
@@ -109,6 +134,14 @@ def _meta_line(hub: str, frame: Frame, encoding: Encoding) -> bytes:
             "battery_pct": frame.battery_pct,
         },
         frame.t0_ns,
+    )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _meta_prefix(hub: str, device: str, encoding: str) -> str:
+    # Tags sorted by key, as point_line writes them.
+    return (
+        f"frame,device={escape_tag(device)},encoding={escape_tag(encoding)},hub={escape_tag(hub)}"
     )
 
 

@@ -53,6 +53,14 @@ def _varied_frames() -> list[tuple[str, Frame, Encoding]]:
     frames.append(
         ("HUB-001", Frame("DX-0009", 99, 0, 100.0, specials, specials[::-1], specials), "json")
     )
+    # Metadata of other types than a decoder gives (written by point_line's general rules):
+    # an int temperature, a numpy rate, the largest sequence number, tags to escape.
+    ones = np.ones(3)
+    frames += [
+        ("HUB-002", Frame("DX-0001", 2**32 - 1, _T0_NS, 50.0, ones, ones, temp_c=36), "binary"),
+        ("HUB-002", Frame("DX-0001", 5, _T0_NS, np.float64(50.0), ones, ones), "binary"),
+        ("HUB 3,x", Frame("DX=0001", 6, _T0_NS, 0.5, ones, ones, battery_pct=1e-5), "json"),
+    ]
     return frames
 
 

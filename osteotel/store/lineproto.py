@@ -210,6 +210,12 @@ def _prefix_bytes(measurement: str, tags: tuple[tuple[str, str], ...]) -> npt.ND
     return np.frombuffer((_cached_prefix(measurement, tags) + " ").encode(), dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _series_prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> npt.NDArray[np.uint8]:
+    # A series' tags as its caller gives them, in any order: sorted once per series, not per call.
+    return _prefix_bytes(measurement, tuple(sorted(tags)))
+
+
 def _check_finite_rows(names: Sequence[str], floats: npt.NDArray[np.float64], filled: int) -> None:
     """Raise for the first non-finite value of the first `filled` float rows, in row order."""
     finite = np.isfinite(floats[:filled])
@@ -378,7 +384,7 @@ def series_lines(
         )
     if not tags:
         return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.int64)
-    prefixes = [_prefix_bytes(measurement, tuple(sorted(series))) for series in tags]
+    prefixes = [_series_prefix(measurement, series) for series in tags]
     sizes = [prefix.size for prefix in prefixes]
     prefix_starts = np.zeros(len(prefixes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=prefix_starts[1:])
