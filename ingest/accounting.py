@@ -113,7 +113,9 @@ class Accounting:
         """Count a valid frame; return False when it is a duplicate that must not be stored."""
         counts = self.device(device)
         counts.received += 1
-        tracker = self._trackers.setdefault(device, SeqTracker())
+        tracker = self._trackers.get(device)
+        if tracker is None:  # not setdefault: that would build a tracker for every frame
+            tracker = self._trackers[device] = SeqTracker()
         verdict, skipped = tracker.observe(seq, t0_ns)
         counts.seq_gaps += skipped
         if verdict is SeqVerdict.DUPLICATE:
