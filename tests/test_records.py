@@ -167,3 +167,50 @@ def test_warm_up_compiles_what_the_frame_path_runs() -> None:
     compiled = list(_array_lines.signatures)
     frames_lines(_varied_frames())
     assert _array_lines.signatures == compiled
+
+
+def _plain_frame_lines(hub: str, frame: Frame) -> bytes:
+    """A frame's raw lines as plain Python writes them: repr of each float, the contract's
+    sample times; tags sorted by key (no escaping needed for these names)."""
+    lines = []
+    for i in range(frame.n):
+        fields = f"force_n={float(frame.force_n[i])!r},disp_mm={float(frame.disp_mm[i])!r}"
+        if frame.ref_load_n is not None:
+            fields += f",ref_load_n={float(frame.ref_load_n[i])!r}"
+        t_ns = frame.t0_ns + round(i * 1e9 / frame.rate_hz)
+        lines.append(f"raw,device={frame.device},hub={hub} {fields} {t_ns}\n")
+    return "".join(lines).encode()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 20),
+            st.floats(0.5, 10_000.0),
+            st.booleans(),
+            st.integers(0, 2**62),
+            hnp.arrays(np.float64, 20, elements=st.floats(allow_nan=False, allow_infinity=False)),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_frames_lines_match_a_plain_python_reference(
+    specs: list[tuple[int, float, bool, int, np.ndarray]],
+) -> None:
+    """The kernel's raw lines for a batch are what plain Python (repr, round) writes."""
+    frames: list[tuple[str, Frame, Encoding]] = []
+    for seq, (n, rate_hz, ref, t0_ns, values) in enumerate(specs):
+        frame = Frame(
+            f"DX-{seq:04d}",
+            seq,
+            t0_ns,
+            rate_hz,
+            values[:n],
+            values[-n:],
+            values[:n] if ref else None,
+        )
+        frames.append((f"HUB-{seq % 2:03d}", frame, "binary"))
+    for (hub, frame, _), (raw, _) in zip(frames, frames_lines(frames), strict=True):
+        assert bytes(raw) == _plain_frame_lines(hub, frame)
