@@ -278,8 +278,11 @@ def _judged(result: object) -> tuple[object, ...]:
 def _valid_frames() -> list[tuple[str, bytes]]:
     """Frames every rule accepts: JSON and binary, with and without a reference load, at the
     range bounds, and one of a device without a reference load range."""
-    binary = Frame("DX-0001", 2, NOW_NS - 10**9, 100.0, [-2000.0, 2000.0], [-5.0, 120.0])
-    with_ref = Frame("DX-0001", 3, NOW_NS - 10**9, 100.0, [1.0], [2.0], ref_load_n=[2500.0])
+    binary = Frame(
+        "DX-0001", 2, NOW_NS - 10**9, 100.0, np.array([-2000.0, 2000.0]), np.array([-5.0, 120.0])
+    )
+    one = np.ones(1)
+    with_ref = Frame("DX-0001", 3, NOW_NS - 10**9, 100.0, one, one, ref_load_n=one * 2500.0)
     return [
         (TELEMETRY, _frame()),
         (TELEMETRY, encode_frame_binary(binary)),
