@@ -46,6 +46,7 @@ __all__ = [
     "BINARY_HEADER",
     "FLAG_REF_LOAD",
     "Encoding",
+    "check_frame_finite",
     "decode_event",
     "decode_frame",
     "decode_status",
@@ -53,6 +54,7 @@ __all__ = [
     "encode_frame_binary",
     "encode_frame_json",
     "encode_status",
+    "parse_frame",
 ]
 
 Encoding = Literal["json", "binary"]
@@ -168,15 +170,6 @@ def _check_finite_array(name: str, values: FloatArray | None) -> None:
         raise Rejected(Reason.NON_FINITE, f"{name}[{index}] is {value!r}", field=name, index=index)
 
 
-def _check_frame_finite(frame: Frame) -> None:
-    _check_finite_scalar("rate_hz", frame.rate_hz)
-    _check_finite_array("force_n", frame.force_n)
-    _check_finite_array("disp_mm", frame.disp_mm)
-    _check_finite_array("ref_load_n", frame.ref_load_n)
-    _check_finite_scalar("temp_c", frame.temp_c)
-    _check_finite_scalar("battery_pct", frame.battery_pct)
-
-
 def _check_topic_device(payload_device: str, topic_device: str) -> None:
     if payload_device != topic_device:
         raise Rejected(
@@ -207,14 +200,37 @@ def decode_frame(payload: bytes, *, topic_device: str) -> tuple[Frame, Encoding]
     Raises:
         Rejected: `malformed`, `schema`, `topic_mismatch` or `non_finite`.
     """
+    frame, encoding = parse_frame(payload, topic_device=topic_device)
+    check_frame_finite(frame)
+    return frame, encoding
+
+
+def parse_frame(payload: bytes, *, topic_device: str) -> tuple[Frame, Encoding]:
+    """`decode_frame` without its last rule, `non_finite`: for a caller that checks many frames'
+    arrays at once and then calls `check_frame_finite` on those that fail (devices.validation).
+
+    Raises:
+        Rejected: `malformed`, `schema` or `topic_mismatch`.
+    """
     if payload.startswith(BINARY_MAGIC):
-        frame = _decode_binary(payload, topic_device)
-        _check_frame_finite(frame)
-        return frame, "binary"
+        return _decode_binary(payload, topic_device), "binary"
     _require_json_object(payload)
-    frame = _decode_json(payload, topic_device)
-    _check_frame_finite(frame)
-    return frame, "json"
+    return _decode_json(payload, topic_device), "json"
+
+
+def check_frame_finite(frame: Frame) -> None:
+    """Reject a frame with NaN or inf in a float field or array, naming the first one (fields
+    in contract order, then the index).
+
+    Raises:
+        Rejected: `non_finite`.
+    """
+    _check_finite_scalar("rate_hz", frame.rate_hz)
+    _check_finite_array("force_n", frame.force_n)
+    _check_finite_array("disp_mm", frame.disp_mm)
+    _check_finite_array("ref_load_n", frame.ref_load_n)
+    _check_finite_scalar("temp_c", frame.temp_c)
+    _check_finite_scalar("battery_pct", frame.battery_pct)
 
 
 def _decode_json(payload: bytes, topic_device: str) -> Frame:

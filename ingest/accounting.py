@@ -96,7 +96,8 @@ class Accounting:
         self.messages_received = 0  # every message the broker delivered, whatever it held
         self.messages_foreign = 0  # ... of which another partition owns the hub (not stored)
         # The event loop's CPU time by stage, ns (docs/ingest.md, "Where ingest's time goes"):
-        # handle (a received batch into work: validate, dsp and checkpoint are parts of it),
+        # handle (a received batch into work: validate, lines, dsp and checkpoint are parts of
+        # it; lines is the frames' line protocol),
         # join (a commit's body), acknowledge (accounting, publishing estimates, PUBACKs).
         self.stage_ns: Counter[str] = Counter()
         self._trackers: dict[str, SeqTracker] = {}
@@ -112,7 +113,9 @@ class Accounting:
         """Count a valid frame; return False when it is a duplicate that must not be stored."""
         counts = self.device(device)
         counts.received += 1
-        tracker = self._trackers.setdefault(device, SeqTracker())
+        tracker = self._trackers.get(device)
+        if tracker is None:  # not setdefault: that would build a tracker for every frame
+            tracker = self._trackers[device] = SeqTracker()
         verdict, skipped = tracker.observe(seq, t0_ns)
         counts.seq_gaps += skipped
         if verdict is SeqVerdict.DUPLICATE:

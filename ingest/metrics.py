@@ -83,7 +83,8 @@ class _AccountingCollector(Collector):
         yield again
         stages = CounterMetricFamily(
             "osteotel_ingest_stage_seconds",
-            "The event loop's CPU time by stage (handle contains validate, dsp and checkpoint)",
+            "The event loop's CPU time by stage "
+            "(handle contains validate, lines, dsp and checkpoint)",
             labels=["stage"],
         )
         for stage, spent_ns in sorted(self._accounting.stage_ns.items()):
@@ -164,6 +165,7 @@ class IngestMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._latencies: dict[str, tuple[Histogram, Histogram]] = {}
         self.store_outages = Counter(
             "osteotel_ingest_store_outages",
             "Times InfluxDB became unavailable to ingest's writes",
@@ -175,6 +177,18 @@ class IngestMetrics:
             buckets=_RECOVERY_BUCKETS_S,
             registry=self.registry,
         )
+
+    def latencies(self, device: str) -> tuple[Histogram, Histogram]:
+        """A device's receive-to-stored and sample-to-stored histograms: its labels are looked
+        up once, not once per frame."""
+        latencies = self._latencies.get(device)
+        if latencies is None:
+            latencies = (
+                self.receive_to_stored_s.labels(device),
+                self.sample_to_stored_s.labels(device),
+            )
+            self._latencies[device] = latencies
+        return latencies
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""

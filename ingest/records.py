@@ -1,6 +1,8 @@
 """What ingest writes to InfluxDB for each accepted or rejected message (see docs/schema.md)."""
 
 import functools
+import math
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -10,13 +12,22 @@ from devices.codec import Encoding
 from devices.contract import Event as DeviceEvent
 from devices.contract import Frame, HubStatus, Rejected
 from devices.registry import Registry
-from osteotel.store.lineproto import array_lines, point_line
+from osteotel.store.lineproto import array_lines, escape_tag, point_line, series_lines
 
-__all__ = ["device_info_lines", "event_lines", "frame_lines", "rejection_lines", "status_lines"]
+__all__ = [
+    "device_info_lines",
+    "event_lines",
+    "frame_lines",
+    "frames_lines",
+    "rejection_lines",
+    "status_lines",
+    "warm_up",
+]
 
 # Keys that become the point's tags and timestamp; the rest, `v` included, are its fields, so
 # that an event with no data of its own (reboot, load_test_start) is still a point.
 _EVENT_ENVELOPE = frozenset({"device", "t_ns", "type"})
+_INT64_MAX = 2**63 - 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -36,9 +47,85 @@ def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
         fields["ref_load_n"] = frame.ref_load_n
     timestamps_ns = np.int64(frame.t0_ns) + _sample_offsets_ns(frame.n, frame.rate_hz)
     raw = array_lines("raw", tags, fields, timestamps_ns)
-    meta = point_line(
+    return raw + _frame_point(hub, frame, encoding)
+
+
+def frames_lines(
+    frames: Sequence[tuple[str, Frame, Encoding]],
+) -> list[tuple[memoryview, bytes]]:
+    """`frame_lines` of many frames (hub, frame, encoding), one kernel call for all the frames
+    with the same fields: each frame's `raw` lines, a slice of one buffer (not copied), and
+    its `frame` line. The two one after the other are `frame_lines`' bytes."""
+    parts: list[tuple[memoryview, bytes] | None] = [None] * len(frames)
+    # The fields make a line's layout: frames with a reference load go in a call of their own.
+    groups: dict[bool, list[int]] = {}
+    for index, (_, frame, _) in enumerate(frames):
+        groups.setdefault(frame.ref_load_n is not None, []).append(index)
+    for with_ref, indices in groups.items():
+        chosen = [frames[index][1] for index in indices]
+        fields = {
+            "force_n": np.concatenate([frame.force_n for frame in chosen]),
+            "disp_mm": np.concatenate([frame.disp_mm for frame in chosen]),
+        }
+        if with_ref:
+            fields["ref_load_n"] = np.concatenate(
+                [frame.ref_load_n for frame in chosen if frame.ref_load_n is not None]
+            )
+        counts = [frame.n for frame in chosen]
+        timestamps_ns = np.concatenate(
+            [_sample_offsets_ns(frame.n, frame.rate_hz) for frame in chosen]
+        )
+        timestamps_ns += np.repeat(np.array([frame.t0_ns for frame in chosen], np.int64), counts)
+        tags = [
+            (("device", frame.device), ("hub", frames[index][0]))
+            for index, frame in zip(indices, chosen, strict=True)
+        ]
+        lines, line_ends = series_lines(
+            "raw", tags, fields, timestamps_ns, np.cumsum(counts, dtype=np.int64)
+        )
+        view = lines.data  # a memoryview: its slices share the buffer
+        start = 0
+        for index, end in zip(indices, line_ends.tolist(), strict=True):
+            hub, frame, encoding = frames[index]
+            parts[index] = (view[start:end], _meta_line(hub, frame, encoding))
+            start = end
+    return [part for part in parts if part is not None]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the line protocol kernel for the argument types the
+    frame path gives it (`frames_lines`), so that the first live frame does not pay for it."""
+    frame = Frame("warm-up", 0, 0, 100.0, np.zeros(2), np.zeros(2))
+    frames_lines([("warm-up", frame, "json")])
+
+
+def _meta_line(hub: str, frame: Frame, encoding: Encoding) -> bytes:
+    # Every accepted frame has these types and finite values: its `frame` line is written here
+    # as point_line writes them (repr of a float, `i` after an int), without its per-field
+    # dispatch; anything else goes through point_line (_frame_point).
+    rate_hz, temp_c, battery_pct = frame.rate_hz, frame.temp_c, frame.battery_pct
+    if (
+        type(frame.seq) is int
+        and 0 <= frame.seq <= _INT64_MAX
+        and type(rate_hz) is float
+        and math.isfinite(rate_hz)
+        and (temp_c is None or (type(temp_c) is float and math.isfinite(temp_c)))
+        and (battery_pct is None or (type(battery_pct) is float and math.isfinite(battery_pct)))
+    ):
+        prefix = _meta_prefix(hub, frame.device, encoding)
+        line = f"{prefix} seq={frame.seq}i,n={frame.n}i,rate_hz={rate_hz!r}"
+        if temp_c is not None:
+            line += f",temp_c={temp_c!r}"
+        if battery_pct is not None:
+            line += f",battery_pct={battery_pct!r}"
+        return f"{line} {int(frame.t0_ns)}\n".encode()
+    return _frame_point(hub, frame, encoding)
+
+
+def _frame_point(hub: str, frame: Frame, encoding: Encoding) -> bytes:
+    return point_line(
         "frame",
-        {**tags, "encoding": encoding},
+        {"hub": hub, "device": frame.device, "encoding": encoding},
         {
             "seq": frame.seq,
             "n": frame.n,
@@ -48,7 +135,14 @@ def frame_lines(hub: str, frame: Frame, encoding: Encoding) -> bytes:
         },
         frame.t0_ns,
     )
-    return raw + meta
+
+
+@functools.lru_cache(maxsize=65_536)
+def _meta_prefix(hub: str, device: str, encoding: str) -> str:
+    # Tags sorted by key, as point_line writes them.
+    return (
+        f"frame,device={escape_tag(device)},encoding={escape_tag(encoding)},hub={escape_tag(hub)}"
+    )
 
 
 def event_lines(hub: str, event: DeviceEvent) -> bytes:

@@ -33,7 +33,7 @@ from devices.contract import (
     derived_topic,
 )
 from devices.registry import Device, Registry, RegistryFile
-from devices.validation import Accepted, Limits, accept
+from devices.validation import Accepted, Limits, accept_many
 from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.errors import StoreError, StoreRejected
 from osteotel.logs import kv
@@ -62,9 +62,10 @@ from .partition import Subscriptions, hub_partition, partition_of, subscriptions
 from .records import (
     device_info_lines,
     event_lines,
-    frame_lines,
+    frames_lines,
     status_lines,
 )
+from .records import warm_up as warm_up_lines
 from .redelivery import (
     Redeliveries,
     mark_all_acknowledged,
@@ -147,6 +148,7 @@ class IngestService:
         """Run until `stop` is set, then store and acknowledge what was received, and return."""
         # Compile (or load from numba's cache) every kernel now, not on the first frame.
         await asyncio.to_thread(dsp.warm_up)
+        await asyncio.to_thread(warm_up_lines)
         await self._restore()
         drained = False
         try:
@@ -355,8 +357,12 @@ class IngestService:
     async def _receive(self, source: MqttSource) -> None:
         async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
             self._handed.extend(self._handle_batch(messages))
+            queue = self._queue
             while self._handed:
-                await self._queue.put(self._handed[0])
+                if queue.full():
+                    await queue.put(self._handed[0])  # waits for the writer to make room
+                else:
+                    queue.put_nowait(self._handed[0])  # no coroutine per message
                 self._handed.popleft()
 
     async def _drain(self) -> None:
@@ -375,28 +381,35 @@ class IngestService:
         pending = PendingFrames()
         clock, spent = time.thread_time_ns, self.accounting.stage_ns
         handle_started = clock()
-        for message in messages:
-            self.accounting.messages_received += 1
-            if partitions > 1 and partition_of(message.topic, partitions) != mine:
+        self.accounting.messages_received += len(messages)
+        owned = [
+            partitions == 1 or partition_of(message.topic, partitions) == mine
+            for message in messages
+        ]
+        started = clock()
+        verdicts = iter(
+            accept_many(
+                [
+                    (message.topic, message.payload, message.received_ns)
+                    for message, own in zip(messages, owned, strict=True)
+                    if own
+                ],
+                registry=registry,
+                limits=self._limits,
+            )
+        )
+        spent["validate"] += clock() - started
+        for message, own in zip(messages, owned, strict=True):
+            if not own:
                 # Another process owns this hub: queued for this session before its hub moved
                 # (a registry change, another process count). Acknowledge in turn, store nothing.
                 self.accounting.messages_foreign += 1
-                works.append(Work(message, b""))
+                works.append(Work(message, [], 0))
                 continue
-            started = clock()
-            try:
-                accepted = accept(
-                    message.topic,
-                    message.payload,
-                    registry=registry,
-                    now_ns=message.received_ns,
-                    limits=self._limits,
-                )
-            except Rejected as rejected:
-                works.append(self._reject(message, rejected))
+            accepted = next(verdicts)
+            if isinstance(accepted, Rejected):
+                works.append(self._reject(message, accepted))
                 continue
-            finally:
-                spent["validate"] += clock() - started
             if not isinstance(accepted.message, Frame):
                 # An event reaches the estimator after every frame received before it.
                 self._estimate_frames(pending, registry)
@@ -412,7 +425,15 @@ class IngestService:
         return works
 
     def _estimate_frames(self, pending: PendingFrames, registry: Registry) -> None:
-        """Run the frames waiting for the DSP through it at once, in order of receipt."""
+        """Write the lines of the frames waiting for them, then run the frames waiting for the
+        DSP through it at once, in order of receipt (a run's estimates follow its lines)."""
+        if pending.unwritten:
+            started = time.thread_time_ns()
+            unwritten, pending.unwritten = pending.unwritten, []
+            lines = frames_lines([(hub, frame, encoding) for _, hub, frame, encoding in unwritten])
+            for (work, *_), (raw, meta) in zip(unwritten, lines, strict=True):
+                work.lines += (raw, meta)
+            self.accounting.stage_ns["lines"] += time.thread_time_ns() - started
         if not pending.frames:
             return
         started = time.thread_time_ns()
@@ -455,9 +476,12 @@ class IngestService:
         if not records:
             return
         # A device's hub is its registered one: a frame from another hub was rejected.
-        work.lines += b"".join(
-            estimate_line(registry.devices[record.device].hub, record) for record in records
+        work.lines.append(
+            b"".join(
+                estimate_line(registry.devices[record.device].hub, record) for record in records
+            )
         )
+        work.points += len(records)
         work.estimates.extend(
             (
                 derived_topic(record.device),
@@ -479,17 +503,19 @@ class IngestService:
     ) -> Work:
         item = accepted.message
         if isinstance(item, HubStatus):
-            return Work(message, status_lines(item))
+            return Work(message, [status_lines(item)], 1)
         if isinstance(item, Frame):
             assert accepted.encoding is not None
             if not self.accounting.frame(item.device, item.seq, item.t0_ns):
                 log.info(kv("duplicate", device=item.device, seq=item.seq, t0_ns=item.t0_ns))
-                return Work(message, b"")
+                return Work(message, [], 0)
             device = registry.devices[item.device]
             self._know(device)
             # Calibrated before anything else: stored samples and the DSP see physical units.
             item = calibrate(item, device.calibration)
-            work = Work(message, frame_lines(accepted.hub, item, accepted.encoding))
+            # Its lines are written with the batch's other frames (_estimate_frames).
+            work = Work(message, [], item.n + 1)
+            pending.unwritten.append((work, accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
             unfed = unfed_part(item, self._fed_until.get(item.device))
             if unfed is None:
@@ -501,7 +527,7 @@ class IngestService:
             pending.works.append(work)
             return work
         self._know(registry.devices[item.device])
-        work = Work(message, event_lines(accepted.hub, item))
+        work = Work(message, [event_lines(accepted.hub, item)], 1)
         if not event_unfed(item, self._fed_until.get(item.device)):
             self.catchup.events_not_fed += 1  # read before: stored again, not fed again
             return work
@@ -520,7 +546,8 @@ class IngestService:
         rejection = self._rejections.reject(message, rejected)
         return Work(
             message,
-            rejection.lines,
+            [rejection.lines],
+            1,
             dead_letter=rejection.dead_letter,
             rejection=rejection.identity,
         )
@@ -534,7 +561,7 @@ class IngestService:
             deadline = time.monotonic() + limits.batch_max_delay_s
             while True:
                 batch.items.append(work)
-                batch.lines += work.lines.count(b"\n")
+                batch.lines += work.points
                 if (
                     batch.lines >= limits.batch_max_lines
                     or len(batch.items) >= limits.batch_max_messages
@@ -565,7 +592,7 @@ class IngestService:
                 self._dead_letters.append(letter)
             await asyncio.to_thread(self._dead_letters.flush)
         started = time.thread_time_ns()
-        body = b"".join(work.lines for work in batch.items)
+        body = b"".join([part for work in batch.items for part in work.lines])
         spent = self.accounting.stage_ns
         spent["join"] += time.thread_time_ns() - started
         if body:
@@ -578,12 +605,9 @@ class IngestService:
                 counts = self.accounting.device(work.device)
                 counts.stored += 1
                 counts.samples_stored += work.samples
-                self.metrics.receive_to_stored_s.labels(work.device).observe(
-                    (now_ns - work.message.received_ns) / 1e9
-                )
-                self.metrics.sample_to_stored_s.labels(work.device).observe(
-                    max(0, now_ns - work.t_last_ns) / 1e9
-                )
+                receive_to_stored_s, sample_to_stored_s = self.metrics.latencies(work.device)
+                receive_to_stored_s.observe((now_ns - work.message.received_ns) / 1e9)
+                sample_to_stored_s.observe(max(0, now_ns - work.t_last_ns) / 1e9)
             for topic, payload in work.estimates:
                 source.publish(topic, payload)
             source.ack(work.message)
@@ -604,7 +628,7 @@ class IngestService:
             if not work.lines:
                 continue
             try:
-                await self._storage.write_waiting(work.lines)
+                await self._storage.write_waiting(b"".join(work.lines))
             except StoreRejected as exc:
                 refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
                 if refused.dead_letter is not None:  # else refused before, and redelivered

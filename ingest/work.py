@@ -6,6 +6,7 @@ accepted frames through the DSP together (`PendingFrames`), and commits work in 
 
 from dataclasses import dataclass, field
 
+from devices.codec import Encoding
 from devices.contract import Frame
 from osteotel.mqtt import Received
 
@@ -20,7 +21,11 @@ class Work:
     """One received message turned into what must be stored before it is acknowledged."""
 
     message: Received
-    lines: bytes
+    # Its line protocol in parts, joined into the batch's body at commit without a copy of
+    # their own (a frame's raw lines are a slice of its batch's buffer, ingest/records.py).
+    lines: list[bytes | memoryview]
+    # How many lines (points) `lines` holds: what a batch counts against `batch_max_lines`.
+    points: int
     device: str | None = None
     samples: int = 0
     t_last_ns: int = 0
@@ -34,10 +39,12 @@ class Work:
 
 @dataclass(slots=True)
 class PendingFrames:
-    """Accepted frames of a batch not yet through the DSP, and the work each belongs to."""
+    """Accepted frames of a batch not yet through the DSP, and the work each belongs to; and
+    those whose lines are not written yet (with their hub and encoding)."""
 
     frames: list[Frame] = field(default_factory=list)
     works: list[Work] = field(default_factory=list)
+    unwritten: list[tuple[Work, str, Frame, Encoding]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -115,6 +115,7 @@ _SPACE = ord(" ")
 _POW10 = np.array([10**i for i in range(19)], dtype=np.int64)
 _DIGIT_PAIRS = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), dtype=np.uint8)
 _NEWLINE = ord("\n")
+_NS_PER_S = 1_000_000_000
 _INT_SUFFIX = ord("i")
 
 # Positional notation while the decimal point is within these bounds (Python's repr rule).
@@ -208,7 +209,18 @@ def _decimal(bits: int) -> tuple[int, int]:
             f, e = c >> shift, 0
         else:
             f, e = _shortest(c, biased - _Q_SHIFT, fraction != 0 or biased == 1)
-    while f % 10 == 0:
+    # Trailing zeros off, eight at a time first: a short decimal (150.23) comes out of
+    # Schubfach with up to 16 digits, most of them zeros.
+    while f % 100_000_000 == 0:
+        f //= 100_000_000
+        e += 8
+    if f % 10_000 == 0:
+        f //= 10_000
+        e += 4
+    if f % 100 == 0:
+        f //= 100
+        e += 2
+    if f % 10 == 0:
         f //= 10
         e += 1
     return f, e
@@ -373,7 +385,9 @@ def _format_ints(
 
 @njit(cache=True)
 def _array_lines(
-    prefix: npt.NDArray[np.uint8],
+    prefixes: npt.NDArray[np.uint8],
+    prefix_starts: npt.NDArray[np.int64],
+    segment_ends: npt.NDArray[np.int64],
     keys: npt.NDArray[np.uint8],
     key_starts: npt.NDArray[np.int64],
     kinds: npt.NDArray[np.int64],
@@ -383,34 +397,64 @@ def _array_lines(
     bools: npt.NDArray[np.bool_],
     ts_ns: npt.NDArray[np.int64],
     out: npt.NDArray[np.uint8],
+    line_ends: npt.NDArray[np.int64],
 ) -> int:
     """Write one line protocol line per timestamp into `out`; return the bytes used.
 
-    Field j has its key text (`,` before all but the first, `=` after) at
-    keys[key_starts[j]:key_starts[j + 1]], its kind in kinds[j] and its values in row rows[j]
-    of the matrix for that kind.
+    The timestamps come in segments, one series each: segment s holds timestamps
+    segment_ends[s - 1]:segment_ends[s] (from 0 for the first), its lines start with the
+    prefix prefixes[prefix_starts[s]:prefix_starts[s + 1]], and line_ends[s] gets the position
+    in `out` after its last line. Field j has its key text (`,` before all but the first, `=`
+    after) at keys[key_starts[j]:key_starts[j + 1]], its kind in kinds[j] and its values in
+    row rows[j] of the matrix for that kind.
     """
     pos = 0
     n_fields = kinds.size
-    for i in range(ts_ns.size):
-        pos = _put_word(prefix, out, pos)
-        for j in range(n_fields):
-            for b in range(key_starts[j], key_starts[j + 1]):
-                out[pos] = keys[b]
+    i = 0
+    last_seconds, seconds_at, seconds_width = -1, 0, 0
+    for s in range(segment_ends.size):
+        prefix_start = prefix_starts[s]
+        prefix_end = prefix_starts[s + 1]
+        while i < segment_ends[s]:
+            for b in range(prefix_start, prefix_end):
+                out[pos] = prefixes[b]
                 pos += 1
-            kind = kinds[j]
-            if kind == KIND_FLOAT:
-                pos = _put_float(float_bits[rows[j], i], out, pos)
-            elif kind == KIND_INT:
-                pos = _put_int(ints[rows[j], i], out, pos)
-                out[pos] = _INT_SUFFIX
-                pos += 1
-            elif bools[rows[j], i]:
-                pos = _put_word(_TRUE, out, pos)
+            for j in range(n_fields):
+                for b in range(key_starts[j], key_starts[j + 1]):
+                    out[pos] = keys[b]
+                    pos += 1
+                kind = kinds[j]
+                if kind == KIND_FLOAT:
+                    pos = _put_float(float_bits[rows[j], i], out, pos)
+                elif kind == KIND_INT:
+                    pos = _put_int(ints[rows[j], i], out, pos)
+                    out[pos] = _INT_SUFFIX
+                    pos += 1
+                elif bools[rows[j], i]:
+                    pos = _put_word(_TRUE, out, pos)
+                else:
+                    pos = _put_word(_FALSE, out, pos)
+            out[pos] = _SPACE
+            pos += 1
+            t_ns = ts_ns[i]
+            if t_ns >= _NS_PER_S:
+                # Whole seconds, then nine digits of nanoseconds: a series' lines mostly share
+                # their seconds, whose digits are copied from the line that wrote them last.
+                seconds = t_ns // _NS_PER_S
+                if seconds != last_seconds:
+                    seconds_width = _digit_count(seconds)
+                    _put_digits(seconds, seconds_width, out, pos)
+                    last_seconds, seconds_at = seconds, pos
+                else:
+                    for b in range(seconds_width):
+                        out[pos + b] = out[seconds_at + b]
+                pos += seconds_width
+                _put_digits(t_ns - seconds * _NS_PER_S, 9, out, pos)
+                pos += 9
             else:
-                pos = _put_word(_FALSE, out, pos)
-        out[pos] = _SPACE
-        pos = _put_int(ts_ns[i], out, pos + 1)
-        out[pos] = _NEWLINE
-        pos += 1
+                pos = _put_int(t_ns, out, pos)
+            out[pos] = _NEWLINE
+            pos += 1
+            i += 1
+        line_ends[s] = pos
     return pos

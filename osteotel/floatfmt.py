@@ -93,7 +93,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every formatting kernel now, with tiny arrays, so
     the first real frame does not pay for it."""
     # Imported here: the store imports this module, not the other way round.
-    from osteotel.store.lineproto import array_lines  # noqa: PLC0415
+    from osteotel.store.lineproto import array_lines, series_lines  # noqa: PLC0415
 
     format_floats(np.array([0.1, -2.0, np.nan]), allow_non_finite=True)
     format_ints(np.array([-1, 2]))
@@ -103,3 +103,4 @@ def warm_up() -> None:
         {"f": np.array([1.5]), "i": np.array([3]), "b": np.array([True])},
         np.array([1]),
     )
+    series_lines("m", [(("t", "v"),)], {"f": np.array([1.5])}, np.array([1]), np.array([1]))

@@ -41,7 +41,7 @@ THREADS = tuple(
 STAGES = tuple(
     f"ingest_{processes}p_stage_us_per_frame_{stage}"
     for processes in (1, 2)
-    for stage in ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge")
+    for stage in ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge")
 )
 # Counts that a good run keeps at zero (the goal is no false critical alert): reported, not judged.
 NORMAL_RATES = tuple(
@@ -269,8 +269,8 @@ def test_handling_a_batch_holds_its_stages(figures: dict[str, object], processes
     clock, nested intervals)."""
     stage = {
         name: _float(figures, f"ingest_{processes}p_stage_us_per_frame_{name}")
-        for name in ("handle", "validate", "dsp", "checkpoint", "join", "acknowledge")
+        for name in ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge")
     }
     assert all(value > 0 for value in stage.values()), stage
-    parts = stage["validate"] + stage["dsp"] + stage["checkpoint"]
+    parts = stage["validate"] + stage["lines"] + stage["dsp"] + stage["checkpoint"]
     assert stage["handle"] >= parts * (1 - 1e-9)

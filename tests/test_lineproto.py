@@ -187,3 +187,25 @@ def test_point_line_and_array_lines_agree_on_floats(value: float) -> None:
     assert point_line("m", {}, {"f": value}, 1) == array_lines(
         "m", {}, {"f": np.array([value])}, np.array([1])
     )
+
+
+def test_timestamps_are_written_whole_around_second_boundaries() -> None:
+    """Timestamps in one call, repeating and changing their whole seconds, below one second,
+    negative and at the int64 ends, each written as its decimal digits."""
+    ts_ns = [
+        1_780_000_000_000_000_000,
+        1_780_000_000_999_999_999,
+        1_780_000_001_000_000_000,
+        1_780_000_000_000_000_001,
+        0,
+        999_999_999,
+        1_000_000_000,
+        1_000_000_009,
+        10_000_000_000,
+        2**63 - 1,
+        -1,
+        -(2**63),
+        1_780_000_000_000_000_000,
+    ]
+    lines = array_lines("m", {}, {"f": np.zeros(len(ts_ns))}, np.array(ts_ns, dtype=np.int64))
+    assert lines.decode().splitlines() == [f"m f=0.0 {t_ns}" for t_ns in ts_ns]

@@ -9,7 +9,7 @@ import pytest
 from devices.codec import encode_frame_binary, encode_frame_json
 from devices.contract import Battery, Frame, HubStatus, MessageKind, Reason, Rejected
 from devices.registry import Registry
-from devices.validation import Limits, accept
+from devices.validation import Accepted, Limits, accept, accept_many
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "registry.example.toml"
 NOW_NS = 1_764_000_000_000_000_000
@@ -265,3 +265,67 @@ def test_full_size_json_frame_fits_the_default_limit(registry: Registry) -> None
     accepted = accept(TELEMETRY, payload, registry=registry, now_ns=NOW_NS, limits=LIMITS)
     assert accepted.message == frame
     assert len(payload) <= LIMITS.max_payload_bytes
+
+
+def _judged(result: object) -> tuple[object, ...]:
+    """What a result says: the accepted message, or the rejection's rule, field, index, detail."""
+    if isinstance(result, Rejected):
+        return (result.reason, result.field, result.index, result.detail)
+    assert isinstance(result, Accepted)
+    return (result.topic, result.hub, result.message, result.encoding)
+
+
+def _valid_frames() -> list[tuple[str, bytes]]:
+    """Frames every rule accepts: JSON and binary, with and without a reference load, at the
+    range bounds, and one of a device without a reference load range."""
+    binary = Frame(
+        "DX-0001", 2, NOW_NS - 10**9, 100.0, np.array([-2000.0, 2000.0]), np.array([-5.0, 120.0])
+    )
+    one = np.ones(1)
+    with_ref = Frame("DX-0001", 3, NOW_NS - 10**9, 100.0, one, one, ref_load_n=one * 2500.0)
+    return [
+        (TELEMETRY, _frame()),
+        (TELEMETRY, encode_frame_binary(binary)),
+        (TELEMETRY, encode_frame_binary(with_ref)),
+        (TELEMETRY, _frame(ref_load_n=[0.0, 1.0, 2500.0], temp_c=36.5, battery_pct=80.0)),
+        ("osteotel/v1/HUB-B/DX-0003/telemetry", _frame(device="DX-0003", ref_load_n=[-9e9] * 3)),
+    ]
+
+
+def test_accept_many_judges_each_message_as_accept_does(registry: Registry) -> None:
+    """Every rejection of the rule table and the order table, with valid frames between them:
+    the batch gives each message exactly what accept gives it alone, the valid ones accepted."""
+    valid = _valid_frames()
+    messages: list[tuple[str, bytes, int]] = []
+    for number, (topic, payload, _) in enumerate(REJECTIONS):
+        messages.append((topic, payload, NOW_NS))
+        good_topic, good_payload = valid[number % len(valid)]
+        messages.append((good_topic, good_payload, NOW_NS))
+    messages += [
+        (topic, payload, NOW_NS) for topic, payload, limits, _ in ORDER if limits is LIMITS
+    ]
+    messages += [
+        (TELEMETRY + "/x", b"{" + b" " * LIMITS.max_payload_bytes + b"}", NOW_NS),
+        (TELEMETRY, _frame(rate_hz=float("nan")), NOW_NS),
+        (TELEMETRY, _frame(temp_c=float("inf")), NOW_NS),
+        (TELEMETRY, _frame(battery_pct=float("nan")), NOW_NS),
+        (TELEMETRY, _frame(force_n=[1.0, 2.0, float("-inf")], temp_c=float("nan")), NOW_NS),
+        (TELEMETRY, _frame(ref_load_n=[1.0, float("nan"), 1.0], disp_mm=[500.0] * 3), NOW_NS),
+    ]
+
+    def alone(topic: str, payload: bytes, now_ns: int) -> object:
+        try:
+            return accept(topic, payload, registry=registry, now_ns=now_ns, limits=LIMITS)
+        except Rejected as rejected:
+            return rejected
+
+    expected = [_judged(alone(*message)) for message in messages]
+    results = accept_many(messages, registry=registry, limits=LIMITS)
+    assert [_judged(result) for result in results] == expected
+    accepted = sum(isinstance(result, Accepted) for result in results)
+    assert accepted == len(REJECTIONS)  # the valid frame after each rejection, and only those
+
+
+def test_accept_many_of_nothing_is_nothing(registry: Registry) -> None:
+    """An empty batch gives no results."""
+    assert accept_many([], registry=registry, limits=LIMITS) == []

@@ -11,6 +11,7 @@ from osteotel.store.lineproto import (
     escape_string_field,
     escape_tag,
     point_line,
+    series_lines,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "point_line",
+    "series_lines",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "point_line",
+    "series_lines",
 ]
 
 _INT64_MIN = -(2**63)
@@ -209,6 +210,12 @@ def _prefix_bytes(measurement: str, tags: tuple[tuple[str, str], ...]) -> npt.ND
     return np.frombuffer((_cached_prefix(measurement, tags) + " ").encode(), dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _series_prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> npt.NDArray[np.uint8]:
+    # A series' tags as its caller gives them, in any order: sorted once per series, not per call.
+    return _prefix_bytes(measurement, tuple(sorted(tags)))
+
+
 def _check_finite_rows(names: Sequence[str], floats: npt.NDArray[np.float64], filled: int) -> None:
     """Raise for the first non-finite value of the first `filled` float rows, in row order."""
     finite = np.isfinite(floats[:filled])
@@ -220,29 +227,19 @@ def _check_finite_rows(names: Sequence[str], floats: npt.NDArray[np.float64], fi
             raise ValueError(f"field {names[row]!r} is not finite at index {index}")
 
 
-def array_lines(
-    measurement: str,
-    tags: Mapping[str, str],
-    fields: Mapping[str, np.ndarray],
-    ts_ns: np.ndarray,
-) -> bytes:
-    """Build one line per array element: `m,tag=v f1=<float>,f2=<int>i <ts_ns>\\n`.
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Fields checked and stacked by kind, as the kernel reads them."""
 
-    Args:
-        measurement: the measurement name.
-        tags: tags shared by every line (e.g. hub and device); written sorted by key.
-        fields: field name to a 1-D array as long as `ts_ns`. Floating arrays are written as
-            float64 in exact round-trip notation, integer arrays with the `i` suffix, booleans
-            as `true`/`false`.
-        ts_ns: 1-D integer array of timestamps, UTC epoch nanoseconds.
+    layout: _Layout
+    floats: npt.NDArray[np.float64]
+    ints: npt.NDArray[np.int64]
+    bools: npt.NDArray[np.bool_]
+    ts_ns: npt.NDArray[np.int64]
 
-    Returns:
-        The lines, each ending in a newline; `b""` when `ts_ns` is empty.
 
-    Raises:
-        ValueError: no fields, lengths differ, a float is NaN or infinite, a dtype is not
-            supported, or a name cannot be escaped.
-    """
+def _columns(fields: Mapping[str, np.ndarray], ts_ns: np.ndarray) -> _Columns:
+    """Check the fields and timestamps (array_lines' Raises) and stack the fields by kind."""
     if not fields:
         raise ValueError("a line needs at least one field")
     ts = np.asarray(ts_ns)
@@ -274,26 +271,130 @@ def array_lines(
         else:
             bools[column.row] = values
     _check_finite_rows(float_names, floats, n_floats)
-    if n == 0:
-        return b""
+    return _Columns(layout, floats, ints, bools, np.ascontiguousarray(ts, dtype=np.int64))
 
-    prefix = _prefix_bytes(measurement, tuple(sorted(tags.items())))
+
+def _write_lines(
+    columns: _Columns,
+    prefixes: npt.NDArray[np.uint8],
+    prefix_starts: npt.NDArray[np.int64],
+    segment_ends: npt.NDArray[np.int64],
+    widest_prefix: int,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """The kernel's output, trimmed to what it wrote, and the byte end of each segment."""
+    layout = columns.layout
     # Prefix, fields, space, timestamp, newline: an upper bound on every line's length.
-    line_width = layout.fields_width + prefix.size + 1 + INT_WIDTH + 1
-    out = np.empty(n * line_width, dtype=np.uint8)
+    line_width = layout.fields_width + widest_prefix + 1 + INT_WIDTH + 1
+    out = np.empty(columns.ts_ns.size * line_width, dtype=np.uint8)
+    line_ends = np.empty(segment_ends.size, dtype=np.int64)
     used = _array_lines(
-        prefix,
+        prefixes,
+        prefix_starts,
+        segment_ends,
         layout.keys,
         layout.key_starts,
         layout.kinds,
         layout.rows,
-        floats.view(np.int64),
-        ints,
-        bools,
-        np.ascontiguousarray(ts, dtype=np.int64),
+        columns.floats.view(np.int64),
+        columns.ints,
+        columns.bools,
+        columns.ts_ns,
         out,
+        line_ends,
     )
-    return out[:used].tobytes()
+    return out[:used], line_ends
+
+
+def array_lines(
+    measurement: str,
+    tags: Mapping[str, str],
+    fields: Mapping[str, np.ndarray],
+    ts_ns: np.ndarray,
+) -> bytes:
+    """Build one line per array element: `m,tag=v f1=<float>,f2=<int>i <ts_ns>\\n`.
+
+    Args:
+        measurement: the measurement name.
+        tags: tags shared by every line (e.g. hub and device); written sorted by key.
+        fields: field name to a 1-D array as long as `ts_ns`. Floating arrays are written as
+            float64 in exact round-trip notation, integer arrays with the `i` suffix, booleans
+            as `true`/`false`.
+        ts_ns: 1-D integer array of timestamps, UTC epoch nanoseconds.
+
+    Returns:
+        The lines, each ending in a newline; `b""` when `ts_ns` is empty.
+
+    Raises:
+        ValueError: no fields, lengths differ, a float is NaN or infinite, a dtype is not
+            supported, or a name cannot be escaped.
+    """
+    columns = _columns(fields, ts_ns)
+    if columns.ts_ns.size == 0:
+        return b""
+    prefix = _prefix_bytes(measurement, tuple(sorted(tags.items())))
+    lines, _ = _write_lines(
+        columns,
+        prefix,
+        np.array([0, prefix.size], dtype=np.int64),
+        np.array([columns.ts_ns.size], dtype=np.int64),
+        prefix.size,
+    )
+    return lines.tobytes()
+
+
+def series_lines(
+    measurement: str,
+    tags: Sequence[tuple[tuple[str, str], ...]],
+    fields: Mapping[str, np.ndarray],
+    ts_ns: np.ndarray,
+    ends: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """`array_lines` for several series at once, in one kernel call: series k is elements
+    ends[k - 1]:ends[k] of the arrays (from 0 for the first) and has the tags tags[k].
+
+    Args:
+        measurement: the measurement name.
+        tags: each series' tags as (key, value) pairs, e.g.
+            `(("device", "P-7F3A"), ("hub", "H-01"))`; written sorted by key.
+        fields: field name to a 1-D array as long as `ts_ns`, every series one after the other
+            (as in `array_lines`).
+        ts_ns: 1-D integer array of timestamps, UTC epoch nanoseconds.
+        ends: 1-D int64 array, each series' end in `ts_ns`, one per series, not decreasing,
+            the last equal to `ts_ns.size`.
+
+    Returns:
+        The lines of every series one after the other, each ending in a newline, as a uint8
+        array (`.tobytes()`, or slice it: no copy is made), and each series' end in it, in
+        bytes: series k's lines are what `array_lines` gives for its tags and elements.
+
+    Raises:
+        ValueError: as `array_lines`, or `ends` does not match the arrays and `tags`.
+    """
+    columns = _columns(fields, ts_ns)
+    ends = np.asarray(ends)
+    if (
+        ends.ndim != 1
+        or ends.size != len(tags)
+        or (np.diff(ends, prepend=0) < 0).any()
+        or (int(ends[-1]) if ends.size else 0) != columns.ts_ns.size
+    ):
+        raise ValueError(
+            f"ends {ends.tolist()} do not split {columns.ts_ns.size} elements into "
+            f"{len(tags)} series"
+        )
+    if not tags:
+        return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.int64)
+    prefixes = [_series_prefix(measurement, series) for series in tags]
+    sizes = [prefix.size for prefix in prefixes]
+    prefix_starts = np.zeros(len(prefixes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=prefix_starts[1:])
+    return _write_lines(
+        columns,
+        np.concatenate(prefixes),
+        prefix_starts,
+        np.ascontiguousarray(ends, np.int64),
+        max(sizes),
+    )
 
 
 def _scalar_text(name: str, value: float | int | bool | str | np.generic) -> str:
