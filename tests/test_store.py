@@ -28,7 +28,7 @@ from apps.services import InfluxDB, VictoriaMetrics, free_port
 from osteotel.errors import StoreError, StoreRejected, StoreUnavailable
 from osteotel.settings import InfluxSettings
 from osteotel.store.http import HttpClient, store_error
-from osteotel.store.influx import SPLIT_MIN_BYTES, InfluxStore, api_from_version
+from osteotel.store.influx import InfluxStore, api_from_version
 from osteotel.store.lineproto import array_lines, point_line
 
 
@@ -464,89 +464,3 @@ def test_requests_reuse_one_connection_until_the_server_closes_it(peer: _PeerSer
     assert statuses == [204, 204, 204]
     assert len(peer.ports) == 3  # each request reached the server exactly once
     assert len(set(peer.ports)) == (3 if peer.close_after_first else 1)
-
-
-def _large_body(size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """`raw` lines of `size` extreme float64 values at unique ns timestamps in one day."""
-    rng = np.random.default_rng(20261204)
-    force_n = _extreme_floats(rng, size)
-    offsets = rng.choice(86_400 * 10**9, size=size, replace=False)
-    ts_ns = np.sort(1_700_000_000 * 10**9 + offsets).astype(np.int64)
-    lines = array_lines("raw", {"hub": "H-01", "device": "D-7F3A"}, {"force_n": force_n}, ts_ns)
-    return lines, force_n, ts_ns
-
-
-def test_a_split_write_stores_every_value_exactly(store: InfluxStore) -> None:
-    """A body large enough to go as two requests is stored whole: count, ns and bits exact."""
-    lines, force_n, ts_ns = _large_body(40_000)
-    assert len(lines) >= SPLIT_MIN_BYTES
-    store.write(lines)
-    [series] = store.query('SELECT "force_n" FROM "raw"')
-    assert [row[0] for row in series.values] == ts_ns.tolist()
-    assert _bits([float(row[1]) for row in series.values]) == _bits(force_n.tolist())
-
-
-@pytest.mark.parametrize("half", [0, 1], ids=["first-half", "second-half"])
-def test_a_refused_line_in_either_half_refuses_the_write(store: InfluxStore, half: int) -> None:
-    """An unparsable line in either half of a split write raises StoreRejected (HTTP 400)."""
-    lines, _, _ = _large_body(40_000)
-    bad = b"raw,hub=H-01 force_n=oops 1\n"
-    body = bad + lines if half == 0 else lines + bad
-    with pytest.raises(StoreRejected, match="unable to parse") as caught:
-        store.write(body)
-    assert caught.value.status == 400
-
-
-class _PairServer(ThreadingHTTPServer):
-    """Answers a write only once a second one is in flight with it; records the bodies."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.both_in_flight = threading.Barrier(2, timeout=10)
-        super().__init__(("127.0.0.1", 0), _PairHandler)
-
-
-class _PairHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _PairServer
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path.startswith("/query"):  # CREATE DATABASE before the first write
-            self._answer(200, b'{"results":[{"statement_id":0}]}')
-            return
-        try:
-            self.server.both_in_flight.wait()
-        except threading.BrokenBarrierError:
-            self._answer(500, b"")  # no second request came while this one waited
-            return
-        self.server.bodies.append(body)
-        self._answer(204, b"")
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def test_a_large_write_goes_as_two_concurrent_requests_cut_at_a_line() -> None:
-    """A body of SPLIT_MIN_BYTES goes as two requests in flight together, split at a newline."""
-    server = _PairServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    lines, _, _ = _large_body(40_000)
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with InfluxStore(InfluxSettings(url=url, api="v1")) as store_:
-            store_.write(lines)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-    assert len(server.bodies) == 2
-    assert all(body.endswith(b"\n") for body in server.bodies)
-    assert b"".join(sorted(server.bodies, key=lines.index)) == lines

@@ -12,12 +12,6 @@ With `api = "auto"` the first request resolves it from `/ping`'s `X-Influxdb-Ver
 
 Queries always use the InfluxQL endpoint `GET /query`, which 1.x serves natively and 2.x/3.x
 serve for compatibility. The store is synchronous: ingest calls it from a worker thread.
-
-A large v1 write (at least `SPLIT_MIN_BYTES`) goes as two requests in flight at once, cut at
-the line nearest its middle, and `write` returns once both are stored: influxd parses them on
-two cores, so a batch is stored in about half the time for the same CPU (`osteotel bench
-storage`, docs/ingest.md "The storage ceiling"), and the caller's acknowledgements stay in
-order because nothing returns before the whole body is stored.
 """
 
 import base64
@@ -25,27 +19,21 @@ import json
 import logging
 import re
 import urllib.parse
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from osteotel.errors import StoreError, StoreRejected
+from osteotel.errors import StoreRejected
 from osteotel.logs import kv
 from osteotel.settings import InfluxSettings
 from osteotel.store.http import HttpClient, HttpResponse, V2Writer, check_status
 
-__all__ = ["SPLIT_MIN_BYTES", "InfluxStore", "Series", "api_from_version"]
+__all__ = ["InfluxStore", "Series", "api_from_version"]
 
 _log = logging.getLogger(__name__)
 
 _EPOCHS = frozenset({"ns", "u", "µ", "ms", "s", "m", "h"})
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
-
-SPLIT_MIN_BYTES = 1_000_000
-"""A v1 write body this large or larger is sent as two concurrent requests (about 10,600 raw
-lines: halves of 5,000 lines and more cost influxd no more per sample than one request; smaller
-requests do, `bench storage`'s lines_1k)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +106,6 @@ class InfluxStore:
         self._api: Literal["v1", "v2"] | None = None if settings.api == "auto" else settings.api
         self._v2: V2Writer | None = None
         self._http = HttpClient()
-        # The second half of a split write; its thread (started on first use) keeps its own
-        # connection (HttpClient).
-        self._second = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         # The first v1 write creates the database if needed, whenever the server first answers.
         self._database_ready = False
         self._headers: dict[str, str] = {}
@@ -230,10 +215,7 @@ class InfluxStore:
         Writes are idempotent: a line with the same series and timestamp overwrites the
         field values already stored, so a write that timed out may be sent again. On a v1
         server the first write creates the database if it does not exist, so a writer that
-        started while the server was down needs nothing else once it is back. A v1 body of
-        `SPLIT_MIN_BYTES` or more goes as two concurrent requests; it returns once both are
-        stored, and raises if either failed (the other half may be stored: sending the whole
-        body again is harmless).
+        started while the server was down needs nothing else once it is back.
 
         Args:
             lines: newline-terminated line protocol, timestamps in UTC epoch nanoseconds.
@@ -254,31 +236,7 @@ class InfluxStore:
             "rp": self._settings.retention_policy,
             "precision": "ns",
         }
-        url = self._url("/write", params)
-        if len(lines) < SPLIT_MIN_BYTES:
-            self._write_v1(url, lines)
-            return
-        cut = lines.index(b"\n", len(lines) // 2) + 1
-        if cut == len(lines):  # one line longer than half the body
-            self._write_v1(url, lines)
-            return
-        second: Future[None] = self._second.submit(self._write_v1, url, lines[cut:])
-        errors: list[StoreError] = []
-        try:
-            self._write_v1(url, lines[:cut])
-        except StoreError as exc:
-            errors.append(exc)
-        try:
-            second.result()
-        except StoreError as exc:
-            errors.append(exc)
-        if errors:
-            # A refusal first: the caller then writes message by message and finds the line.
-            refused = [error for error in errors if isinstance(error, StoreRejected)]
-            raise (refused or errors)[0]
-
-    def _write_v1(self, url: str, lines: bytes) -> None:
-        response = self._send("POST", url, body=lines, action="write")
+        response = self._send("POST", self._url("/write", params), body=lines, action="write")
         check_status(response, action="write")
 
     def _v2_writer(self) -> V2Writer:
@@ -351,7 +309,6 @@ class InfluxStore:
 
     def close(self) -> None:
         """Release every connection; the store is not used afterwards."""
-        self._second.shutdown(wait=True)
         self._http.close()
         if self._v2 is not None:
             self._v2.close()
