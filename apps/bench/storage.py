@@ -1,9 +1,10 @@
 """The storage ceiling: what influxd spends per raw sample under each way of writing the same data.
 
-One run on this machine against servers the benchmark starts itself on loopback (an influxd with
-its cache flushed to disk one second after the last write and a shard fully compacted two
-seconds after, so that the cost a write defers to compaction is inside the measurement; a
-VictoriaMetrics as a reference), with a bounded data set and a bounded wait:
+One run on this machine against servers the benchmark starts itself on loopback (an influxd
+that writes its cache to disk in 1 MiB snapshots and one second after the last write, and
+fully compacts a shard two seconds after, so that the cost a write defers to compaction is
+inside the measurement; a VictoriaMetrics as a reference), with a bounded data set and a
+bounded wait:
 
 1. The bench's frames (apps/bench/publishing.py: the same devices and signals as `bench ingest`)
    are decoded as ingest decodes them and turned into line protocol by ingest's own
