@@ -362,7 +362,7 @@ def _influx_server(pid: int, url: str) -> _Server:
                 store.query("SELECT count(seq) FROM frame"),
             ]
         force_n, disp_mm, frames = (int(r[0].values[0][1]) if r else 0 for r in rows)
-        return min(force_n, disp_mm) if force_n != disp_mm else force_n, frames
+        return min(force_n, disp_mm), frames
 
     return _Server(pid=pid, url=url, write_url=write_url, count=count)
 
@@ -401,7 +401,7 @@ def _victoria_server(pid: int, url: str) -> _Server:
         finally:
             client.close()
         force_n, disp_mm, frames = counts
-        return min(force_n, disp_mm) if force_n != disp_mm else force_n, frames
+        return min(force_n, disp_mm), frames
 
     return _Server(pid=pid, url=url, write_url=write_url, count=count)
 
