@@ -33,6 +33,9 @@ Variants (the baseline is what ingest does today: 20,000-line requests, one at a
                         (OFFLINE only: ingest stores float64 exactly; this prices the bytes)
     two_measurements    force_n in `raw_force`, disp_mm in `raw_disp`: two lines per sample
     unsorted_tags       `raw,hub=..,device=..`: tags out of order, which influxd must sort
+    one_hz              the storage tier outside its full-rate windows: each 1 s frame as one
+                        `raw_1s` point (mean, min and max of both channels, and the count `n`)
+                        beside its `frame` point; per sample it represents, like the others
     victoria_metrics    the baseline's bodies to VictoriaMetrics' /api/v2/write (a REFERENCE: a
                         different store, milliseconds, no InfluxQL; its CPU, not influxd's)
     store_write         the baseline's bodies through `InfluxStore.write`, the very call ingest
@@ -90,7 +93,9 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "Variant", "configure", "run"]
 
-Body = Literal["ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags"]
+Body = Literal[
+    "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "one_hz"
+]
 
 _BASELINE_LINES = 20_000  # ingest's batch_max_lines before this benchmark
 _POLL_S = 0.25
@@ -128,6 +133,7 @@ VARIANTS = (
     Variant("float32_digits", body="float32_digits"),
     Variant("two_measurements", body="two_measurements"),
     Variant("unsorted_tags", body="unsorted_tags"),
+    Variant("one_hz", body="one_hz"),
     Variant("victoria_metrics", server="victoria_metrics"),
     Variant("store_write", through_store=True),
 )
@@ -182,7 +188,7 @@ def _frame_bodies(decoded: _Decoded, body: Body) -> list[bytes]:
 
     from devices.contract import Frame  # noqa: PLC0415
     from ingest.records import frame_lines  # noqa: PLC0415
-    from osteotel.store.lineproto import array_lines  # noqa: PLC0415
+    from osteotel.store.lineproto import array_lines, point_line  # noqa: PLC0415
 
     bodies = []
     for hub, decoded_frame, encoding in decoded:
@@ -218,6 +224,15 @@ def _frame_bodies(decoded: _Decoded, body: Body) -> list[bytes]:
             raw += array_lines("raw_disp", tags, {"disp_mm": frame.disp_mm}, times)
         elif body == "unsorted_tags":
             raw = raw.replace(prefix, f"raw,hub={hub},device={frame.device} ".encode())
+        elif body == "one_hz":
+            summary: dict[str, float | int] = {"n": int(frame.n)}
+            for name, values in (("force_n", frame.force_n), ("disp_mm", frame.disp_mm)):
+                summary |= {
+                    f"{name}_mean": float(np.mean(values)),
+                    f"{name}_min": float(np.min(values)),
+                    f"{name}_max": float(np.max(values)),
+                }
+            raw = point_line("raw_1s", {"hub": hub, "device": frame.device}, summary, frame.t0_ns)
         bodies.append(raw + meta)
     return bodies
 
@@ -354,13 +369,16 @@ def _influx_server(pid: int, url: str) -> _Server:
         return f"{url}/write?" + urllib.parse.urlencode({"db": database, "precision": "ns"})
 
     def count(database: str, body: Body) -> tuple[int, int]:
-        force, disp = ("raw_force", "raw_disp") if body == "two_measurements" else ("raw", "raw")
+        samples = {  # fixed statements: samples as each body keeps them
+            "two_measurements": (
+                "SELECT count(force_n) FROM raw_force",
+                "SELECT count(disp_mm) FROM raw_disp",
+            ),
+            "one_hz": ("SELECT sum(n) FROM raw_1s", "SELECT sum(n) FROM raw_1s"),
+        }.get(body, ("SELECT count(force_n) FROM raw", "SELECT count(disp_mm) FROM raw"))
         with InfluxStore(InfluxSettings(url=url, database=database, api="v1")) as store:
-            rows = [
-                store.query(f"SELECT count(force_n) FROM {force}"),  # noqa: S608 - fixed names
-                store.query(f"SELECT count(disp_mm) FROM {disp}"),  # noqa: S608
-                store.query("SELECT count(seq) FROM frame"),
-            ]
+            rows = [store.query(statement) for statement in samples]
+            rows.append(store.query("SELECT count(seq) FROM frame"))
         force_n, disp_mm, frames = (int(r[0].values[0][1]) if r else 0 for r in rows)
         return min(force_n, disp_mm), frames
 
