@@ -12,6 +12,11 @@ floor (libmosquitto acknowledges on receipt; its CPU comes from `os.wait4`, star
 The session is then removed (a clean-session connect). With more messages than the broker's
 in-flight window (1,000), an exact count also shows that the acknowledgements reached it.
 
+A drained queue comes in large reads, which favours a receiver that reads many packets at a
+time; so each Python receiver also runs live: the publisher starts once the child says its
+session is up and the receiver keeps pace with it (`live_*` figures: CPU only, the publisher
+sets the rate and the broker's CPU is mostly the publisher's).
+
 Receivers run in turn, `--repeats` times (default 3), the order rotated each repeat so that a
 slow spell of this shared machine falls on all of them; every figure is the median of its runs,
 and every ratio is to `source`, our MqttSource as ingest uses it, measured in the same run.
@@ -27,6 +32,9 @@ Figures (`--json` keys; docs/ingest.md, "A faster MQTT receive path?"):
     {r}_cpu_us_saved_per_message                source's CPU per message minus this one's
     with r in source, paho, mqtt5, plain, mosquitto_sub; {r}_dup_messages: DUP-flagged
     deliveries (0 expected: nothing was in flight before).
+    live_{r}_messages_received, live_{r}_dup_messages, live_{r}_cpu_us_per_message,
+    live_{r}_cpu_us_saved_per_message           the same, published live (r: not mosquitto_sub;
+                                                savings against live_source)
 """
 
 import argparse
@@ -38,13 +46,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps.bench.processes import cpu_s
 from apps.bench.publishing import Message, publish_all, sustained_messages
-from apps.bench.receivers import RECEIVERS, TELEMETRY_FILTER
+from apps.bench.receivers import READY_LINE, RECEIVERS, TELEMETRY_FILTER
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -126,8 +135,9 @@ class _Drain:
     timeout_s: float
 
 
-def _drain_python(drain: _Drain) -> dict[str, float]:
-    answer = subprocess.run(
+def _drain_python(drain: _Drain, publish_live: Callable[[], None] | None) -> dict[str, float]:
+    """Run the receiver's child; `publish_live` publishes once the child's session is up."""
+    child = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -139,13 +149,23 @@ def _drain_python(drain: _Drain) -> dict[str, float]:
             f"--messages={drain.messages}",
             f"--timeout-s={drain.timeout_s}",
         ],
-        capture_output=True,
-        check=False,
-        timeout=drain.timeout_s + 30,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if answer.returncode != 0:
-        raise RuntimeError(f"receiver {drain.receiver} failed: {answer.stderr.decode()[-2000:]}")
-    figures: dict[str, float] = json.loads(answer.stdout.splitlines()[-1])
+    try:
+        assert child.stdout is not None
+        # The child bounds its own run (--timeout-s), so this line comes or the pipe closes.
+        if child.stdout.readline().strip() == READY_LINE and publish_live is not None:
+            publish_live()
+        out, err = child.communicate(timeout=drain.timeout_s + 30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        raise RuntimeError(f"receiver {drain.receiver} failed: {err[-2000:]}")
+    figures: dict[str, float] = json.loads(out.splitlines()[-1])
     return figures
 
 
@@ -182,6 +202,28 @@ def _frames(messages: int) -> list[Message]:
     return sustained_messages(ids, messages, 100)
 
 
+def _run_once(
+    drain: _Drain, broker_pid: int, frames: list[Message], workdir: Path, *, live: bool
+) -> dict[str, float]:
+    """Make the receiver's session, drain it (publishing before or while), remove it."""
+    mqtt5 = drain.receiver in _MQTT5
+    _session(drain.host, drain.port, drain.client_id, mqtt5=mqtt5, keep=True)
+
+    def publish() -> None:
+        publish_all(drain.host, drain.port, frames, f"{drain.client_id}-publisher")
+
+    if not live:
+        publish()
+    broker_before_s = cpu_s([broker_pid])
+    if drain.receiver == _FLOOR:
+        result = _drain_mosquitto_sub(drain, workdir)
+    else:
+        result = _drain_python(drain, publish if live else None)
+    result["broker_cpu_s"] = cpu_s([broker_pid]) - broker_before_s
+    _session(drain.host, drain.port, drain.client_id, mqtt5=mqtt5, keep=False)
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Drain the same queue with every receiver; return the figures (module docstring)."""
     from apps.services import Mosquitto  # noqa: PLC0415
@@ -190,35 +232,34 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     payload_bytes = sum(len(frame.payload) for frame in frames)
     receivers = [*RECEIVERS, _FLOOR]
     runs: dict[str, list[dict[str, float]]] = {receiver: [] for receiver in receivers}
+    runs |= {f"live_{receiver}": [] for receiver in RECEIVERS}
     with tempfile.TemporaryDirectory(prefix="osteotel-bench-receive-") as temp:
         workdir = Path(args.workdir) if args.workdir is not None else Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
         with Mosquitto(workdir / "broker", persistence=False) as broker:
-            host, port, broker_pid = broker.host, broker.port, broker.pid
-            assert broker_pid is not None
+            assert broker.pid is not None
             for repeat in range(args.repeats):
                 shift = repeat % len(receivers)
                 for receiver in receivers[shift:] + receivers[:shift]:
-                    client_id = f"bench-receive-{receiver}-{repeat}"
-                    drain = _Drain(receiver, client_id, host, port, args.messages, args.timeout_s)
-                    mqtt5 = receiver in _MQTT5
-                    _session(host, port, client_id, mqtt5=mqtt5, keep=True)
-                    publish_all(host, port, frames, f"bench-receive-publisher-{repeat}")
-                    broker_before_s = cpu_s([broker_pid])
-                    if receiver == _FLOOR:
-                        result = _drain_mosquitto_sub(drain, workdir)
-                    else:
-                        result = _drain_python(drain)
-                    result["broker_cpu_s"] = cpu_s([broker_pid]) - broker_before_s
-                    _session(host, port, client_id, mqtt5=mqtt5, keep=False)
-                    if result["messages"] != args.messages or (
-                        result["payload_bytes"] != payload_bytes
-                    ):
-                        raise RuntimeError(
-                            f"{receiver} received {result['messages']} of {args.messages} "
-                            f"messages, {result['payload_bytes']} of {payload_bytes} bytes"
+                    for live in (False, True) if receiver != _FLOOR else (False,):
+                        name = f"live_{receiver}" if live else receiver
+                        drain = _Drain(
+                            receiver,
+                            f"bench-receive-{name}-{repeat}",
+                            broker.host,
+                            broker.port,
+                            args.messages,
+                            args.timeout_s,
                         )
-                    runs[receiver].append(result)
+                        result = _run_once(drain, broker.pid, frames, workdir, live=live)
+                        if result["messages"] != args.messages or (
+                            result["payload_bytes"] != payload_bytes
+                        ):
+                            raise RuntimeError(
+                                f"{name} received {result['messages']} of {args.messages} "
+                                f"messages, {result['payload_bytes']} of {payload_bytes} bytes"
+                            )
+                        runs[name].append(result)
     return _figures(args, frames, runs)
 
 
@@ -248,6 +289,11 @@ def _figures(
         figures[f"{receiver}_messages_received"] = round(sum(r["messages"] for r in results))
         figures[f"{receiver}_dup_messages"] = round(sum(r["dup"] for r in results))
         figures[f"{receiver}_cpu_us_per_message"] = cpu_us
+        if receiver.startswith("live_"):  # the publisher sets the pace: no rate, broker busy
+            figures[f"{receiver}_cpu_us_saved_per_message"] = (
+                median("live_source", "cpu_s") - cpu_us
+            )
+            continue
         figures[f"{receiver}_messages_per_s"] = rate(receiver)
         figures[f"{receiver}_mosquitto_cpu_us_per_message"] = median(receiver, "broker_cpu_s")
         figures[f"{receiver}_cpu_vs_source"] = cpu_us / baseline_cpu_us

@@ -2,8 +2,9 @@
 
     python -m apps.bench.receivers RECEIVER --host H --port P --client-id ID --messages N
 
-resumes the persistent session `ID` (the bench created it and filled its queue), receives N QoS 1
-messages, acknowledges each one in the order it came, waits until the broker has read the last
+resumes the persistent session `ID` (the bench created it), prints `ready` once the session is up,
+receives N QoS 1 messages (queued before it connected, or published while it runs),
+acknowledges each one in the order it came, waits until the broker has read the last
 acknowledgement, disconnects, and prints one JSON object: messages and payload bytes received,
 DUP-flagged ones, and the process's CPU time (user + system, all its threads, from
 `resource.getrusage`) and wall time from just before connecting until after disconnecting.
@@ -35,7 +36,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-__all__ = ["RECEIVERS", "SETTLE_FILTER", "TELEMETRY_FILTER", "PlainCodec", "main"]
+__all__ = ["READY_LINE", "RECEIVERS", "SETTLE_FILTER", "TELEMETRY_FILTER", "PlainCodec", "main"]
 
 RECEIVERS = ("source", "paho", "mqtt5", "plain")
 """The Python receivers, in the order the bench runs them."""
@@ -52,7 +53,11 @@ gives the 3.1.1 ones (apps/services.py), so every receiver gets the same window.
 
 # What each receiver loads before the clock starts, as a long-running service has it loaded.
 _PRELOAD = {"source": "osteotel.mqtt", "paho": "paho.mqtt.client", "mqtt5": "mqtt5"}
+READY_LINE = "ready"
+"""What a receiver prints once its session is up, before its figures."""
+
 _SESSION_EXPIRY_S = 3600
+_CONNECT_TIMEOUT_S = 10.0
 _BATCH = 200  # the most messages one hand-over yields, as ingest (_HANDLE_MAX_MESSAGES)
 
 
@@ -79,6 +84,11 @@ class _Tally:
     def done(self) -> bool:
         return self.messages >= self.expected
 
+    @staticmethod
+    def ready() -> None:
+        """Say on stdout that the session is up: a live run starts publishing now."""
+        print(READY_LINE, flush=True)
+
 
 # --- (a) MqttSource, as ingest drives it --------------------------------------------------------
 
@@ -89,6 +99,8 @@ async def _drain_source(host: str, port: int, client_id: str, tally: _Tally) -> 
 
     settings = MqttSettings(host=host, port=port, client_id=client_id)
     async with MqttSource(settings=settings, subscriptions=[TELEMETRY_FILTER]) as source:
+        await source.wait_connected(timeout_s=_CONNECT_TIMEOUT_S)
+        tally.ready()
         async for batch in source.batches(max_messages=_BATCH):
             for message in batch:
                 tally.count(message.payload, message.dup)
@@ -100,7 +112,7 @@ async def _drain_source(host: str, port: int, client_id: str, tally: _Tally) -> 
 # --- (b) bare paho with manual acknowledgement ---------------------------------------------------
 
 
-def _drain_paho(host: str, port: int, client_id: str, tally: _Tally) -> None:
+def _drain_paho(host: str, port: int, client_id: str, tally: _Tally, timeout_s: float) -> None:
     import paho.mqtt.client as paho  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
@@ -118,10 +130,17 @@ def _drain_paho(host: str, port: int, client_id: str, tally: _Tally) -> None:
         if tally.messages == tally.expected:
             client.unsubscribe(SETTLE_FILTER)
 
+    finished: list[bool] = []
     client.on_message = on_message
+    client.on_connect = lambda *_: tally.ready()
     client.on_unsubscribe = lambda client, *_: client.disconnect()
+    client.on_disconnect = lambda *_: finished.append(True)
     client.connect(host, port, keepalive=60)
-    client.loop_forever()
+    deadline = time.monotonic() + timeout_s
+    while not finished:  # paho's loop_forever, bounded
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"paho received {tally.messages} of {tally.expected}")
+        client.loop(timeout=1.0)
 
 
 # --- (c), (d) an asyncio Protocol and two codecs -------------------------------------------------
@@ -364,6 +383,7 @@ async def _drain_wire(codec: _Codec, host: str, port: int, client_id: str, tally
     reason = await receiver.connected
     if reason != 0:
         raise ConnectionError(f"CONNACK reason {reason}")
+    tally.ready()
     inbox = receiver.inbox
     while not tally.done:
         if not inbox:
@@ -408,7 +428,7 @@ def main(argv: list[str]) -> int:
     tally = _Tally(args.messages)
     cpu_before_s, wall_before_s = _cpu_s(), time.perf_counter()
     if args.receiver == "paho":
-        _drain_paho(args.host, args.port, args.client_id, tally)
+        _drain_paho(args.host, args.port, args.client_id, tally, args.timeout_s)
     else:
         asyncio.run(_drain_async(args, tally))
     figures = {
