@@ -18,7 +18,9 @@ def test_a_tiny_receive_bench_counts_every_message_for_every_receiver() -> None:
     gets exactly every message, none DUP-flagged, and spends CPU on them."""
     parser = argparse.ArgumentParser()
     receive.configure(parser)
-    figures = receive.run(parser.parse_args(["--messages", "1500", "--repeats", "3"]))
+    figures = receive.run(
+        parser.parse_args(["--messages", "1500", "--repeats", "3", "--timeout-s", "30"])
+    )
     assert figures["messages"] == 1500
     assert figures["repeats"] == 3
     assert figures["frame_bytes"] == 824  # a 100-sample binary frame
