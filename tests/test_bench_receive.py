@@ -45,7 +45,8 @@ def test_a_tiny_receive_bench_counts_every_message_for_every_receiver() -> None:
     assert figures["source_cpu_vs_source"] == 1.0
     assert figures["source_cpu_us_saved_per_message"] == 0.0
     assert figures["live_source_cpu_us_saved_per_message"] == 0.0
-    assert len(figures) == 3 + 8 * 5 + 4 * 4
+    assert figures["paho_cpu_vs_paho"] == 1.0
+    assert len(figures) == 3 + 9 * 5 + 4 * 4
 
 
 _TOPICS = st.text(

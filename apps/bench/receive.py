@@ -1,5 +1,8 @@
-"""MQTT receive paths: CPU per message and rate of paho, MqttSource, an asyncio Protocol with the
-Rust `mqtt5` codec and with a plain-Python one, and `mosquitto_sub`, draining the same messages.
+"""MQTT receive paths draining the same queue: CPU per message and rate, against MqttSource.
+
+The receivers (apps/bench/receivers.py): MqttSource as ingest uses it, bare paho with manual
+acknowledgement, an asyncio Protocol with the Rust `mqtt5` codec and with a plain-Python one,
+and `mosquitto_sub` as the floor.
 
 One Mosquitto (started here, loopback, a temp dir). For each run: a persistent session is made
 for the run's receiver (subscribed to `osteotel/v1/+/+/telemetry` with QoS 1, then
@@ -29,6 +32,7 @@ Figures (`--json` keys; docs/ingest.md, "A faster MQTT receive path?"):
     {r}_messages_per_s                          connect to disconnect, all received (median)
     {r}_mosquitto_cpu_us_per_message            the broker's CPU per message while it drained
     {r}_cpu_vs_source, {r}_rate_vs_source       ratios to `source` (CPU lower is better)
+    {r}_cpu_vs_paho                             CPU ratio to bare paho
     {r}_cpu_us_saved_per_message                source's CPU per message minus this one's
     with r in source, paho, mqtt5, plain, mosquitto_sub; {r}_dup_messages: DUP-flagged
     deliveries (0 expected: nothing was in flight before).
@@ -297,6 +301,7 @@ def _figures(
         figures[f"{receiver}_messages_per_s"] = rate(receiver)
         figures[f"{receiver}_mosquitto_cpu_us_per_message"] = median(receiver, "broker_cpu_s")
         figures[f"{receiver}_cpu_vs_source"] = cpu_us / baseline_cpu_us
+        figures[f"{receiver}_cpu_vs_paho"] = cpu_us / median("paho", "cpu_s")
         figures[f"{receiver}_rate_vs_source"] = rate(receiver) / baseline_rate
         figures[f"{receiver}_cpu_us_saved_per_message"] = baseline_cpu_us - cpu_us
     return figures
