@@ -51,10 +51,11 @@ RECEIVE_MAX = 1000
 """MQTT 5 receivers announce the in-flight window that Mosquitto's `max_inflight_messages`
 gives the 3.1.1 ones (apps/services.py), so every receiver gets the same window."""
 
-# What each receiver loads before the clock starts, as a long-running service has it loaded.
-_PRELOAD = {"source": "osteotel.mqtt", "paho": "paho.mqtt.client", "mqtt5": "mqtt5"}
 READY_LINE = "ready"
 """What a receiver prints once its session is up, before its figures."""
+
+# What each receiver loads before the clock starts, as a long-running service has it loaded.
+_PRELOAD = {"source": "osteotel.mqtt", "paho": "paho.mqtt.client", "mqtt5": "mqtt5"}
 
 _SESSION_EXPIRY_S = 3600
 _CONNECT_TIMEOUT_S = 10.0
