@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -31,17 +31,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from osteotel.logs import kv
 from osteotel.settings import MqttSettings
 
-__all__ = ["MqttSource", "Received"]
+__all__ = ["MqttSource", "PahoSource", "Received"]
 
 log = logging.getLogger("osteotel.mqtt")
 
-_RECONNECT_MIN_S = 1
-_RECONNECT_MAX_S = 30
-_SETTLE_TIMEOUT_S = 5.0
-_CONFIRM_TIMEOUT_S = 5.0
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+SETTLE_TIMEOUT_S = 5.0
+CONFIRM_TIMEOUT_S = 5.0
 _CONFIRM_POLL_S = 0.005
-# Never subscribed: only its UNSUBACK matters (see MqttSource._settle).
-_SETTLE_FILTER = "osteotel/v1/settle"
+# Never subscribed: only its UNSUBACK matters (see PahoSource._settle).
+SETTLE_FILTER = "osteotel/v1/settle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +54,40 @@ class Received:
     qos: int
     received_ns: int
     dup: bool = False  # the broker sends it again: it was in flight, unacknowledged, before
+    connection: int = 0  # which of the source's connections brought it (WireSource acks by it)
 
 
-class MqttSource:
-    """Subscribes with a persistent session and yields messages until closed.
+class MqttSource(Protocol):
+    """What ingest and the alert service use of an MQTT source (osteotel.mqttwire.open_source
+    makes one): `PahoSource` here, or `osteotel.mqttwire.WireSource`."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self, timeout_s: float) -> None: ...
+
+    def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]: ...
+
+    def ack(self, message: Received) -> None: ...
+
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+    async def confirmed(self, timeout_s: float = CONFIRM_TIMEOUT_S) -> bool: ...
+
+    def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None: ...
+
+
+class PahoSource:
+    """Subscribes with a persistent session and yields messages until closed (paho's thread).
 
     Args:
         settings: broker address, credentials and client id. The client id is fixed so that
@@ -97,6 +127,7 @@ class MqttSource:
         self._inbox: deque[Received] = deque()
         self._arrived = asyncio.Event()
         self._wake_pending = False
+        self._connection = 0  # counts disconnects: a Received carries the number it came in
         self._connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
@@ -110,7 +141,7 @@ class MqttSource:
             self._client.username_pw_set(settings.username, settings.password_text())
         if settings.tls_ca_file is not None:
             self._client.tls_set_context(ssl.create_default_context(cafile=settings.tls_ca_file))
-        self._client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -152,11 +183,11 @@ class MqttSource:
         UNSUBSCRIBE whether or not it removed anything (MQTT 3.1.1, section 3.10.4).
         """
         self._settled.clear()
-        _, self._settle_mid = self._client.unsubscribe(_SETTLE_FILTER)
+        _, self._settle_mid = self._client.unsubscribe(SETTLE_FILTER)
         try:
-            await asyncio.wait_for(self._settled.wait(), _SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT_S)
         except TimeoutError:
-            log.warning(kv("mqtt_unsettled", timeout_s=_SETTLE_TIMEOUT_S))
+            log.warning(kv("mqtt_unsettled", timeout_s=SETTLE_TIMEOUT_S))
 
     @property
     def connected(self) -> bool:
@@ -221,7 +252,7 @@ class MqttSource:
         self._published += 1
         self._match_acknowledged()
 
-    async def confirmed(self, timeout_s: float = _CONFIRM_TIMEOUT_S) -> bool:
+    async def confirmed(self, timeout_s: float = CONFIRM_TIMEOUT_S) -> bool:
         """Whether the broker acknowledged everything published so far, waiting up to
         `timeout_s` (polled: paho's thread records each PUBACK as it arrives)."""
         goal = self._published
@@ -242,8 +273,11 @@ class MqttSource:
 
     def ack(self, message: Received) -> None:
         """Acknowledge a message to the broker: call only once its effect is durable, and in
-        the order messages were received (MQTT 3.1.1, section 4.6). A QoS 0 message needs none."""
-        if message.qos > 0:
+        the order messages were received (MQTT 3.1.1, section 4.6). A QoS 0 message needs none;
+        one of an earlier connection gets none: the broker has sent it again, DUP set, with the
+        same packet id, and a PUBACK now would acknowledge that copy before it is stored."""
+        if message.qos > 0 and message.connection == self._connection:
+            # A loss after this check is harmless: paho drops what it queued on reconnecting.
             self._client.ack(message.mid, message.qos)
 
     # paho's callbacks run in paho's network thread.
@@ -276,6 +310,7 @@ class MqttSource:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         log.warning(kv("mqtt_disconnected", reason=str(reason)))
+        self._connection += 1  # the messages received so far may no longer be acknowledged
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
 
@@ -319,6 +354,7 @@ class MqttSource:
             qos=message.qos,
             received_ns=time.time_ns(),
             dup=bool(message.dup),
+            connection=self._connection,
         )
         self._inbox.append(received)
         if not self._wake_pending:

@@ -95,11 +95,11 @@ class _Tally:
 
 
 async def _drain_source(host: str, port: int, client_id: str, tally: _Tally) -> None:
-    from osteotel.mqtt import MqttSource  # noqa: PLC0415 - each child loads only its receiver
+    from osteotel.mqtt import PahoSource  # noqa: PLC0415 - each child loads only its receiver
     from osteotel.settings import MqttSettings  # noqa: PLC0415
 
     settings = MqttSettings(host=host, port=port, client_id=client_id)
-    async with MqttSource(settings=settings, subscriptions=[TELEMETRY_FILTER]) as source:
+    async with PahoSource(settings=settings, subscriptions=[TELEMETRY_FILTER]) as source:
         await source.wait_connected(timeout_s=_CONNECT_TIMEOUT_S)
         tally.ready()
         async for batch in source.batches(max_messages=_BATCH):
