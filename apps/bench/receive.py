@@ -1,8 +1,9 @@
-"""MQTT receive paths draining the same queue: CPU per message and rate, against MqttSource.
+"""MQTT receive paths draining the same queue: CPU per message and rate, against PahoSource.
 
-The receivers (apps/bench/receivers.py): MqttSource as ingest uses it, bare paho with manual
-acknowledgement, an asyncio Protocol with the Rust `mqtt5` codec and with a plain-Python one,
-and `mosquitto_sub` as the floor.
+The receivers (apps/bench/receivers.py): ingest's two sources as ingest uses them (PahoSource,
+paho's thread, the default; WireSource, asyncio), bare paho with manual acknowledgement, an
+asyncio Protocol with the Rust `mqtt5` codec (MQTT 5) and with ours (osteotel/mqttcodec.py,
+MQTT 3.1.1), and `mosquitto_sub` as the floor.
 
 One Mosquitto (started here, loopback, a temp dir). For each run: a persistent session is made
 for the run's receiver (subscribed to `osteotel/v1/+/+/telemetry` with QoS 1, then
@@ -22,7 +23,7 @@ sets the rate and the broker's CPU is mostly the publisher's).
 
 Receivers run in turn, `--repeats` times (default 3), the order rotated each repeat so that a
 slow spell of this shared machine falls on all of them; every figure is the median of its runs,
-and every ratio is to `source`, our MqttSource as ingest uses it, measured in the same run.
+and every ratio is to `source`, our PahoSource as ingest uses it, measured in the same run.
 
 Figures (`--json` keys; docs/ingest.md, "A faster MQTT receive path?"):
     messages, frame_bytes, repeats              the workload: messages per run, payload bytes
@@ -34,7 +35,7 @@ Figures (`--json` keys; docs/ingest.md, "A faster MQTT receive path?"):
     {r}_cpu_vs_source, {r}_rate_vs_source       ratios to `source` (CPU lower is better)
     {r}_cpu_vs_paho                             CPU ratio to bare paho
     {r}_cpu_us_saved_per_message                source's CPU per message minus this one's
-    with r in source, paho, mqtt5, plain, mosquitto_sub; {r}_dup_messages: DUP-flagged
+    with r in source, wire, paho, mqtt5, plain, mosquitto_sub; {r}_dup_messages: DUP-flagged
     deliveries (0 expected: nothing was in flight before).
     live_{r}_messages_received, live_{r}_dup_messages, live_{r}_cpu_us_per_message,
     live_{r}_cpu_us_saved_per_message           the same, published live (r: not mosquitto_sub;
@@ -66,7 +67,7 @@ __all__ = ["configure", "run"]
 
 _FLOOR = "mosquitto_sub"
 _BASELINE = "source"
-_MQTT5 = frozenset({"mqtt5", "plain"})  # receivers speaking MQTT 5; the others 3.1.1
+_MQTT5 = frozenset({"mqtt5"})  # the receiver speaking MQTT 5; the others 3.1.1
 _SESSION_EXPIRY_S = 3600
 _ANSWER_TIMEOUT_S = 10.0
 _BINARY_HUBS = 5  # devices on odd-numbered hubs, which send binary frames (publishing.py)

@@ -10,19 +10,21 @@ DUP-flagged ones, and the process's CPU time (user + system, all its threads, fr
 `resource.getrusage`) and wall time from just before connecting until after disconnecting.
 
 Receivers:
-    source  osteotel.mqtt.MqttSource as ingest uses it: paho's thread, a batch hand-over to the
-            event loop, `ack()` per message from the loop (MQTT 3.1.1)
+    source  osteotel.mqtt.PahoSource as ingest uses it by default: paho's thread, a batch
+            hand-over to the event loop, `ack()` per message from the loop (MQTT 3.1.1)
+    wire    osteotel.mqttwire.WireSource as ingest uses it with `receive_path = "asyncio"`:
+            MQTT 3.1.1 on the event loop, `ack()` per message, a turn's PUBACKs in one write
     paho    bare paho-mqtt 2 with `manual_ack=True`, acknowledging in its callback, its loop in
             the main thread: what MqttSource adds over paho (MQTT 3.1.1)
     mqtt5   an asyncio Protocol on the event loop itself with the `mqtt5` packet codec (Rust);
             messages handed to a consumer task in batches, acknowledged in order, the PUBACKs
             of one loop turn written together (MQTT 5)
-    plain   the same Protocol with the plain-Python codec below: the codec's share (MQTT 5)
+    plain   the same Protocol with our plain-Python codec, osteotel/mqttcodec.py (MQTT 3.1.1):
+            the codec's share
 
-The asyncio receivers are a measuring prototype, not a client: no keep-alive (they connect with
-keep-alive 0), no reconnect, no TLS, no credentials, no publishing, no subscribing (the bench
-made the session's subscription). docs/ingest.md, "A faster MQTT receive path?", says what a
-real one would need.
+The `mqtt5` and `plain` receivers are a measuring prototype, not a client: no keep-alive (they
+connect with keep-alive 0), no reconnect, no TLS, no credentials, no publishing, no subscribing
+(the bench made the session's subscription). `wire` is the client built from them.
 """
 
 import argparse
@@ -30,15 +32,16 @@ import asyncio
 import importlib
 import json
 import resource
-import struct
 import sys
 import time
 from collections import deque
 from typing import Protocol
 
-__all__ = ["READY_LINE", "RECEIVERS", "SETTLE_FILTER", "TELEMETRY_FILTER", "PlainCodec", "main"]
+from osteotel import mqttcodec
 
-RECEIVERS = ("source", "paho", "mqtt5", "plain")
+__all__ = ["READY_LINE", "RECEIVERS", "SETTLE_FILTER", "TELEMETRY_FILTER", "main"]
+
+RECEIVERS = ("source", "wire", "paho", "mqtt5", "plain")
 """The Python receivers, in the order the bench runs them."""
 
 TELEMETRY_FILTER = "osteotel/v1/+/+/telemetry"
@@ -48,14 +51,19 @@ SETTLE_FILTER = "osteotel-bench/settle"
 """Never subscribed: the UNSUBACK to it says the broker has read every PUBACK before it."""
 
 RECEIVE_MAX = 1000
-"""MQTT 5 receivers announce the in-flight window that Mosquitto's `max_inflight_messages`
+"""The MQTT 5 receiver announces the in-flight window that Mosquitto's `max_inflight_messages`
 gives the 3.1.1 ones (apps/services.py), so every receiver gets the same window."""
 
 READY_LINE = "ready"
 """What a receiver prints once its session is up, before its figures."""
 
 # What each receiver loads before the clock starts, as a long-running service has it loaded.
-_PRELOAD = {"source": "osteotel.mqtt", "paho": "paho.mqtt.client", "mqtt5": "mqtt5"}
+_PRELOAD = {
+    "source": "osteotel.mqtt",
+    "wire": "osteotel.mqttwire",
+    "paho": "paho.mqtt.client",
+    "mqtt5": "mqtt5",
+}
 
 _SESSION_EXPIRY_S = 3600
 _CONNECT_TIMEOUT_S = 10.0
@@ -91,15 +99,16 @@ class _Tally:
         print(READY_LINE, flush=True)
 
 
-# --- (a) MqttSource, as ingest drives it --------------------------------------------------------
+# --- (a) ingest's sources, as ingest drives them -------------------------------------------------
 
 
-async def _drain_source(host: str, port: int, client_id: str, tally: _Tally) -> None:
-    from osteotel.mqtt import PahoSource  # noqa: PLC0415 - each child loads only its receiver
+async def _drain_source(receiver: str, host: str, port: int, client_id: str, tally: _Tally) -> None:
+    from osteotel.mqttwire import open_source  # noqa: PLC0415 - each child loads its receiver
     from osteotel.settings import MqttSettings  # noqa: PLC0415
 
-    settings = MqttSettings(host=host, port=port, client_id=client_id)
-    async with PahoSource(settings=settings, subscriptions=[TELEMETRY_FILTER]) as source:
+    path = "asyncio" if receiver == "wire" else "paho"
+    settings = MqttSettings(host=host, port=port, client_id=client_id, receive_path=path)
+    async with open_source(settings=settings, subscriptions=[TELEMETRY_FILTER]) as source:
         await source.wait_connected(timeout_s=_CONNECT_TIMEOUT_S)
         tally.ready()
         async for batch in source.batches(max_messages=_BATCH):
@@ -217,89 +226,36 @@ class _Mqtt5Codec:
         return (0, 0), start + size
 
 
-def _varint(value: int) -> bytes:
-    """MQTT's Variable Byte Integer (MQTT 5, section 1.5.5): 7 bits a byte, low first."""
-    out = bytearray()
-    while True:
-        value, digit = value >> 7, value & 0x7F
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int] | None:
-    """(value, index after it), or None if the bytes end first."""
-    value = shift = 0
-    while at < len(data):
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if not byte & 0x80:
-            return value, at
-        shift += 7
-    return None
-
-
-def _text(value: str) -> bytes:
-    encoded = value.encode()
-    return struct.pack("!H", len(encoded)) + encoded
-
-
-class PlainCodec:
-    """MQTT 5's few packets a receiver needs, in plain Python (MQTT 5, chapter 3)."""
+class _PlainCodec:
+    """osteotel/mqttcodec.py behind the receiver's codec interface (MQTT 3.1.1)."""
 
     def connect(self, client_id: str) -> bytes:
-        # Properties: Session Expiry Interval (0x11), Receive Maximum (0x21).
-        properties = struct.pack("!BIBH", 0x11, _SESSION_EXPIRY_S, 0x21, RECEIVE_MAX)
-        body = (
-            _text("MQTT")
-            + bytes((5, 0x00))  # version 5; flags: clean start off, no will, no credentials
-            + struct.pack("!H", 0)  # keep-alive off: a measuring run, not a client
-            + _varint(len(properties))
-            + properties
-            + _text(client_id)
-        )
-        return b"\x10" + _varint(len(body)) + body
+        # Keep-alive off: a measuring run, not a client.
+        return mqttcodec.connect_packet(client_id, keepalive_s=0, clean_session=False)
 
     def puback(self, packet_id: int) -> bytes:
-        return struct.pack("!BBH", 0x40, 2, packet_id)  # reason Success may be left out
+        return mqttcodec.ack_packet(mqttcodec.PUBACK, packet_id)
 
     def unsubscribe(self, packet_id: int, topic_filter: str) -> bytes:
-        body = struct.pack("!HB", packet_id, 0) + _text(topic_filter)
-        return b"\xa2" + _varint(len(body)) + body
+        return mqttcodec.unsubscribe_packet(packet_id, [topic_filter])
 
     def disconnect(self) -> bytes:
-        return b"\xe0\x00"
+        return mqttcodec.DISCONNECT
 
     def read(self, data: bytes, start: int) -> tuple[_Packet | None, int]:
-        length = _read_varint(data, start + 1)
-        if length is None:
+        packet, end = mqttcodec.read_packet(data, start)
+        if packet is None:
             return None, start
-        remaining, at = length
-        end = at + remaining
-        if end > len(data):
-            return None, start
-        first = data[start]
-        kind = first >> 4
-        if kind == 3:  # PUBLISH
-            qos = (first >> 1) & 0x03
-            topic_end = at + 2 + int.from_bytes(data[at : at + 2])
-            topic = data[at + 2 : topic_end].decode()
-            packet_id = 0
-            if qos:
-                packet_id = int.from_bytes(data[topic_end : topic_end + 2])
-                topic_end += 2
-            properties = _read_varint(data, topic_end)
-            if properties is None:
-                raise ValueError("PUBLISH properties run past the packet")
-            properties_length, properties_at = properties
-            payload = data[properties_at + properties_length : end]
-            return _Received(topic, payload, packet_id, qos, bool(first & 0x08)), end
-        if kind == _CONNACK:
-            return (_CONNACK, data[at + 1]), end
-        if kind == _UNSUBACK:
-            return (_UNSUBACK, int.from_bytes(data[at : at + 2])), end
-        return (kind, 0), end
+        if isinstance(packet, mqttcodec.Publish):
+            received = _Received(
+                packet.topic, packet.payload, packet.packet_id, packet.qos, packet.dup
+            )
+            return received, end
+        if isinstance(packet, mqttcodec.Connack):
+            return (_CONNACK, packet.return_code), end
+        if isinstance(packet, mqttcodec.Ack) and packet.kind == mqttcodec.UNSUBACK:
+            return (_UNSUBACK, packet.packet_id), end
+        return (0, 0), end
 
 
 class _WireReceiver(asyncio.Protocol):
@@ -348,7 +304,8 @@ class _WireReceiver(asyncio.Protocol):
             self.arrived.set()
 
     def ack(self, message: _Received) -> None:
-        """Acknowledge in arrival order (MQTT 5, section 4.6); written at the end of this turn."""
+        """Acknowledge in arrival order (section 4.6 of MQTT 3.1.1 and 5); written at the end of
+        this turn."""
         if not message.qos:
             return
         expected = self._unacknowledged.popleft()
@@ -407,10 +364,10 @@ async def _drain_wire(codec: _Codec, host: str, port: int, client_id: str, tally
 
 async def _drain_async(args: argparse.Namespace, tally: _Tally) -> None:
     async with asyncio.timeout(args.timeout_s):
-        if args.receiver == "source":
-            await _drain_source(args.host, args.port, args.client_id, tally)
+        if args.receiver in {"source", "wire"}:
+            await _drain_source(args.receiver, args.host, args.port, args.client_id, tally)
         else:
-            codec: _Codec = _Mqtt5Codec() if args.receiver == "mqtt5" else PlainCodec()
+            codec: _Codec = _Mqtt5Codec() if args.receiver == "mqtt5" else _PlainCodec()
             await _drain_wire(codec, args.host, args.port, args.client_id, tally)
 
 
