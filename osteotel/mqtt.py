@@ -12,6 +12,10 @@ paho thread appends to a deque and schedules one wake-up (`call_soon_threadsafe`
 many messages arrive before the loop runs it, so a burst costs one hop, not one per message.
 On leaving, the source waits until the broker has read its last acknowledgements (`_settle`)
 before it disconnects. No other module of ours sees paho.
+
+`MqttSource` is what ingest and the alert service use of a source; `PahoSource` here and
+`osteotel.mqttwire.WireSource` (MQTT 3.1.1 on the event loop, no thread) both give it, and
+`osteotel.mqttwire.open_source` makes the one `MqttSettings.receive_path` names.
 """
 
 import asyncio

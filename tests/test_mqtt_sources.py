@@ -343,6 +343,31 @@ def test_best_effort_filters_are_qos_0_and_need_no_ack(
     asyncio.run(scenario())
 
 
+def test_an_idle_asyncio_source_is_kept_alive_by_its_pings(
+    mosquitto: Mosquitto, publisher: _Publisher, unique_topic_prefix: str, unique_id: str
+) -> None:
+    """Idle for 12 s on a 5 s keep-alive (Mosquitto drops a client silent for 7.5 s, checked
+    every few seconds: without its PINGREQs WireSource is dropped within 12 s, tried), the
+    source is still connected, the broker logged no timeout for it, and a message arrives.
+    (PahoSource's pings are paho's own.)"""
+    topic = f"{unique_topic_prefix}/a"
+
+    async def scenario() -> None:
+        settings = _settings(mosquitto, unique_id, "asyncio")
+        async with open_source(settings=settings, subscriptions=[topic]) as source:
+            await source.wait_connected(_WAIT_S)
+            await asyncio.sleep(12.0)
+            assert source.connected
+            await asyncio.to_thread(publisher.publish, topic, [b"after"])
+            (message,) = await _take(source, 1)
+            assert (message.payload, message.dup) == (b"after", False)
+
+    asyncio.run(scenario())
+    log = mosquitto.log_path.read_text(encoding="utf-8", errors="replace")
+    assert f"Client {unique_id} has exceeded timeout" not in log
+    assert "New client connected from 127.0.0.1" in log  # the log is the broker's, and read
+
+
 @pytest.mark.parametrize(
     ("sent", "logged"),
     [
