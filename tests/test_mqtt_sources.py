@@ -2,13 +2,14 @@
 the guarantees ingest and the alert service rely on, one test each."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -377,18 +378,16 @@ def test_an_idle_asyncio_source_is_kept_alive_by_its_pings(
     ids=["bad-remaining-length", "truncated"],
 )
 def test_bad_input_closes_the_asyncio_connection_with_its_reason_logged(
-    caplog: pytest.LogCaptureFixture, unique_id: str, sent: bytes, logged: str
+    caplog: pytest.LogCaptureFixture, sent: bytes, logged: str
 ) -> None:
     """A broker (a plain TCP server here: Mosquitto sends nothing malformed) that sends a
     remaining length of five bytes, or half a PUBLISH and then closes: WireSource logs why the
     connection ended, delivers nothing of it, and connects again by itself."""
-    connections: list[asyncio.Task[None]] = []
+    connections: list[int] = []
     second = asyncio.Event()
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.append(task)
+        connections.append(1)
         await reader.read(1024)  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
         subscribe = await reader.read(1024)
@@ -396,26 +395,138 @@ def test_bad_input_closes_the_asyncio_connection_with_its_reason_logged(
         if len(connections) == 1:
             writer.write(sent)
             if logged.startswith("mqtt_truncated"):
-                writer.close()
-                return
+                return  # and the connection closes
         else:
             second.set()
         while data := await reader.read(1024):  # until the client closes
             if data[0] == 0xA2:  # the settle step's UNSUBSCRIBE: UNSUBACK
                 writer.write(b"\xb0\x02" + data[2:4])
-        writer.close()
 
     async def scenario() -> None:
-        server = await asyncio.start_server(broker, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        settings = MqttSettings(host="127.0.0.1", port=port, client_id=unique_id)
-        async with server, WireSource(settings=settings, subscriptions=["a/b/c"]) as source:
+        async with (
+            _scripted_broker(broker) as settings,
+            WireSource(settings=settings, subscriptions=["a/b/c"]) as source,
+        ):
             await asyncio.wait_for(second.wait(), _WAIT_S)  # the first connection ended
             await source.wait_connected(_WAIT_S)  # and the second one is up
             assert source._inbox == deque()
-        await asyncio.wait_for(asyncio.gather(*connections), _WAIT_S)
 
     with caplog.at_level("INFO", logger="osteotel.mqtt"):
         asyncio.run(scenario())
     assert len(connections) == 2
     assert [r.message for r in caplog.records if logged in r.message] != []
+
+
+_Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _scripted_broker(script: _Script) -> AsyncIterator[MqttSettings]:
+    """A TCP server on loopback running `script` for each connection, for the few things
+    Mosquitto will not do; yields settings that reach it. On leaving, every connection's
+    script is awaited (the source has disconnected, so each ends) and its socket closed."""
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await script(reader, writer)
+        finally:
+            writer.close()
+
+    async with await asyncio.start_server(handle, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield MqttSettings(host="127.0.0.1", port=port, client_id=f"scripted-{port}")
+        await asyncio.wait_for(asyncio.gather(*handlers), _WAIT_S)
+
+
+async def _read_client_packet(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """One packet a client sent: (first byte, body); None once the client has closed."""
+    try:
+        first = (await reader.readexactly(1))[0]
+        length = shift = 0
+        while True:
+            byte = (await reader.readexactly(1))[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return first, await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        return None
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATHS)
+def test_a_refused_subscription_is_logged_with_its_filter(
+    caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """A broker (a scripted TCP server: Mosquitto 2.0 grants what its ACL then withholds) that
+    refuses the second of two filters (SUBACK 0x80): the refusal is logged naming that filter,
+    and the source is connected."""
+    refused = "osteotel/v1/HUB-Z/#"
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while packet := await _read_client_packet(reader):
+            first, body = packet
+            if first >> 4 == 1:  # CONNECT
+                writer.write(b"\x20\x02\x00\x00")
+            elif first >> 4 == 8:  # SUBSCRIBE: the first filter granted QoS 1, the second refused
+                writer.write(b"\x90\x04" + body[:2] + b"\x01\x80")
+            elif first >> 4 == 10:  # UNSUBSCRIBE (the settle step)
+                writer.write(b"\xb0\x02" + body[:2])
+
+    async def scenario() -> None:
+        async with _scripted_broker(broker) as scripted:
+            settings = scripted.model_copy(update={"receive_path": path})
+            filters = ["osteotel/v1/HUB-A/#", refused]
+            async with open_source(settings=settings, subscriptions=filters) as source:
+                await source.wait_connected(_WAIT_S)
+
+    with caplog.at_level("INFO", logger="osteotel.mqtt"):
+        asyncio.run(scenario())
+    logged = [r.message for r in caplog.records if "mqtt_subscription_refused" in r.message]
+    assert len(logged) == 1
+    assert f"topic={refused}" in logged[0]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATHS)
+def test_a_publish_unacknowledged_when_the_connection_ends_is_sent_again_flagged_dup(
+    path: str,
+) -> None:
+    """A broker (a scripted TCP server, to see the client's bytes) that reads a QoS 1 PUBLISH
+    and closes without a PUBACK: on the next connection the source sends it again, same packet
+    id and payload, DUP set; acknowledged then, it is confirmed."""
+    publishes: list[tuple[bool, bytes]] = []  # (DUP, packet id + payload after the topic)
+    connections: list[int] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while packet := await _read_client_packet(reader):
+            first, body = packet
+            if first >> 4 == 1:  # CONNECT
+                writer.write(b"\x20\x02\x00\x00")
+            elif first >> 4 == 3:  # PUBLISH, QoS 1
+                topic_end = 2 + int.from_bytes(body[:2])
+                publishes.append((bool(first & 0x08), body[topic_end:]))
+                if len(connections) == 1:
+                    break  # gone before acknowledging
+                writer.write(b"\x40\x02" + body[topic_end : topic_end + 2])
+            elif first >> 4 == 10:  # UNSUBSCRIBE (the settle step)
+                writer.write(b"\xb0\x02" + body[:2])
+
+    async def scenario() -> None:
+        async with _scripted_broker(broker) as scripted:
+            settings = scripted.model_copy(update={"receive_path": path})
+            async with open_source(settings=settings, subscriptions=[]) as source:
+                await source.wait_connected(_WAIT_S)
+                source.publish("osteotel/v1/derived/DX-0001/estimates", b"estimate")
+                assert await source.confirmed(timeout_s=_WAIT_S)
+
+    asyncio.run(scenario())
+    assert len(connections) == 2
+    assert len(publishes) == 2
+    assert publishes[0][0] is False
+    assert publishes[1] == (True, publishes[0][1])
+    assert publishes[0][1].endswith(b"estimate")
