@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
@@ -62,10 +62,14 @@ class _Outgoing:
 
 
 class _Connection(asyncio.Protocol):
-    """One network connection: bytes in, packets to the source; its loss ends it."""
+    """One network connection: bytes in, each whole packet to `on_packet`, then `on_read`
+    once per chunk; a malformed packet closes it; its loss ends it."""
 
-    def __init__(self, source: "WireSource") -> None:
-        self._source = source
+    def __init__(
+        self, on_packet: Callable[[codec.Packet], None], on_read: Callable[[], None]
+    ) -> None:
+        self._on_packet = on_packet
+        self._on_read = on_read
         self._rest = b""
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -86,14 +90,14 @@ class _Connection(asyncio.Protocol):
                 if packet is None:
                     break
                 position = after
-                self._source._on_packet(packet)
+                self._on_packet(packet)
         except codec.MalformedPacketError as exc:
             log.error(kv("mqtt_malformed_packet", reason=exc.reason))
             self._rest = b""
             self.close()
         else:
             self._rest = data[position:]
-        self._source._after_read()
+        self._on_read()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -152,12 +156,26 @@ class WireSource:
         self._ssl: ssl.SSLContext | None = None
         if settings.tls_ca_file is not None:
             self._ssl = ssl.create_default_context(cafile=settings.tls_ca_file)
+        # Built once, so that a bad credential setting fails here, not in the connect task.
+        self._connect_packet = codec.connect_packet(
+            settings.client_id,
+            keepalive_s=settings.keepalive_s,
+            clean_session=False,  # the broker keeps the session and queues while we are away
+            username=settings.username,
+            password=settings.password_text(),
+        )
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(
             self._run(), name=f"mqtt[{self._settings.client_id}].connect"
         )
+        self._task.add_done_callback(self._run_ended)
         return self
+
+    def _run_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Not silent: the source no longer connects, and `__aexit__` raises it too.
+            log.error(kv("mqtt_connect_loop_failed", error=repr(task.exception())))
 
     async def __aexit__(
         self,
@@ -281,17 +299,18 @@ class WireSource:
         each failed attempt, at most 30 s (as PahoSource's paho reconnect delay)."""
         delay_s = RECONNECT_MIN_S
         while True:
-            if await self._connect_once():
+            accepted = await self._connect_once()
+            if accepted:
                 delay_s = RECONNECT_MIN_S
-            else:
-                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
             await asyncio.sleep(delay_s)
+            if not accepted:
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
 
     async def _connect_once(self) -> bool:
         """One connection from start to loss; whether the broker accepted it."""
         settings = self._settings
         loop = asyncio.get_running_loop()
-        connection = _Connection(self)
+        connection = _Connection(self._on_packet, self._after_read)
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
                 await loop.create_connection(
@@ -312,15 +331,7 @@ class WireSource:
         self._subscribing.clear()
         self._unsubscribing.clear()
         self._ping_sent_s = None
-        self._write(
-            codec.connect_packet(
-                settings.client_id,
-                keepalive_s=settings.keepalive_s,
-                clean_session=False,
-                username=settings.username,
-                password=settings.password_text(),
-            )
-        )
+        self._write(self._connect_packet)
         keepalive = asyncio.create_task(
             self._keep_alive(connection), name=f"mqtt[{settings.client_id}].ping"
         )
