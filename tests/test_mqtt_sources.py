@@ -530,3 +530,42 @@ def test_a_publish_unacknowledged_when_the_connection_ends_is_sent_again_flagged
     assert publishes[0][0] is False
     assert publishes[1] == (True, publishes[0][1])
     assert publishes[0][1].endswith(b"estimate")
+
+
+def test_a_broker_that_stops_answering_pings_is_left_and_connected_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker (scripted) that accepts the session but never answers a PINGREQ: WireSource,
+    on a 5 s keep-alive, closes the connection with `mqtt_ping_unanswered` logged and connects
+    again by itself (a half-open connection is not kept forever)."""
+    pings: list[int] = []
+    second = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = len(pings)
+        pings.append(0)
+        if connection == 1:
+            second.set()
+        while packet := await _read_client_packet(reader):
+            first, body = packet
+            if first >> 4 == 1:  # CONNECT
+                writer.write(b"\x20\x02\x00\x00")
+            elif first >> 4 == 8:  # SUBSCRIBE
+                writer.write(b"\x90\x03" + body[:2] + b"\x01")
+            elif first >> 4 == 10:  # UNSUBSCRIBE (the settle step)
+                writer.write(b"\xb0\x02" + body[:2])
+            elif first >> 4 == 12:  # PINGREQ: counted, never answered
+                pings[connection] += 1
+
+    async def scenario() -> None:
+        async with _scripted_broker(broker) as scripted:
+            settings = scripted.model_copy(update={"keepalive_s": 5})
+            async with WireSource(settings=settings, subscriptions=["a/b/c"]) as source:
+                await asyncio.wait_for(second.wait(), _WAIT_S)
+                await source.wait_connected(_WAIT_S)
+
+    with caplog.at_level("INFO", logger="osteotel.mqtt"):
+        asyncio.run(scenario())
+    assert pings[0] == 1  # one PINGREQ, unanswered, then the connection was left
+    assert len(pings) == 2
+    assert [r for r in caplog.records if r.message.startswith("mqtt_ping_unanswered")] != []
