@@ -6,8 +6,8 @@ libraries raise is mapped to `NotifyError` in `_delivering`, so the outbox (aler
 one exception type and retries it later; nothing else in alerts imports these libraries.
 
 Blocking clients (urllib, smtplib, InfluxStore) run in a worker thread; MQTT goes through
-`osteotel.mqtt.MqttSource`, whose persistent session also tells which alerts the broker already
-accepted (`MqttNotifier`).
+`osteotel.mqttwire.open_source`, whose persistent session also tells which alerts the broker
+already accepted (`MqttNotifier`).
 
 Every notification carries an idempotency key per alert (`key`, alert id:event:t_ns, the same in
 every copy); `notification_key` joins a payload's keys into the key of the whole message: the
@@ -33,6 +33,7 @@ from alerts.settings import SmtpSettings
 from osteotel.errors import OsteotelError, StoreError
 from osteotel.logs import kv
 from osteotel.mqtt import MQTT_ERRORS, MqttSource, Received
+from osteotel.mqttwire import open_source
 from osteotel.settings import InfluxSettings, MqttSettings
 from osteotel.store.influx import InfluxStore
 
@@ -305,7 +306,9 @@ class MqttNotifier:
     async def send(self, payload: dict[str, Any]) -> None:
         """Read back what the broker accepted, publish the rest of the alerts (QoS 1), and
         return once the broker acknowledged them; raises `NotifyError` otherwise."""
-        source = MqttSource(settings=self._settings, subscriptions=[alert_topic("+"), self._marker])
+        source = open_source(
+            settings=self._settings, subscriptions=[alert_topic("+"), self._marker]
+        )
         # What a timeout was waiting for: a read-back that never ends is most likely an ACL
         # that lets this account write alert topics but not read them.
         waiting = "the broker's CONNACK and SUBACK"

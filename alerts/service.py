@@ -66,7 +66,7 @@ from devices.contract import SUBSCRIPTIONS, MessageKind, Rejected, parse_topic
 from devices.registry import RegistryFile
 from osteotel.errors import ConfigError
 from osteotel.logs import kv
-from osteotel.mqtt import MqttSource
+from osteotel.mqttwire import open_source
 from osteotel.settings import InfluxSettings, MqttSettings
 
 __all__ = ["AlertService", "build_notifiers"]
@@ -193,7 +193,7 @@ class AlertService:
 
     async def _receive_forever(self) -> None:
         telemetry = [topic for topic in SUBSCRIPTIONS if topic.endswith("/telemetry")]
-        source = MqttSource(
+        source = open_source(
             settings=self._mqtt.model_copy(update={"client_id": self._settings.client_id}),
             subscriptions=[ESTIMATES_FILTER, *(t for t in SUBSCRIPTIONS if t not in telemetry)],
             best_effort=telemetry if self._settings.watch_telemetry else (),

@@ -38,6 +38,7 @@ from dsp.estimator import EstimateRecord, FleetEstimator
 from osteotel.errors import StoreError, StoreRejected
 from osteotel.logs import kv
 from osteotel.mqtt import MqttSource, Received
+from osteotel.mqttwire import open_source
 from osteotel.settings import Settings
 from osteotel.store.influx import InfluxStore
 
@@ -155,7 +156,7 @@ class IngestService:
             # No ensure_database here: the store creates the database on its first write, so
             # ingest starts (and spools) even while InfluxDB is still down.
             filters = self._subscriptions()
-            source = MqttSource(
+            source = open_source(
                 settings=self._settings.mqtt, subscriptions=filters.wanted, stale=filters.stale
             )
             self._source = source

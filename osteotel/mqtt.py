@@ -12,6 +12,10 @@ paho thread appends to a deque and schedules one wake-up (`call_soon_threadsafe`
 many messages arrive before the loop runs it, so a burst costs one hop, not one per message.
 On leaving, the source waits until the broker has read its last acknowledgements (`_settle`)
 before it disconnects. No other module of ours sees paho.
+
+`MqttSource` is what ingest and the alert service use of a source; `PahoSource` here and
+`osteotel.mqttwire.WireSource` (MQTT 3.1.1 on the event loop, no thread) both give it, and
+`osteotel.mqttwire.open_source` makes the one `MqttSettings.receive_path` names.
 """
 
 import asyncio
@@ -23,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,7 +36,7 @@ from paho.mqtt.exception import MQTTException
 from osteotel.logs import kv
 from osteotel.settings import MqttSettings
 
-__all__ = ["MQTT_ERRORS", "MqttSource", "Received"]
+__all__ = ["MQTT_ERRORS", "MqttSource", "PahoSource", "Received"]
 
 log = logging.getLogger("osteotel.mqtt")
 
@@ -40,13 +44,13 @@ MQTT_ERRORS: tuple[type[BaseException], ...] = (MQTTException,)
 """paho's own exception root (its other classes derive from it or from OSError), for a
 caller's error mapping that must not import paho."""
 
-_RECONNECT_MIN_S = 1
-_RECONNECT_MAX_S = 30
-_SETTLE_TIMEOUT_S = 5.0
-_CONFIRM_TIMEOUT_S = 5.0
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+SETTLE_TIMEOUT_S = 5.0
+CONFIRM_TIMEOUT_S = 5.0
 _CONFIRM_POLL_S = 0.005
-# Never subscribed: only its UNSUBACK matters (see MqttSource._settle).
-_SETTLE_FILTER = "osteotel/v1/settle"
+# Never subscribed: only its UNSUBACK matters (see PahoSource._settle).
+SETTLE_FILTER = "osteotel/v1/settle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +63,40 @@ class Received:
     qos: int
     received_ns: int
     dup: bool = False  # the broker sends it again: it was in flight, unacknowledged, before
+    connection: int = 0  # which of the source's connections brought it (WireSource acks by it)
 
 
-class MqttSource:
-    """Subscribes with a persistent session and yields messages until closed.
+class MqttSource(Protocol):
+    """What ingest and the alert service use of an MQTT source (osteotel.mqttwire.open_source
+    makes one): `PahoSource` here, or `osteotel.mqttwire.WireSource`."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self, timeout_s: float) -> None: ...
+
+    def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]: ...
+
+    def ack(self, message: Received) -> None: ...
+
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+    async def confirmed(self, timeout_s: float = CONFIRM_TIMEOUT_S) -> bool: ...
+
+    def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None: ...
+
+
+class PahoSource:
+    """Subscribes with a persistent session and yields messages until closed (paho's thread).
 
     Args:
         settings: broker address, credentials and client id. The client id is fixed so that
@@ -102,6 +136,7 @@ class MqttSource:
         self._inbox: deque[Received] = deque()
         self._arrived = asyncio.Event()
         self._wake_pending = False
+        self._connection = 0  # counts disconnects: a Received carries the number it came in
         self._connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
@@ -115,7 +150,7 @@ class MqttSource:
             self._client.username_pw_set(settings.username, settings.password_text())
         if settings.tls_ca_file is not None:
             self._client.tls_set_context(ssl.create_default_context(cafile=settings.tls_ca_file))
-        self._client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -157,11 +192,11 @@ class MqttSource:
         UNSUBSCRIBE whether or not it removed anything (MQTT 3.1.1, section 3.10.4).
         """
         self._settled.clear()
-        _, self._settle_mid = self._client.unsubscribe(_SETTLE_FILTER)
+        _, self._settle_mid = self._client.unsubscribe(SETTLE_FILTER)
         try:
-            await asyncio.wait_for(self._settled.wait(), _SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT_S)
         except TimeoutError:
-            log.warning(kv("mqtt_unsettled", timeout_s=_SETTLE_TIMEOUT_S))
+            log.warning(kv("mqtt_unsettled", timeout_s=SETTLE_TIMEOUT_S))
 
     @property
     def connected(self) -> bool:
@@ -226,7 +261,7 @@ class MqttSource:
         self._published += 1
         self._match_acknowledged()
 
-    async def confirmed(self, timeout_s: float = _CONFIRM_TIMEOUT_S) -> bool:
+    async def confirmed(self, timeout_s: float = CONFIRM_TIMEOUT_S) -> bool:
         """Whether the broker acknowledged everything published so far, waiting up to
         `timeout_s` (polled: paho's thread records each PUBACK as it arrives)."""
         goal = self._published
@@ -247,8 +282,11 @@ class MqttSource:
 
     def ack(self, message: Received) -> None:
         """Acknowledge a message to the broker: call only once its effect is durable, and in
-        the order messages were received (MQTT 3.1.1, section 4.6). A QoS 0 message needs none."""
-        if message.qos > 0:
+        the order messages were received (MQTT 3.1.1, section 4.6). A QoS 0 message needs none;
+        one of an earlier connection gets none: the broker has sent it again, DUP set, with the
+        same packet id, and a PUBACK now would acknowledge that copy before it is stored."""
+        if message.qos > 0 and message.connection == self._connection:
+            # A loss after this check is harmless: paho drops what it queued on reconnecting.
             self._client.ack(message.mid, message.qos)
 
     # paho's callbacks run in paho's network thread.
@@ -283,6 +321,7 @@ class MqttSource:
         # Our own disconnect (a stop, or a notifier's short session) is no warning.
         level = logging.WARNING if reason.is_failure else logging.INFO
         log.log(level, kv("mqtt_disconnected", reason=str(reason)))
+        self._connection += 1  # the messages received so far may no longer be acknowledged
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.clear)
 
@@ -326,6 +365,7 @@ class MqttSource:
             qos=message.qos,
             received_ns=time.time_ns(),
             dup=bool(message.dup),
+            connection=self._connection,
         )
         self._inbox.append(received)
         if not self._wake_pending:

@@ -48,6 +48,9 @@ class MqttSettings(_Section):
     client_id: str = "osteotel-ingest"
     tls_ca_file: Path | None = None
     keepalive_s: int = Field(30, ge=5)
+    # How ingest and the alert service receive (osteotel.mqttwire.open_source): paho's network
+    # thread, or MQTT 3.1.1 on the event loop (osteotel/mqttwire.py; docs/ingest.md).
+    receive_path: Literal["paho", "asyncio"] = "paho"
 
     def password_text(self) -> str | None:
         """The password to send, from `password` or else `password_file`; None for none."""

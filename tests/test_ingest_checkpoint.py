@@ -22,7 +22,7 @@ from ingest.checkpoint import (
     take_checkpoint,
     write_checkpoint,
 )
-from osteotel.mqtt import MqttSource
+from osteotel.mqtt import PahoSource
 from osteotel.settings import MqttSettings
 
 START_NS = 1_700_000_000_000_000_000
@@ -199,12 +199,12 @@ def test_a_checkpoint_waits_for_the_broker_to_have_the_estimates_before_it(
 
 
 def test_published_messages_are_confirmed_only_by_the_broker(tmp_path: Path) -> None:
-    """`MqttSource.confirmed` holds once the broker has acknowledged every message published,
+    """`PahoSource.confirmed` holds once the broker has acknowledged every message published,
     and not while the broker is away (the messages wait in paho's queue)."""
 
     async def scenario(broker: Mosquitto) -> tuple[bool, bool]:
         settings = MqttSettings(host=broker.host, port=broker.port, client_id="confirm-test")
-        async with MqttSource(settings=settings, subscriptions=["osteotel/v1/settle-none"]) as src:
+        async with PahoSource(settings=settings, subscriptions=["osteotel/v1/settle-none"]) as src:
             await src.wait_connected(timeout_s=30)
             for number in range(50):
                 src.publish("osteotel/v1/derived/DX-0001/estimates", b"%d" % number)

@@ -50,6 +50,7 @@ from apps.brokerconf import (
 from apps.services import Mosquitto, free_port
 from devices.registry import Registry
 from osteotel.errors import ConfigError, MissingBinaryError
+from osteotel.mqttwire import open_source
 from osteotel.settings import InfluxSettings, MqttSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -463,6 +464,36 @@ def test_the_alert_service_receives_over_tls_with_its_password(
             stop.set()
             await runner
         assert rules == ["distraction_force"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["paho", "asyncio"], ids=["paho", "asyncio"])
+def test_either_receive_path_receives_over_tls_with_its_password(
+    secured: _Secured, certs: _Certs, connect: _Connect, path: str
+) -> None:
+    """Ingest's account, over TLS with its password, receives a hub's telemetry on either
+    receive path; with a wrong password it never connects."""
+    settings = MqttSettings(
+        host="127.0.0.1", port=secured.tls_port, username=INGEST_USER,
+        password=secured.passwords[INGEST_USER], tls_ca_file=certs.ca,
+        client_id=f"ingest-tls-{path}", receive_path=path,
+    )  # fmt: skip
+    refused = settings.model_copy(update={"password": _WRONG, "client_id": f"wrong-{path}"})
+    hub = connect("HUB-A")
+
+    async def scenario() -> None:
+        async with open_source(settings=settings, subscriptions=[_ALLOWED]) as source:
+            await source.wait_connected(_WAIT_S)
+            await asyncio.to_thread(hub.publish, _ALLOWED, b"raw")
+            async with asyncio.timeout(_WAIT_S):
+                (message,) = await anext(source.batches(max_messages=10))
+            source.ack(message)
+            assert (message.topic, message.payload, message.qos) == (_ALLOWED, b"raw", 1)
+        async with open_source(settings=refused, subscriptions=[_ALLOWED]) as source:
+            with pytest.raises(TimeoutError):
+                await source.wait_connected(3.0)  # refused: CONNACK "bad user name or password"
+            assert not source.connected
 
     asyncio.run(scenario())
 

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "replay": "apps.bench.replay",
     "recovery": "apps.bench.recovery",
     "restart": "apps.bench.restart",
+    "receive": "apps.bench.receive",
     "storage": "apps.bench.storage",
 }
 """Benchmark name to the module that measures it."""

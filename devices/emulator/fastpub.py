@@ -4,8 +4,8 @@ paho-mqtt spends about 250 us of Python per QoS 1 message (docs/capture.md); a d
 devices at 100 Hz is 864 k messages. This client does the least a publisher needs, written from
 the MQTT 3.1.1 OASIS standard: CONNECT/CONNACK, PUBLISH at QoS 0, 1 or 2 with retain, the
 QoS 1 (PUBACK) and QoS 2 (PUBREC/PUBREL/PUBCOMP) acknowledgements, a will, PINGREQ when idle,
-and DISCONNECT. Packets are built with `bytes` and `struct`, gathered in a buffer and handed to
-the transport many at a time; one reader task parses whatever the broker sends back.
+and DISCONNECT. Packets are built and read by osteotel/mqttcodec.py, gathered in a buffer and
+handed to the transport many at a time; one reader task parses whatever the broker sends back.
 
 Every message is written in call order on one connection, so the broker receives (and, per
 topic, delivers) them in that order. At most `window` QoS 1/2 publishes wait for their
@@ -19,13 +19,31 @@ PINGRESP within the bounds) raises `PublishError`.
 import asyncio
 import contextlib
 import ssl
-import struct
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
 from osteotel.errors import ConfigError, OsteotelError
+from osteotel.mqttcodec import (
+    CONNACK_REASONS,
+    DISCONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    Ack,
+    Connack,
+    MalformedPacketError,
+    Pingresp,
+    Will,
+    ack_packet,
+    connect_packet,
+    encode_remaining_length,
+    publish_packet,
+    read_packet,
+    topic_bytes,
+)
 from osteotel.settings import MqttSettings
 
 __all__ = [
@@ -50,30 +68,7 @@ A broker holds each QoS 2 publish until its PUBREL and caps how many (Mosquitto'
 once and not held, so the large window is safe for them.
 """
 
-CONNACK_REASONS: Final = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
-}
-"""CONNACK return codes of MQTT 3.1.1 (section 3.2.2.3) other than 0, accepted."""
-
-_MAX_REMAINING_LENGTH: Final = 268_435_455  # four 7-bit groups, section 2.2.3
 _MAX_PACKET_ID: Final = 65_535
-_MAX_STRING_BYTES: Final = 65_535
-
-# Control packet types (first byte, high nibble), section 2.2.1.
-_CONNECT: Final = 0x10
-_CONNACK: Final = 0x20
-_PUBLISH: Final = 0x30
-_PUBACK: Final = 0x40
-_PUBREC: Final = 0x50
-_PUBREL: Final = 0x62  # PUBREL's fixed header has flags 0b0010, section 3.6.1
-_PUBCOMP: Final = 0x70
-_PINGREQ: Final = b"\xc0\x00"
-_PINGRESP: Final = 0xD0
-_DISCONNECT: Final = b"\xe0\x00"
 
 _FLUSH_BYTES: Final = 1 << 16  # hand the buffer to the transport once it holds this much
 _READ_BYTES: Final = 1 << 16
@@ -84,10 +79,7 @@ _CLOSE_TIMEOUT_S: Final = 5.0
 _AWAIT_PUBACK: Final = 1
 _AWAIT_PUBREC: Final = 2
 _AWAIT_PUBCOMP: Final = 3
-_AWAITED_BY: Final = {_PUBACK: _AWAIT_PUBACK, _PUBREC: _AWAIT_PUBREC, _PUBCOMP: _AWAIT_PUBCOMP}
-
-_U16: Final = struct.Struct(">H")
-_ACK: Final = struct.Struct(">BBH")  # PUBACK, PUBREC, PUBREL, PUBCOMP: type, 2, packet id
+_AWAITED_BY: Final = {PUBACK: _AWAIT_PUBACK, PUBREC: _AWAIT_PUBREC, PUBCOMP: _AWAIT_PUBCOMP}
 
 
 class PublishError(OsteotelError):
@@ -100,92 +92,6 @@ class PublishError(OsteotelError):
     def __init__(self, message: str, *, return_code: int | None = None) -> None:
         super().__init__(message)
         self.return_code = return_code
-
-
-def encode_remaining_length(length: int) -> bytes:
-    """Encode an MQTT remaining length: 7 bits a byte, least significant first (section 2.2.3).
-
-    Args:
-        length: the byte count of the variable header plus payload, 0 to 268,435,455.
-
-    Returns:
-        One to four bytes, each but the last with its top bit set.
-
-    Raises:
-        ValueError: `length` is negative or above 268,435,455.
-    """
-    if not 0 <= length <= _MAX_REMAINING_LENGTH:
-        raise ValueError(f"remaining length is {length}, must be 0..{_MAX_REMAINING_LENGTH}")
-    if length < 128:
-        return bytes((length,))
-    out = bytearray()
-    while True:
-        digit, length = length & 0x7F, length >> 7
-        if length:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
-
-
-def _string(text: str | bytes, what: str) -> bytes:
-    """A length-prefixed UTF-8 string (section 1.5.3)."""
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    if len(data) > _MAX_STRING_BYTES:
-        raise ValueError(f"{what} is {len(data)} bytes, at most {_MAX_STRING_BYTES}")
-    return _U16.pack(len(data)) + data
-
-
-def _topic_bytes(topic: str) -> bytes:
-    """The topic as it sits in a PUBLISH variable header, after checking section 4.7 rules."""
-    if not topic:
-        raise ValueError("a PUBLISH topic cannot be empty")
-    if "+" in topic or "#" in topic or "\0" in topic:
-        raise ValueError(f"a PUBLISH topic cannot hold '+', '#' or NUL: {topic!r}")
-    return _string(topic, "topic")
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """What the broker publishes for the client if its connection ends without DISCONNECT.
-
-    Attributes:
-        topic: the will's topic name.
-        payload: the will's payload.
-        qos: 0, 1 or 2.
-        retain: whether the broker keeps it as the topic's retained message.
-    """
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-def _connect_packet(
-    client_id: str,
-    keepalive_s: int,
-    username: str | None,
-    password: str | None,
-    will: Will | None,
-) -> bytes:
-    flags = 0x02  # clean session: a replay leaves no state behind on the broker
-    payload = _string(client_id, "client id")
-    if will is not None:
-        if will.qos not in (0, 1, 2):
-            raise ValueError(f"will qos is {will.qos!r}, must be 0, 1 or 2")
-        # Will flag, its QoS and retain bits (section 3.1.2.5-7); topic and message follow
-        # the client id in the payload (section 3.1.3).
-        flags |= 0x04 | will.qos << 3 | will.retain << 5
-        payload += _topic_bytes(will.topic) + _string(will.payload, "will message")
-    if username is not None:
-        flags |= 0x80
-        payload += _string(username, "user name")
-    if password is not None:
-        flags |= 0x40
-        payload += _string(password.encode("utf-8"), "password")
-    body = _string("MQTT", "protocol name") + bytes((4, flags)) + _U16.pack(keepalive_s) + payload
-    return bytes((_CONNECT,)) + encode_remaining_length(len(body)) + body
 
 
 class FastPublisher:
@@ -232,7 +138,14 @@ class FastPublisher:
             # Section 3.1.2.9: the password flag needs the user name flag.
             raise ConfigError("an MQTT password is set without a user name")
         self._mqtt = mqtt
-        self._connect = _connect_packet(client_id, keepalive, mqtt.username, password, will)
+        self._connect = connect_packet(
+            client_id,
+            keepalive_s=keepalive,
+            clean_session=True,  # a replay leaves no state behind on the broker
+            username=mqtt.username,
+            password=password,
+            will=will,
+        )
         self._window = window
         self._qos2_window = min(qos2_window, window)
         self._qos2_in_flight = 0
@@ -307,7 +220,7 @@ class FastPublisher:
         try:
             if exc_type is None:
                 await self.flush()
-                self._send(_DISCONNECT)
+                self._send(DISCONNECT)
                 self._write_buffer()
                 with contextlib.suppress(OSError, TimeoutError):
                     await asyncio.wait_for(self._writer_drain(), _CLOSE_TIMEOUT_S)
@@ -316,10 +229,14 @@ class FastPublisher:
 
     async def _read_connack(self) -> None:
         assert self._reader is not None
-        packet = await self._reader.readexactly(4)
-        if packet[0] != _CONNACK or packet[1] != 2:
-            raise PublishError(f"{self._where} answered CONNECT with {packet.hex()}, not CONNACK")
-        code = packet[3]
+        data = await self._reader.readexactly(4)
+        try:
+            packet, _ = read_packet(data, 0)
+        except MalformedPacketError as exc:
+            raise PublishError(f"{self._where} answered CONNECT with {exc.reason}") from exc
+        if not isinstance(packet, Connack):
+            raise PublishError(f"{self._where} answered CONNECT with {data.hex()}, not CONNACK")
+        code = packet.return_code
         if code != 0:
             reason = CONNACK_REASONS.get(code, "unknown return code")
             raise PublishError(
@@ -401,19 +318,14 @@ class FastPublisher:
         self._check()
         prefix = self._topics.get(topic)
         if prefix is None:
-            prefix = _topic_bytes(topic)
+            prefix = topic_bytes(topic)
             if len(self._topics) >= _TOPIC_CACHE:
                 self._topics.clear()
             self._topics[topic] = prefix
         if qos not in (0, 1, 2):
             raise ValueError(f"qos is {qos!r}, must be 0, 1 or 2")
-        length = len(prefix) + len(payload) + (2 if qos else 0)
-        if length < 128:
-            fixed = bytes((_PUBLISH | qos << 1 | retain, length))
-        else:
-            fixed = bytes((_PUBLISH | qos << 1 | retain,)) + encode_remaining_length(length)
         if qos == 0:
-            self._send(b"".join((fixed, prefix, payload)))
+            self._send(publish_packet(prefix, payload, qos=0, retain=retain))
         else:
             if len(self._in_flight) >= self._window or (
                 qos == 2 and self._qos2_in_flight >= self._qos2_window
@@ -424,7 +336,7 @@ class FastPublisher:
                 self._qos2_in_flight += 1
             # QoS 1 awaits PUBACK; QoS 2 awaits PUBREC, then (after our PUBREL) PUBCOMP.
             self._in_flight[number] = _AWAIT_PUBACK if qos == 1 else _AWAIT_PUBREC
-            self._send(b"".join((fixed, prefix, _U16.pack(number), payload)))
+            self._send(publish_packet(prefix, payload, qos=qos, packet_id=number, retain=retain))
         self.published += 1
 
     async def _wait_for_room(self, qos: int) -> None:
@@ -498,38 +410,36 @@ class FastPublisher:
     def _handle(self, data: bytes) -> bytes:
         """Act on every whole packet in `data`; return the incomplete rest."""
         in_flight = self._in_flight
-        position, end = 0, len(data)
+        position = 0
         acked = False
-        while position < end:
-            kind = data[position]
-            # Every packet a broker sends a publish-only client is 2 or 4 bytes long.
-            if kind in _AWAITED_BY:
-                if end - position < 4:
-                    break
-                _, length, packet_id = _ACK.unpack_from(data, position)
-                if length != 2:
-                    raise self._fail(f"{self._where} sent a malformed acknowledgement")
-                position += 4
+        while True:
+            try:
+                packet, after = read_packet(data, position)
+            except MalformedPacketError as exc:
+                raise self._fail(f"{self._where} sent a malformed packet: {exc.reason}") from exc
+            if packet is None:
+                break
+            position = after
+            # A publish-only client gets acknowledgements and PINGRESPs, nothing else.
+            if isinstance(packet, Ack) and packet.kind in _AWAITED_BY:
+                kind, packet_id = packet.kind, packet.packet_id
                 if in_flight.get(packet_id) != _AWAITED_BY[kind]:
                     raise self._fail(
-                        f"{self._where} sent packet type 0x{kind:02x} for packet id "
+                        f"{self._where} sent packet type {kind} for packet id "
                         f"{packet_id}, which does not await it"
                     )
-                if kind == _PUBREC:
+                if kind == PUBREC:
                     in_flight[packet_id] = _AWAIT_PUBCOMP
-                    self._send(_ACK.pack(_PUBREL, 2, packet_id))
+                    self._send(ack_packet(PUBREL, packet_id))
                 else:
-                    if kind == _PUBCOMP:
+                    if kind == PUBCOMP:
                         self._qos2_in_flight -= 1
                     del in_flight[packet_id]
                     acked = True
-            elif kind == _PINGRESP:
-                if end - position < 2:
-                    break
-                position += 2
+            elif isinstance(packet, Pingresp):
                 self._ping_sent_at = None
             else:
-                raise self._fail(f"{self._where} sent an unexpected packet type 0x{kind:02x}")
+                raise self._fail(f"{self._where} sent an unexpected {type(packet).__name__}")
         if acked:
             # `flush` bounds the time between acknowledgements, not the whole drain.
             self._acked.set()
@@ -553,4 +463,4 @@ class FastPublisher:
             if now - self._last_sent >= period_s and self._ping_sent_at is None:
                 self._ping_sent_at = now
                 self.pings += 1
-                self._send(_PINGREQ)
+                self._send(PINGREQ)
