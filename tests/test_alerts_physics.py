@@ -35,7 +35,7 @@ _IDS = [f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _DEVICES]
 
 
 def _steps(
-    rate_hz: float, ramp_s: float, tau_f_s: float, k_n_per_mm: list[float]
+    rate_hz: float, ramp_s: float, tau_f_s: float, k_n_per_mm: list[float], polarity: float = 1.0
 ) -> list[list[Observation]]:
     """Four 0.25 mm steps a day with these k_inst through one estimator into one rule book;
     what the rules concluded from each step's records."""
@@ -43,7 +43,10 @@ def _steps(
         dataclasses.replace(bachmeier_tissue(j + 1, k), tau_f_s=tau_f_s)
         for j, k in enumerate(k_n_per_mm)
     ]
-    return _judge(rate_hz, ramp_s, tissues, kind="step", delta_mm=0.25, every_ns=_DAY_NS // 4)
+    return _judge(
+        rate_hz, ramp_s, tissues, kind="step", delta_mm=0.25, every_ns=_DAY_NS // 4,
+        polarity=polarity,
+    )  # fmt: skip
 
 
 def _judge(
@@ -54,6 +57,7 @@ def _judge(
     kind: str,
     delta_mm: float,
     every_ns: int,
+    polarity: float = 1.0,
 ) -> list[list[Observation]]:
     """One elongation of `delta_mm` per tissue, `every_ns` apart, through one estimator into
     one rule book; what the rules concluded from each one's records."""
@@ -73,6 +77,7 @@ def _judge(
             rate_hz=rate_hz,
             t0_ns=onset_ns - 8 * NS_PER_S,
             force_noise_n=0.5,
+            polarity=polarity,
             seed=int(rate_hz + ramp_s) * 100 + j,
         )
         observations = []
@@ -118,6 +123,30 @@ def test_a_premature_consolidation_is_told_or_said_to_be_unjudged(
               for o in observations]  # fmt: skip
     assert _raised(judged, "premature_consolidation") or _raised(judged, "stiffness_unmeasured")
     assert not _raised(judged, "stiffness_drop")
+
+
+_INVERTED_DEVICES = list(itertools.product([10.0, 200.0], [0.0, 60.0], [0.3, 5.0]))
+
+
+@pytest.mark.parametrize(
+    ("rate_hz", "ramp_s", "tau_f_s"),
+    _INVERTED_DEVICES,
+    ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _INVERTED_DEVICES],
+)
+def test_an_inverted_force_channel_is_told_and_raises_no_clinical_alarm(
+    rate_hz: float, ramp_s: float, tau_f_s: float
+) -> None:
+    """A healthy regenerate seen through a force channel mounted the other way round: the
+    engineers are told (sign_inconsistent) and the care team hears that the growth is not
+    judged (stiffness_unmeasured); no drop, separation or premature consolidation is read
+    into the negative forces."""
+    judged = [o for observations in _steps(rate_hz, ramp_s, tau_f_s,
+              _growing(_HEALTHY_GROWTH_PER_DAY, 16), polarity=-1.0)
+              for o in observations]  # fmt: skip
+    assert _raised(judged, "sign_inconsistent")
+    assert _raised(judged, "stiffness_unmeasured")
+    for rule in ("stiffness_drop", "force_drop", "premature_consolidation", "distraction_force"):
+        assert not _raised(judged, rule), rule
 
 
 _PROBE_DEVICES = list(itertools.product([25.0, 200.0], [0.0, 5.0, 60.0], [0.3, 5.0]))
