@@ -104,7 +104,9 @@ def _max_seq(url: str, database: str) -> int:
             series = store.query("SELECT max(seq), count(seq) FROM frame")
     except StoreError:
         return -1
-    return int(series[0].values[0][1]) if series and series[0].values else -1
+    # max() is null while the first frame's point is not yet readable: not stored yet.
+    value = series[0].values[0][1] if series and series[0].values else None
+    return -1 if value is None else int(value)
 
 
 def _frames_in_influx(url: str, database: str) -> int:
