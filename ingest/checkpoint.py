@@ -211,6 +211,7 @@ class Checkpointer:
         self._batches_since = 0
         self._taken_at = time.monotonic()
         self._committed = 0
+        self._taken_seq = -1  # the message number the last checkpoint taken reflects
         # One taken and waiting for its messages to be committed, and one being written.
         self._waiting: Checkpoint | None = None
         self._writing: asyncio.Task[bool] | None = None
@@ -227,6 +228,21 @@ class Checkpointer:
         self._waiting = take_checkpoint(fleet, positions, seq)
         self._batches_since = 0
         self._taken_at = time.monotonic()
+        self._taken_seq = seq
+
+    def quiet(
+        self,
+        fleet: FleetEstimator,
+        positions: Mapping[str, Position],
+        seq: int,
+        published: Callable[[], Awaitable[bool]],
+    ) -> None:
+        """Call on a timer while live: a stream gone quiet after a burst is checkpointed too,
+        not only once the next message comes. Takes a checkpoint of what was handled since
+        the last one (when one is due) and writes it at once if it is all committed."""
+        if seq != self._taken_seq:
+            self.handled(fleet, positions, seq)
+        self._write_committed(published)
 
     def committed(self, seq: int, published: Callable[[], Awaitable[bool]]) -> None:
         """Call once a batch up to message number `seq` is stored and acknowledged: writes
@@ -236,9 +252,14 @@ class Checkpointer:
         write, as catch-up starts after the checkpoint."""
         self._committed = seq
         self._batches_since += 1
+        self._write_committed(published)
+
+    def _write_committed(self, published: Callable[[], Awaitable[bool]]) -> None:
         waiting = self._waiting
-        if waiting is None or seq < waiting.handled:
+        if waiting is None or self._committed < waiting.handled:
             return
+        if self._writing is not None and not self._writing.done():
+            return  # one write at a time: the next commit or quiet tick writes it
         self._waiting = None
         self._writing = asyncio.create_task(
             self._write(waiting, published), name="ingest.checkpoint"
@@ -255,6 +276,7 @@ class Checkpointer:
         whose records are stored before it returns, and after a complete drain)."""
         await self.written()
         self._waiting = None
+        self._taken_seq = seq
         await self._write(take_checkpoint(fleet, positions, seq), published)
 
     async def _write(

@@ -176,9 +176,11 @@ class IngestService:
                     catch_up.cancel()
                     log.warning(kv("shutdown_during_catchup"))
                 receive = tasks.create_task(self._receive(source), name="ingest.receive")
+                quiet = tasks.create_task(self._checkpoint_quiet(source), name="ingest.quiet")
                 self.ready.set()
                 log.info(kv("ingest_started", influx_url=self._settings.influx.url))
                 await stopping
+                quiet.cancel()
                 receive.cancel()
                 registry.cancel()
                 await asyncio.wait([receive])  # returns once it has stopped, raises nothing
@@ -320,6 +322,14 @@ class IngestService:
                 seconds=round(time.monotonic() - started, 3),
             )
         )
+
+    async def _checkpoint_quiet(self, source: MqttSource) -> None:
+        # Between two turns of the loop, the estimator holds exactly the messages handled.
+        while True:
+            await asyncio.sleep(self._settings.ingest.checkpoint_interval_s)
+            self._checkpointer.quiet(
+                self._estimator, self._positions, self._handled, source.confirmed
+            )
 
     async def _write_stats(self) -> None:
         instance = self._settings.mqtt.client_id

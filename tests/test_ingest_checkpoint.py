@@ -216,3 +216,32 @@ def test_published_messages_are_confirmed_only_by_the_broker(tmp_path: Path) -> 
 
     with Mosquitto(tmp_path / "broker") as broker:
         assert asyncio.run(scenario(broker)) == (True, False)
+
+
+def test_a_stream_gone_quiet_is_checkpointed(tmp_path: Path) -> None:
+    """Messages handled while the last checkpoint was being written, and then nothing more:
+    the quiet timer's call writes a checkpoint of them (before, the one on disk stayed
+    behind until the next message came)."""
+    checkpointer = Checkpointer(directory=tmp_path, config=CONFIG, interval_s=0.0, batches=1)
+    earlier, earlier_position = _fed_fleet(_frames(20))
+    fleet, position = _fed_fleet(_frames(25))
+
+    async def published() -> bool:
+        return True
+
+    async def scenario() -> None:
+        checkpointer.handled(earlier, {DEVICE: earlier_position}, 20)
+        checkpointer.committed(20, published)  # its write runs ...
+        checkpointer.handled(fleet, {DEVICE: position}, 25)  # ... so this one is not taken
+        checkpointer.committed(25, published)
+        await checkpointer.written()
+        checkpointer.quiet(fleet, {DEVICE: position}, 25, published)
+        await checkpointer.written()
+
+    asyncio.run(scenario())
+    restored = read_checkpoint(tmp_path, CONFIG)
+    assert restored is not None
+    again, positions = restored
+    assert positions == {DEVICE: position}
+    expected, _ = _fed_fleet(_frames(25))
+    assert [record_json(r) for r in again.flush()] == [record_json(r) for r in expected.flush()]
