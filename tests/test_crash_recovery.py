@@ -98,8 +98,10 @@ def test_killed_ingest_stores_the_estimates_of_analyze(
         for _ in killed_at(ingest, publisher, kills):
             in_window += _step_window_open(tmp_path / "state")
         # Where ingest was at a kill depends on timing: 4 of the 5 kills after a step (the
-        # other 5 are in load tests) found a window open in their checkpoint in two runs.
-        assert in_window >= _KILLS // 3, in_window
+        # other 5 are in load tests) found a window open in their checkpoint in most runs,
+        # 1 in about one run of four (seen before and after the quiet-stream checkpoint):
+        # at least one restore of an open window is what this test needs to exercise.
+        assert in_window >= 1, in_window
         publisher.finish()
         wait_stored(influxdb, influx_db_name, treatment, counts, ingest)
         log = ingest.log()
