@@ -22,11 +22,15 @@ DOCUMENTED = (
     "latency_samples_in_influx",
     "alert_trials", "alert_notifications", "alert_latency_p50_s", "alert_latency_p99_s",
     "normal_device_months", "cpu_cores", "ceiling_without_ingest_frames_per_s",
+    "fleet_devices_continuous_100hz", "fleet_devices_at_emulator_duty",
+    "emulator_recorded_samples_per_device_day",
 )  # fmt: skip
 CPU_USERS = ("ingest", "influxd", "mosquitto", "publisher")
 # CPU seconds come in clock ticks (10 ms): a tiny run may see none for a process.
-CPU_SHARES = tuple(
-    f"ingest_{processes}p_cpu_us_per_frame_{name}" for processes in (1, 2) for name in CPU_USERS
+CPU_SHARES = (
+    *(f"ingest_{processes}p_cpu_us_per_frame_{name}" for processes in (1, 2) for name in CPU_USERS),
+    "mosquitto_sub_cpu_us_per_message",
+    "influxd_cpu_us_per_sample",
 )
 # /proc/PID/stat counts user and system time in ticks of 10 ms; a difference of two readings
 # overstates by under a tick per counter: two counters for each process read through /proc
@@ -183,6 +187,21 @@ def test_the_ceiling_is_the_other_processes_cpu(figures: dict[str, object]) -> N
     others_us = sum(_float(figures, f"ingest_1p_cpu_us_per_frame_{name}") for name in CPU_USERS[1:])
     assert _float(figures, "ceiling_without_ingest_frames_per_s") == pytest.approx(
         _float(figures, "cpu_cores") * 1e6 / others_us
+    )
+
+
+def test_the_fleet_is_half_the_better_rate(figures: dict[str, object]) -> None:
+    """The fleet one machine carries: half the better measured sample rate, over 100 Hz for
+    devices streaming all day, over the emulator's samples a day for devices recording as it
+    does; influxd's CPU per sample is its CPU per frame over the frame's samples."""
+    half = max(_float(figures, f"ingest_{p}p_samples_per_s") for p in (1, 2)) / 2
+    assert _float(figures, "fleet_devices_continuous_100hz") == pytest.approx(half / 100)
+    per_day = _float(figures, "emulator_recorded_samples_per_device_day")
+    assert _float(figures, "fleet_devices_at_emulator_duty") == pytest.approx(
+        half * 86_400 / per_day
+    )
+    assert _float(figures, "influxd_cpu_us_per_sample") == pytest.approx(
+        _float(figures, "ingest_1p_cpu_us_per_frame_influxd") / _float(figures, "frame_samples")
     )
 
 

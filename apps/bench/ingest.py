@@ -45,6 +45,13 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 cores, and the 1-process run's frame rate at
                                                 which influxd, Mosquitto and the publisher
                                                 alone would fill them all
+    mosquitto_sub_cpu_us_per_message            mosquitto_sub's own CPU per message
+    influxd_cpu_us_per_sample                   influxd's CPU per stored sample (1 process)
+    fleet_devices_continuous_100hz, fleet_devices_at_emulator_duty,
+    emulator_recorded_samples_per_device_day    devices this machine carries at half the
+                                                better of the 1- and 2-process rates:
+                                                streaming 100 Hz all day, or recording as
+                                                the emulator does over a whole treatment
     ingest_1p_vs_mosquitto_sub                  frames/s over mosquitto_sub messages/s
     ingest_1p_vs_naive                          samples/s over the naive baseline's samples/s
     scaling_2p_vs_1p                            2-process samples/s over 1-process samples/s
@@ -59,6 +66,7 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -85,6 +93,7 @@ __all__ = ["configure", "run"]
 _PROBE_TOPIC = "osteotel-bench/probe"
 _TELEMETRY_FILTER = "osteotel/v1/+/+/telemetry"
 _LATENCY_GOAL_S = 1.0
+_CONTINUOUS_HZ = 100.0  # a device streaming all day, as issue 15 sizes the fleet
 _NAIVE_DATABASE = "bench_ingest_naive"
 # prometheus_client's text format: `name{label="value",...} number`.
 _LE_LABEL = re.compile(r'le="([^"]+)"')
@@ -139,8 +148,9 @@ def _count_in_influx(url: str, database: str) -> int:
 # --- phases -------------------------------------------------------------------------------------
 
 
-def _mosquitto_sub(workdir: Path, messages: list[Message], timeout_s: float) -> float:
-    """Seconds from the first publish until `mosquitto_sub` has received every frame."""
+def _mosquitto_sub(workdir: Path, messages: list[Message], timeout_s: float) -> tuple[float, float]:
+    """Seconds from the first publish until `mosquitto_sub` has received every frame, and
+    its own CPU seconds (user + system, from the kernel's account of the reaped child)."""
     from apps.services import Mosquitto  # noqa: PLC0415
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -176,10 +186,17 @@ def _mosquitto_sub(workdir: Path, messages: list[Message], timeout_s: float) -> 
             )
         try:
             wait(lambda: out_path.stat().st_size > 0, "mosquitto_sub to subscribe", 10.0)
+            # The only child reaped from here to its exit is mosquitto_sub (the publisher
+            # runs in this process; the broker is reaped later).
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             publish_all(broker.host, broker.port, messages, "osteotel-bench-sub-pub")
             sub.wait(timeout=timeout_s)
             seconds = time.perf_counter() - started
+            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (children_after.ru_utime - children_before.ru_utime) + (
+                children_after.ru_stime - children_before.ru_stime
+            )
         finally:
             if sub.poll() is None:
                 sub.kill()
@@ -188,7 +205,7 @@ def _mosquitto_sub(workdir: Path, messages: list[Message], timeout_s: float) -> 
         arrived = sum(1 for line in lines if not line.startswith(_PROBE_TOPIC.encode()))
     if arrived != len(messages):
         raise RuntimeError(f"mosquitto_sub received {arrived} of {len(messages)} frames")
-    return seconds
+    return seconds, cpu_s
 
 
 def _sustained(
@@ -450,10 +467,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         write_registry(registry, ids)
         messages = sustained_messages(ids, args.frames, args.frame_samples)
 
-        seconds = _mosquitto_sub(workdir / "mosquitto_sub", messages, args.timeout_s)
+        seconds, sub_cpu_s = _mosquitto_sub(workdir / "mosquitto_sub", messages, args.timeout_s)
         sub_per_s = len(messages) / seconds
         figures["mosquitto_sub_seconds"] = seconds
         figures["mosquitto_sub_messages_per_s"] = sub_per_s
+        figures["mosquitto_sub_cpu_us_per_message"] = sub_cpu_s / len(messages) * 1e6
 
         with InfluxDB(workdir / "influxdb") as influx:
             # One and two processes alternate, so that a slow spell of this noisy machine
@@ -532,4 +550,25 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     figures["ingest_1p_vs_mosquitto_sub"] = samples_per_s[1] / args.frame_samples / sub_per_s
     figures["ingest_1p_vs_naive"] = samples_per_s[1] / naive_samples_per_s
     figures["scaling_2p_vs_1p"] = samples_per_s[2] / samples_per_s[1]
+    figures.update(_fleet(figures, samples_per_s, args.frame_samples))
     return figures
+
+
+def _fleet(
+    figures: dict[str, object], samples_per_s: dict[int, float], frame_samples: int
+) -> dict[str, float]:
+    """Storage CPU per sample, and the fleet this machine carries at half the better measured
+    rate (where publish-to-stored stays well under 1 s): devices streaming 100 Hz all day,
+    and devices recording as the emulator does over a treatment (apps/bench/storage.py)."""
+    from apps.bench.storage import emulator_duty  # noqa: PLC0415
+
+    influxd_us = figures["ingest_1p_cpu_us_per_frame_influxd"]
+    assert isinstance(influxd_us, float)
+    half_samples_per_s = max(samples_per_s.values()) / 2
+    per_day = emulator_duty()["emulator_recorded_samples_per_day"]
+    return {
+        "influxd_cpu_us_per_sample": influxd_us / frame_samples,
+        "fleet_devices_continuous_100hz": half_samples_per_s / _CONTINUOUS_HZ,
+        "fleet_devices_at_emulator_duty": half_samples_per_s * 86_400 / per_day,
+        "emulator_recorded_samples_per_device_day": per_day,
+    }

@@ -91,7 +91,7 @@ if TYPE_CHECKING:
     from devices.contract import Frame
     from osteotel.store.http import HttpClient
 
-__all__ = ["VARIANTS", "Variant", "configure", "run"]
+__all__ = ["VARIANTS", "Variant", "configure", "emulator_duty", "run"]
 
 Body = Literal[
     "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "one_hz"
@@ -424,7 +424,7 @@ def _victoria_server(pid: int, url: str) -> _Server:
     return _Server(pid=pid, url=url, write_url=write_url, count=count)
 
 
-def _emulator_duty() -> dict[str, float]:
+def emulator_duty() -> dict[str, float]:
     """Recorded seconds per device-day of one emulated normal treatment, inside the windows a
     storage tier would keep at full rate (steps and probes with their windows, load tests)
     and outside them (gait bouts, periodic windows), and what such a tier would store."""
@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             self.config_path.write_text(config, encoding="utf-8")
 
     warm_up()
-    duty = _emulator_duty()
+    duty = emulator_duty()
     ids = device_ids(args.devices)
     samples = args.frames * args.frame_samples
     decoded = _frames(ids, args.frames, args.frame_samples)
