@@ -36,7 +36,7 @@ from paho.mqtt.exception import MQTTException
 from osteotel.logs import kv
 from osteotel.settings import MqttSettings
 
-__all__ = ["MQTT_ERRORS", "MqttSource", "PahoSource", "Received"]
+__all__ = ["MQTT_ERRORS", "MqttSource", "PahoSource", "Received", "SourceBase"]
 
 log = logging.getLogger("osteotel.mqtt")
 
@@ -95,8 +95,9 @@ class MqttSource(Protocol):
     def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None: ...
 
 
-class PahoSource:
-    """Subscribes with a persistent session and yields messages until closed (paho's thread).
+class SourceBase:
+    """What both MQTT sources share: their subscriptions, the messages received and waiting
+    for the event loop, and whether the session is up (`PahoSource`, `WireSource`).
 
     Args:
         settings: broker address, credentials and client id. The client id is fixed so that
@@ -120,6 +121,54 @@ class PahoSource:
         self._subscriptions = [(topic, 1) for topic in subscriptions]
         self._subscriptions += [(topic, 0) for topic in best_effort]
         self._stale = list(stale)
+        # Bounded by the broker's in-flight window: it sends no more until we acknowledge.
+        self._inbox: deque[Received] = deque()
+        self._arrived = asyncio.Event()
+        self._connected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session to the broker is up and its subscriptions acknowledged."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until the first SUBACK; raises TimeoutError after `timeout_s` seconds."""
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]:
+        """Yield received messages in arrival order, forever, in batches.
+
+        Args:
+            max_messages: the most messages in one batch; a batch is never empty.
+        """
+        inbox = self._inbox
+        while True:
+            if inbox:
+                # Only this task takes from the inbox, so that many items are there to take.
+                yield [inbox.popleft() for _ in range(min(len(inbox), max_messages))]
+                continue
+            self._arrived.clear()
+            if not inbox:  # a message may have come between the check above and clear()
+                await self._arrived.wait()
+
+
+class PahoSource(SourceBase):
+    """Subscribes with a persistent session and yields messages until closed (paho's thread).
+
+    Args: as `SourceBase`.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        best_effort: Sequence[str] = (),
+        stale: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            settings=settings, subscriptions=subscriptions, best_effort=best_effort, stale=stale
+        )
         # SUBSCRIBE packets in flight (mid -> their filters), to name a refused one; written
         # under the lock so that paho's thread cannot see a SUBACK before its mid is recorded.
         self._subscribing: dict[int, list[tuple[str, int]]] = {}
@@ -132,12 +181,8 @@ class PahoSource:
         self._acknowledged: set[int] = set()
         self._acknowledged_lock = threading.Lock()
         self._published = 0
-        # Bounded by the broker's in-flight window: it sends no more until we acknowledge.
-        self._inbox: deque[Received] = deque()
-        self._arrived = asyncio.Event()
         self._wake_pending = False
         self._connection = 0  # counts disconnects: a Received carries the number it came in
-        self._connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -197,31 +242,6 @@ class PahoSource:
             await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT_S)
         except TimeoutError:
             log.warning(kv("mqtt_unsettled", timeout_s=SETTLE_TIMEOUT_S))
-
-    @property
-    def connected(self) -> bool:
-        """Whether the session to the broker is up and its subscriptions acknowledged."""
-        return self._connected.is_set()
-
-    async def wait_connected(self, timeout_s: float) -> None:
-        """Wait until the first SUBACK; raises TimeoutError after `timeout_s` seconds."""
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
-
-    async def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]:
-        """Yield received messages in arrival order, forever, in batches.
-
-        Args:
-            max_messages: the most messages in one batch; a batch is never empty.
-        """
-        inbox = self._inbox
-        while True:
-            if inbox:
-                # Only this task takes from the inbox, so that many items are there to take.
-                yield [inbox.popleft() for _ in range(min(len(inbox), max_messages))]
-                continue
-            self._arrived.clear()
-            if not inbox:  # a message may have come between the check above and clear()
-                await self._arrived.wait()
 
     def _wake(self) -> None:
         # Runs on the loop. Reset the flag before setting the event: a message appended after

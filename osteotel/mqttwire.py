@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
@@ -40,6 +40,7 @@ from osteotel.mqtt import (
     MqttSource,
     PahoSource,
     Received,
+    SourceBase,
 )
 from osteotel.settings import MqttSettings
 
@@ -110,15 +111,10 @@ class _Connection(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-class WireSource:
+class WireSource(SourceBase):
     """Subscribes with a persistent session and yields messages until closed (asyncio path).
 
-    Args:
-        settings: broker address, credentials, TLS CA file, keep-alive and client id.
-        subscriptions: topic filters, each subscribed with QoS 1.
-        best_effort: topic filters subscribed with QoS 0 (not queued while away, not acked).
-        stale: topic filters an earlier run may have left in the session, unsubscribed on
-            every connect.
+    Args: as `SourceBase` (the TLS CA file and keep-alive come with the settings).
     """
 
     def __init__(
@@ -129,18 +125,14 @@ class WireSource:
         best_effort: Sequence[str] = (),
         stale: Sequence[str] = (),
     ) -> None:
-        self._settings = settings
-        self._subscriptions = [(topic, 1) for topic in subscriptions]
-        self._subscriptions += [(topic, 0) for topic in best_effort]
-        self._stale = list(stale)
+        super().__init__(
+            settings=settings, subscriptions=subscriptions, best_effort=best_effort, stale=stale
+        )
         self._connection: _Connection | None = None
         self._number = 0  # of the connection whose messages `ack` may acknowledge
         self._accepted = False  # CONNACK accepted on the current connection
         self._unacknowledged: deque[int] = deque()  # packet ids, in arrival order
         self._puback_bytes = bytearray()
-        self._inbox: deque[Received] = deque()
-        self._arrived = asyncio.Event()
-        self._connected = asyncio.Event()
         self._subscribing: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBE id -> filters
         self._connect_subscribe_id: int | None = None
         self._unsubscribing: set[int] = set()
@@ -206,29 +198,6 @@ class WireSource:
             await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT_S)
         except TimeoutError:
             log.warning(kv("mqtt_unsettled", timeout_s=SETTLE_TIMEOUT_S))
-
-    @property
-    def connected(self) -> bool:
-        """Whether the session to the broker is up and its subscriptions acknowledged."""
-        return self._connected.is_set()
-
-    async def wait_connected(self, timeout_s: float) -> None:
-        """Wait until the first SUBACK; raises TimeoutError after `timeout_s` seconds."""
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
-
-    async def batches(self, *, max_messages: int) -> AsyncIterator[list[Received]]:
-        """Yield received messages in arrival order, forever, in batches.
-
-        Args:
-            max_messages: the most messages in one batch; a batch is never empty.
-        """
-        inbox = self._inbox
-        while True:
-            if inbox:
-                yield [inbox.popleft() for _ in range(min(len(inbox), max_messages))]
-                continue
-            self._arrived.clear()
-            await self._arrived.wait()
 
     def ack(self, message: Received) -> None:
         """Acknowledge a message to the broker: call only once its effect is durable, and in
