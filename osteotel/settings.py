@@ -128,8 +128,8 @@ class IngestSettings(_Section):
     batch_max_delay_s: float = Field(0.2, gt=0)
     # Batches written to InfluxDB at once; their messages are still acknowledged in the order
     # received (docs/ingest.md, "Writes in flight"). 1 writes one batch at a time; 2 measured
-    # best (3 no faster, more held in flight).
-    write_concurrency: int = Field(2, ge=1, le=16)
+    # best (3 no faster), not the default yet: see docs/ingest.md.
+    write_concurrency: int = Field(1, ge=1, le=16)
     queue_max_messages: int = Field(1_000, ge=1)
 
 
