@@ -100,6 +100,15 @@ class Accounting:
         # it; lines is the frames' line protocol),
         # join (a commit's body), acknowledge (accounting, publishing estimates, PUBACKs).
         self.stage_ns: Counter[str] = Counter()
+        # Where the pipeline waits (docs/ingest.md, "Writes in flight"), cumulative: `writes`
+        # batches committed holding `write_messages` messages and `write_lines` points, the
+        # wall time from a batch's write starting to its being durable (`write_ns`); the
+        # writer waiting for a free write slot (`writer_slot_wait_ns`, all
+        # `write_concurrency` batches in flight); the receive side waiting for room in the queue
+        # (`queue_full_waits`, `queue_full_wait_ns`); and, at each received burst
+        # (`receipts`), the messages received and not yet acknowledged, summed
+        # (`unacked_at_receipt`: over `receipts`, the broker's window in use).
+        self.pipeline: Counter[str] = Counter()
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

@@ -90,6 +90,15 @@ class _AccountingCollector(Collector):
         for stage, spent_ns in sorted(self._accounting.stage_ns.items()):
             stages.add_metric([stage], spent_ns / 1e9)
         yield stages
+        pipeline = CounterMetricFamily(
+            "osteotel_ingest_pipeline",
+            "Where the write pipeline waits, cumulative (docs/ingest.md, 'Writes in flight'); "
+            "a figure ending in _ns is nanoseconds of wall time, the others are counts",
+            labels=["figure"],
+        )
+        for figure, value in sorted(self._accounting.pipeline.items()):
+            pipeline.add_metric([figure], value)
+        yield pipeline
         threads = CounterMetricFamily(
             "osteotel_ingest_thread_cpu_seconds",
             "CPU time of the live threads: loop (the event loop), mqtt (paho's network thread), "

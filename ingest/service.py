@@ -108,9 +108,17 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
+        # Batches written at once may each add dead letters: one appends and syncs at a time.
+        self._letters_lock = asyncio.Lock()
         self._queue: asyncio.Queue[Work] = asyncio.Queue(settings.ingest.queue_max_messages)
         # Work made from received messages and not in the queue yet (the queue was full).
         self._handed: deque[Work] = deque()
+        # Messages received and not acknowledged yet: what holds the broker's window.
+        self._unacked = 0
+        # Batches being written, in the order taken from the queue, each with its write; at
+        # most `write_concurrency` of them (`_write`, `_acknowledge`).
+        self._slots = asyncio.Semaphore(settings.ingest.write_concurrency)
+        self._in_flight: asyncio.Queue[tuple[Batch, asyncio.Task[None]]] = asyncio.Queue()
         self.accounting = Accounting()
         self._rejections = Rejections(
             accounting=self.accounting,
@@ -161,10 +169,14 @@ class IngestService:
             )
             self._source = source
             async with source, self._http(), asyncio.TaskGroup() as tasks:
-                write = tasks.create_task(self._write(source), name="ingest.write")
+                # Until the drain at the stop is done: writing, acknowledging, the spool, stats.
+                background = [
+                    tasks.create_task(self._write(source), name="ingest.write"),
+                    tasks.create_task(self._acknowledge(source), name="ingest.acknowledge"),
+                    tasks.create_task(self._storage.drain(), name="ingest.spool"),
+                    tasks.create_task(self._write_stats(), name="ingest.stats"),
+                ]
                 registry = tasks.create_task(self._watch_registry(), name="ingest.registry")
-                drain = tasks.create_task(self._storage.drain(), name="ingest.spool")
-                stats = tasks.create_task(self._write_stats(), name="ingest.stats")
                 await source.wait_connected(timeout_s=30)
                 # Live messages wait (unacknowledged, at the broker or in paho's buffer)
                 # until the estimator has read what was stored after its checkpoint.
@@ -197,9 +209,8 @@ class IngestService:
                             self._estimator, self._positions, self._handled, source.confirmed
                         )
                 await self._checkpointer.written()
-                write.cancel()
-                drain.cancel()
-                stats.cancel()
+                for task in background:
+                    task.cancel()
             if drained:
                 # Every message received is stored and acknowledged: nothing can come back.
                 await asyncio.to_thread(mark_all_acknowledged, self._settings.ingest.state_dir)
@@ -366,12 +377,19 @@ class IngestService:
                 )
 
     async def _receive(self, source: MqttSource) -> None:
+        pipeline = self.accounting.pipeline
         async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
+            pipeline["receipts"] += 1
+            pipeline["unacked_at_receipt"] += self._unacked
+            self._unacked += len(messages)
             self._handed.extend(self._handle_batch(messages))
             queue = self._queue
             while self._handed:
                 if queue.full():
+                    started_ns = time.monotonic_ns()
                     await queue.put(self._handed[0])  # waits for the writer to make room
+                    pipeline["queue_full_waits"] += 1
+                    pipeline["queue_full_wait_ns"] += time.monotonic_ns() - started_ns
                 else:
                     queue.put_nowait(self._handed[0])  # no coroutine per message
                 self._handed.popleft()
@@ -564,9 +582,18 @@ class IngestService:
         )
 
     async def _write(self, source: MqttSource) -> None:
+        """Take batches from the queue and start their writes, up to `write_concurrency` at
+        once; `_acknowledge` acknowledges them in the order received, once durable."""
         limits = self._settings.ingest
         queue = self._queue
+        pipeline = self.accounting.pipeline
+        slots = self._slots
         while True:
+            # A slot first, then the batch: with one slot, the next batch takes everything
+            # that queued while the last one was written, as a single writer would.
+            started_ns = time.monotonic_ns()
+            await slots.acquire()
+            pipeline["writer_slot_wait_ns"] += time.monotonic_ns() - started_ns
             batch = Batch()
             work = await queue.get()
             deadline = time.monotonic() + limits.batch_max_delay_s
@@ -591,23 +618,54 @@ class IngestService:
                     work = await asyncio.wait_for(queue.get(), timeout_s)
                 except TimeoutError:
                     break
-            await self._commit(batch, source)
-            for _ in batch.items:
-                queue.task_done()
+            body = await self._prepare(batch)
+            write = asyncio.create_task(self._durable(body, batch), name="ingest.store")
+            self._in_flight.put_nowait((batch, write))
 
-    async def _commit(self, batch: Batch, source: MqttSource) -> None:
-        """Make a batch durable, then acknowledge its messages in the order received."""
+    async def _acknowledge(self, source: MqttSource) -> None:
+        """Acknowledge batches in the order their writes started, each once it is durable: a
+        later batch stored first waits for the earlier one."""
+        in_flight = self._in_flight
+        try:
+            while True:
+                batch, write = await in_flight.get()
+                await write
+                self._commit(batch, source)
+                self._slots.release()
+                for _ in batch.items:
+                    self._queue.task_done()
+        finally:
+            # Stopped (after the drain, or by a failure): writes left unacknowledged are
+            # delivered again by the broker.
+            while not in_flight.empty():
+                in_flight.get_nowait()[1].cancel()
+
+    async def _prepare(self, batch: Batch) -> bytes:
+        """Make the batch's dead letters durable and return its body."""
         letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
         if letters:
-            for letter in letters:
-                self._dead_letters.append(letter)
-            await asyncio.to_thread(self._dead_letters.flush)
+            async with self._letters_lock:
+                for letter in letters:
+                    self._dead_letters.append(letter)
+                await asyncio.to_thread(self._dead_letters.flush)
         started = time.thread_time_ns()
         body = b"".join([part for work in batch.items for part in work.lines])
-        spent = self.accounting.stage_ns
-        spent["join"] += time.thread_time_ns() - started
+        self.accounting.stage_ns["join"] += time.thread_time_ns() - started
+        return body
+
+    async def _durable(self, body: bytes, batch: Batch) -> None:
+        """Store a batch's body (or spool it), timing the write."""
+        started_ns = time.monotonic_ns()
         if body:
             await self._store_or_spool(body, batch)
+        pipeline = self.accounting.pipeline
+        pipeline["writes"] += 1
+        pipeline["write_ns"] += time.monotonic_ns() - started_ns
+        pipeline["write_messages"] += len(batch.items)
+        pipeline["write_lines"] += batch.lines
+
+    def _commit(self, batch: Batch, source: MqttSource) -> None:
+        """Account for a durable batch and acknowledge its messages in the order received."""
         started = time.thread_time_ns()
         now_ns = time.time_ns()
         for work in batch.items:
@@ -624,8 +682,9 @@ class IngestService:
             source.ack(work.message)
             if work.rejection is not None:
                 self._rejections.redeliveries.forget(work.rejection)
+        self._unacked -= len(batch.items)
         self._checkpointer.committed(batch.items[-1].seq, source.confirmed)
-        spent["acknowledge"] += time.thread_time_ns() - started
+        self.accounting.stage_ns["acknowledge"] += time.thread_time_ns() - started
 
     async def _store_or_spool(self, body: bytes, batch: Batch) -> None:
         """Write to InfluxDB or the spool (ingest/storage.py); a refused batch is written message
@@ -643,7 +702,8 @@ class IngestService:
             except StoreRejected as exc:
                 refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
                 if refused.dead_letter is not None:  # else refused before, and redelivered
-                    self._dead_letters.append(refused.dead_letter)
-                    await asyncio.to_thread(self._dead_letters.flush)
+                    async with self._letters_lock:
+                        self._dead_letters.append(refused.dead_letter)
+                        await asyncio.to_thread(self._dead_letters.flush)
                 work.device = None
                 work.rejection = refused.rejection

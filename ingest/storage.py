@@ -73,7 +73,9 @@ class Storage:
                 log.error(kv("batch_rejected", status=exc.status, detail=str(exc)))
                 return False
             else:
-                self._recovered()
+                if self.spool.batches == 0:
+                    # Else a batch written at the same time went to the spool: not over yet.
+                    self._recovered()
                 return True
         while True:
             try:

@@ -24,7 +24,16 @@ DOCUMENTED = (
     "normal_device_months", "cpu_cores", "ceiling_without_ingest_frames_per_s",
     "fleet_devices_continuous_100hz", "fleet_devices_at_emulator_duty",
     "emulator_recorded_samples_per_device_day",
+    "ingest_1p_ceiling_reached", "ingest_2p_ceiling_reached", "ingest_write_concurrency",
+    "ingest_1p_write_ms_per_batch", "ingest_2p_write_ms_per_batch",
+    "ingest_1p_frames_per_batch", "ingest_2p_frames_per_batch",
 )  # fmt: skip
+# Shares of a run's time spent waiting (per process), and the window in use: zero or more.
+WAITS = tuple(
+    f"ingest_{processes}p_{name}"
+    for processes in (1, 2)
+    for name in ("writer_slot_wait_fraction", "queue_full_wait_fraction", "unacked_at_receipt_mean")
+)
 CPU_USERS = ("ingest", "influxd", "mosquitto", "publisher")
 # CPU seconds come in clock ticks (10 ms): a tiny run may see none for a process.
 CPU_SHARES = (
@@ -71,7 +80,25 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_every_documented_figure_and_no_other(figures: dict[str, object]) -> None:
     """The run returns exactly the keys docs/ingest.md documents."""
-    assert sorted(figures) == sorted(DOCUMENTED + NORMAL_RATES + CPU_SHARES + THREADS + STAGES)
+    assert sorted(figures) == sorted(
+        DOCUMENTED + NORMAL_RATES + CPU_SHARES + THREADS + STAGES + WAITS
+    )
+
+
+@pytest.mark.parametrize("key", WAITS, ids=WAITS)
+def test_waits_are_not_negative(figures: dict[str, object], key: str) -> None:
+    """Each wait share and the window in use are finite numbers, zero or more."""
+    value = figures[key]
+    assert isinstance(value, float)
+    assert 0 <= value < float("inf")
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_batches_hold_the_frames(figures: dict[str, object], processes: int) -> None:
+    """A written batch holds at least one message and at most `batch_max_messages` (400), and
+    the run used the default of two batches written at a time."""
+    assert 1 <= _float(figures, f"ingest_{processes}p_frames_per_batch") <= 400
+    assert figures["ingest_write_concurrency"] == 2
 
 
 @pytest.mark.parametrize("key", CPU_SHARES + THREADS, ids=CPU_SHARES + THREADS)
@@ -188,6 +215,11 @@ def test_the_ceiling_is_the_other_processes_cpu(figures: dict[str, object]) -> N
     assert _float(figures, "ceiling_without_ingest_frames_per_s") == pytest.approx(
         _float(figures, "cpu_cores") * 1e6 / others_us
     )
+    for processes in (1, 2):
+        assert _float(figures, f"ingest_{processes}p_ceiling_reached") == pytest.approx(
+            _float(figures, f"ingest_{processes}p_frames_per_s")
+            / _float(figures, "ceiling_without_ingest_frames_per_s")
+        )
 
 
 def test_the_fleet_is_half_the_better_rate(figures: dict[str, object]) -> None:

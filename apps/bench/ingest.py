@@ -37,6 +37,17 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 event-loop CPU per frame by stage since start
                                                 (handle contains validate, lines: the frames'
                                                 line protocol, dsp and checkpoint)
+    ingest_{1,2}p_write_ms_per_batch            wall time from a batch's write starting to its
+                                                being durable (InfluxDB's answer), mean
+    ingest_{1,2}p_frames_per_batch              messages per batch written, mean
+    ingest_{1,2}p_writer_slot_wait_fraction     share of the run the writer waited for a free
+                                                write slot (all `write_concurrency` batches in
+                                                flight), per process
+    ingest_{1,2}p_queue_full_wait_fraction      ... the receive side waited for queue room
+    ingest_{1,2}p_unacked_at_receipt_mean       messages received and not yet acknowledged
+                                                when a burst arrived: the broker's window
+                                                (`max_inflight_messages`) in use
+    ingest_write_concurrency                    ingest's `write_concurrency` in this run
     ingest_{1,2}p_messages_received             messages the processes received, summed (each
                                                 message reaches one process: = frames)
     ingest_{1,2}p_messages_received_busiest_process
@@ -52,6 +63,7 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 better of the 1- and 2-process rates:
                                                 streaming 100 Hz all day, or recording as
                                                 the emulator does over a whole treatment
+    ingest_{1,2}p_ceiling_reached               frames/s over that ceiling (issue 15: >= 0.8)
     ingest_1p_vs_mosquitto_sub                  frames/s over mosquitto_sub messages/s
     ingest_1p_vs_naive                          samples/s over the naive baseline's samples/s
     scaling_2p_vs_1p                            2-process samples/s over 1-process samples/s
@@ -84,6 +96,7 @@ from apps.bench.processes import (
     write_registry,
 )
 from apps.bench.publishing import Message, publish_all, publish_paced, sustained_messages
+from osteotel.settings import Settings
 
 if TYPE_CHECKING:
     from apps.services import InfluxDB
@@ -242,7 +255,9 @@ def _sustained(
             }
             cpu_started_s = time.time()
             cpu_before = {name: cpu_s(pids) for name, pids in servers.items()}
-            threads_before = _labelled_seconds(ingest.metrics(), _THREAD_METRIC, "thread")
+            before = ingest.metrics()
+            threads_before = _labelled_seconds(before, _THREAD_METRIC, "thread")
+            pipeline_before = _labelled_seconds(before, _PIPELINE_METRIC, "figure")
             publisher_before = time.process_time()
             started_s = time.time()  # wall clock, as the child's last-stored time
             publish_all(broker.host, broker.port, messages, f"osteotel-bench-{processes}p")
@@ -253,6 +268,7 @@ def _sustained(
             after = ingest.metrics()
             threads_s = _labelled_seconds(after, _THREAD_METRIC, "thread")
             stages_s = _labelled_seconds(after, _STAGE_METRIC, "stage")
+            pipeline_after = _labelled_seconds(after, _PIPELINE_METRIC, "figure")
             received = ingest.counter_by_process("osteotel_ingest_messages_received_total")
         finally:
             ingest.stop()
@@ -271,7 +287,24 @@ def _sustained(
         figures[f"thread_cpu_us_per_frame_{kind}"] = used / len(messages) * 1e6
     for stage in _STAGES:
         figures[f"stage_us_per_frame_{stage}"] = stages_s.get(stage, 0.0) / len(messages) * 1e6
+    figures.update(_pipeline(pipeline_before, pipeline_after, seconds * processes))
     return figures
+
+
+def _pipeline(
+    before: dict[str, float], after: dict[str, float], process_s: float
+) -> dict[str, float]:
+    """Where the write pipeline waited during the run (keys in the module docstring)."""
+    run = {figure: after.get(figure, 0.0) - before.get(figure, 0.0) for figure in after}
+    writes = max(1.0, run.get("writes", 0.0))
+    return {
+        "write_ms_per_batch": run.get("write_ns", 0.0) / writes / 1e6,
+        "frames_per_batch": run.get("write_messages", 0.0) / writes,
+        "writer_slot_wait_fraction": run.get("writer_slot_wait_ns", 0.0) / 1e9 / process_s,
+        "queue_full_wait_fraction": run.get("queue_full_wait_ns", 0.0) / 1e9 / process_s,
+        "unacked_at_receipt_mean": run.get("unacked_at_receipt", 0.0)
+        / max(1.0, run.get("receipts", 0.0)),
+    }
 
 
 # ingest's own CPU counters (docs/ingest.md, "Where ingest's time goes"): the event loop's by
@@ -282,13 +315,14 @@ _STAGE_METRIC, _STAGES = (
     ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge"),
 )
 _THREAD_METRIC, _THREADS = "osteotel_ingest_thread_cpu_seconds_total", ("loop", "mqtt", "workers")
+_PIPELINE_METRIC = "osteotel_ingest_pipeline_total"
 
 
 def _labelled_seconds(
     metrics: list[tuple[str, str, float]], metric: str, label: str
 ) -> dict[str, float]:
     """A counter's values by one label, summed over ingest's processes."""
-    pattern = re.compile(label + r'="([a-z]+)"')
+    pattern = re.compile(label + r'="([a-z_]+)"')
     seconds: dict[str, float] = {}
     for name, labels, value in metrics:
         match = pattern.search(labels)
@@ -459,6 +493,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "frames": args.frames,
         "frame_samples": args.frame_samples,
         "samples": samples,
+        # The children read the same environment (OSTEOTEL_INGEST__WRITE_CONCURRENCY).
+        "ingest_write_concurrency": Settings().ingest.write_concurrency,
     }
     with tempfile.TemporaryDirectory(prefix="osteotel-bench-ingest-") as temp:
         workdir = Path(args.workdir) if args.workdir is not None else Path(temp)
@@ -508,6 +544,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     cores = os.cpu_count() or 1
                     figures["cpu_cores"] = cores
                     figures["ceiling_without_ingest_frames_per_s"] = cores * 1e6 / others_us
+            for processes in runs:
+                figures[f"ingest_{processes}p_ceiling_reached"] = (
+                    samples_per_s[processes]
+                    / args.frame_samples
+                    / figures["ceiling_without_ingest_frames_per_s"]
+                )
 
             baseline = sustained_messages(
                 ids, args.baseline_frames, args.frame_samples, json_only=True
