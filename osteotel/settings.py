@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -131,6 +131,21 @@ class IngestSettings(_Section):
     # best: one process 3,539 -> 5,092 frames/s on 2 cores (3 no faster).
     write_concurrency: int = Field(2, ge=1, le=16)
     queue_max_messages: int = Field(1_000, ge=1)
+    # What `raw` keeps (docs/schema.md, "What is kept where"): every sample ("full"), or the
+    # full rate only in windows around distraction steps, probes and load tests and 1 s
+    # summaries (`raw_1s`) elsewhere ("windows"), the whole stream then kept in capture files.
+    raw_tier: Literal["full", "windows"] = "full"
+    # Every accepted message, as received, appended to {capture_dir}/{hub}/{UTC day}.jsonl
+    # (docs/capture.md's format) and fsync'd before it is acknowledged; off when unset.
+    capture_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _tier_keeps_the_stream(self) -> "IngestSettings":
+        # Outside the windows `raw` keeps summaries only: the capture files are then the only
+        # copy of the samples, and what catch-up rebuilds estimates from.
+        if self.raw_tier == "windows" and self.capture_dir is None:
+            raise ValueError("raw_tier = 'windows' needs capture_dir (the full stream's only copy)")
+        return self
 
 
 class SmtpSettings(_Section):

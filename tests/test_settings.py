@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from osteotel.settings import Settings
+from osteotel.settings import IngestSettings, Settings
 
 
 def test_environment_overrides_the_config_file(
@@ -55,3 +56,12 @@ def test_the_mqtt_password_can_come_from_a_file(
     assert Settings().mqtt.password_text() == "from-a-file-0123456789"
     monkeypatch.setenv("OSTEOTEL_MQTT__PASSWORD", "from-the-environment")
     assert Settings().mqtt.password_text() == "from-the-environment"
+
+
+def test_the_windows_tier_needs_capture_files() -> None:
+    """Outside its windows the tier stores summaries: without capture files the samples there
+    would be kept nowhere, so that configuration is refused."""
+    assert IngestSettings().raw_tier == "full"
+    with pytest.raises(ValidationError, match="needs capture_dir"):
+        IngestSettings(raw_tier="windows")
+    assert IngestSettings(raw_tier="windows", capture_dir=Path("c")).capture_dir == Path("c")
