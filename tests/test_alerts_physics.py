@@ -35,10 +35,17 @@ _IDS = [f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _DEVICES]
 
 
 def _steps(
-    rate_hz: float, ramp_s: float, tau_f_s: float, k_n_per_mm: list[float], polarity: float = 1.0
+    rate_hz: float,
+    ramp_s: float,
+    tau_f_s: float,
+    k_n_per_mm: list[float],
+    *,
+    polarity: float = 1.0,
+    last_gap_s: tuple[float, float] = (0.0, 0.0),
 ) -> list[list[Observation]]:
     """Four 0.25 mm steps a day with these k_inst through one estimator into one rule book;
-    what the rules concluded from each step's records."""
+    what the rules concluded from each step's records. The last step's samples may miss
+    `last_gap_s` (start after the onset, length)."""
     tissues = [
         dataclasses.replace(bachmeier_tissue(j + 1, k), tau_f_s=tau_f_s)
         for j, k in enumerate(k_n_per_mm)
@@ -58,6 +65,7 @@ def _judge(
     delta_mm: float,
     every_ns: int,
     polarity: float = 1.0,
+    last_gap_s: tuple[float, float] = (0.0, 0.0),
 ) -> list[list[Observation]]:
     """One elongation of `delta_mm` per tissue, `every_ns` apart, through one estimator into
     one rule book; what the rules concluded from each one's records."""
@@ -80,6 +88,8 @@ def _judge(
             polarity=polarity,
             seed=int(rate_hz + ramp_s) * 100 + j,
         )
+        if j == len(tissues) - 1:
+            case = dataclasses.replace(case, gap_start_s=last_gap_s[0], gap_s=last_gap_s[1])
         observations = []
         for record in feed_step(case, estimator, kind=kind):
             message = estimate_message(device.hub, device.patient, record)
@@ -123,6 +133,30 @@ def test_a_premature_consolidation_is_told_or_said_to_be_unjudged(
               for o in observations]  # fmt: skip
     assert _raised(judged, "premature_consolidation") or _raised(judged, "stiffness_unmeasured")
     assert not _raised(judged, "stiffness_drop")
+
+
+_GAPPED_DEVICES = list(itertools.product([10.0, 200.0], [0.0, 180.0], [0.3, 5.0]))
+
+
+@pytest.mark.parametrize("gap", ["ramp", "ramp_end"])
+@pytest.mark.parametrize(
+    ("rate_hz", "ramp_s", "tau_f_s"),
+    _GAPPED_DEVICES,
+    ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _GAPPED_DEVICES],
+)
+def test_a_healthy_step_with_samples_lost_raises_no_drop(
+    rate_hz: float, ramp_s: float, tau_f_s: float, gap: str
+) -> None:
+    """A link that drops the samples of a healthy step's ramp, or 2 minutes from just before
+    the ramp's end, leaves a fit of another status (tau_at_bound, short) or an extrapolated
+    peak; its k_peak still raises no stiffness_drop and its residual force no force_drop (an
+    alarm a clinician would act on). Checked over the whole range of devices before it was
+    written (96 cases, no drop raised), kept here at the corners."""
+    gap_s = (-2.0, ramp_s + 30.0) if gap == "ramp" else (max(ramp_s - 2.0, 0.0) - 0.5, 120.0)
+    healthy = _growing(_HEALTHY_GROWTH_PER_DAY, 17)
+    judged = _steps(rate_hz, ramp_s, tau_f_s, healthy, last_gap_s=gap_s)
+    for rule in ("stiffness_drop", "force_drop", "premature_consolidation"):
+        assert not _raised([o for observations in judged for o in observations], rule), rule
 
 
 _INVERTED_DEVICES = list(itertools.product([10.0, 200.0], [0.0, 60.0], [0.3, 5.0]))
