@@ -126,6 +126,20 @@ class SourceBase:
         self._arrived = asyncio.Event()
         self._connected = asyncio.Event()
 
+    def _replace_subscriptions(
+        self, subscriptions: Sequence[str], stale: Sequence[str]
+    ) -> tuple[list[tuple[str, int]], list[str]]:
+        """Take `subscriptions` as the QoS 1 filters and `stale` as the stale ones; return the
+        filters to subscribe (new ones) and those to unsubscribe (dropped and stale)."""
+        old = {topic for topic, qos in self._subscriptions if qos == 1}
+        new = list(dict.fromkeys(subscriptions))
+        self._subscriptions = [(topic, 1) for topic in new] + [
+            (topic, qos) for topic, qos in self._subscriptions if qos == 0
+        ]
+        self._stale = list(stale)
+        added = [(topic, 1) for topic in new if topic not in old]
+        return added, sorted((old - set(new)) | set(stale))
+
     @property
     def connected(self) -> bool:
         """Whether the session to the broker is up and its subscriptions acknowledged."""
@@ -252,16 +266,9 @@ class PahoSource(SourceBase):
     def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None:
         """Change the QoS 1 filters while connected (a registry reload moved hubs): subscribe
         the new ones, unsubscribe those dropped and `stale`; a reconnect uses the new set."""
-        old = {topic for topic, qos in self._subscriptions if qos == 1}
-        new = list(dict.fromkeys(subscriptions))
-        self._subscriptions = [(topic, 1) for topic in new] + [
-            (topic, qos) for topic, qos in self._subscriptions if qos == 0
-        ]
-        self._stale = list(stale)
-        dropped = sorted((old - set(new)) | set(stale))
+        added, dropped = self._replace_subscriptions(subscriptions, stale)
         if dropped:
             self._client.unsubscribe(dropped)
-        added = [(topic, 1) for topic in new if topic not in old]
         if added:
             self._subscribe(self._client, added)
         log.info(kv("mqtt_subscriptions_changed", added=len(added), dropped=len(dropped)))

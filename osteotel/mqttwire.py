@@ -246,14 +246,7 @@ class WireSource(SourceBase):
     def set_subscriptions(self, subscriptions: Sequence[str], stale: Sequence[str]) -> None:
         """Change the QoS 1 filters while connected (a registry reload moved hubs): subscribe
         the new ones, unsubscribe those dropped and `stale`; a reconnect uses the new set."""
-        old = {topic for topic, qos in self._subscriptions if qos == 1}
-        new = list(dict.fromkeys(subscriptions))
-        self._subscriptions = [(topic, 1) for topic in new] + [
-            (topic, qos) for topic, qos in self._subscriptions if qos == 0
-        ]
-        self._stale = list(stale)
-        dropped = sorted((old - set(new)) | set(stale))
-        added = [(topic, 1) for topic in new if topic not in old]
+        added, dropped = self._replace_subscriptions(subscriptions, stale)
         if self._accepted:
             if dropped:
                 self._unsubscribe(dropped)
