@@ -177,6 +177,24 @@ class Device(_Config):
     # Alert threshold overrides for this device (docs/alerts.md), checked by the alert service.
     alerts: dict[str, float] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _calibrated_range_finite(self) -> Self:
+        # Validation keeps raw readings within `range`; the calibration maps that range onto
+        # what is stored and fitted, and must keep it finite there: else a reading the range
+        # accepts would become an infinity that no store, fit or rejection can take.
+        gains = self.calibration
+        for name, gain, offset, bounds in (
+            ("force_n", gains.force_gain, gains.force_offset_n, self.range.force_n),
+            ("disp_mm", gains.disp_gain, gains.disp_offset_mm, self.range.disp_mm),
+        ):
+            calibrated = [gain * bound + offset for bound in bounds]
+            if not all(map(math.isfinite, calibrated)):
+                raise ValueError(
+                    f"calibration maps range.{name} {list(bounds)} to {calibrated}: "
+                    "beyond a finite float"
+                )
+        return self
+
 
 class Registry(_Config):
     """All hubs and devices, each keyed by its id."""

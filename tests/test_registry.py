@@ -95,6 +95,13 @@ def test_integers_are_taken_for_floats() -> None:
         (HUB + DEVICE.replace("{ target_mm = 50.0 }", "{ }"), r"protocol\.target_mm: Field"),
         (HUB + DEVICE.replace("target_mm", "steps_per_day = 0, target_mm"), "steps_per_day"),
         (HUB + DEVICE.replace('{ id = "CAL-1" }', '{ id = "CAL-1", force_gain = 0.0 }'), "gain"),
+        (
+            HUB
+            + DEVICE.replace("[-2000.0, 2000.0]", "[-1e308, 1e308]").replace(
+                '{ id = "CAL-1" }', '{ id = "CAL-1", force_gain = 10.0 }'
+            ),
+            r"device\[0\]: calibration maps range\.force_n .* beyond a finite float",
+        ),
         (HUB + DEVICE.replace("site =", "colour = 1\nsite ="), r"device\[0\]\.colour: Extra"),
         (HUB + DEVICE + "\n[[sensor]]\nid = 1\n", "unknown top-level keys"),
         (HUB + DEVICE.replace("site =", 'osteotomy = "2026-09-01"\nsite ='), OSTEOTOMY_AT),
@@ -119,6 +126,7 @@ def test_integers_are_taken_for_floats() -> None:
         "missing-target",
         "zero-steps",
         "zero-gain",
+        "calibrated-range-overflows",
         "unknown-key",
         "unknown-table",
         "osteotomy-string",
