@@ -32,7 +32,8 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     workdir = tmp_path_factory.mktemp("bench-storage")
     args = parser.parse_args(
         ["--devices", str(DEVICES), "--frames", str(FRAMES), "--frame-samples",
-         str(FRAME_SAMPLES), "--repeats", "1", "--timeout-s", "60", "--workdir", str(workdir)]
+         str(FRAME_SAMPLES), "--repeats", "1", "--timeout-s", "60", "--quiet-s", "1",
+         "--workdir", str(workdir)]
     )  # fmt: skip
     return storage_bench.run(args)
 

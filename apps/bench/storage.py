@@ -11,7 +11,7 @@ bounded wait:
    `frame_lines`: the bytes are exactly those ingest writes (`raw` samples plus one `frame`
    point per frame).
 2. Each variant writes them into a database of its own, then the server is watched until it is
-   idle again (no more than `_IDLE_CPU_FRACTION` of a core for `_QUIET_S`): its CPU (user +
+   idle again (no more than `_IDLE_CPU_FRACTION` of a core for `--quiet-s`): its CPU (user +
    system, /proc/PID/stat) from the first request until then, divided by the samples, is the
    variant's cost. The bench's own CPU over the writes (HTTP, and gzip where it compresses) is
    the client's.
@@ -99,7 +99,6 @@ Body = Literal[
 
 _BASELINE_LINES = 20_000  # ingest's batch_max_lines before this benchmark
 _POLL_S = 0.25
-_QUIET_S = 4.0  # longer than the cold durations below, so a pending compaction has started
 _IDLE_CPU_FRACTION = 0.02
 _SNAPSHOT_BYTES = 1_048_576
 _DOWNSAMPLED_HZ = 1.0  # the storage tier's series outside the full-rate windows
@@ -152,6 +151,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout-s", type=float, default=300.0, help="bound on each wait, s (default 300)"
+    )
+    parser.add_argument(
+        "--quiet-s",
+        type=float,
+        default=4.0,
+        help="idle stretch that ends a variant, s (default 4: longer than influxd's cold "
+        "durations, so a pending compaction has started and is counted)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default temp)")
 
@@ -254,8 +260,8 @@ def _requests(frame_bodies: list[bytes], lines_per_request: int) -> list[bytes]:
 # --- measuring --------------------------------------------------------------------------------
 
 
-def _until_idle(pid: int, timeout_s: float) -> tuple[float, float]:
-    """Wait until the process used under `_IDLE_CPU_FRACTION` of a core for `_QUIET_S`.
+def _until_idle(pid: int, timeout_s: float, quiet_s: float) -> tuple[float, float]:
+    """Wait until the process used under `_IDLE_CPU_FRACTION` of a core for `quiet_s`.
 
     Returns:
         (its CPU seconds, the wall time) at the end of the quiet stretch: what the process
@@ -263,7 +269,7 @@ def _until_idle(pid: int, timeout_s: float) -> tuple[float, float]:
     """
     history = [(time.monotonic(), cpu_s([pid]))]
     deadline = history[0][0] + timeout_s
-    window = round(_QUIET_S / _POLL_S)
+    window = max(1, round(quiet_s / _POLL_S))
     while True:
         time.sleep(_POLL_S)
         history.append((time.monotonic(), cpu_s([pid])))
@@ -325,7 +331,11 @@ class _Server:
 
 
 def _measure(
-    server: _Server, variant: Variant, requests: list[bytes], database: str, timeout_s: float
+    server: _Server,
+    variant: Variant,
+    requests: list[bytes],
+    database: str,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     """One variant once: server CPU to idle, client CPU, rate, bytes (per sample later)."""
     from osteotel.store.http import HttpClient  # noqa: PLC0415
@@ -333,7 +343,7 @@ def _measure(
     client = HttpClient()
     url = server.write_url(database)
     try:
-        _until_idle(server.pid, timeout_s)
+        _until_idle(server.pid, args.timeout_s, args.quiet_s)
         server_before, client_before = cpu_s([server.pid]), time.process_time()
         started = time.monotonic()
         if variant.through_store:
@@ -345,7 +355,7 @@ def _measure(
         written_s = time.monotonic() - started
         client_used = time.process_time() - client_before
         server_written = cpu_s([server.pid])
-        server_idle, idle_t = _until_idle(server.pid, timeout_s)
+        server_idle, idle_t = _until_idle(server.pid, args.timeout_s, args.quiet_s)
     finally:
         client.close()
     server_used = server_idle - server_before
@@ -522,7 +532,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     database = f"storage_{variant.name}_{repeat}"
                     server = servers[variant.server]
                     rounds[variant.name].append(
-                        _measure(server, variant, requests[variant.name], database, args.timeout_s)
+                        _measure(server, variant, requests[variant.name], database, args)
                     )
             for variant in VARIANTS:
                 server = servers[variant.server]
