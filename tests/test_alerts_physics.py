@@ -31,7 +31,15 @@ _MIDNIGHT_NS = 1_767_225_600 * NS_PER_S
 _K0_N_PER_MM = 15.0
 _HEALTHY_GROWTH_PER_DAY = 0.02  # 16 -> 42 N/mm over 50 days is about 2 %/day (docs/alerts.md)
 _DEVICES = list(itertools.product([10.0, 200.0], [0.0, 5.0, 60.0, 180.0], [0.3, 1.0, 5.0]))
-_IDS = [f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _DEVICES]
+
+
+def _over(devices: list[tuple[float, float, float]]) -> pytest.MarkDecorator:
+    """Parametrize a test over devices (rate_hz, ramp_s, tau_f_s), each named for them."""
+    return pytest.mark.parametrize(
+        ("rate_hz", "ramp_s", "tau_f_s"),
+        devices,
+        ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in devices],
+    )
 
 
 def _steps(
@@ -106,7 +114,7 @@ def _growing(growth_per_day: float, n: int) -> list[float]:
     return [_K0_N_PER_MM * math.exp(growth_per_day * j / 4) for j in range(n)]
 
 
-@pytest.mark.parametrize(("rate_hz", "ramp_s", "tau_f_s"), _DEVICES, ids=_IDS)
+@_over(_DEVICES)
 def test_a_loosening_is_told_and_healthy_steps_raise_nothing(
     rate_hz: float, ramp_s: float, tau_f_s: float
 ) -> None:
@@ -123,7 +131,7 @@ def test_a_loosening_is_told_and_healthy_steps_raise_nothing(
     assert _raised(judged[16] + judged[17], "stiffness_drop")
 
 
-@pytest.mark.parametrize(("rate_hz", "ramp_s", "tau_f_s"), _DEVICES, ids=_IDS)
+@_over(_DEVICES)
 def test_a_premature_consolidation_is_told_or_said_to_be_unjudged(
     rate_hz: float, ramp_s: float, tau_f_s: float
 ) -> None:
@@ -139,11 +147,7 @@ _GAPPED_DEVICES = list(itertools.product([10.0, 200.0], [0.0, 180.0], [0.3, 5.0]
 
 
 @pytest.mark.parametrize("gap", ["ramp", "ramp_end"])
-@pytest.mark.parametrize(
-    ("rate_hz", "ramp_s", "tau_f_s"),
-    _GAPPED_DEVICES,
-    ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _GAPPED_DEVICES],
-)
+@_over(_GAPPED_DEVICES)
 def test_a_healthy_step_with_samples_lost_raises_no_drop(
     rate_hz: float, ramp_s: float, tau_f_s: float, gap: str
 ) -> None:
@@ -162,11 +166,7 @@ def test_a_healthy_step_with_samples_lost_raises_no_drop(
 _INVERTED_DEVICES = list(itertools.product([10.0, 200.0], [0.0, 60.0], [0.3, 5.0]))
 
 
-@pytest.mark.parametrize(
-    ("rate_hz", "ramp_s", "tau_f_s"),
-    _INVERTED_DEVICES,
-    ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _INVERTED_DEVICES],
-)
+@_over(_INVERTED_DEVICES)
 def test_an_inverted_force_channel_is_told_and_raises_no_clinical_alarm(
     rate_hz: float, ramp_s: float, tau_f_s: float
 ) -> None:
@@ -186,11 +186,7 @@ def test_an_inverted_force_channel_is_told_and_raises_no_clinical_alarm(
 _PROBE_DEVICES = list(itertools.product([25.0, 200.0], [0.0, 5.0, 60.0], [0.3, 5.0]))
 
 
-@pytest.mark.parametrize(
-    ("rate_hz", "ramp_s", "tau_f_s"),
-    _PROBE_DEVICES,
-    ids=[f"{rate:g}Hz-ramp{ramp:g}s-tau{tau:g}s" for rate, ramp, tau in _PROBE_DEVICES],
-)
+@_over(_PROBE_DEVICES)
 def test_consolidation_probes_tell_a_loosening_and_nothing_else(
     rate_hz: float, ramp_s: float, tau_f_s: float
 ) -> None:
