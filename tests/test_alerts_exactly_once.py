@@ -19,7 +19,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -34,60 +33,18 @@ from test_alerts_crash import (
     _registry,
     _wait_for,
 )
+from test_alerts_service import Hook
 
 from alerts.engine import AlertEngine
 from alerts.inputs import estimates_topic
 from alerts.model import Observation, Severity
 from alerts.notify import MqttNotifier, alert_topic, marker_topic, message_id, notification_key
 from alerts.store import AlertStore
-from apps.services import Mosquitto, free_port
+from apps.services import Mosquitto
 from osteotel.settings import MqttSettings
 
 RAISE_KEY = f"1:firing:{T0}"
 RESOLVE_KEY = f"1:resolved:{T0 + STEP_NS}"
-
-
-class GatedHook:
-    """A webhook receiver that keeps each POST's keys and `Idempotency-Key` header and, while
-    held, answers only once released."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], str | None]] = []
-        self.arrived = threading.Condition()
-        self.gate = threading.Event()
-        self.gate.set()
-        received, arrived, gate = self.received, self.arrived, self.gate
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with arrived:
-                    keys = [a["key"] for a in body["alerts"]]
-                    received.append((keys, self.headers.get("Idempotency-Key")))
-                    arrived.notify_all()
-                gate.wait(timeout=DEADLINE_S)
-                with contextlib.suppress(OSError):  # the service may be dead by now
-                    self.send_response(200)
-                    self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for_posts(self, count: int) -> None:
-        with self.arrived:
-            if not self.arrived.wait_for(lambda: len(self.received) >= count, DEADLINE_S):
-                raise TimeoutError(f"the webhook saw {len(self.received)} of {count} POSTs")
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 def _publish(broker: Mosquitto, device: str, step: int) -> None:
@@ -119,9 +76,7 @@ def _all_delivered(db_path: Path, rows: int) -> bool:
 
 
 @contextlib.contextmanager
-def _service(
-    broker: Mosquitto, hook: GatedHook, tmp_path: Path
-) -> Iterator[tuple[AlertsProcess, str]]:
+def _service(broker: Mosquitto, hook: Hook, tmp_path: Path) -> Iterator[tuple[AlertsProcess, str]]:
     tag = os.urandom(3).hex()
     device = f"DX-once-{tag}"
     (tmp_path / "registry.toml").write_text(_registry([device]))
@@ -156,7 +111,7 @@ def test_mqtt_exactly_once_when_killed_between_publish_and_record(tmp_path: Path
     the outbox recorded it, the restarted service publishes it no more (exactly once); killed
     while the webhook held a POST, it POSTs again with the same Idempotency-Key. The broker
     runs without persistence: the notifier's session survives the service, not the broker."""
-    hook = GatedHook()
+    hook = Hook()
     with Mosquitto(tmp_path / "broker", persistence=False) as broker, _service(
         broker, hook, tmp_path
     ) as (service, device):  # fmt: skip
@@ -206,11 +161,12 @@ def test_mqtt_exactly_once_when_killed_between_publish_and_record(tmp_path: Path
             watcher.close()
             hook.close()
     assert watcher.seen() == Counter({RAISE_KEY: 1, RESOLVE_KEY: 1})
-    assert hook.received == [
-        ([RAISE_KEY], f'"{RAISE_KEY}"'),
-        ([RESOLVE_KEY], f'"{RESOLVE_KEY}"'),
-        ([RESOLVE_KEY], f'"{RESOLVE_KEY}"'),
+    assert [[a["key"] for a in body["alerts"]] for body in hook.bodies] == [
+        [RAISE_KEY],
+        [RESOLVE_KEY],
+        [RESOLVE_KEY],
     ]
+    assert hook.idempotency_keys == [f'"{key}"' for key in (RAISE_KEY, RESOLVE_KEY, RESOLVE_KEY)]
     assert service.log().count("alerts_mqtt_already_published") == 1
 
 

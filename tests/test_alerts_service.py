@@ -2,6 +2,7 @@
 alert service notifies a webhook; and the alert history lands in a real InfluxDB."""
 
 import asyncio
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -31,16 +32,23 @@ from osteotel.settings import InfluxSettings, MqttSettings
 REGISTRY = Path(__file__).parent.parent / "deploy" / "registry.example.toml"
 S = 1_000_000_000
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_HELD_MAX_S = 60.0  # the longest a held POST waits (bounded, like every test here)
 
 
 class Hook:
-    """A stdlib HTTP receiver that keeps the JSON bodies POSTed to it."""
+    """A stdlib HTTP receiver that keeps the JSON bodies POSTed to it and each POST's
+    `Idempotency-Key` header; while its `gate` is cleared it answers no POST until it is set
+    again (the sender waits, as for a slow receiver)."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.idempotency_keys: list[str | None] = []  # each POST's header, as bodies
         self.arrived = threading.Condition()
-        bodies, arrived, idempotency_keys = self.bodies, self.arrived, self.idempotency_keys
+        self.gate = threading.Event()
+        self.gate.set()
+        bodies, arrived, idempotency_keys, gate = (
+            self.bodies, self.arrived, self.idempotency_keys, self.gate
+        )  # fmt: skip
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -49,8 +57,10 @@ class Hook:
                     bodies.append(body)
                     idempotency_keys.append(self.headers.get("Idempotency-Key"))
                     arrived.notify_all()
-                self.send_response(200)
-                self.end_headers()
+                gate.wait(timeout=_HELD_MAX_S)
+                with contextlib.suppress(OSError):  # the sender may be dead by now
+                    self.send_response(200)
+                    self.end_headers()
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -59,6 +69,12 @@ class Hook:
         self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def wait_for_posts(self, count: int, timeout_s: float = _HELD_MAX_S) -> None:
+        """Wait until `count` POSTs have arrived; raises TimeoutError after `timeout_s`."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.bodies) >= count, timeout_s):
+                raise TimeoutError(f"the webhook saw {len(self.bodies)} of {count} POSTs")
 
     def rules_seen(self) -> set[str]:
         return {a["rule"] for body in self.bodies for a in body["alerts"]}
@@ -69,6 +85,7 @@ class Hook:
             return Counter(a["key"] for body in self.bodies for a in body["alerts"])
 
     def close(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
