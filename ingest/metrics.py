@@ -215,14 +215,15 @@ def stats_lines(accounting: Accounting, spool: Spool, *, instance: str, now_ns: 
         )
         for device, counts in accounting.devices.items()
     ]
+    rejected, again = accounting.rejected, accounting.rejected_again
     lines.extend(
         point_line(
             "ingest_rejections",
             {"hub": hub, "reason": reason, "instance": instance},
-            {"rejected": count},
+            {"rejected": rejected[hub, reason], "rejected_again": again[hub, reason]},
             now_ns,
         )
-        for (hub, reason), count in accounting.rejected.items()
+        for hub, reason in sorted(rejected.keys() | again.keys())
     )
     lines.append(
         point_line(

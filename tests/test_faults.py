@@ -288,7 +288,7 @@ def test_rejections_redelivered_after_sigkill_are_dead_lettered_and_counted_once
         # InfluxDB instead of timing out into the spool.
         env = ingest_env(
             broker, influx, "redelivery", "ingest-redelivery", tmp_path,
-            batch_max_messages="3", batch_max_delay_s="3",
+            batch_max_messages="3", batch_max_delay_s="3", stats_interval_s="0.5",
         )  # fmt: skip
         env["OSTEOTEL_INFLUX__TIMEOUT_S"] = "600"
         ingest = IngestProcess(env, tmp_path)
@@ -338,6 +338,16 @@ def test_rejections_redelivered_after_sigkill_are_dead_lettered_and_counted_once
             labels = f'{{hub="{HUB}",reason="non_finite"}}'
             assert metric(ingest, f"osteotel_ingest_rejected_total{labels}") == 1.0
             assert metric(ingest, f"osteotel_ingest_rejected_again_total{labels}") == 3.0
+            # The data-quality board's point says the same.
+            again = (
+                "SELECT last(rejected), last(rejected_again) FROM ingest_rejections "
+                f"WHERE hub = '{HUB}' AND reason = 'non_finite'"
+            )
+            wait_for(
+                lambda: [row[1:] for row in query(influx, stack.database, again)] == [[1, 3]],
+                "ingest_rejections to count 1 rejected and 3 recognised again",
+                ingest,
+            )
 
             # A clean stop leaves nothing to come back: the next start recalls no dead letter.
             assert ingest.stop() == 0

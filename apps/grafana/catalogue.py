@@ -184,7 +184,7 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
             "seq_resets",
         ),
     ),
-    Measurement("ingest_rejections", ("hub", "reason", "instance"), ("rejected",)),
+    Measurement("ingest_rejections", ("hub", "reason", "instance"), ("rejected", "rejected_again")),
     Measurement(
         "ingest_status", ("instance",), ("spool_bytes", "spool_batches", "spool_max_bytes")
     ),
