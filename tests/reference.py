@@ -140,7 +140,7 @@ def ref_amp_fit(u: F64, bf: F64, bs: F64, y: F64, w: F64) -> tuple[float, F64]:
     sw = np.sqrt(w)
     coef, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
     resid = y - design @ coef
-    return float(np.sum(w * resid**2)), coef
+    return float(np.sum(w * resid**2)), np.asarray(coef, dtype=np.float64)
 
 
 def ref_amp_var(u: F64, bf: F64, bs: F64, w: F64, noise_var: float, c: F64) -> float:

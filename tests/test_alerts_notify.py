@@ -286,7 +286,7 @@ def _library_exceptions() -> list[type[BaseException]]:
 
     from osteotel.errors import StoreError  # noqa: PLC0415
 
-    found = {StoreError, *StoreError.__subclasses__()}
+    found: set[type[BaseException]] = {StoreError, *StoreError.__subclasses__()}
     for module in (urllib.error, smtplib, http.client, ssl, socket, paho, paho_exception):
         root = module.__name__.split(".")[0]
         for name, cls in inspect.getmembers(module, inspect.isclass):

@@ -549,7 +549,8 @@ def test_unknown_device_is_refused() -> None:
 def test_slope_with_error_is_zero_on_a_line() -> None:
     """Points exactly on a line have their slope per day and a zero standard error."""
     slope, error = slope_with_error([(i * DAY, 2.0 + 0.5 * i) for i in range(5)])
-    assert (slope, error) == (pytest.approx(0.5), pytest.approx(0.0, abs=1e-12))
+    assert slope == pytest.approx(0.5)
+    assert error == pytest.approx(0.0, abs=1e-12)
 
 
 def test_slope_per_day() -> None:

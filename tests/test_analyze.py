@@ -3,6 +3,7 @@
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def _capture(path: Path, *, binary: bool) -> None:
         out.write(status_topic(CONFIG.hub), b'{"v":1}', t_ns=END_NS)  # a bad status: skipped
 
 
-def _run(capture: Path, out: Path) -> list[dict]:
+def _run(capture: Path, out: Path) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser()
     configure(parser)
     assert main(parser.parse_args([str(capture), "--out", str(out), "--target-mm", "2"])) == 0

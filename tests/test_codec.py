@@ -394,7 +394,17 @@ def test_decode_status_rejects_with_reason_and_field(
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
-        (Frame(DEVICE, 0, 0, 10.0, [1e39], [1.0]), "float32"),
+        (
+            Frame(
+                DEVICE,
+                0,
+                0,
+                10.0,
+                np.array([1e39], dtype=np.float64),
+                np.array([1.0], dtype=np.float64),
+            ),
+            "float32",
+        ),
         (Frame(DEVICE, 0, 0, 10.0, np.zeros(70_000), np.zeros(70_000)), "65535"),
     ],
     ids=["beyond-float32", "too-many-samples"],
@@ -409,7 +419,16 @@ def test_encode_frame_binary_refuses_what_the_layout_cannot_hold(
 
 def test_encode_frame_binary_leaves_out_what_the_layout_cannot_hold() -> None:
     """Temperature and battery are not in the binary layout, so a binary frame arrives without."""
-    frame = Frame(DEVICE, 0, T0_NS, 10.0, [1.0], [1.0], temp_c=36.5, battery_pct=80.0)
+    frame = Frame(
+        DEVICE,
+        0,
+        T0_NS,
+        10.0,
+        np.array([1.0], dtype=np.float64),
+        np.array([1.0], dtype=np.float64),
+        temp_c=36.5,
+        battery_pct=80.0,
+    )
     decoded, _ = decode_frame(encode_frame_binary(frame), topic_device=DEVICE)
     assert (decoded.temp_c, decoded.battery_pct) == (None, None)
     assert decoded.force_n.tolist() == [1.0]
@@ -417,7 +436,15 @@ def test_encode_frame_binary_leaves_out_what_the_layout_cannot_hold() -> None:
 
 def test_encode_frame_binary_layout_matches_the_contract() -> None:
     """The binary header is `<4sBBHIqf` and the arrays follow as little-endian f32."""
-    frame = Frame(DEVICE, 9, T0_NS, 50.0, [1.5, -2.0], [0.25, 0.5], ref_load_n=[100.0, 200.0])
+    frame = Frame(
+        DEVICE,
+        9,
+        T0_NS,
+        50.0,
+        np.array([1.5, -2.0], dtype=np.float64),
+        np.array([0.25, 0.5], dtype=np.float64),
+        ref_load_n=np.array([100.0, 200.0], dtype=np.float64),
+    )
     payload = encode_frame_binary(frame)
     assert struct.unpack_from("<4sBBHIqf", payload) == (b"OTF1", 1, 1, 2, 9, T0_NS, 50.0)
     assert np.frombuffer(payload, "<f4", offset=24).tolist() == [1.5, -2.0, 0.25, 0.5, 100.0, 200.0]
@@ -425,7 +452,14 @@ def test_encode_frame_binary_layout_matches_the_contract() -> None:
 
 def test_encode_frame_json_writes_non_finite_values_for_fault_simulation() -> None:
     """NaN is encoded as the JSON extension NaN, which the decoder then rejects."""
-    frame = Frame(DEVICE, 0, T0_NS, 10.0, [float("nan")], [1.0])
+    frame = Frame(
+        DEVICE,
+        0,
+        T0_NS,
+        10.0,
+        np.array([float("nan")], dtype=np.float64),
+        np.array([1.0], dtype=np.float64),
+    )
     payload = encode_frame_json(frame)
     assert b"NaN" in payload
     with pytest.raises(Rejected) as caught:

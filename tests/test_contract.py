@@ -10,6 +10,7 @@ from devices.contract import (
     SUBSCRIPTIONS,
     Battery,
     DistractionStep,
+    FloatArray,
     Frame,
     HubStatus,
     MessageKind,
@@ -161,7 +162,8 @@ def test_timestamps_round_half_to_even() -> None:
 
 def test_frame_converts_arrays_to_float64() -> None:
     """Lists and integer arrays become 1-D float64 arrays."""
-    frame = Frame("DX-1", 0, 0, 10.0, [1, 2], np.array([3, 4], dtype=np.int32))
+    # A list of ints on purpose: the conversion to float64 is what is tested.
+    frame = Frame("DX-1", 0, 0, 10.0, [1, 2], np.array([3, 4], dtype=np.int32))  # type: ignore[arg-type]
     assert frame.force_n.dtype == np.float64
     assert frame.disp_mm.tolist() == [3.0, 4.0]
     assert frame.n == 2
@@ -169,11 +171,19 @@ def test_frame_converts_arrays_to_float64() -> None:
 
 @pytest.mark.parametrize(
     ("force_n", "disp_mm", "ref_load_n"),
-    [([1.0, 2.0], [1.0], None), ([1.0], [1.0], [1.0, 2.0]), ([[1.0]], [[1.0]], None)],
+    [
+        (np.array([1.0, 2.0], dtype=np.float64), np.array([1.0], dtype=np.float64), None),
+        (
+            np.array([1.0], dtype=np.float64),
+            np.array([1.0], dtype=np.float64),
+            np.array([1.0, 2.0], dtype=np.float64),
+        ),
+        (np.array([[1.0]], dtype=np.float64), np.array([[1.0]], dtype=np.float64), None),
+    ],
     ids=["disp-short", "ref-long", "two-dimensional"],
 )
 def test_frame_refuses_mismatched_arrays(
-    force_n: list[float], disp_mm: list[float], ref_load_n: list[float] | None
+    force_n: FloatArray, disp_mm: FloatArray, ref_load_n: FloatArray | None
 ) -> None:
     """A frame whose arrays differ in length or are not 1-D cannot be built."""
     with pytest.raises(ValueError, match=r"length|1-D"):
@@ -182,12 +192,43 @@ def test_frame_refuses_mismatched_arrays(
 
 def test_frames_compare_by_value_including_nan() -> None:
     """Frames with the same values are equal, NaN included; a different value breaks it."""
-    a = Frame("DX-1", 0, 0, 10.0, [1.0, float("nan")], [1.0, 2.0], temp_c=float("nan"))
-    b = Frame("DX-1", 0, 0, 10.0, [1.0, float("nan")], [1.0, 2.0], temp_c=float("nan"))
-    c = Frame("DX-1", 0, 0, 10.0, [1.0, float("nan")], [1.0, 2.5], temp_c=float("nan"))
+    a = Frame(
+        "DX-1",
+        0,
+        0,
+        10.0,
+        np.array([1.0, float("nan")], dtype=np.float64),
+        np.array([1.0, 2.0], dtype=np.float64),
+        temp_c=float("nan"),
+    )
+    b = Frame(
+        "DX-1",
+        0,
+        0,
+        10.0,
+        np.array([1.0, float("nan")], dtype=np.float64),
+        np.array([1.0, 2.0], dtype=np.float64),
+        temp_c=float("nan"),
+    )
+    c = Frame(
+        "DX-1",
+        0,
+        0,
+        10.0,
+        np.array([1.0, float("nan")], dtype=np.float64),
+        np.array([1.0, 2.5], dtype=np.float64),
+        temp_c=float("nan"),
+    )
     assert a == b
     assert a != c
-    assert a != Frame("DX-1", 0, 0, 10.0, [1.0, float("nan")], [1.0, 2.0])
+    assert a != Frame(
+        "DX-1",
+        0,
+        0,
+        10.0,
+        np.array([1.0, float("nan")], dtype=np.float64),
+        np.array([1.0, 2.0], dtype=np.float64),
+    )
 
 
 def test_event_models_fill_version_and_type() -> None:

@@ -1,17 +1,26 @@
 """The batched estimator path: the same records as frame-by-frame calls."""
 
+from typing import Literal
+
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from apps.analyze import record_json
-from dsp.estimator import FleetEstimator
+from dsp.estimator import EstimateRecord, FleetEstimator
+from dsp.records import StepKind
 
 NS_PER_S = 1_000_000_000
 START_NS = 1_699_920_000_000_000_000 + 23 * 3600 * NS_PER_S  # an hour before a UTC midnight
 RATE_HZ = 20.0
 
+# ("step", device, delta_mm, kind) or ("start" | "end", device) of a load test.
+_Event = tuple[Literal["step"], int, float, StepKind] | tuple[Literal["start", "end"], int]
 
-def _signals(rng: np.random.Generator, n_devices: int, n_frames: int, n: int) -> tuple:
+
+def _signals(
+    rng: np.random.Generator, n_devices: int, n_frames: int, n: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Force and displacement per device and frame, with steps, NaNs, spikes and flatlines."""
     force = 100.0 + rng.standard_normal((n_devices, n_frames, n))
     disp = 5.0 + 0.002 * rng.standard_normal((n_devices, n_frames, n))
@@ -26,12 +35,12 @@ def _signals(rng: np.random.Generator, n_devices: int, n_frames: int, n: int) ->
     return force, disp
 
 
-def _events(rng: np.random.Generator, n_devices: int, n_frames: int) -> dict[int, list]:
+def _events(rng: np.random.Generator, n_devices: int, n_frames: int) -> dict[int, list[_Event]]:
     """Events before frame k: steps, probes and load tests on some devices."""
-    events: dict[int, list] = {}
+    events: dict[int, list[_Event]] = {}
     for d in range(n_devices):
         for k in rng.choice(n_frames, size=4, replace=False):
-            kind = "step" if rng.random() < 0.7 else "probe"
+            kind: StepKind = "step" if rng.random() < 0.7 else "probe"
             events.setdefault(int(k), []).append(("step", d, 0.25, kind))
         k = int(rng.integers(n_frames - 10))
         events.setdefault(k, []).append(("start", d))
@@ -48,7 +57,7 @@ def _run(*, mode: str, seed: int, gap_frame: int) -> list[str]:
     events = _events(rng, n_devices, n_frames)
     ids = [f"DX-{d:04d}" for d in range(n_devices)]
     fleet = FleetEstimator(capacity=2)
-    out: list = []
+    out: list[EstimateRecord] = []
     pending: list[tuple[int, int]] = []  # (device, frame) queued for the batch
 
     def t0(d: int, k: int) -> int:

@@ -3,6 +3,7 @@
 import heapq
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ from reference import prony_ramp_curve
 
 from apps.analyze import analyze_emulated, feed_frame, record_json
 from devices.emulator.generator import DeviceConfig, Emitted, generate
-from dsp.estimator import DailyRecord, DeviceEstimator, EstimatorConfig, FleetEstimator, StepRecord
+from dsp.estimator import (
+    DailyRecord,
+    DeviceEstimator,
+    EstimateRecord,
+    EstimatorConfig,
+    FleetEstimator,
+    StepRecord,
+)
 from ingest.estimates import feed_event
 
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -18,38 +26,38 @@ START_NS = 1_699_920_000_000_000_000
 
 
 @pytest.fixture(scope="module")
-def records() -> list:
+def records() -> list[EstimateRecord]:
     """Eleven days of a normal emulated device (2 mm) through the estimator."""
     config = DeviceConfig(device="DX-0001", hub="HUB-A", seed=3, target_mm=2.0)
     return list(analyze_emulated(config, start_ns=START_NS, end_ns=START_NS + 11 * NS_PER_DAY))
 
 
-def test_every_kind_of_record_is_emitted(records: list) -> None:
+def test_every_kind_of_record_is_emitted(records: list[EstimateRecord]) -> None:
     """A run with steps, probes and load tests yields step, probe, load_share and daily records."""
     kinds = {r.kind for r in records}
     assert {"step", "probe", "load_share", "daily"} <= kinds
 
 
-def test_records_carry_provenance(records: list) -> None:
+def test_records_carry_provenance(records: list[EstimateRecord]) -> None:
     """Every record names its estimator version and an input span that ends after it starts."""
     for r in records:
         assert r.version.startswith("dsp.")
         assert r.t_start_ns <= r.t_end_ns or r.t_end_ns == -1
 
 
-def test_one_daily_record_per_day(records: list) -> None:
+def test_one_daily_record_per_day(records: list[EstimateRecord]) -> None:
     """Daily records cover consecutive UTC days, one each."""
     days = [r.t_ns // NS_PER_DAY for r in records if isinstance(r, DailyRecord)]
     assert days == list(range(days[0], days[0] + len(days)))
 
 
-def test_steps_are_numbered_in_order(records: list) -> None:
+def test_steps_are_numbered_in_order(records: list[EstimateRecord]) -> None:
     """Distraction steps are numbered 1, 2, 3, ... in time order."""
     numbers = [r.number for r in records if isinstance(r, StepRecord) and r.kind == "step"]
     assert numbers == list(range(1, len(numbers) + 1))
 
 
-def test_records_serialise_as_strict_json(records: list) -> None:
+def test_records_serialise_as_strict_json(records: list[EstimateRecord]) -> None:
     """Every record becomes one JSON line without NaN literals."""
     for r in records:
         line = record_json(r)
@@ -140,7 +148,7 @@ def _two_devices_items(days: float) -> list[Emitted]:
     return list(heapq.merge(*streams, key=lambda item: item.t_ns))
 
 
-def _feed(fleet: FleetEstimator, item: Emitted) -> list:
+def _feed(fleet: FleetEstimator, item: Emitted) -> list[EstimateRecord]:
     if item.frame is not None:
         return feed_frame(fleet, item.frame)
     if item.event is not None:
@@ -160,7 +168,9 @@ def test_a_restored_snapshot_goes_on_bit_for_bit(tmp_path: Path) -> None:
     for number, item in enumerate(items, start=1):
         got += [record_json(r) for r in _feed(fleet, item)]
         if number % 400 == 0:
-            np.savez(tmp_path / "fleet.npz", **fleet.snapshot())
+            # Typed loosely: numpy's stubs would match the arrays against savez's own keywords.
+            arrays: dict[str, Any] = fleet.snapshot()
+            np.savez(tmp_path / "fleet.npz", **arrays)
             with np.load(tmp_path / "fleet.npz", allow_pickle=False) as saved:
                 with_open_windows += bool((saved["step_slot_owner"] >= 0).any())
                 fleet = FleetEstimator.restore(saved)

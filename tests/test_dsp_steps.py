@@ -327,7 +327,7 @@ def test_bin_means_of_the_ramp_and_its_response_match_the_superposition(  # noqa
     """The kernels' closed-form bin means of the ramp and of a relaxation term's ramp response
     equal the reference's sample-by-sample sums (the response by numerical superposition)."""
     dt = 1.0 / rate_hz
-    t = start_s + dt * np.arange(n)
+    t = start_s + dt * np.arange(n, dtype=np.float64)
     # A sample on the very edge of a sudden step (hypothesis found t = 0.0 against an onset of
     # 6e-52 s) is on or off it by rounding alone: both answers are right.
     assume(ramp > 0.0 or np.min(np.abs(t - t_on)) > 1e-9 * dt)
@@ -385,7 +385,7 @@ def test_streaming_state_equals_batch_on_every_prefix(
     equals a tracker fed the whole prefix as one frame, and its window equals the
     reference's."""
     x = np.array(force, dtype=np.float64)
-    d = 20.0 + 0.001 * np.arange(x.size)
+    d = 20.0 + 0.001 * np.arange(x.size, dtype=np.float64)
     bounds = sorted({0, x.size, *(min(c, x.size) for c in cuts)})
     cfg = StepConfig(window_s=5.0, n_bins=20, pre_s=0.5, lead_s=0.5)
     t_step = T0_NS + step_at * 10**7

@@ -51,7 +51,9 @@ class _Subscriber:
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         with self._arrived:
-            self.messages.append(_Received(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+            self.messages.append(
+                _Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+            )
             self._arrived.notify_all()
 
     def wait_for(self, count: int) -> list[_Received]:

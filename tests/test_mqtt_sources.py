@@ -98,7 +98,8 @@ def test_the_factory_picks_the_path_the_settings_name() -> None:
         path: type(open_source(settings=MqttSettings(receive_path=path), subscriptions=["a/b"]))
         for path in PATHS
     }
-    assert made == {"paho": PahoSource, "asyncio": WireSource}
+    expected: dict[str, type[MqttSource]] = {"paho": PahoSource, "asyncio": WireSource}
+    assert made == expected
 
 
 @pytest.mark.parametrize("path", PATHS, ids=PATHS)

@@ -152,8 +152,10 @@ def test_each_device_is_stored_once_by_its_owner(
     ]
     foreign = [_counter(two_processes, k, "osteotel_ingest_messages_foreign_total") for k in (0, 1)]
     per_hub = {hub: sum(h == hub for h, _ in DEVICES) * FRAMES_PER_DEVICE for hub, _ in DEVICES}
-    expected = [sum(n for hub, n in per_hub.items() if hub_partition(hub, 2) == k) for k in (0, 1)]
-    assert received == expected
+    expected_received = [
+        sum(n for hub, n in per_hub.items() if hub_partition(hub, 2) == k) for k in (0, 1)
+    ]
+    assert received == expected_received
     assert foreign == [0, 0]
 
 

@@ -186,7 +186,14 @@ def test_accept_returns_a_json_frame(registry: Registry) -> None:
 
 def test_accept_returns_a_binary_frame(registry: Registry) -> None:
     """A valid binary frame is accepted and takes the device from the topic."""
-    frame = Frame("DX-0001", 3, NOW_NS, 100.0, [1.0, 2.0], [0.5, 0.75])
+    frame = Frame(
+        "DX-0001",
+        3,
+        NOW_NS,
+        100.0,
+        np.array([1.0, 2.0], dtype=np.float64),
+        np.array([0.5, 0.75], dtype=np.float64),
+    )
     accepted = accept(
         TELEMETRY, encode_frame_binary(frame), registry=registry, now_ns=NOW_NS, limits=LIMITS
     )
@@ -229,7 +236,15 @@ def test_device_without_ref_load_range_accepts_any_finite_reference_load(
     registry: Registry,
 ) -> None:
     """A device registered without a ref_load_n range does not range-check reference load."""
-    frame = Frame("DX-0003", 0, NOW_NS, 10.0, [0.0], [0.0], ref_load_n=[1e6])
+    frame = Frame(
+        "DX-0003",
+        0,
+        NOW_NS,
+        10.0,
+        np.array([0.0], dtype=np.float64),
+        np.array([0.0], dtype=np.float64),
+        ref_load_n=np.array([1e6], dtype=np.float64),
+    )
     accepted = accept(
         "osteotel/v1/HUB-B/DX-0003/telemetry",
         encode_frame_json(frame),
