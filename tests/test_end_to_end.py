@@ -237,7 +237,7 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
 
     frame_rows = query(influxdb, influx_db_name, "SELECT seq, n, encoding FROM frame")
     assert len(frame_rows) == len(frames)
-    assert sorted(row[3] for row in frame_rows) == sorted(item.encoding for item in frames)
+    assert sorted(str(row[3]) for row in frame_rows) == sorted(item.encoding for item in frames)
     event_rows = query(influxdb, influx_db_name, "SELECT type, delta_mm, v FROM event")
     assert sorted((row[1], row[2]) for row in event_rows) == [
         ("distraction_step", 0.25),
@@ -277,8 +277,8 @@ def test_exactly_the_valid_samples_are_stored_and_every_rejection_is_reported(
     assert "duplicate device=DX-0001 seq=0" in log
 
     # The same accounting on /metrics, and the service says it is healthy and ready.
-    status, metrics = ingest.get("/metrics")
-    assert status == 200
+    http_status, metrics = ingest.get("/metrics")
+    assert http_status == 200
     for _, device, _ in DEVICES:
         mine = [item.frame for item in frames if item.frame.device == device]
         received = len(mine) + (device == "DX-0001")
@@ -437,4 +437,6 @@ def test_calibration_is_applied_to_stored_samples_and_estimates(
     assert estimate[3] == 300
     assert estimate[2] == pytest.approx(-185.0, abs=1e-6)
     # The sign of the share follows the DSP's convention (dsp/, issue 12): its size is 0.6.
-    assert abs(estimate[1]) == pytest.approx(0.6, abs=1e-9)
+    share = estimate[1]
+    assert isinstance(share, float)
+    assert abs(share) == pytest.approx(0.6, abs=1e-9)

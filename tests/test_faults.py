@@ -57,7 +57,8 @@ class Hub:
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id="hub-faults", clean_session=False
         )
-        self._client.reconnect_delay_set(0.2, 1)
+        # paho waits float seconds; its annotation says int.
+        self._client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
         self._client.connect(broker.host, broker.port)
         self._client.loop_start()
         self.published: list[Frame] = []

@@ -36,7 +36,7 @@ from apps.grafana import (
     stale_files,
 )
 from apps.services import InfluxDB, free_port
-from devices.contract import HubStatus, Rejected
+from devices.contract import HubStatus, Reason, Rejected
 from devices.emulator.generator import generate
 from devices.emulator.timeline import DeviceConfig
 from devices.registry import Calibration, Device, Hub, Protocol, Registry, SensorRange
@@ -201,7 +201,7 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
             batch.append(estimate_line(hub, record))
             counts["estimates"] += 1
         store.write(b"".join(batch))
-        rejected = Rejected("non_finite", "force_n[3] is nan", field="force_n", index=3)
+        rejected = Rejected(Reason.NON_FINITE, "force_n[3] is nan", field="force_n", index=3)
         accounting.reject(hub, "non_finite")
         store.write(
             rejection_lines(
