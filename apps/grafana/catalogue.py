@@ -186,7 +186,16 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     ),
     Measurement("ingest_rejections", ("hub", "reason", "instance"), ("rejected",)),
     Measurement(
-        "ingest_status", ("instance",), ("spool_bytes", "spool_batches", "spool_max_bytes")
+        "ingest_status",
+        ("instance",),
+        (
+            "spool_bytes",
+            "spool_batches",
+            "spool_max_bytes",
+            "raw_points",
+            "raw_1s_points",
+            "raw_1s_samples",
+        ),
     ),
     Measurement(
         "catchup",
