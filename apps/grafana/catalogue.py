@@ -44,6 +44,19 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     # ingest: what arrived (ingest/records.py).
     Measurement("raw", ("hub", "device"), ("force_n", "disp_mm", "ref_load_n")),
     Measurement(
+        "raw_1s",
+        ("hub", "device"),
+        (
+            "force_n_mean",
+            "force_n_min",
+            "force_n_max",
+            "disp_mm_mean",
+            "disp_mm_min",
+            "disp_mm_max",
+            "n",
+        ),
+    ),
+    Measurement(
         "frame",
         ("hub", "device", "encoding"),
         ("seq", "n", "rate_hz", "temp_c", "battery_pct"),
