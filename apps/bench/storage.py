@@ -33,7 +33,7 @@ Variants (the baseline is what ingest does today: 20,000-line requests, one at a
                         (OFFLINE only: ingest stores float64 exactly; this prices the bytes)
     two_measurements    force_n in `raw_force`, disp_mm in `raw_disp`: two lines per sample
     unsorted_tags       `raw,hub=..,device=..`: tags out of order, which influxd must sort
-    tier                the storage tier outside its full-rate windows (every bench frame is):
+    raw_1s              the storage tier outside its full-rate windows (every bench frame is):
                         what ingest writes with raw_tier = "windows", made by ingest's own tier
                         (ingest/tier.py): per frame and UTC second one `raw_1s` point, beside
                         its `frame` point; per sample it represents, like the others
@@ -95,7 +95,7 @@ if TYPE_CHECKING:
 __all__ = ["VARIANTS", "Variant", "configure", "emulator_duty", "run"]
 
 Body = Literal[
-    "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "tier"
+    "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "raw_1s"
 ]
 
 _BASELINE_LINES = 20_000  # ingest's batch_max_lines before this benchmark
@@ -134,7 +134,7 @@ VARIANTS = (
     Variant("float32_digits", body="float32_digits"),
     Variant("two_measurements", body="two_measurements"),
     Variant("unsorted_tags", body="unsorted_tags"),
-    Variant("tier", body="tier"),
+    Variant("raw_1s", body="raw_1s"),
     Variant("victoria_metrics", server="victoria_metrics"),
     Variant("store_write", through_store=True),
 )
@@ -225,7 +225,7 @@ def _frame_bodies(decoded: _Decoded, body: Body) -> list[bytes]:
             raw += array_lines("raw_disp", tags, {"disp_mm": frame.disp_mm}, times)
         elif body == "unsorted_tags":
             raw = raw.replace(prefix, f"raw,hub={hub},device={frame.device} ".encode())
-        elif body == "tier":
+        elif body == "raw_1s":
             raw, meta = _tier_lines(hub, frame, encoding), b""
         bodies.append(raw + meta)
     return bodies
@@ -382,7 +382,7 @@ def _influx_server(pid: int, url: str) -> _Server:
                 "SELECT count(force_n) FROM raw_force",
                 "SELECT count(disp_mm) FROM raw_disp",
             ),
-            "tier": ("SELECT sum(n) FROM raw_1s", "SELECT sum(n) FROM raw_1s"),
+            "raw_1s": ("SELECT sum(n) FROM raw_1s", "SELECT sum(n) FROM raw_1s"),
         }.get(body, ("SELECT count(force_n) FROM raw", "SELECT count(disp_mm) FROM raw"))
         with InfluxStore(InfluxSettings(url=url, database=database, api="v1")) as store:
             rows = [store.query(statement) for statement in samples]
