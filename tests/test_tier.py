@@ -277,7 +277,7 @@ def test_a_full_hold_lets_the_oldest_go_and_counts_it() -> None:
 def test_means_near_the_float_limit_stay_finite() -> None:
     """A second whose sum would overflow float64 still gets its mean, not an infinity."""
     big = 1.5e308
-    frame = Frame(DEVICE, 0, T0_NS, 10.0, [big, big, -big], [1.0, 2.0, 3.0])
+    frame = Frame(DEVICE, 0, T0_NS, 10.0, np.array([big, big, -big]), np.array([1.0, 2.0, 3.0]))
     ((points, _, _),) = summary_lines([(HUB, frame, "json")])
     (point,) = _parse(bytes(points))
     assert point["force_n_mean"] == pytest.approx(big / 3, rel=1e-15)

@@ -109,6 +109,16 @@ def _count(setup: Setup, influxql: str) -> int:
     return int(rows[0][1]) if rows else 0  # type: ignore[call-overload]
 
 
+def _status(setup: Setup) -> tuple[object, ...] | None:
+    """The latest `ingest_status` raw_points, raw_1s_points and raw_1s_samples; None before one."""
+    rows = query(
+        setup.influxdb,
+        setup.database,
+        "SELECT last(raw_points), last(raw_1s_points), last(raw_1s_samples) FROM ingest_status",
+    )
+    return tuple(rows[0][1:]) if rows else None
+
+
 def _run(setup: Setup, running: IngestProcess, raw_expected: int, client_id: str) -> None:
     """Publish the stream and wait until this process has made all of it durable."""
     _publish(setup, client_id)
@@ -143,6 +153,7 @@ def test_raw_keeps_full_rate_windows_and_raw_1s_the_rest(setup: Setup, tier: str
     env = ingest_env(
         setup.mosquitto, setup.influxdb, setup.database, f"ingest-{setup.unique_id}",
         setup.workdir, raw_tier=tier, capture_dir=str(setup.workdir / "capture"),
+        stats_interval_s="0.5",
     )  # fmt: skip
     with running_ingest(env, setup.workdir) as running:
         _run(setup, running, raw_expected, f"hub-{setup.unique_id}-1")
@@ -153,6 +164,13 @@ def test_raw_keeps_full_rate_windows_and_raw_1s_the_rest(setup: Setup, tier: str
         )
         assert ingest_metric(running, "osteotel_ingest_raw_1s_samples_total") == sum(
             frame.n for frame in summarised
+        )
+        # The same three in InfluxDB, for the boards.
+        status = (raw_expected, points, sum(frame.n for frame in summarised))
+        wait_for(
+            lambda: _status(setup) == status,
+            "ingest_status to count what was written where",
+            running,
         )
 
     raw = query(setup.influxdb, setup.database, "SELECT force_n, disp_mm FROM raw")
