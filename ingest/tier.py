@@ -130,8 +130,13 @@ class Tier:
         window = (event.t_ns - self._before_ns, event.t_ns + self._after_ns)
         if window not in device.windows:  # the same event again opens nothing new
             device.windows.append(window)
+        # Exactly the last hold_ns of sample time: a frame that arrived out of order may still
+        # sit in the queue behind a newer one, older than that.
+        oldest_ns = device.newest_ns - self._hold_ns
         covered = [
-            held for held in device.held if _in_windows([window], held.frame, held.t_last_ns)
+            held
+            for held in device.held
+            if held.t_last_ns >= oldest_ns and _in_windows([window], held.frame, held.t_last_ns)
         ]
         # Windows whose end lies more than after_s behind the device's latest sample can no
         # longer take a frame, but one very late: memory stays bounded per device.

@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from devices.codec import Encoding
 from devices.contract import DistractionStep, Frame, LoadTestStart, Probe
 from ingest.accounting import Accounting
 from ingest.records import frames_lines, summary_lines, warm_up
@@ -282,3 +283,55 @@ def test_means_near_the_float_limit_stay_finite() -> None:
     (point,) = _parse(bytes(points))
     assert point["force_n_mean"] == pytest.approx(big / 3, rel=1e-15)
     assert (point["force_n_min"], point["force_n_max"], point["n"]) == (-big, big, 3)
+
+
+def _replay(items: list[Frame | Probe], *, batched: bool) -> list[bytes]:
+    """Each message's lines after a fresh tier reads the items in order, the frames between
+    two events in one `write` call (as a batch) or one call each."""
+    tier, _ = _tier(before_s=3.0, after_s=20.0)
+    out: list[Work] = []
+    pending: list[tuple[Work, str, Frame, Encoding]] = []
+
+    def flush() -> None:
+        if batched and pending:
+            tier.write(pending)
+        pending.clear()
+
+    for item in items:
+        work = _work()
+        out.append(work)
+        if isinstance(item, Frame):
+            pending.append((work, HUB, item, "json"))
+            if not batched:
+                tier.write(pending)
+                pending.clear()
+        else:
+            flush()  # as ingest writes a batch's frames before an event is handled
+            tier.event(work, item)
+    flush()
+    return [b"".join(work.lines) for work in out]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("frame"), st.integers(-60, 120), st.sampled_from([10.0, 100.0])),
+            st.tuples(st.just("probe"), st.integers(-60, 120), st.just(0.0)),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+# A frame that came out of order sits behind a newer one until it is older than the hold.
+@example([("frame", 20, 10.0), ("frame", -20, 10.0), ("frame", 80, 10.0), ("probe", -20, 0.0)])
+def test_a_batch_decides_as_frame_by_frame(specs: list[tuple[str, int, float]]) -> None:
+    """Frames written together get the lines they get one at a time, and a step claims the
+    same held frames: out of order, overlapping windows and all (streaming equals batch)."""
+    items: list[Frame | Probe] = [
+        _frame(T0_NS + offset_s * S_NS // 2, rate_hz, 30, seed=k)
+        if kind == "frame"
+        else Probe(device=DEVICE, t_ns=T0_NS + offset_s * S_NS // 2, delta_mm=0.1)
+        for k, (kind, offset_s, rate_hz) in enumerate(specs)
+    ]
+    assert _replay(items, batched=True) == _replay(items, batched=False)
