@@ -39,8 +39,9 @@ WINDOW_EVENTS = frozenset({"distraction_step", "probe"})
 # How much later than its window's first samples a step may arrive and still have them
 # written to `raw`: the hold keeps `before_s` plus this much of a device's sample time.
 _LATE_EVENT_S = 30.0
-# Frames held per device at most, whatever their times: a minute of 100-sample frames at
-# 100 frames a second. Past it the oldest is let go early and counted (`tier_hold_dropped`).
+# Frames held per device at most, whatever their times: the hold's 60 s at 100 frames a
+# second (0.01 s frames, or a device sending many short ones). Past it the oldest is let go
+# early and counted (`tier_hold_dropped`).
 _HOLD_MAX_FRAMES = 6_000
 
 
