@@ -109,6 +109,14 @@ class Accounting:
         # (`receipts`), the messages received and not yet acknowledged, summed
         # (`unacked_at_receipt`: over `receipts`, the broker's window in use).
         self.pipeline: Counter[str] = Counter()
+        # Points made durable, by measurement (docs/ingest.md, "The storage tier"): `raw`
+        # samples, `raw_1s` points and the samples those summarise. The tier's hold: frames
+        # whose `raw` lines a step or probe wrote later, and frames let go of before their time.
+        self.raw_points_written = 0
+        self.raw_1s_points_written = 0
+        self.raw_1s_samples_written = 0
+        self.tier_frames_released = 0
+        self.tier_hold_dropped = 0
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

@@ -123,6 +123,32 @@ class _AccountingCollector(Collector):
             "When a frame was last stored in InfluxDB or the spool (Unix time; 0: never)",
             self._accounting.last_stored_ns / 1e9,
         )
+        accounting = self._accounting
+        points = CounterMetricFamily(
+            "osteotel_ingest_points_written",
+            "Points made durable, by measurement: raw (samples at full rate) and raw_1s "
+            "(1 s summaries of frames kept out of raw, ingest.raw_tier = windows)",
+            labels=["measurement"],
+        )
+        points.add_metric(["raw"], accounting.raw_points_written)
+        points.add_metric(["raw_1s"], accounting.raw_1s_points_written)
+        yield points
+        yield CounterMetricFamily(
+            "osteotel_ingest_raw_1s_samples",
+            "Samples summarised in the raw_1s points made durable",
+            accounting.raw_1s_samples_written,
+        )
+        yield CounterMetricFamily(
+            "osteotel_ingest_tier_frames_released",
+            "Held frames a later step or probe wrote to raw (its window's seconds before it)",
+            accounting.tier_frames_released,
+        )
+        yield CounterMetricFamily(
+            "osteotel_ingest_tier_hold_dropped",
+            "Frames let go of by a full hold before their time: a step arriving later finds "
+            "their samples in raw_1s and the capture files only",
+            accounting.tier_hold_dropped,
+        )
         yield GaugeMetricFamily(
             "osteotel_ingest_spool_bytes", "Bytes waiting in the spool", self._spool.size_bytes
         )
@@ -233,6 +259,9 @@ def stats_lines(accounting: Accounting, spool: Spool, *, instance: str, now_ns: 
                 "spool_bytes": spool.size_bytes,
                 "spool_batches": spool.batches,
                 "spool_max_bytes": spool.max_bytes,
+                "raw_points": accounting.raw_points_written,
+                "raw_1s_points": accounting.raw_1s_points_written,
+                "raw_1s_samples": accounting.raw_1s_samples_written,
             },
             now_ns,
         )

@@ -21,6 +21,7 @@ __all__ = [
     "frames_lines",
     "rejection_lines",
     "status_lines",
+    "summary_lines",
     "warm_up",
 ]
 
@@ -28,6 +29,7 @@ __all__ = [
 # that an event with no data of its own (reboot, load_test_start) is still a point.
 _EVENT_ENVELOPE = frozenset({"device", "t_ns", "type"})
 _INT64_MAX = 2**63 - 1
+_SECOND_NS = 1_000_000_000
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,11 +94,86 @@ def frames_lines(
     return [part for part in parts if part is not None]
 
 
+def summary_lines(
+    frames: Sequence[tuple[str, Frame, Encoding]],
+) -> list[tuple[memoryview, bytes, int]]:
+    """The storage tier's lines of frames kept out of `raw` (docs/schema.md, `raw_1s`), one
+    kernel call for them all: per frame, its `raw_1s` points (a slice of one buffer), its
+    `frame` line, and how many `raw_1s` points the slice holds.
+
+    A frame gets one `raw_1s` point per UTC second its samples fall in (floor(t_ns / 1e9)),
+    timestamped at its first sample in that second: the mean, min and max of `force_n` and
+    `disp_mm` over those samples (float64; the mean is their sum over `n`) and their count `n`.
+    Only the frame's own samples go into its points, so a frame sent again gives the same
+    points, and two frames sharing a second give two points at different times.
+    """
+    if not frames:
+        return []
+    chosen = [frame for _, frame, _ in frames]
+    counts = np.array([frame.n for frame in chosen], dtype=np.int64)
+    frame_ends = np.cumsum(counts)
+    timestamps_ns = np.concatenate([_sample_offsets_ns(frame.n, frame.rate_hz) for frame in chosen])
+    timestamps_ns += np.repeat(np.array([frame.t0_ns for frame in chosen], np.int64), counts)
+    force_n = np.concatenate([frame.force_n for frame in chosen], dtype=np.float64)
+    disp_mm = np.concatenate([frame.disp_mm for frame in chosen], dtype=np.float64)
+    # A point starts where the second changes or a frame starts (floor division: the second a
+    # sample lies in, also before 1970).
+    second = timestamps_ns // _SECOND_NS
+    first = np.empty(second.size, dtype=np.bool_)
+    first[0] = True
+    np.not_equal(second[1:], second[:-1], out=first[1:])
+    first[frame_ends[:-1]] = True
+    starts = np.flatnonzero(first)
+    n = np.diff(starts, append=second.size)
+    fields = {
+        "force_n_mean": _means(force_n, starts, n),
+        "force_n_min": np.minimum.reduceat(force_n, starts),
+        "force_n_max": np.maximum.reduceat(force_n, starts),
+        "disp_mm_mean": _means(disp_mm, starts, n),
+        "disp_mm_min": np.minimum.reduceat(disp_mm, starts),
+        "disp_mm_max": np.maximum.reduceat(disp_mm, starts),
+        "n": n,
+    }
+    # Each frame's points end where its samples end.
+    point_ends = np.searchsorted(starts, frame_ends)
+    tags = [(("device", frame.device), ("hub", hub)) for hub, frame, _ in frames]
+    lines, line_ends = series_lines(
+        "raw_1s", tags, fields, timestamps_ns[starts], point_ends.astype(np.int64)
+    )
+    view = lines.data  # a memoryview: its slices share the buffer
+    parts: list[tuple[memoryview, bytes, int]] = []
+    start, points_before = 0, 0
+    for (hub, frame, encoding), end, points_end in zip(
+        frames, line_ends.tolist(), point_ends.tolist(), strict=True
+    ):
+        parts.append(
+            (view[start:end], _meta_line(hub, frame, encoding), points_end - points_before)
+        )
+        start, points_before = end, points_end
+    return parts
+
+
+def _means(
+    values: npt.NDArray[np.float64], starts: npt.NDArray[np.intp], n: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """Each point's mean: its sum over n, or, where the sum overflows (values near the float64
+    limit), the sum of each value over n."""
+    with np.errstate(over="ignore"):
+        means = np.add.reduceat(values, starts) / n
+    overflowed = ~np.isfinite(means)
+    if overflowed.any():
+        scaled = np.add.reduceat(values / np.repeat(n, n), starts)
+        means[overflowed] = scaled[overflowed]
+    return means
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) the line protocol kernel for the argument types the
-    frame path gives it (`frames_lines`), so that the first live frame does not pay for it."""
+    frame path gives it (`frames_lines`, and `summary_lines` of the storage tier), so that the
+    first live frame does not pay for it."""
     frame = Frame("warm-up", 0, 0, 100.0, np.zeros(2), np.zeros(2))
     frames_lines([("warm-up", frame, "json")])
+    summary_lines([("warm-up", frame, "json")])
 
 
 def _meta_line(hub: str, frame: Frame, encoding: Encoding) -> bytes:

@@ -75,6 +75,7 @@ from .redelivery import (
 from .rejection import Rejections
 from .spool import Spool
 from .storage import Storage
+from .tier import Tier
 from .work import Batch, PendingFrames, Work
 
 __all__ = ["IngestService"]
@@ -128,6 +129,15 @@ class IngestService:
         self._estimated: set[str] = set()
         spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
         self.metrics = IngestMetrics(self.accounting, spool)
+        self._tier = (
+            Tier(
+                before_s=settings.ingest.tier_before_s,
+                after_s=settings.ingest.tier_after_s,
+                accounting=self.accounting,
+            )
+            if settings.ingest.raw_tier == "windows"
+            else None
+        )
         self._storage = Storage(
             store=InfluxStore(settings.influx),
             spool=spool,
@@ -459,9 +469,12 @@ class IngestService:
         if pending.unwritten:
             started = time.thread_time_ns()
             unwritten, pending.unwritten = pending.unwritten, []
-            lines = frames_lines([(hub, frame, encoding) for _, hub, frame, encoding in unwritten])
-            for (work, *_), (raw, meta) in zip(unwritten, lines, strict=True):
-                work.lines += (raw, meta)
+            if self._tier is not None:
+                self._tier.write(unwritten)  # raw or raw_1s (ingest/tier.py)
+            else:
+                lines = frames_lines([(hub, frame, enc) for _, hub, frame, enc in unwritten])
+                for (work, *_), (raw, meta) in zip(unwritten, lines, strict=True):
+                    work.lines += (raw, meta)
             self.accounting.stage_ns["lines"] += time.thread_time_ns() - started
         if not pending.frames:
             return
@@ -546,6 +559,7 @@ class IngestService:
             work = Work(message, [], item.n + 1)
             pending.unwritten.append((work, accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
+            work.raw_points = item.n
             unfed = unfed_part(item, self._fed_until.get(item.device))
             if unfed is None:
                 # Delivered again after a restart: stored again (the same points), but the
@@ -557,6 +571,8 @@ class IngestService:
             return work
         self._know(registry.devices[item.device])
         work = Work(message, [event_lines(accepted.hub, item)], 1)
+        if self._tier is not None:
+            self._tier.event(work, item)  # a step's window: held frames' raw lines come along
         if not event_unfed(item, self._fed_until.get(item.device)):
             self.catchup.events_not_fed += 1  # read before: stored again, not fed again
             return work
@@ -668,7 +684,11 @@ class IngestService:
         """Account for a durable batch and acknowledge its messages in the order received."""
         started = time.thread_time_ns()
         now_ns = time.time_ns()
+        accounting = self.accounting
         for work in batch.items:
+            accounting.raw_points_written += work.raw_points
+            accounting.raw_1s_points_written += work.summary_points
+            accounting.raw_1s_samples_written += work.summarised
             if work.device is not None:
                 self.accounting.last_stored_ns = now_ns
                 counts = self.accounting.device(work.device)
@@ -706,4 +726,5 @@ class IngestService:
                         self._dead_letters.append(refused.dead_letter)
                         await asyncio.to_thread(self._dead_letters.flush)
                 work.device = None
+                work.raw_points = work.summary_points = work.summarised = 0
                 work.rejection = refused.rejection

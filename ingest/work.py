@@ -28,6 +28,11 @@ class Work:
     points: int
     device: str | None = None
     samples: int = 0
+    # What `lines` writes where (ingest/tier.py): `raw` points (samples), `raw_1s` points, and
+    # the samples those `raw_1s` points summarise.
+    raw_points: int = 0
+    summary_points: int = 0
+    summarised: int = 0
     t_last_ns: int = 0
     dead_letter: DeadLetter | None = None
     # A recognised redelivery's identity: forgotten by `Redeliveries` once acknowledged.

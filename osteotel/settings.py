@@ -135,6 +135,11 @@ class IngestSettings(_Section):
     # full rate only in windows around distraction steps, probes and load tests and 1 s
     # summaries (`raw_1s`) elsewhere ("windows"), the whole stream then kept in capture files.
     raw_tier: Literal["full", "windows"] = "full"
+    # A full-rate window around each accepted distraction step or probe (ingest/tier.py):
+    # before, the emulator's recording margin ahead of a step (devices/emulator/timeline.py,
+    # window_before_s); after, the span the DSP's step fit reads (dsp/stepconfig.py, window_s).
+    tier_before_s: float = Field(30.0, ge=0)
+    tier_after_s: float = Field(600.0, ge=0)
     # Every accepted message, as received, appended to {capture_dir}/{hub}/{UTC day}.jsonl
     # (docs/capture.md's format) and fsync'd before it is acknowledged; off when unset.
     capture_dir: Path | None = None

@@ -81,7 +81,7 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def test_every_documented_figure_and_no_other(figures: dict[str, object]) -> None:
     """The run returns exactly the keys docs/ingest.md documents."""
     assert sorted(figures) == sorted(
-        DOCUMENTED + NORMAL_RATES + CPU_SHARES + THREADS + STAGES + WAITS
+        DOCUMENTED + NORMAL_RATES + CPU_SHARES + THREADS + STAGES + WAITS + ("ingest_raw_tier",)
     )
 
 
@@ -96,9 +96,10 @@ def test_waits_are_not_negative(figures: dict[str, object], key: str) -> None:
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
 def test_batches_hold_the_frames(figures: dict[str, object], processes: int) -> None:
     """A written batch holds at least one message and at most `batch_max_messages` (400), and
-    the run used the default of two batches written at a time."""
+    the run used the defaults: two batches written at a time, every sample in raw."""
     assert 1 <= _float(figures, f"ingest_{processes}p_frames_per_batch") <= 400
     assert figures["ingest_write_concurrency"] == 2
+    assert figures["ingest_raw_tier"] == "full"  # the default: every sample in raw
 
 
 @pytest.mark.parametrize("key", CPU_SHARES + THREADS, ids=CPU_SHARES + THREADS)

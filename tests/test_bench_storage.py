@@ -90,7 +90,7 @@ def test_bodies_relate_as_their_forms_say(figures: dict[str, object]) -> None:
     assert _float(figures, "float32_digits_body_bytes_per_sample") < full
     assert _float(figures, "two_measurements_body_bytes_per_sample") > baseline
     assert _float(figures, "unsorted_tags_body_bytes_per_sample") == baseline
-    assert _float(figures, "one_hz_body_bytes_per_sample") < baseline / 10
+    assert _float(figures, "raw_1s_body_bytes_per_sample") < baseline / 10
 
 
 def test_the_baseline_is_its_own_unit(figures: dict[str, object]) -> None:

@@ -48,11 +48,13 @@ from ingest.metrics import stats_lines
 from ingest.records import (
     device_info_lines,
     event_lines,
-    frame_lines,
     rejection_lines,
     status_lines,
 )
 from ingest.spool import Spool
+from ingest.tier import Tier
+from ingest.work import Work
+from osteotel.mqtt import Received
 from osteotel.settings import InfluxSettings
 from osteotel.store.influx import InfluxStore
 
@@ -129,15 +131,23 @@ def write_alert_history(store: InfluxStore, engine: AlertEngine) -> int:
     return len(rows)
 
 
+def _work() -> Work:
+    """Work for a message the emulation writes directly (no broker to acknowledge)."""
+    return Work(Received("emulation", b"", 0, 1, 0), [], 1)
+
+
 def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
     """Run the emulator for two devices and write what ingest and the alert service would.
 
-    Frames, events and hub status go through ingest's line builders; frames and events also go
-    through the estimator ingest runs, whose records are written with `estimate_line` and
-    judged by the alert rules from the message ingest publishes (`estimate_message`).
+    Frames, events and hub status go through ingest's line builders, frames and events through
+    its storage tier (`raw_tier = "windows"`: `raw` in step windows, `raw_1s` elsewhere);
+    frames and events also go through the estimator ingest runs, whose records are written with
+    `estimate_line` and judged by the alert rules from the message ingest publishes
+    (`estimate_message`).
     """
     reg = registry()
     accounting = Accounting()
+    tier = Tier(before_s=30.0, after_s=600.0, accounting=accounting)
     spool = Spool(workdir / "spool", max_bytes=1 << 20)
     estimator = FleetEstimator()
     rules = RuleBook(reg, now_ns=START_NS)
@@ -149,7 +159,7 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
         escalate_after_s=600.0,
     )
     observations = []
-    counts = {"frames": 0, "events": 0, "estimates": 0}
+    counts = {"frames": 0, "events": 0, "estimates": 0, "raw_samples": 0, "summarised_samples": 0}
     store.write(device_info_lines(reg, retired=set(), now_ns=START_NS))
     for device, hub, patient, site, scenario in DEVICES:
         register_device(estimator, reg.devices[device])
@@ -172,7 +182,11 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
             if item.frame is not None:
                 frame = item.frame
                 if accounting.frame(device, frame.seq, frame.t0_ns):
-                    batch.append(frame_lines(hub, frame, "json"))
+                    work = _work()
+                    tier.write([(work, hub, frame, "json")])
+                    batch.append(b"".join(work.lines))
+                    counts["raw_samples"] += work.raw_points
+                    counts["summarised_samples"] += work.summarised
                     accounting.device(device).stored += 1
                     records = estimator.frame(
                         device, frame.force_n, frame.disp_mm, frame.ref_load_n, frame.t0_ns,
@@ -180,7 +194,10 @@ def load_emulation(store: InfluxStore, workdir: Path) -> dict[str, int]:
                     )  # fmt: skip
                 counts["frames"] += 1
             elif item.event is not None:
-                batch.append(event_lines(hub, item.event))
+                work = _work()
+                tier.event(work, item.event)  # a step's held frames: their raw lines
+                batch.append(event_lines(hub, item.event) + b"".join(work.lines))
+                counts["raw_samples"] += work.raw_points
                 records = feed_event(estimator, item.event)
                 observations += rules.event(hub, item.event)
                 counts["events"] += 1
@@ -512,6 +529,21 @@ def test_real_data_reaches_the_documented_panels(emulation: Emulation) -> None:
     )
     assert 0 < frames[0].values[0][1] <= emulation.counts["frames"]
     assert steps[0].values[0][1] > 0
+
+
+def test_force_panel_draws_both_tiers(emulation: Emulation) -> None:
+    """The force panel draws raw (step windows) and raw_1s (the rest) for every device, and the
+    store holds exactly the samples the tier wrote to each."""
+    for ref_id in ("A", "B"):
+        rows = _rows(emulation, _panel_query("osteotel-patient", "Force and displacement", ref_id))
+        for device, *_ in DEVICES:
+            drawn = [r for r in rows[device] if r["force_n"] is not None]
+            assert drawn, (ref_id, device)
+            assert all(r["disp_mm"] is not None for r in drawn)
+    raw = emulation.store.query('SELECT count("force_n") FROM "raw"')
+    summarised = emulation.store.query('SELECT sum("n") FROM "raw_1s"')
+    assert raw[0].values[0][1] == emulation.counts["raw_samples"]
+    assert summarised[0].values[0][1] == emulation.counts["summarised_samples"]
 
 
 @pytest.mark.parametrize("board", BOARDS, ids=[b.uid for b in BOARDS])

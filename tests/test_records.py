@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from devices.codec import Encoding
 from devices.contract import Frame
-from ingest.records import frame_lines, frames_lines, warm_up
+from ingest.records import frame_lines, frames_lines, summary_lines, warm_up
 from osteotel._floatfmt_kernels import _array_lines
 from osteotel.store.lineproto import array_lines, series_lines
 
@@ -166,6 +166,7 @@ def test_warm_up_compiles_what_the_frame_path_runs() -> None:
     warm_up()
     compiled = list(_array_lines.signatures)
     frames_lines(_varied_frames())
+    summary_lines(_varied_frames())  # the storage tier's raw_1s points (ingest/tier.py)
     assert _array_lines.signatures == compiled
 
 

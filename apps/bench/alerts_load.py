@@ -236,7 +236,7 @@ def _running(*stoppable: Any) -> Iterator[None]:
 
 
 def alert_latency(
-    workdir: Path, influx_url: str, *, trials: int, timeout_s: float
+    workdir: Path, influx_url: str, *, trials: int, timeout_s: float, raw_tier: str = "full"
 ) -> dict[str, object]:
     """Publish-to-webhook latency of a critical `distraction_force` alert, one device per trial.
 
@@ -245,6 +245,7 @@ def alert_latency(
         influx_url: the InfluxDB ingest writes to.
         trials: devices, each stepped once.
         timeout_s: bound on the whole phase, s (each trial is also bounded, 30 s).
+        raw_tier: ingest's storage tier (`ingest.raw_tier`).
 
     Returns:
         `alert_trials`, `alert_notifications` (every alert the webhook received, expected
@@ -277,6 +278,7 @@ def alert_latency(
                 influx_url=influx_url,
                 database="bench_ingest_alerts",
                 registry=registry,
+                raw_tier=raw_tier,
             )
             alerts = _AlertProcess(workdir / "alerts", mqtt=mqtt, registry=registry, hook=hook.url)
             with _running(ingest, alerts):

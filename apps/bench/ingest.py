@@ -24,7 +24,10 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 every ingest_{1,2}p_* figure is their median
     mosquitto_sub_seconds, mosquitto_sub_messages_per_s
     ingest_{1,2}p_seconds, ingest_{1,2}p_frames_per_s, ingest_{1,2}p_samples_per_s
-    ingest_{1,2}p_samples_in_influx             count(force_n) after the run
+    ingest_raw_tier                             ingest's `raw_tier` in every run (`--raw-tier`)
+    ingest_{1,2}p_samples_in_influx             samples stored after the run: count(force_n)
+                                                in raw plus sum(n) in raw_1s (the bench sends
+                                                no step, so no sample is in both)
     ingest_{1,2}p_cpu_us_per_frame_{ingest,influxd,mosquitto,publisher}
                                                 CPU (user + system) per frame in that run
     ingest_{1,2}p_cpu_window_s                  wall time the CPU was read over: from before
@@ -138,6 +141,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="sustained runs per process count, alternating; medians quoted (default 3)",
     )
+    parser.add_argument(
+        "--raw-tier",
+        choices=("full", "windows"),
+        default="full",
+        help="ingest's storage tier (ingest.raw_tier; windows: capture files in the workdir)",
+    )
     from apps.bench import alerts_load  # noqa: PLC0415 - loaded with the phase that needs it
 
     alerts_load.add_options(parser)
@@ -153,9 +162,13 @@ def _count_in_influx(url: str, database: str) -> int:
     from osteotel.settings import InfluxSettings  # noqa: PLC0415
     from osteotel.store.influx import InfluxStore  # noqa: PLC0415
 
+    total = 0
     with InfluxStore(InfluxSettings(url=url, database=database, api="v1")) as store:
-        series = store.query("SELECT count(force_n) FROM raw")
-    return int(series[0].values[0][1]) if series and series[0].values else 0
+        # Full rate, and what the storage tier summarised (docs/schema.md, `raw_1s`).
+        for statement in ("SELECT count(force_n) FROM raw", "SELECT sum(n) FROM raw_1s"):
+            series = store.query(statement)
+            total += int(series[0].values[0][1]) if series and series[0].values else 0
+    return total
 
 
 # --- phases -------------------------------------------------------------------------------------
@@ -231,6 +244,7 @@ def _sustained(
     samples: int,
     timeout_s: float,
     repeat: int,
+    raw_tier: str,
 ) -> dict[str, float]:
     """Seconds until ingest has stored every sample, CPU per frame of each process, and
     count(force_n) in InfluxDB after; keys as in the module docstring without `ingest_Np_`."""
@@ -245,6 +259,7 @@ def _sustained(
             influx_url=influx.url,
             database=database,
             registry=registry,
+            raw_tier=raw_tier,
         )
         try:
             ingest.start()
@@ -356,6 +371,7 @@ def _latency(
     rate_frames_per_s: float,
     duration_s: float,
     timeout_s: float,
+    raw_tier: str,
 ) -> dict[str, float]:
     """Publish-to-stored percentiles from one ingest's histogram at a paced rate, and
     count(force_n) in InfluxDB after."""
@@ -370,6 +386,7 @@ def _latency(
             influx_url=influx_url,
             database=database,
             registry=registry,
+            raw_tier=raw_tier,
         )
         try:
             ingest.start()
@@ -495,6 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "samples": samples,
         # The children read the same environment (OSTEOTEL_INGEST__WRITE_CONCURRENCY).
         "ingest_write_concurrency": Settings().ingest.write_concurrency,
+        "ingest_raw_tier": args.raw_tier,
     }
     with tempfile.TemporaryDirectory(prefix="osteotel-bench-ingest-") as temp:
         workdir = Path(args.workdir) if args.workdir is not None else Path(temp)
@@ -525,6 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                             samples=samples,
                             timeout_s=args.timeout_s,
                             repeat=repeat,
+                            raw_tier=args.raw_tier,
                         )
                     )
             figures["sustained_repeats"] = args.repeats
@@ -572,6 +591,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     rate_frames_per_s=frames_per_s / 2,
                     duration_s=args.latency_s,
                     timeout_s=args.timeout_s,
+                    raw_tier=args.raw_tier,
                 )
             )
             figures.update(
@@ -580,6 +600,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     influx.url,
                     trials=args.alert_trials,
                     timeout_s=args.timeout_s,
+                    raw_tier=args.raw_tier,
                 )
             )
         figures.update(

@@ -162,6 +162,7 @@ class IngestProcess(Child):
         influx_url: str,
         database: str,
         registry: Path,
+        raw_tier: str = "full",
     ) -> None:
         from apps.services import free_ports  # noqa: PLC0415
 
@@ -182,6 +183,13 @@ class IngestProcess(Child):
             "OSTEOTEL_INGEST__STATE_DIR": str(workdir / "state"),
             "OSTEOTEL_INGEST__HTTP_PORT": str(self.http_port),
             "OSTEOTEL_LOG_LEVEL": "WARNING",
+            # The storage tier (docs/schema.md, "What is kept where") keeps capture files.
+            "OSTEOTEL_INGEST__RAW_TIER": raw_tier,
+            **(
+                {"OSTEOTEL_INGEST__CAPTURE_DIR": str(workdir / "capture")}
+                if raw_tier == "windows"
+                else {}
+            ),
         }
 
     def urls(self, path: str) -> list[str]:

@@ -33,9 +33,10 @@ Variants (the baseline is what ingest does today: 20,000-line requests, one at a
                         (OFFLINE only: ingest stores float64 exactly; this prices the bytes)
     two_measurements    force_n in `raw_force`, disp_mm in `raw_disp`: two lines per sample
     unsorted_tags       `raw,hub=..,device=..`: tags out of order, which influxd must sort
-    one_hz              the storage tier outside its full-rate windows: each 1 s frame as one
-                        `raw_1s` point (mean, min and max of both channels, and the count `n`)
-                        beside its `frame` point; per sample it represents, like the others
+    raw_1s              the storage tier outside its full-rate windows (every bench frame is):
+                        what ingest writes with raw_tier = "windows", made by ingest's own tier
+                        (ingest/tier.py): per frame and UTC second one `raw_1s` point, beside
+                        its `frame` point; per sample it represents, like the others
     victoria_metrics    the baseline's bodies to VictoriaMetrics' /api/v2/write (a REFERENCE: a
                         different store, milliseconds, no InfluxQL; its CPU, not influxd's)
     store_write         the baseline's bodies through `InfluxStore.write`, the very call ingest
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
 __all__ = ["VARIANTS", "Variant", "configure", "emulator_duty", "run"]
 
 Body = Literal[
-    "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "one_hz"
+    "ingest", "full_digits", "float32_digits", "two_measurements", "unsorted_tags", "raw_1s"
 ]
 
 _BASELINE_LINES = 20_000  # ingest's batch_max_lines before this benchmark
@@ -132,7 +133,7 @@ VARIANTS = (
     Variant("float32_digits", body="float32_digits"),
     Variant("two_measurements", body="two_measurements"),
     Variant("unsorted_tags", body="unsorted_tags"),
-    Variant("one_hz", body="one_hz"),
+    Variant("raw_1s", body="raw_1s"),
     Variant("victoria_metrics", server="victoria_metrics"),
     Variant("store_write", through_store=True),
 )
@@ -194,7 +195,7 @@ def _frame_bodies(decoded: _Decoded, body: Body) -> list[bytes]:
 
     from devices.contract import Frame  # noqa: PLC0415
     from ingest.records import frame_lines  # noqa: PLC0415
-    from osteotel.store.lineproto import array_lines, point_line  # noqa: PLC0415
+    from osteotel.store.lineproto import array_lines  # noqa: PLC0415
 
     bodies = []
     for hub, decoded_frame, encoding in decoded:
@@ -230,17 +231,24 @@ def _frame_bodies(decoded: _Decoded, body: Body) -> list[bytes]:
             raw += array_lines("raw_disp", tags, {"disp_mm": frame.disp_mm}, times)
         elif body == "unsorted_tags":
             raw = raw.replace(prefix, f"raw,hub={hub},device={frame.device} ".encode())
-        elif body == "one_hz":
-            summary: dict[str, float | int] = {"n": int(frame.n)}
-            for name, values in (("force_n", frame.force_n), ("disp_mm", frame.disp_mm)):
-                summary |= {
-                    f"{name}_mean": float(np.mean(values)),
-                    f"{name}_min": float(np.min(values)),
-                    f"{name}_max": float(np.max(values)),
-                }
-            raw = point_line("raw_1s", {"hub": hub, "device": frame.device}, summary, frame.t0_ns)
+        elif body == "raw_1s":
+            raw, meta = _tier_lines(hub, frame, encoding), b""
         bodies.append(raw + meta)
     return bodies
+
+
+def _tier_lines(hub: str, frame: "Frame", encoding: "Encoding") -> bytes:
+    """What ingest's storage tier writes for a frame outside every window, by its own code."""
+    from ingest.accounting import Accounting  # noqa: PLC0415
+    from ingest.tier import Tier  # noqa: PLC0415
+    from ingest.work import Work  # noqa: PLC0415
+    from osteotel.mqtt import Received  # noqa: PLC0415
+
+    work = Work(Received("bench", b"", 0, 1, 0), [], 1)
+    tier = Tier(before_s=30.0, after_s=600.0, accounting=Accounting())  # no step: no window
+    tier.write([(work, hub, frame, encoding)])
+    assert work.raw_points == 0, "a bench frame was kept at full rate"
+    return b"".join(work.lines)
 
 
 def _requests(frame_bodies: list[bytes], lines_per_request: int) -> list[bytes]:
@@ -384,7 +392,7 @@ def _influx_server(pid: int, url: str) -> _Server:
                 "SELECT count(force_n) FROM raw_force",
                 "SELECT count(disp_mm) FROM raw_disp",
             ),
-            "one_hz": ("SELECT sum(n) FROM raw_1s", "SELECT sum(n) FROM raw_1s"),
+            "raw_1s": ("SELECT sum(n) FROM raw_1s", "SELECT sum(n) FROM raw_1s"),
         }.get(body, ("SELECT count(force_n) FROM raw", "SELECT count(disp_mm) FROM raw"))
         with InfluxStore(InfluxSettings(url=url, database=database, api="v1")) as store:
             rows = [store.query(statement) for statement in samples]

@@ -183,7 +183,16 @@ _PATIENT = Board(
     (
         Panel(
             "Force and displacement",
-            (Query("raw", ("mean({force_n})", "mean({disp_mm})"), by_time=INTERVAL),),
+            (
+                Query("raw", ("mean({force_n})", "mean({disp_mm})"), by_time=INTERVAL),
+                # Outside full-rate windows the storage tier keeps 1 s summaries
+                # (docs/schema.md, `raw_1s`): drawn beside raw under the same names.
+                Query(
+                    "raw_1s",
+                    ("mean({force_n_mean}) AS force_n", "mean({disp_mm_mean}) AS disp_mm"),
+                    by_time=INTERVAL,
+                ),
+            ),
             unit="none",
             overrides=(by_regexp(".*disp_mm", {"unit": "lengthmm", **_RIGHT_AXIS}),),
         ),

@@ -44,6 +44,19 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     # ingest: what arrived (ingest/records.py).
     Measurement("raw", ("hub", "device"), ("force_n", "disp_mm", "ref_load_n")),
     Measurement(
+        "raw_1s",
+        ("hub", "device"),
+        (
+            "force_n_mean",
+            "force_n_min",
+            "force_n_max",
+            "disp_mm_mean",
+            "disp_mm_min",
+            "disp_mm_max",
+            "n",
+        ),
+    ),
+    Measurement(
         "frame",
         ("hub", "device", "encoding"),
         ("seq", "n", "rate_hz", "temp_c", "battery_pct"),
@@ -186,7 +199,16 @@ MEASUREMENTS: Mapping[str, Measurement] = _catalogue(
     ),
     Measurement("ingest_rejections", ("hub", "reason", "instance"), ("rejected", "rejected_again")),
     Measurement(
-        "ingest_status", ("instance",), ("spool_bytes", "spool_batches", "spool_max_bytes")
+        "ingest_status",
+        ("instance",),
+        (
+            "spool_bytes",
+            "spool_batches",
+            "spool_max_bytes",
+            "raw_points",
+            "raw_1s_points",
+            "raw_1s_samples",
+        ),
     ),
     Measurement(
         "catchup",
