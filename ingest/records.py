@@ -101,24 +101,27 @@ def summary_lines(
     kernel call for them all: per frame, its `raw_1s` points (a slice of one buffer), its
     `frame` line, and how many `raw_1s` points the slice holds.
 
-    A frame gets one `raw_1s` point per UTC second its samples fall in (floor(t_ns / 1e9)),
-    timestamped at its first sample in that second: the mean, min and max of `force_n` and
-    `disp_mm` over those samples (float64; the mean is their sum over `n`) and their count `n`.
-    Only the frame's own samples go into its points, so a frame sent again gives the same
-    points, and two frames sharing a second give two points at different times.
+    A frame gets one `raw_1s` point per second of its own, counted from its first sample
+    (`t0_ns + k s` up to `t0_ns + (k + 1) s`), timestamped at its first sample in that second:
+    the mean, min and max of `force_n` and `disp_mm` over those samples (float64; the mean is
+    their sum over `n`) and their count `n`. A frame of 1 s or less is one point, wherever it
+    starts (cut at UTC seconds, a 1 s frame not on a whole second made two: influxd's cost of
+    the tier is per point). Only the frame's own samples go into its points, so a frame sent
+    again gives the same points, and two frames are never merged.
     """
     if not frames:
         return []
     chosen = [frame for _, frame, _ in frames]
     counts = np.array([frame.n for frame in chosen], dtype=np.int64)
     frame_ends = np.cumsum(counts)
-    timestamps_ns = np.concatenate([_sample_offsets_ns(frame.n, frame.rate_hz) for frame in chosen])
-    timestamps_ns += np.repeat(np.array([frame.t0_ns for frame in chosen], np.int64), counts)
+    offsets_ns = np.concatenate([_sample_offsets_ns(frame.n, frame.rate_hz) for frame in chosen])
+    timestamps_ns = offsets_ns + np.repeat(
+        np.array([frame.t0_ns for frame in chosen], np.int64), counts
+    )
     force_n = np.concatenate([frame.force_n for frame in chosen], dtype=np.float64)
     disp_mm = np.concatenate([frame.disp_mm for frame in chosen], dtype=np.float64)
-    # A point starts where the second changes or a frame starts (floor division: the second a
-    # sample lies in, also before 1970).
-    second = timestamps_ns // _SECOND_NS
+    # A point starts where a frame starts or its own second changes.
+    second = offsets_ns // _SECOND_NS
     first = np.empty(second.size, dtype=np.bool_)
     first[0] = True
     np.not_equal(second[1:], second[:-1], out=first[1:])

@@ -34,11 +34,11 @@ def _work() -> Work:
 
 
 def _reference_points(frame: Frame) -> list[dict[str, float]]:
-    """One point per UTC second the frame's samples fall in, computed sample by sample."""
+    """One point per second of the frame's own (from its first sample), sample by sample."""
     seconds: dict[int, list[int]] = {}
     for i in range(frame.n):
         t_ns = frame.t0_ns + round(i * 1e9 / frame.rate_hz)
-        seconds.setdefault(t_ns // S_NS, []).append(i)
+        seconds.setdefault((t_ns - frame.t0_ns) // S_NS, []).append(i)
     points = []
     for indices in seconds.values():
         force = [float(frame.force_n[i]) for i in indices]
@@ -99,13 +99,23 @@ SHAPES = {
 
 @pytest.mark.parametrize(("rate_hz", "n"), SHAPES.values(), ids=list(SHAPES))
 def test_raw_1s_points_match_a_per_sample_reference(rate_hz: float, n: int) -> None:
-    """Per UTC second of a frame: first sample's time, exact min, max and n, mean of the samples."""
+    """Per second of a frame: first sample's time, exact min, max and n, mean of the samples."""
     frame = _frame(T0_NS, rate_hz, n, seed=n)
     ((points, meta, count),) = summary_lines([(HUB, frame, "json")])
     expected = _reference_points(frame)
     assert count == len(expected)
     _assert_points(_parse(bytes(points)), expected)
     assert meta == bytes(frames_lines([(HUB, frame, "json")])[0][1])
+
+
+@pytest.mark.parametrize("rate_hz", [10.0, 100.0, 200.0])
+def test_a_frame_of_one_second_is_one_point_wherever_it_starts(rate_hz: float) -> None:
+    """A frame of 1 s of samples starting off a whole second is one `raw_1s` point, not two:
+    what influxd pays for the tier is per point."""
+    frame = _frame(T0_NS, rate_hz, int(rate_hz), seed=3)
+    assert T0_NS % S_NS != 0
+    ((_, _, count),) = summary_lines([(HUB, frame, "json")])
+    assert count == 1
 
 
 @settings(max_examples=30, deadline=None)

@@ -49,7 +49,7 @@ def _points(frame: Frame) -> list[tuple[int, float, float, float, float, float, 
     seconds: dict[int, list[int]] = {}
     times = frame.timestamps_ns().tolist()
     for i, t_ns in enumerate(times):
-        seconds.setdefault(t_ns // S_NS, []).append(i)
+        seconds.setdefault((t_ns - frame.t0_ns) // S_NS, []).append(i)
     rows = []
     for indices in seconds.values():
         force = [float(frame.force_n[i]) for i in indices]
