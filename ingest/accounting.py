@@ -117,6 +117,9 @@ class Accounting:
         self.raw_1s_samples_written = 0
         self.tier_frames_released = 0
         self.tier_hold_dropped = 0
+        # Capture files (ingest/capture.py): messages and bytes appended and fsync'd.
+        self.capture_messages = 0
+        self.capture_bytes = 0
         self._trackers: dict[str, SeqTracker] = {}
 
     def device(self, device: str) -> DeviceCounts:

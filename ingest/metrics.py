@@ -149,6 +149,16 @@ class _AccountingCollector(Collector):
             "their samples in raw_1s and the capture files only",
             accounting.tier_hold_dropped,
         )
+        yield CounterMetricFamily(
+            "osteotel_ingest_capture_messages",
+            "Messages appended to the capture files and made durable",
+            accounting.capture_messages,
+        )
+        yield CounterMetricFamily(
+            "osteotel_ingest_capture_bytes",
+            "Bytes appended to the capture files and made durable",
+            accounting.capture_bytes,
+        )
         yield GaugeMetricFamily(
             "osteotel_ingest_spool_bytes", "Bytes waiting in the spool", self._spool.size_bytes
         )

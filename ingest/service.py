@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from osteotel.store.influx import InfluxStore
 
 from .accounting import Accounting
 from .calibration import calibrate
+from .capture import Captures
 from .catchup import (
     CatchUp,
     CatchUpProgress,
@@ -129,6 +131,10 @@ class IngestService:
         self._estimated: set[str] = set()
         spool = Spool(settings.ingest.spool_dir, max_bytes=settings.ingest.spool_max_bytes)
         self.metrics = IngestMetrics(self.accounting, spool)
+        capture_dir = settings.ingest.capture_dir
+        self._captures = (
+            None if capture_dir is None else Captures(capture_dir, accounting=self.accounting)
+        )
         self._tier = (
             Tier(
                 before_s=settings.ingest.tier_before_s,
@@ -226,6 +232,8 @@ class IngestService:
                 await asyncio.to_thread(mark_all_acknowledged, self._settings.ingest.state_dir)
         finally:
             self._dead_letters.close()
+            if self._captures is not None:
+                self._captures.close()
             await asyncio.to_thread(self._storage.close)
         log.info(kv("ingest_stopped"))
 
@@ -545,7 +553,7 @@ class IngestService:
     ) -> Work:
         item = accepted.message
         if isinstance(item, HubStatus):
-            return Work(message, [status_lines(item)], 1)
+            return Work(message, [status_lines(item)], 1, capture=(accepted.hub, None))
         if isinstance(item, Frame):
             assert accepted.encoding is not None
             if not self.accounting.frame(item.device, item.seq, item.t0_ns):
@@ -557,6 +565,7 @@ class IngestService:
             item = calibrate(item, device.calibration)
             # Its lines are written with the batch's other frames (_estimate_frames).
             work = Work(message, [], item.n + 1)
+            work.capture = (accepted.hub, accepted.encoding == "json")
             pending.unwritten.append((work, accepted.hub, item, accepted.encoding))
             work.device, work.samples, work.t_last_ns = item.device, item.n, item.t_last_ns
             work.raw_points = item.n
@@ -570,7 +579,7 @@ class IngestService:
             pending.works.append(work)
             return work
         self._know(registry.devices[item.device])
-        work = Work(message, [event_lines(accepted.hub, item)], 1)
+        work = Work(message, [event_lines(accepted.hub, item)], 1, capture=(accepted.hub, None))
         if self._tier is not None:
             self._tier.event(work, item)  # a step's window: held frames' raw lines come along
         if not event_unfed(item, self._fed_until.get(item.device)):
@@ -657,7 +666,11 @@ class IngestService:
                 in_flight.get_nowait()[1].cancel()
 
     async def _prepare(self, batch: Batch) -> bytes:
-        """Make the batch's dead letters durable and return its body."""
+        """Make the batch's dead letters and capture lines durable and return its body."""
+        if self._captures is not None:
+            self.accounting.stage_ns["capture"] += await asyncio.to_thread(
+                _timed, self._captures.append, batch.items
+            )
         letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
         if letters:
             async with self._letters_lock:
@@ -728,3 +741,10 @@ class IngestService:
                 work.device = None
                 work.raw_points = work.summary_points = work.summarised = 0
                 work.rejection = refused.rejection
+
+
+def _timed(work: Callable[[Sequence[Work]], None], items: Sequence[Work]) -> int:
+    """Run `work(items)` and return the CPU it took in this thread, ns."""
+    started = time.thread_time_ns()
+    work(items)
+    return time.thread_time_ns() - started

@@ -40,6 +40,9 @@ class Work:
     estimates: list[tuple[str, bytes]] = field(default_factory=list)
     # Running number of the work in the order made (ingest/checkpoint.py).
     seq: int = 0
+    # Kept in the capture files (ingest/capture.py): the message's hub, and whether its payload
+    # is known to be a strict JSON object (an accepted JSON frame) or is to be looked at (None).
+    capture: tuple[str, bool | None] | None = None
 
 
 @dataclass(slots=True)

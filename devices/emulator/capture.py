@@ -49,6 +49,7 @@ __all__ = [
     "CaptureWriter",
     "CapturedMessage",
     "capture_fleet",
+    "capture_line",
     "read_capture",
     "record",
     "replay",
@@ -121,12 +122,33 @@ def _is_verbatim_json(payload: bytes) -> bool:
     return isinstance(value, dict)
 
 
-def _line(topic: str, payload: bytes, t_ns: int, qos: int, retain: bool) -> bytes:
+def capture_line(
+    topic: str,
+    payload: bytes,
+    t_ns: int,
+    qos: int,
+    retain: bool,
+    *,
+    strict_json_object: bool | None = None,
+) -> bytes:
+    """One message as a capture line (docs/capture.md), its final newline included.
+
+    Args:
+        topic, payload, t_ns, qos, retain: the message (see `CapturedMessage`).
+        strict_json_object: True when the caller knows the payload is a strict JSON object in
+            UTF-8 (it parsed it so: ingest's accepted JSON frames), sparing the parse here;
+            False for a payload that is not; None to find out. Either way a payload holding
+            a line break goes to base64.
+    """
     header = (
         f'{{"topic":{json.dumps(topic)},"t_ns":{t_ns:d},"qos":{qos:d},'
         f'"retain":{"true" if retain else "false"}'
     ).encode()
-    if _is_verbatim_json(payload):
+    if strict_json_object is None:
+        verbatim = _is_verbatim_json(payload)
+    else:
+        verbatim = strict_json_object and b"\n" not in payload and b"\r" not in payload
+    if verbatim:
         return b"".join((header, b",", _RAW_PREFIX, payload, b"}\n"))
     return b"".join((header, b",", _B64_PREFIX, base64.b64encode(payload), b'"}\n'))
 
@@ -189,7 +211,7 @@ class CaptureWriter:
             raise RuntimeError("CaptureWriter.write outside its `with` block")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos is {qos!r}, must be 0, 1 or 2")
-        self._out.write(_line(topic, payload, int(t_ns), qos, bool(retain)))
+        self._out.write(capture_line(topic, payload, int(t_ns), qos, bool(retain)))
         self.count += 1
 
     def write_many(self, messages: Iterable[CapturedMessage]) -> None:
