@@ -161,7 +161,8 @@ def _drain_python(drain: _Drain, publish_live: Callable[[], None] | None) -> dic
     try:
         assert child.stdout is not None
         # The child bounds its own run (--timeout-s), so this line comes or the pipe closes.
-        if child.stdout.readline().strip() == READY_LINE and publish_live is not None:
+        first = child.stdout.readline()
+        if first.strip() == READY_LINE and publish_live is not None:
             publish_live()
         out, err = child.communicate(timeout=drain.timeout_s + 30)
     finally:
@@ -170,7 +171,11 @@ def _drain_python(drain: _Drain, publish_live: Callable[[], None] | None) -> dic
             child.wait()
     if child.returncode != 0:
         raise RuntimeError(f"receiver {drain.receiver} failed: {err[-2000:]}")
-    figures: dict[str, float] = json.loads(out.splitlines()[-1])
+    # Its figures are its last line; the first one read above may be them too.
+    lines = [line for line in (first + out).splitlines() if line.strip() != READY_LINE]
+    if not lines:
+        raise RuntimeError(f"receiver {drain.receiver} printed no figures: {err[-2000:]}")
+    figures: dict[str, float] = json.loads(lines[-1])
     return figures
 
 
