@@ -74,18 +74,17 @@ class Captures:
                     strict_json_object=strict_json_object,
                 )
             )
-        written = []
         for (hub, path), lines in by_file.items():
+            # Synced before the next file is opened: a batch across midnight closes the hub's
+            # earlier file when it opens the next, and a closed descriptor's number is reused.
             fd = self._descriptor(hub, path)
             data = b"".join(lines)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            written.append((fd, len(lines), len(data)))
-        for fd, messages, size in written:
             os.fsync(fd)
-            self._accounting.capture_messages += messages
-            self._accounting.capture_bytes += size
+            self._accounting.capture_messages += len(lines)
+            self._accounting.capture_bytes += len(data)
 
     def close(self) -> None:
         """Close every open file (what was appended is already durable)."""

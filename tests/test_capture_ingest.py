@@ -110,13 +110,17 @@ def test_a_new_utc_day_starts_a_new_file(tmp_path: Path) -> None:
     try:
         captures.append(works[:1])
         captures.append(works[1:])
+        captures.append(works)  # one batch across midnight: both files again
     finally:
         captures.close()
+    works += works
     assert sorted(p.name for p in (tmp_path / "HUB-A").iterdir()) == [
         "2026-05-28.jsonl", "2026-05-29.jsonl",
     ]  # fmt: skip
-    assert capture_path(tmp_path, "HUB-A", midnight_ns - 1).read_bytes() == _reference(works[:1])
-    assert capture_path(tmp_path, "HUB-A", midnight_ns).read_bytes() == _reference(works[1:])
+    before = [w for w in works if w.message.received_ns < midnight_ns]
+    after = [w for w in works if w.message.received_ns >= midnight_ns]
+    assert capture_path(tmp_path, "HUB-A", midnight_ns - 1).read_bytes() == _reference(before)
+    assert capture_path(tmp_path, "HUB-A", midnight_ns).read_bytes() == _reference(after)
 
 
 @pytest.mark.parametrize("torn", [b"", b'{"topic":"osteotel/v1/HUB-A/DX-0001/ev', b"{"])
