@@ -12,7 +12,8 @@ With `raw_tier = "windows"` the store keeps full-rate samples only in windows, s
   the one ingest appends to; a compressed copy may still be being written);
 - each line of the device's telemetry or events topic decoded by the wire codec
   (devices/codec.py) and its frames calibrated with the registry's calibration, as live ingest
-  does; hub statuses and other devices' lines are passed over.
+  does; hub statuses and other devices' lines are passed over unparsed (`read_capture`'s
+  `topics`), so each device's pass over its hub's files costs little per line not its own.
 
 What was fed already is not skipped here but where it is fed (catch-up's position moves with
 every item), so a line a file holds twice (a redelivery after a crash) is harmless.
@@ -106,14 +107,14 @@ def device_messages(
     """
     telemetry, events = telemetry_topic(device.hub, device.id), events_topic(device.hub, device.id)
     for path in files:
-        messages = read_capture(path)
+        messages = read_capture(path, topics=(telemetry, events))
         try:
             for message in messages:
                 if message.topic == telemetry:
                     frame = _frame(message.payload, device, path, message.t_ns, unreadable)
                     if frame is not None:
                         yield frame
-                elif message.topic == events:
+                else:  # its events topic: the only other one read
                     event = _event(message.payload, device, path, message.t_ns, unreadable)
                     if event is not None:
                         yield event
