@@ -39,6 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from inspect import GEN_RUNNING, getgeneratorstate
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -80,6 +81,8 @@ Status = Literal["caught_up", "rebuilt", "truncated", "store_unreachable", "capt
 # Frames read per query: at most 10,000 samples each (docs/contract.md), 100 of them bound a
 # chunk to a million samples; a typical 100-sample frame makes it 10,000.
 _CHUNK_FRAMES = 100
+# Capture files: a chunk also ends after this many items (events, a few hundred bytes each).
+_CHUNK_ITEMS = 1_000
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 10.0
 _T = TypeVar("_T")
@@ -354,7 +357,9 @@ class CatchUp:
                 records, fed = await asyncio.to_thread(self._feed, chunk, position, True)
                 await self._count(fed, records, emit, counts)
         finally:
-            if isinstance(items, Generator):
+            # Cancelled while a worker thread reads a chunk, the generator is still running
+            # there: it is left to be collected (its file closed then) rather than closed here.
+            if isinstance(items, Generator) and getgeneratorstate(items) != GEN_RUNNING:
                 items.close()
             self._progress.frames_unreadable += unreadable.frames
             self._progress.events_unreadable += unreadable.events
@@ -533,13 +538,14 @@ class CatchUp:
 
 
 def _take_chunk(items: Iterator[Frame | Event]) -> list[Frame | Event]:
-    """The next items, up to `_CHUNK_FRAMES` frames (and the events among them)."""
+    """The next items, up to `_CHUNK_FRAMES` frames (and the events among them), at most
+    `_CHUNK_ITEMS` in all (a long run of events without frames)."""
     chunk: list[Frame | Event] = []
     frames = 0
     for item in items:
         chunk.append(item)
         frames += isinstance(item, Frame)
-        if frames == _CHUNK_FRAMES:
+        if frames == _CHUNK_FRAMES or len(chunk) == _CHUNK_ITEMS:
             break
     return chunk
 
