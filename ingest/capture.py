@@ -11,9 +11,10 @@ rebuilds estimates from, and what an engineer replays (`osteotel replay FILE`) i
   owns. `retain` is what the contract has hubs publish: true for a hub status, false else (a
   subscriber cannot see the publisher's flag on a live message).
 - Durable before acknowledged: a batch's lines are appended (one `write` per file, O_APPEND)
-  and fsync'd before its store write starts (`IngestService._prepare`), a new file's directory
-  entry too. A crash after the fsync and before the acknowledgement makes the broker deliver
-  the messages again: a file may then hold a message twice (catch-up skips what it fed).
+  and fsync'd, a new file's directory entry too, before its store write starts
+  (ingest/writer.py, `Writer._prepare`). A crash after the fsync and before the
+  acknowledgement makes the broker deliver the messages again: a file may then hold a message
+  twice (catch-up skips what it fed).
 - A crash in the middle of a write leaves a torn last line; it is cut off when the file is
   next opened for appending (its messages were not acknowledged: they come again).
 """

@@ -13,7 +13,8 @@ A message is acknowledged to the broker only after its points are in InfluxDB (a
 rejection, its dead letter is on disk): a crash before that makes the broker deliver it again,
 and because a point's identity is its series and timestamp, a redelivery overwrites instead of
 duplicating. While InfluxDB is unavailable batches go to the spool and are acknowledged
-(ingest/storage.py).
+(ingest/storage.py). The queue, the batches written and their acknowledgement in order are
+the `Writer`'s (ingest/writer.py).
 """
 
 import asyncio
@@ -21,7 +22,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,14 +29,13 @@ import dsp
 from devices.contract import (
     Frame,
     HubStatus,
-    Reason,
     Rejected,
     derived_topic,
 )
 from devices.registry import Device, Registry, RegistryFile
 from devices.validation import Accepted, Limits, accept_many
 from dsp.estimator import EstimateRecord, FleetEstimator
-from osteotel.errors import StoreError, StoreRejected
+from osteotel.errors import StoreError
 from osteotel.logs import kv
 from osteotel.mqtt import MqttSource, Received
 from osteotel.mqttwire import open_source
@@ -79,6 +78,7 @@ from .spool import Spool
 from .storage import Storage
 from .tier import Tier
 from .work import Batch, PendingFrames, Work
+from .writer import Writer
 
 __all__ = ["IngestService"]
 
@@ -111,17 +111,8 @@ class IngestService:
             future_skew_ns=round(settings.ingest.future_skew_s * 1e9),
         )
         self._dead_letters = DeadLetterWriter(settings.ingest.dead_letter_dir)
-        # Batches written at once may each add dead letters: one appends and syncs at a time.
-        self._letters_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[Work] = asyncio.Queue(settings.ingest.queue_max_messages)
-        # Work made from received messages and not in the queue yet (the queue was full).
+        # Work made from received messages and not in the writer's queue yet (it was full).
         self._handed: deque[Work] = deque()
-        # Messages received and not acknowledged yet: what holds the broker's window.
-        self._unacked = 0
-        # Batches being written, in the order taken from the queue, each with its write; at
-        # most `write_concurrency` of them (`_write`, `_acknowledge`).
-        self._slots = asyncio.Semaphore(settings.ingest.write_concurrency)
-        self._in_flight: asyncio.Queue[tuple[Batch, asyncio.Task[None]]] = asyncio.Queue()
         self.accounting = Accounting()
         self._rejections = Rejections(
             accounting=self.accounting,
@@ -165,6 +156,16 @@ class IngestService:
             interval_s=settings.ingest.checkpoint_interval_s,
             batches=settings.ingest.checkpoint_batches,
         )
+        self._writer = Writer(
+            limits=settings.ingest,
+            storage=self._storage,
+            dead_letters=self._dead_letters,
+            captures=self._captures,
+            rejections=self._rejections,
+            accounting=self.accounting,
+            metrics=self.metrics,
+            checkpointer=self._checkpointer,
+        )
         self.catchup = CatchUpProgress()
         self._caught_up = False
         self.metrics.registry.register(ProgressCollector(self.catchup))
@@ -187,8 +188,8 @@ class IngestService:
             async with source, self._http(), asyncio.TaskGroup() as tasks:
                 # Until the drain at the stop is done: writing, acknowledging, the spool, stats.
                 background = [
-                    tasks.create_task(self._write(source), name="ingest.write"),
-                    tasks.create_task(self._acknowledge(source), name="ingest.acknowledge"),
+                    tasks.create_task(self._writer.write(source), name="ingest.write"),
+                    tasks.create_task(self._writer.acknowledge(source), name="ingest.acknowledge"),
                     tasks.create_task(self._storage.drain(), name="ingest.spool"),
                     tasks.create_task(self._write_stats(), name="ingest.stats"),
                 ]
@@ -217,7 +218,7 @@ class IngestService:
                 except TimeoutError:
                     # Not acknowledged, so the broker delivers it again to the next ingest;
                     # the last checkpoint written stays the one to start from.
-                    log.warning(kv("shutdown_undrained", messages=self._queue.qsize()))
+                    log.warning(kv("shutdown_undrained", messages=self._writer.queue.qsize()))
                 else:
                     drained = True
                     if self._caught_up:
@@ -308,7 +309,7 @@ class IngestService:
             )
             if outcome is not None:
                 body += catchup_line(outcome)
-            await self._store_or_spool(body, Batch())
+            await self._writer.store_or_spool(body, Batch())
             if outcome is not None:
                 # Stored first, like an estimate: the alert service hears of a device whose
                 # history could not be read (docs/derived.md, `catchup`).
@@ -378,7 +379,7 @@ class IngestService:
     async def _write_device_info(self, retired: set[str]) -> None:
         lines = device_info_lines(self._registry.current, retired=retired, now_ns=time.time_ns())
         # Through the spool like any batch: the boards must not lose a patient's entry.
-        await self._store_or_spool(lines, Batch())
+        await self._writer.store_or_spool(lines, Batch())
 
     async def _watch_registry(self) -> None:
         await self._write_device_info(retired=set())
@@ -400,10 +401,10 @@ class IngestService:
         pipeline = self.accounting.pipeline
         async for messages in source.batches(max_messages=_HANDLE_MAX_MESSAGES):
             pipeline["receipts"] += 1
-            pipeline["unacked_at_receipt"] += self._unacked
-            self._unacked += len(messages)
+            pipeline["unacked_at_receipt"] += self._writer.unacked
+            self._writer.unacked += len(messages)
             self._handed.extend(self._handle_batch(messages))
-            queue = self._queue
+            queue = self._writer.queue
             while self._handed:
                 if queue.full():
                     started_ns = time.monotonic_ns()
@@ -418,8 +419,8 @@ class IngestService:
         """Store and acknowledge everything received: the work a cancelled `_receive` had not
         queued yet included, as the estimator has already seen those messages."""
         while self._handed:
-            await self._queue.put(self._handed.popleft())
-        await self._queue.join()
+            await self._writer.queue.put(self._handed.popleft())
+        await self._writer.queue.join()
 
     def _handle_batch(self, messages: list[Received]) -> list[Work]:
         """Turn a batch of messages into work, in order; the DSP runs frames in runs."""
@@ -607,146 +608,3 @@ class IngestService:
             dead_letter=rejection.dead_letter,
             rejection=rejection.identity,
         )
-
-    async def _write(self, source: MqttSource) -> None:
-        """Take batches from the queue and start their writes, up to `write_concurrency` at
-        once; `_acknowledge` acknowledges them in the order received, once durable."""
-        limits = self._settings.ingest
-        queue = self._queue
-        pipeline = self.accounting.pipeline
-        slots = self._slots
-        while True:
-            # A slot first, then the batch: with one slot, the next batch takes everything
-            # that queued while the last one was written, as a single writer would.
-            started_ns = time.monotonic_ns()
-            await slots.acquire()
-            pipeline["writer_slot_wait_ns"] += time.monotonic_ns() - started_ns
-            batch = Batch()
-            work = await queue.get()
-            deadline = time.monotonic() + limits.batch_max_delay_s
-            while True:
-                batch.items.append(work)
-                batch.lines += work.points
-                if (
-                    batch.lines >= limits.batch_max_lines
-                    or len(batch.items) >= limits.batch_max_messages
-                ):
-                    break
-                # What is already queued is taken without a timer: wait_for costs a task.
-                try:
-                    work = queue.get_nowait()
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                timeout_s = deadline - time.monotonic()
-                if timeout_s <= 0:
-                    break
-                try:
-                    work = await asyncio.wait_for(queue.get(), timeout_s)
-                except TimeoutError:
-                    break
-            body = await self._prepare(batch)
-            write = asyncio.create_task(self._durable(body, batch), name="ingest.store")
-            self._in_flight.put_nowait((batch, write))
-
-    async def _acknowledge(self, source: MqttSource) -> None:
-        """Acknowledge batches in the order their writes started, each once it is durable: a
-        later batch stored first waits for the earlier one."""
-        in_flight = self._in_flight
-        try:
-            while True:
-                batch, write = await in_flight.get()
-                await write
-                self._commit(batch, source)
-                self._slots.release()
-                for _ in batch.items:
-                    self._queue.task_done()
-        finally:
-            # Stopped (after the drain, or by a failure): writes left unacknowledged are
-            # delivered again by the broker.
-            while not in_flight.empty():
-                in_flight.get_nowait()[1].cancel()
-
-    async def _prepare(self, batch: Batch) -> bytes:
-        """Make the batch's dead letters and capture lines durable and return its body."""
-        if self._captures is not None:
-            self.accounting.stage_ns["capture"] += await asyncio.to_thread(
-                _timed, self._captures.append, batch.items
-            )
-        letters = [work.dead_letter for work in batch.items if work.dead_letter is not None]
-        if letters:
-            async with self._letters_lock:
-                for letter in letters:
-                    self._dead_letters.append(letter)
-                await asyncio.to_thread(self._dead_letters.flush)
-        started = time.thread_time_ns()
-        body = b"".join([part for work in batch.items for part in work.lines])
-        self.accounting.stage_ns["join"] += time.thread_time_ns() - started
-        return body
-
-    async def _durable(self, body: bytes, batch: Batch) -> None:
-        """Store a batch's body (or spool it), timing the write."""
-        started_ns = time.monotonic_ns()
-        if body:
-            await self._store_or_spool(body, batch)
-        pipeline = self.accounting.pipeline
-        pipeline["writes"] += 1
-        pipeline["write_ns"] += time.monotonic_ns() - started_ns
-        pipeline["write_messages"] += len(batch.items)
-        pipeline["write_lines"] += batch.lines
-
-    def _commit(self, batch: Batch, source: MqttSource) -> None:
-        """Account for a durable batch and acknowledge its messages in the order received."""
-        started = time.thread_time_ns()
-        now_ns = time.time_ns()
-        accounting = self.accounting
-        for work in batch.items:
-            accounting.raw_points_written += work.raw_points
-            accounting.raw_1s_points_written += work.summary_points
-            accounting.raw_1s_samples_written += work.summarised
-            if work.device is not None:
-                self.accounting.last_stored_ns = now_ns
-                counts = self.accounting.device(work.device)
-                counts.stored += 1
-                counts.samples_stored += work.samples
-                receive_to_stored_s, sample_to_stored_s = self.metrics.latencies(work.device)
-                receive_to_stored_s.observe((now_ns - work.message.received_ns) / 1e9)
-                sample_to_stored_s.observe(max(0, now_ns - work.t_last_ns) / 1e9)
-            for topic, payload in work.estimates:
-                source.publish(topic, payload)
-            source.ack(work.message)
-            if work.rejection is not None:
-                self._rejections.redeliveries.forget(work.rejection)
-        self._unacked -= len(batch.items)
-        self._checkpointer.committed(batch.items[-1].seq, source.confirmed)
-        self.accounting.stage_ns["acknowledge"] += time.thread_time_ns() - started
-
-    async def _store_or_spool(self, body: bytes, batch: Batch) -> None:
-        """Write to InfluxDB or the spool (ingest/storage.py); a refused batch is written message
-        by message so that the one the server refuses does not cost its neighbours."""
-        if not await self._storage.write_or_spool(body):
-            await self._commit_one_by_one(batch)
-
-    async def _commit_one_by_one(self, batch: Batch) -> None:
-        """Find the message the server refuses so that it does not cost its neighbours."""
-        for work in batch.items:
-            if not work.lines:
-                continue
-            try:
-                await self._storage.write_waiting(b"".join(work.lines))
-            except StoreRejected as exc:
-                refused = self._reject(work.message, Rejected(Reason.STORE_REJECTED, str(exc)))
-                if refused.dead_letter is not None:  # else refused before, and redelivered
-                    async with self._letters_lock:
-                        self._dead_letters.append(refused.dead_letter)
-                        await asyncio.to_thread(self._dead_letters.flush)
-                work.device = None
-                work.raw_points = work.summary_points = work.summarised = 0
-                work.rejection = refused.rejection
-
-
-def _timed(work: Callable[[Sequence[Work]], None], items: Sequence[Work]) -> int:
-    """Run `work(items)` and return the CPU it took in this thread, ns."""
-    started = time.thread_time_ns()
-    work(items)
-    return time.thread_time_ns() - started

@@ -54,7 +54,16 @@ THREADS = tuple(
 STAGES = tuple(
     f"ingest_{processes}p_stage_us_per_frame_{stage}"
     for processes in (1, 2)
-    for stage in ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge")
+    for stage in (
+        "handle",
+        "validate",
+        "lines",
+        "dsp",
+        "checkpoint",
+        "join",
+        "acknowledge",
+        "capture",
+    )
 )
 # Counts that a good run keeps at zero (the goal is no false critical alert): reported, not judged.
 NORMAL_RATES = tuple(
@@ -324,5 +333,7 @@ def test_handling_a_batch_holds_its_stages(figures: dict[str, object], processes
         for name in ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge")
     }
     assert all(value > 0 for value in stage.values()), stage
+    # The default tier writes no capture files.
+    assert _float(figures, f"ingest_{processes}p_stage_us_per_frame_capture") == 0
     parts = stage["validate"] + stage["lines"] + stage["dsp"] + stage["checkpoint"]
     assert stage["handle"] >= parts * (1 - 1e-9)

@@ -154,7 +154,7 @@ def _publish(mosquitto: Mosquitto, client_id: str, messages: list[tuple[str, byt
 
 
 def test_ingest_captures_exactly_what_it_accepts_and_a_replay_stores_it_again(
-    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
+    influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
 ) -> None:
     """Through a real Mosquitto into ingest with the tier and a real InfluxDB: each hub's
     capture holds exactly its accepted messages (JSON and binary frames, a step, a hub status),
@@ -175,23 +175,26 @@ def test_ingest_captures_exactly_what_it_accepts_and_a_replay_stores_it_again(
     published = [*accepted_a[:5], (telemetry_topic("HUB-A", "DX-0001"), bad), *accepted_a[5:]]
     published.insert(8, accepted_a[3])  # a duplicate of an accepted frame
     capture_dir = tmp_path / "capture"
-    env = ingest_env(
-        mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
-        raw_tier="windows", capture_dir=str(capture_dir),
-    )  # fmt: skip
     samples = 100 * (len(frames_a) + len(frames_b))
-    with running_ingest(env, tmp_path) as running:
-        _publish(mosquitto, f"hub-a-{unique_id}", published)
-        _publish(mosquitto, f"hub-b-{unique_id}", accepted_b)
-        wait_for(
-            lambda: (
-                ingest_metric(running, "osteotel_ingest_samples_stored_total") == samples
-                and ingest_metric(running, "osteotel_ingest_capture_messages_total")
-                == len(accepted_a) + len(accepted_b)
-            ),
-            "every accepted message stored and captured",
-            running,
-        )
+    # A broker of its own: the shared one holds other tests' retained hub statuses, which a
+    # new subscription receives (and ingest would rightly capture).
+    with Mosquitto(tmp_path / "broker") as mosquitto:
+        env = ingest_env(
+            mosquitto, influxdb, influx_db_name, f"ingest-{unique_id}", tmp_path,
+            raw_tier="windows", capture_dir=str(capture_dir),
+        )  # fmt: skip
+        with running_ingest(env, tmp_path) as running:
+            _publish(mosquitto, f"hub-a-{unique_id}", published)
+            _publish(mosquitto, f"hub-b-{unique_id}", accepted_b)
+            wait_for(
+                lambda: (
+                    ingest_metric(running, "osteotel_ingest_samples_stored_total") == samples
+                    and ingest_metric(running, "osteotel_ingest_capture_messages_total")
+                    == len(accepted_a) + len(accepted_b)
+                ),
+                "every accepted message stored and captured",
+                running,
+            )
     files = sorted(capture_dir.rglob("*.jsonl"))
     by_hub = {hub: [f for f in files if f.parent.name == hub] for hub in ("HUB-A", "HUB-B")}
     captured = {

@@ -36,7 +36,7 @@ Figures (`--json` keys; documented in docs/ingest.md, "Throughput and latency"):
                                                 ingest's CPU per frame by thread: the event
                                                 loop, paho's network thread, the worker threads
                                                 (InfluxDB writes); at most ..._ingest
-    ingest_{1,2}p_stage_us_per_frame_{handle,validate,lines,dsp,checkpoint,join,acknowledge}
+    ingest_{1,2}p_stage_us_per_frame_{handle,validate,lines,dsp,checkpoint,join,acknowledge,capture}
                                                 event-loop CPU per frame by stage since start
                                                 (handle contains validate, lines: the frames'
                                                 line protocol, dsp and checkpoint)
@@ -324,10 +324,11 @@ def _pipeline(
 
 # ingest's own CPU counters (docs/ingest.md, "Where ingest's time goes"): the event loop's by
 # stage since start (`handle` holds validate, lines, dsp and checkpoint; the bench's run is nearly
-# all of the process's life), and by thread, read before and after the run.
+# all of the process's life; `capture`, the capture files' lines and fsync, runs in a worker
+# thread, 0 without capture files), and by thread, read before and after the run.
 _STAGE_METRIC, _STAGES = (
     "osteotel_ingest_stage_seconds_total",
-    ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge"),
+    ("handle", "validate", "lines", "dsp", "checkpoint", "join", "acknowledge", "capture"),
 )
 _THREAD_METRIC, _THREADS = "osteotel_ingest_thread_cpu_seconds_total", ("loop", "mqtt", "workers")
 _PIPELINE_METRIC = "osteotel_ingest_pipeline_total"
