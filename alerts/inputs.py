@@ -152,11 +152,11 @@ class DailyInput(_Envelope):
 
 
 class CatchupInput(_Envelope):
-    """How ingest started a device's estimator (docs/derived.md): `truncated` and
-    `store_unreachable` mean its estimates lack part of the stored history."""
+    """How ingest started a device's estimator (docs/derived.md): `truncated`,
+    `store_unreachable` and `capture_missing` mean its estimates lack part of its history."""
 
     kind: Literal["catchup"]
-    status: Literal["caught_up", "rebuilt", "truncated", "store_unreachable"]
+    status: Literal["caught_up", "rebuilt", "truncated", "store_unreachable", "capture_missing"]
     from_ns: int = -1
     frames: int = 0
     samples: int = 0

@@ -139,11 +139,17 @@ class RuleBook(StepRules, DailyRules):
                 f"unreachable): its estimates go on without what was stored since {since}, "
                 f"{consequence}"
             )
+        elif est.status == "capture_missing":
+            summary = (
+                f"ingest's capture files of hub {est.hub} begin after {since}, where the "
+                "device's checkpoint left its estimator (storage tier): its estimates go on "
+                f"without what was received in between, {consequence}"
+            )
         else:
             summary = f"ingest read the device's stored history at its start ({est.status})"
         # Only a rebuild read the whole history again: a `caught_up` start goes on from the
         # checkpoint, whose trends still lack what was not read, so it changes nothing here.
-        incomplete = est.status in {"truncated", "store_unreachable"}
+        incomplete = est.status in {"truncated", "store_unreachable", "capture_missing"}
         if not (incomplete or est.status == "rebuilt"):
             return []
         return self._obs(

@@ -22,14 +22,25 @@ read) or `store_unreachable` (InfluxDB did not answer within `catchup_store_wait
 refused the query: its estimates go on from an older state). The alert service raises
 `estimates_incomplete` on the last two.
 The records it makes are written and published again (the same points: idempotent).
+
+Under the storage tier (`raw_tier = "windows"`, a `capture_dir` given) the store no longer
+holds every sample, so frames and events come from ingest's capture files instead
+(ingest/replaycapture.py): in the order ingest received them, decoded and calibrated as live
+ingest does, a chunk of `_CHUNK_FRAMES` frames at a time; what the moving position says was fed
+is skipped (`unfed_part`, `event_unfed`), a line held twice included. A rebuild is `truncated`
+when the files hold data at or before its bound; a checkpointed device whose hub's files start
+after the day of its position gets `capture_missing` (fed what there is), also raised by the
+alert service.
 """
 
 import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from inspect import GEN_RUNNING, getgeneratorstate
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -47,6 +58,7 @@ from osteotel.store.lineproto import point_line
 
 from .checkpoint import Position
 from .estimates import feed_event
+from .replaycapture import Unreadable, capture_days, day_of, device_messages
 
 __all__ = [
     "CatchUp",
@@ -64,11 +76,13 @@ __all__ = [
 
 log = logging.getLogger("osteotel.ingest.catchup")
 
-Status = Literal["caught_up", "rebuilt", "truncated", "store_unreachable"]
+Status = Literal["caught_up", "rebuilt", "truncated", "store_unreachable", "capture_missing"]
 
 # Frames read per query: at most 10,000 samples each (docs/contract.md), 100 of them bound a
 # chunk to a million samples; a typical 100-sample frame makes it 10,000.
 _CHUNK_FRAMES = 100
+# Capture files: a chunk also ends after this many items (events, a few hundred bytes each).
+_CHUNK_ITEMS = 1_000
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 10.0
 _T = TypeVar("_T")
@@ -94,6 +108,9 @@ class CatchUpProgress:
     records: int = 0
     frames_incomplete: int = 0
     events_unreadable: int = 0
+    # Capture files (raw_tier = "windows"): frames that do not decode, lines that do not parse.
+    frames_unreadable: int = 0
+    capture_lines_unreadable: int = 0
     seconds: float = 0.0
     # Live messages at or before a device's caught-up position: stored again, not fed again.
     frames_not_fed: int = 0
@@ -127,6 +144,16 @@ class ProgressCollector(Collector):
             ("records", p.records, "Estimate records made again at start"),
             ("frames_incomplete", p.frames_incomplete, "Stored frames missing samples, not fed"),
             ("events_unreadable", p.events_unreadable, "Stored events that do not parse, not fed"),
+            (
+                "frames_unreadable",
+                p.frames_unreadable,
+                "Captured frames that do not decode, not fed",
+            ),
+            (
+                "capture_lines_unreadable",
+                p.capture_lines_unreadable,
+                "Capture lines that do not parse: the rest of their file not read",
+            ),
             ("frames_not_fed", p.frames_not_fed, "Redelivered frames already fed, stored only"),
             ("events_not_fed", p.events_not_fed, "Redelivered events already fed, stored only"),
         ):
@@ -201,6 +228,8 @@ class CatchUp:
         positions: each device's position; updated as data are fed.
         progress: counters for `/metrics`.
         wait_s: how long InfluxDB may stay unreachable before the rest is given up.
+        capture_dir: ingest's capture files (`raw_tier = "windows"`): frames and events are
+            read from them instead of the store; None to read the store.
     """
 
     def __init__(
@@ -211,7 +240,9 @@ class CatchUp:
         positions: dict[str, Position],
         progress: CatchUpProgress,
         wait_s: float,
+        capture_dir: Path | None = None,
     ) -> None:
+        self._capture_dir = capture_dir
         self._store = store
         self._fleet = fleet
         self._positions = positions
@@ -250,14 +281,22 @@ class CatchUp:
             from_ns = position.sample_ns
             counts = {"frames": 0, "samples": 0, "events": 0, "records": 0}
             status: Status = "rebuilt" if rebuild else "caught_up"
-            if reachable:
+            if self._capture_dir is not None:
+                status = await self._from_capture(
+                    device,
+                    position,
+                    emit,
+                    counts,
+                    rebuild_from_ns=rebuild_from_ns if rebuild else None,
+                )
+            elif reachable:
                 try:
                     if rebuild and await self._has_data_until(device.id, rebuild_from_ns):
                         status = "truncated"
                     await self._device(device.id, position, emit, counts)
                 except StoreUnreachable:
                     reachable = False
-            if not reachable:
+            if not reachable and self._capture_dir is None:
                 status = "store_unreachable"
             statuses[device.id] = status
             log_level = logging.INFO if status in {"caught_up", "rebuilt"} else logging.ERROR
@@ -276,37 +315,102 @@ class CatchUp:
         emit: Callable[[list[EstimateRecord], Outcome | None], Awaitable[None]],
         counts: dict[str, int],
     ) -> None:
-        progress = self._progress
         while True:
             chunk = await self._query(self._read_chunk, device, position)
-            records = await asyncio.to_thread(self._feed, chunk.items, position)
+            records, fed = await asyncio.to_thread(self._feed, chunk.items, position, False)
             position.sample_ns = max(position.sample_ns, chunk.end_ns)
-            frames = [item for item in chunk.items if isinstance(item, Frame)]
-            samples = sum(frame.n for frame in frames)
-            counts["frames"] += len(frames)
-            counts["samples"] += samples
-            counts["events"] += len(chunk.items) - len(frames)
-            counts["records"] += len(records)
-            progress.frames += len(frames)
-            progress.samples += samples
-            progress.events += len(chunk.items) - len(frames)
-            progress.records += len(records)
-            if records:
-                await emit(records, None)
+            await self._count(fed, records, emit, counts)
             if chunk.last:
                 return
 
-    def _feed(self, items: list[Frame | Event], position: Position) -> list[EstimateRecord]:
-        """Feed a chunk (in a worker thread: nothing else uses the estimator meanwhile)."""
+    async def _from_capture(
+        self,
+        device: Device,
+        position: Position,
+        emit: Callable[[list[EstimateRecord], Outcome | None], Awaitable[None]],
+        counts: dict[str, int],
+        *,
+        rebuild_from_ns: int | None,
+    ) -> Status:
+        """Feed what the device's capture files hold after its position; returns its status."""
+        assert self._capture_dir is not None
+        days = await asyncio.to_thread(capture_days, self._capture_dir / device.hub)
+        fed_ns = max(position.sample_ns, position.event_ns)
+        files = days.since(fed_ns) if fed_ns >= 0 else [path for _, path in days.files]
+        status: Status = "caught_up"
+        if rebuild_from_ns is not None:
+            status = "rebuilt"
+            if len(files) < len(days.files):
+                status = "truncated"  # whole days before the bound
+        elif fed_ns >= 0 and (days.first_day is None or days.first_day > day_of(fed_ns)):
+            status = "capture_missing"
+            log.error(kv("catchup_capture_missing", device=device.id, hub=device.hub,
+                         fed_ns=fed_ns, first_day=str(days.first_day)))  # fmt: skip
+        unreadable = Unreadable()
+        items = device_messages(files, device, unreadable)
+        try:
+            while chunk := await asyncio.to_thread(_take_chunk, items):
+                if rebuild_from_ns is not None and any(
+                    _time_ns(item) <= rebuild_from_ns for item in chunk
+                ):
+                    status = "truncated"  # data at or before the bound in the files read
+                records, fed = await asyncio.to_thread(self._feed, chunk, position, True)
+                await self._count(fed, records, emit, counts)
+        finally:
+            # Cancelled while a worker thread reads a chunk, the generator is still running
+            # there: it is left to be collected (its file closed then) rather than closed here.
+            if isinstance(items, Generator) and getgeneratorstate(items) != GEN_RUNNING:
+                items.close()
+            self._progress.frames_unreadable += unreadable.frames
+            self._progress.events_unreadable += unreadable.events
+            self._progress.capture_lines_unreadable += unreadable.lines
+        return status
+
+    async def _count(
+        self,
+        fed: list[Frame | Event],
+        records: list[EstimateRecord],
+        emit: Callable[[list[EstimateRecord], Outcome | None], Awaitable[None]],
+        counts: dict[str, int],
+    ) -> None:
+        """Count what a chunk fed, and emit its records."""
+        progress = self._progress
+        frames = [item for item in fed if isinstance(item, Frame)]
+        samples = sum(frame.n for frame in frames)
+        counts["frames"] += len(frames)
+        counts["samples"] += samples
+        counts["events"] += len(fed) - len(frames)
+        counts["records"] += len(records)
+        progress.frames += len(frames)
+        progress.samples += samples
+        progress.events += len(fed) - len(frames)
+        progress.records += len(records)
+        if records:
+            await emit(records, None)
+
+    def _feed(
+        self, items: list[Frame | Event], position: Position, skip_fed: bool
+    ) -> tuple[list[EstimateRecord], list[Frame | Event]]:
+        """Feed a chunk (in a worker thread: nothing else uses the estimator meanwhile); with
+        `skip_fed`, only what the position, as it moves, says was not fed. Returns the records
+        and what was fed."""
         records: list[EstimateRecord] = []
+        fed: list[Frame | Event] = []
         for item in items:
             if isinstance(item, Frame):
-                records += feed_frame(self._fleet, item)
-                position.sample_ns = max(position.sample_ns, item.t_last_ns)
+                part = unfed_part(item, position) if skip_fed else item
+                if part is None:
+                    continue
+                records += feed_frame(self._fleet, part)
+                position.sample_ns = max(position.sample_ns, part.t_last_ns)
+                fed.append(part)
             else:
+                if skip_fed and not event_unfed(item, position):
+                    continue
                 records += feed_event(self._fleet, item)
                 position.event_ns = max(position.event_ns, item.t_ns)
-        return records
+                fed.append(item)
+        return records, fed
 
     async def _query(self, read: Callable[..., _T], *args: Any) -> _T:
         """Run a read in a thread, retrying while InfluxDB is unavailable, up to the bound.
@@ -431,6 +535,23 @@ class CatchUp:
             log.error(kv("catchup_event_unreadable", device=row.get("device"),
                          t_ns=row["time"], detail=str(exc).splitlines()[0]))  # fmt: skip
             return None
+
+
+def _take_chunk(items: Iterator[Frame | Event]) -> list[Frame | Event]:
+    """The next items, up to `_CHUNK_FRAMES` frames (and the events among them), at most
+    `_CHUNK_ITEMS` in all (a long run of events without frames)."""
+    chunk: list[Frame | Event] = []
+    frames = 0
+    for item in items:
+        chunk.append(item)
+        frames += isinstance(item, Frame)
+        if frames == _CHUNK_FRAMES or len(chunk) == _CHUNK_ITEMS:
+            break
+    return chunk
+
+
+def _time_ns(item: Frame | Event) -> int:
+    return item.t0_ns if isinstance(item, Frame) else item.t_ns
 
 
 def unfed_part(frame: Frame, fed: Position | None) -> Frame | None:

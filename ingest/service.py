@@ -330,6 +330,8 @@ class IngestService:
             positions=self._positions,
             progress=self.catchup,
             wait_s=max(0.0, deadline - time.monotonic()),
+            # Under the storage tier the store lacks most samples: the capture files have them.
+            capture_dir=settings.capture_dir if settings.raw_tier == "windows" else None,
         )
         rebuild_from_ns = time.time_ns() - round(settings.rebuild_max_days * 86_400e9)
         statuses = await catch_up.run(devices, emit, rebuild_from_ns=rebuild_from_ns)

@@ -1,7 +1,7 @@
 """A device whose history ingest could not read at its start says so (issue 14): ingest's
-`catchup` message on the estimates topic raises `estimates_incomplete` (info) on `truncated`
-and `store_unreachable`, and only a later `rebuilt` clears it (a `caught_up` start goes on from a
-checkpoint that still lacks what was not read)."""
+`catchup` message on the estimates topic raises `estimates_incomplete` (info) on `truncated`,
+`store_unreachable` and `capture_missing`, and only a later `rebuilt` clears it (a `caught_up`
+start goes on from a checkpoint that still lacks what was not read)."""
 
 import asyncio
 import contextlib
@@ -71,16 +71,17 @@ def test_the_alert_service_reads_ingests_catchup_message() -> None:
     [
         ("truncated", "rebuilt from 2026-10-31 00:00 UTC on only"),
         ("store_unreachable", "without what was stored since 2026-10-31 00:00 UTC"),
+        ("capture_missing", "capture files of hub HUB-A begin after 2026-10-31 00:00 UTC"),
     ],
-    ids=["truncated", "store_unreachable"],
+    ids=["truncated", "store_unreachable", "capture_missing"],
 )
 def test_an_incomplete_history_raises_an_info_alert_until_a_rebuild(
     status: Status, cause: str
 ) -> None:
-    """`truncated` or `store_unreachable` raises one info observation whose summary names the
-    cause, the consequence for readiness and the engineer; a repeat while raised observes the
-    same; a `caught_up` start (from a checkpoint that still lacks what was not read) changes
-    nothing; a `rebuilt` clears it, and a second one observes nothing."""
+    """`truncated`, `store_unreachable` or `capture_missing` raises one info observation whose
+    summary names the cause, the consequence for readiness and the engineer; a repeat while
+    raised observes the same; a `caught_up` start (from a checkpoint that still lacks what was
+    not read) changes nothing; a `rebuilt` clears it, and a second one observes nothing."""
     rules = RuleBook(REGISTRY, now_ns=T0)
     [raised] = rules.estimate(_catchup(status, T0))
     assert (raised.rule, raised.device, raised.patient) == ("estimates_incomplete", "DX-0001",

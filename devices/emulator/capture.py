@@ -21,7 +21,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -271,23 +271,35 @@ def _payload(rest: bytes, number: int) -> bytes:
     raise CaptureError("the payload key must be last, after the header", line=number)
 
 
-def read_capture(path: Path) -> Iterator[CapturedMessage]:
+def read_capture(path: Path, *, topics: Collection[str] | None = None) -> Iterator[CapturedMessage]:
     """Read a capture file, lazily, in file order; `.gz` files are decompressed.
 
     Args:
         path: the capture file.
+        topics: only the messages of these topics; every other line is passed over unparsed,
+            told by its start (`{"topic":"...",`, fixed by the format), and so not checked.
+            None for every message.
 
     Yields:
         Each message, its payload byte-identical to what was written.
 
     Raises:
-        CaptureError: a line breaks the format (its number is in the error).
+        CaptureError: a line read breaks the format (its number is in the error).
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    # Checking a line's start costs a tenth of parsing it: a reader of one device in a hub's
+    # file of ten reads it several times faster.
+    starts = None if topics is None else tuple(_line_start(topic) for topic in topics)
     with opener(path, "rb") as lines:
         for number, line in enumerate(lines, start=1):
-            yield _parse_line(line.rstrip(b"\n"), number)
+            if starts is None or line.startswith(starts):
+                yield _parse_line(line.rstrip(b"\n"), number)
+
+
+def _line_start(topic: str) -> bytes:
+    """How every line of `topic` begins."""
+    return b'{"topic":' + json.dumps(topic).encode() + b","
 
 
 # --- emulate --out -----------------------------------------------------------------------------
