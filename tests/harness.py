@@ -198,6 +198,19 @@ def query(influxdb: InfluxDB, database: str, influxql: str) -> list[list[object]
     return [row for series in query_series(influxdb, database, influxql) for row in series.values]
 
 
+def publish_all(mosquitto: Mosquitto, client_id: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish (topic, payload) messages in order with QoS 1, each acknowledged before the next."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 class Publisher(threading.Thread):
     """Publishes the capture in order at a bounded rate, never beyond `limit` messages."""
 

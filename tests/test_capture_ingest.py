@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from harness import ingest_env, ingest_metric, query, running_ingest, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from harness import ingest_env, ingest_metric, publish_all, query, running_ingest, wait_for
 
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_event, encode_frame_binary, encode_frame_json, encode_status
@@ -145,18 +143,6 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path: Path, torn: bytes) -
     assert len(list(read_capture(path))) == 2
 
 
-def _publish(mosquitto: Mosquitto, client_id: str, messages: list[tuple[str, bytes]]) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 def test_ingest_captures_exactly_what_it_accepts_and_a_replay_stores_it_again(
     influxdb: InfluxDB, influx_db_name: str, unique_id: str, tmp_path: Path
 ) -> None:
@@ -188,8 +174,8 @@ def test_ingest_captures_exactly_what_it_accepts_and_a_replay_stores_it_again(
             raw_tier="windows", capture_dir=str(capture_dir),
         )  # fmt: skip
         with running_ingest(env, tmp_path) as running:
-            _publish(mosquitto, f"hub-a-{unique_id}", published)
-            _publish(mosquitto, f"hub-b-{unique_id}", accepted_b)
+            publish_all(mosquitto, f"hub-a-{unique_id}", published)
+            publish_all(mosquitto, f"hub-b-{unique_id}", accepted_b)
             wait_for(
                 lambda: (
                     ingest_metric(running, "osteotel_ingest_samples_stored_total") == samples

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
 from harness import (
     drop_database,
     estimate_rows,
     ingest_env,
     ingest_metric,
+    publish_all,
     query,
     running_ingest,
     wait_for,
 )
-from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_event, encode_frame_json
@@ -69,18 +68,6 @@ def _messages(step_ns: int) -> tuple[list[tuple[str, bytes]], int]:
     return messages, first_session
 
 
-def _publish(mosquitto: Mosquitto, client_id: str, messages: list[tuple[str, bytes]]) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 def _catchup_point(influxdb: InfluxDB, database: str) -> list[Any]:
     influxql = f'SELECT "status", "frames", "events" FROM "catchup" WHERE "device" = \'{DEVICE}\''
     rows = query(influxdb, database, influxql)
@@ -108,7 +95,7 @@ def test_a_rebuild_and_a_catch_up_from_capture_files_store_the_uninterrupted_ste
 
     for session, part in enumerate((messages[:first_session], messages[first_session:])):
         with running_ingest(env(live, influx_db_name, "live"), live) as running:
-            _publish(mosquitto, f"hub-{unique_id}", part)
+            publish_all(mosquitto, f"hub-{unique_id}", part)
             samples = 10 * sum(topic.endswith("/telemetry") for topic, _ in part)
             wait_for(
                 lambda: ingest_metric(running, "osteotel_ingest_samples_stored_total") == samples,  # noqa: B023 - called within this iteration

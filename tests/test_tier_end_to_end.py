@@ -8,10 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from harness import IngestProcess, ingest_env, ingest_metric, query, running_ingest, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from harness import (
+    IngestProcess,
+    ingest_env,
+    ingest_metric,
+    publish_all,
+    query,
+    running_ingest,
+    wait_for,
+)
 
 from apps.services import InfluxDB, Mosquitto
 from devices.codec import encode_event, encode_frame_json
@@ -93,15 +99,7 @@ def setup(
 def _publish(setup: Setup, client_id: str) -> None:
     messages = [(telemetry_topic(HUB, DEVICE), encode_frame_json(f)) for f in setup.frames]
     messages.insert(setup.before, (events_topic(HUB, DEVICE), encode_event(setup.step)))
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.connect(setup.mosquitto.host, setup.mosquitto.port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    publish_all(setup.mosquitto, client_id, messages)
 
 
 def _count(setup: Setup, influxql: str) -> int:
