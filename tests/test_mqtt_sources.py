@@ -92,8 +92,8 @@ async def _only_marker(source: MqttSource, topic: str) -> None:
 
 
 def test_the_factory_picks_the_path_the_settings_name() -> None:
-    """`receive_path` picks the class; paho is the default."""
-    assert MqttSettings().receive_path == "paho"
+    """`receive_path` picks the class; asyncio (WireSource) is the default."""
+    assert MqttSettings().receive_path == "asyncio"
     made = {
         path: type(open_source(settings=MqttSettings(receive_path=path), subscriptions=["a/b"]))
         for path in PATHS
