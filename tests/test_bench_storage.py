@@ -62,7 +62,10 @@ def test_server_cpu_is_positive_and_within_the_cores(figures: dict[str, object],
     """The server used some CPU for the writes, and no more than every core over the window."""
     used_s = _float(figures, f"{name}_server_cpu_us_per_sample") * SAMPLES / 1e6
     window_s = _float(figures, f"{name}_cpu_window_s")
-    assert used_s > 0
+    # The tier's raw_1s points for this run's 400 frames cost influxd about 5 ms, under one
+    # 10 ms clock tick of /proc: 0 can be read there; every other variant writes 40,000 lines.
+    assert used_s > 0 or name == "raw_1s"
+    assert used_s >= 0
     assert used_s <= _float(figures, "cpu_cores") * window_s + PROC_READ_SLACK_S
     assert 0 <= _float(figures, f"{name}_deferred_fraction") <= 1
 
