@@ -21,7 +21,7 @@ rebuilds estimates from, and what an engineer replays (`osteotel replay FILE`) i
 
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from devices.emulator.capture import capture_line
@@ -29,16 +29,20 @@ from devices.emulator.capture import capture_line
 from .accounting import Accounting
 from .work import Work
 
-__all__ = ["Captures", "capture_path"]
+__all__ = ["Captures", "capture_path", "day_of"]
 
 _NS_PER_S = 1_000_000_000
 _TAIL_BLOCK = 65_536
 
 
+def day_of(t_ns: int) -> date:
+    """The UTC day of a time (UTC epoch ns): the day a capture file is named for."""
+    return datetime.fromtimestamp(t_ns // _NS_PER_S, tz=UTC).date()
+
+
 def capture_path(directory: Path, hub: str, received_ns: int) -> Path:
     """The file a message of `hub` received at `received_ns` (UTC epoch ns) goes to."""
-    day = datetime.fromtimestamp(received_ns // _NS_PER_S, tz=UTC).strftime("%Y-%m-%d")
-    return directory / hub / f"{day}.jsonl"
+    return directory / hub / f"{day_of(received_ns).isoformat()}.jsonl"
 
 
 class Captures:

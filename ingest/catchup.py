@@ -56,9 +56,10 @@ from osteotel.logs import kv
 from osteotel.store.influx import InfluxStore
 from osteotel.store.lineproto import point_line
 
+from .capture import day_of
 from .checkpoint import Position
 from .estimates import feed_event
-from .replaycapture import Unreadable, capture_days, day_of, device_messages
+from .replaycapture import Unreadable, capture_days, device_messages
 
 __all__ = [
     "CatchUp",

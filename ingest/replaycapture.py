@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from devices.codec import decode_event, decode_frame
@@ -34,18 +34,13 @@ from devices.registry import Device
 from osteotel.logs import kv
 
 from .calibration import calibrate
+from .capture import day_of
 
-__all__ = ["CaptureDays", "Unreadable", "capture_days", "day_of", "device_messages"]
+__all__ = ["CaptureDays", "Unreadable", "capture_days", "device_messages"]
 
 log = logging.getLogger("osteotel.ingest.catchup")
 
-_NS_PER_S = 1_000_000_000
 _FILE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?")
-
-
-def day_of(t_ns: int) -> date:
-    """The UTC day of a time (UTC epoch ns)."""
-    return datetime.fromtimestamp(t_ns // _NS_PER_S, tz=UTC).date()
 
 
 @dataclass(frozen=True, slots=True)
